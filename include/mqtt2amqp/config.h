@@ -1,0 +1,165 @@
+/* config.h - the configuration file: schema, loading and validation.
+ *
+ * m2a_config_load() reads a YAML file (libyaml document API) against a
+ * table of options and returns an immutable struct m2a_config. Every error
+ * (invalid YAML, unknown or duplicate key, wrong type, value out of range,
+ * bad topic filter or template, a route naming an undeclared exchange) is
+ * reported as "FILE:LINE:COLUMN: message" (1-based) in the caller's buffer.
+ * String values expand ${VAR} and ${VAR:-default} from the environment;
+ * "password_file" reads a secret from a file (trailing newline stripped).
+ * Secrets are never part of an error message. */
+#ifndef MQTT2AMQP_CONFIG_H
+#define MQTT2AMQP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A position in the config file, 1-based, for messages after loading. */
+struct m2a_conf_mark {
+    int line;
+    int column;
+};
+
+enum m2a_arg_type { M2A_ARG_STRING, M2A_ARG_INT, M2A_ARG_BOOL };
+
+/* An AMQP table entry (queue / exchange / binding arguments). */
+struct m2a_conf_arg {
+    char *key;
+    enum m2a_arg_type type;
+    char *str;   /* M2A_ARG_STRING */
+    int64_t num; /* M2A_ARG_INT */
+    bool flag;   /* M2A_ARG_BOOL */
+};
+
+struct m2a_conf_kv {
+    char *key;
+    char *value;
+    struct m2a_conf_mark mark; /* where the value is */
+};
+
+struct m2a_conf_tls {
+    bool enabled; /* true when the tls section is present */
+    char *ca_file;
+    char *cert_file;
+    char *key_file;
+    bool verify_hostname; /* default true */
+};
+
+struct m2a_conf_mqtt {
+    char *host;           /* default "127.0.0.1" */
+    int port;             /* default 1883 */
+    char *client_id;      /* default "mqtt2amqp" */
+    bool clean_session;   /* default false */
+    int keepalive;        /* seconds, default 30, 5..65535 */
+    int protocol;         /* 311 or 5, default 5 */
+    char *username;       /* NULL when not set */
+    char *password;       /* NULL when not set; secret */
+    int receive_maximum;  /* MQTT 5 only, default 65535, 1..65535 */
+    uint32_t session_expiry; /* seconds, MQTT 5 only, default 604800 (7 days) */
+    char *share_group;    /* NULL or a $share group name */
+    int reconnect_min_ms; /* default 100 */
+    int reconnect_max_ms; /* default 30000 */
+    struct m2a_conf_tls tls;
+};
+
+struct m2a_conf_exchange {
+    char *name;
+    char *type; /* direct | fanout | topic | headers, default topic */
+    bool durable;     /* default true */
+    bool auto_delete; /* default false */
+    bool internal;    /* default false */
+    size_t nargs;
+    struct m2a_conf_arg *args;
+    struct m2a_conf_mark mark;
+};
+
+struct m2a_conf_binding {
+    char *exchange;
+    char *routing_key; /* default "#" */
+    size_t nargs;
+    struct m2a_conf_arg *args;
+    struct m2a_conf_mark mark;
+};
+
+struct m2a_conf_queue {
+    char *name;
+    bool durable;     /* default true */
+    bool exclusive;   /* default false */
+    bool auto_delete; /* default false */
+    size_t nargs;
+    struct m2a_conf_arg *args;
+    size_t nbindings;
+    struct m2a_conf_binding *bindings;
+    struct m2a_conf_mark mark;
+};
+
+struct m2a_conf_amqp {
+    char *host;      /* default "127.0.0.1" */
+    int port;        /* default 5672 */
+    char *vhost;     /* default "/" */
+    char *username;  /* default "guest" */
+    char *password;  /* default "guest"; secret */
+    int heartbeat;   /* seconds, default 30, 0..3600 */
+    int confirm_window; /* default 1000, 1..65535 */
+    int reconnect_min_ms; /* default 100 */
+    int reconnect_max_ms; /* default 30000 */
+    struct m2a_conf_tls tls;
+    size_t nexchanges;
+    struct m2a_conf_exchange *exchanges;
+    size_t nqueues;
+    struct m2a_conf_queue *queues;
+};
+
+enum m2a_fsync_policy { M2A_FSYNC_BATCH, M2A_FSYNC_INTERVAL, M2A_FSYNC_NEVER };
+
+struct m2a_conf_spool {
+    char *dir;          /* default "/var/lib/mqtt2amqp" */
+    uint64_t max_bytes; /* default 1 GiB; accepts B, KiB, MiB, GiB, TiB suffixes */
+    uint64_t segment_bytes; /* default 64 MiB, 64 KiB .. 1 GiB */
+    enum m2a_fsync_policy fsync; /* default batch */
+};
+
+struct m2a_conf_route {
+    char *name;         /* required, unique */
+    char *topic;        /* required: MQTT topic filter */
+    char *exchange;     /* required: declared in topology or amq.* / "" (default) */
+    char *routing_key;  /* NULL: topic converted as RabbitMQ's MQTT plugin does */
+    bool persistent;    /* default true */
+    char *content_type; /* NULL when not set */
+    size_t nheaders;
+    struct m2a_conf_kv *headers; /* templated header values */
+    bool cont;                   /* "continue", default false */
+    struct m2a_conf_mark mark;
+};
+
+struct m2a_conf_log {
+    int level;  /* enum m2a_log_level, default info */
+    int format; /* enum m2a_log_format, default text */
+    int stats_interval; /* seconds, default 30, 0 disables */
+};
+
+struct m2a_config {
+    char *path; /* the file it was read from */
+    struct m2a_conf_mqtt mqtt;
+    struct m2a_conf_amqp amqp;
+    struct m2a_conf_spool spool;
+    size_t nroutes;
+    struct m2a_conf_route *routes;
+    struct m2a_conf_log log;
+    int shutdown_timeout; /* seconds, default 10 */
+};
+
+/* Loads and validates path. On success *out owns a new config (free with
+ * m2a_config_free) and 0 is returned. On failure returns M2A_ERR_CONFIG (or
+ * M2A_ERR_IO if the file cannot be read) and writes
+ * "path:line:column: message" into err (always NUL-terminated). */
+int m2a_config_load(const char *path, struct m2a_config **out, char *err, size_t errlen);
+
+/* Same, from a buffer; name is used in messages. For tests and fuzzing. */
+int m2a_config_load_buffer(const char *name, const char *data, size_t len,
+                           struct m2a_config **out, char *err, size_t errlen);
+
+void m2a_config_free(struct m2a_config *cfg);
+
+#endif

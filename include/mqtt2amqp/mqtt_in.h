@@ -1,0 +1,41 @@
+/* mqtt_in.h - the MQTT side: one thread that owns the libmosquitto handle,
+ * the route scratch and the spool writer.
+ *
+ * It subscribes (QoS 1, persistent session) to the routes' subscriptions,
+ * maps each message through the routes and appends the envelopes to the
+ * spool inside on_message. The client is in libmosquitto's external-thread
+ * mode (mosquitto_threaded_set), so the PUBACKs that libmosquitto queues
+ * before on_message leave the socket only when this thread calls
+ * mosquitto_loop_write, which it does only after m2a_spool_flush() has
+ * returned 0 for the read batch. If appending or flushing fails, the socket
+ * is shut down before any write, so the broker redelivers. While the spool
+ * is above its high-water mark the thread stops reading MQTT (Mosquitto keeps
+ * queueing in the persistent session) and resumes by itself. */
+#ifndef MQTT2AMQP_MQTT_IN_H
+#define MQTT2AMQP_MQTT_IN_H
+
+#include "mqtt2amqp/config.h"
+#include "mqtt2amqp/routes.h"
+#include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/stats.h"
+
+struct m2a_mqtt_in;
+
+/* Borrowed pointers: all must outlive the m2a_mqtt_in. */
+struct m2a_mqtt_in_opts {
+    const struct m2a_conf_mqtt *conf;
+    const struct m2a_routes *routes;
+    struct m2a_spool *spool;
+    uint64_t spool_max_bytes; /* pause reading above 90%, resume below 80% */
+    struct m2a_stats *stats;
+};
+
+/* Starts the thread. Returns 0 or an m2a_err with a sentence in err. */
+int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **out, char *err,
+                      size_t errlen);
+
+/* Stops reading, lets the PUBACKs of everything already spooled leave,
+ * disconnects and joins the thread. NULL is a no-op. */
+void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi);
+
+#endif

@@ -1,0 +1,73 @@
+/* routes.h - the mapping engine: compiled routes, templates, subscriptions.
+ *
+ * m2a_routes_compile() turns the config's routes into an immutable table,
+ * shared read-only; a reload builds a new table and swaps it. Mapping a
+ * message uses a per-thread scratch (m2a_route_scratch) so the hot path
+ * allocates nothing once the scratch has grown.
+ *
+ * Templates: "{topic}" is the whole topic converted like the default routing
+ * key ('/' -> '.', '.' -> '/'); "{1}".."{9}" are the levels the route's
+ * wildcards matched, converted the same way (a '#' capture joins its levels
+ * with '.'). "{{" and "}}" are literal braces. */
+#ifndef MQTT2AMQP_ROUTES_H
+#define MQTT2AMQP_ROUTES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mqtt2amqp/config.h"
+#include "mqtt2amqp/envelope.h"
+
+struct m2a_routes;
+struct m2a_route_scratch;
+
+/* An MQTT message as received. Nothing is copied. */
+struct m2a_mqtt_msg {
+    const char *topic;
+    size_t topic_len;
+    const void *payload;
+    size_t payload_len;
+    int qos;
+    bool retain;
+    uint64_t timestamp_ms; /* wall clock */
+};
+
+/* Validates a template against a filter with ncaptures wildcards: 0, or
+ * M2A_ERR_TEMPLATE with a sentence in err (unknown placeholder, capture
+ * number above ncaptures, unbalanced brace). */
+int m2a_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen);
+
+/* Builds the table from a validated config. Copies what it needs: cfg may be
+ * freed afterwards. Returns 0 or an m2a_err with a sentence in err. */
+int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_routes **out, char *err,
+                       size_t errlen);
+void m2a_routes_free(struct m2a_routes *routes);
+
+size_t m2a_routes_count(const struct m2a_routes *routes);
+const char *m2a_routes_name(const struct m2a_routes *routes, size_t i);
+
+/* The filters to subscribe to: the routes' filters reduced to a set in which
+ * no two overlap (a filter covered by another is dropped; two partially
+ * overlapping filters are replaced by one that covers both), so that the
+ * broker delivers each message once even with overlapping routes. */
+size_t m2a_routes_nsubscriptions(const struct m2a_routes *routes);
+const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i);
+
+struct m2a_route_scratch *m2a_route_scratch_new(void);
+void m2a_route_scratch_free(struct m2a_route_scratch *s);
+
+/* Called once per matching route, in route order. On success err is 0 and
+ * env is complete. On a mapping failure err is M2A_ERR_KEY_TOO_LONG or
+ * M2A_ERR_TEMPLATE and env has route, exchange, topic, body and flags set
+ * but routing_key/headers may be partial. env and its strings are valid
+ * only during the call. */
+typedef void (*m2a_route_cb)(void *ud, size_t route_index, const struct m2a_envelope *env,
+                             int err);
+
+/* Maps msg through the routes: first match wins unless that route has
+ * continue: true. Returns the number of routes that matched (0: none). */
+size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
+                      struct m2a_route_scratch *scratch, m2a_route_cb cb, void *ud);
+
+#endif

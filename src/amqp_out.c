@@ -1,0 +1,1 @@
+/* amqp_out.c - stub, being written. */

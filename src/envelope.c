@@ -1,0 +1,1 @@
+/* envelope.c - stub, being written. */

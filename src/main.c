@@ -1,0 +1,5 @@
+/* main.c - stub. */
+int main(void)
+{
+    return 0;
+}

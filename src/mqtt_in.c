@@ -1,0 +1,1 @@
+/* mqtt_in.c - stub, being written. */
