@@ -47,25 +47,25 @@ struct m2a_conf_tls {
 };
 
 struct m2a_conf_mqtt {
-    char *host;           /* default "127.0.0.1" */
-    int port;             /* default 1883 */
-    char *client_id;      /* default "mqtt2amqp" */
-    bool clean_session;   /* default false */
-    int keepalive;        /* seconds, default 30, 5..65535 */
-    int protocol;         /* 311 or 5, default 5 */
-    char *username;       /* NULL when not set */
-    char *password;       /* NULL when not set; secret */
-    int receive_maximum;  /* MQTT 5 only, default 65535, 1..65535 */
+    char *host;              /* default "127.0.0.1" */
+    int port;                /* default 1883 */
+    char *client_id;         /* default "mqtt2amqp" */
+    bool clean_session;      /* default false */
+    int keepalive;           /* seconds, default 30, 5..65535 */
+    int protocol;            /* 311 or 5, default 5 */
+    char *username;          /* NULL when not set */
+    char *password;          /* NULL when not set; secret */
+    int receive_maximum;     /* MQTT 5 only, default 65535, 1..65535 */
     uint32_t session_expiry; /* seconds, MQTT 5 only, default 604800 (7 days) */
-    char *share_group;    /* NULL or a $share group name */
-    int reconnect_min_ms; /* default 100 */
-    int reconnect_max_ms; /* default 30000 */
+    char *share_group;       /* NULL or a $share group name */
+    int reconnect_min_ms;    /* default 100 */
+    int reconnect_max_ms;    /* default 30000 */
     struct m2a_conf_tls tls;
 };
 
 struct m2a_conf_exchange {
     char *name;
-    char *type; /* direct | fanout | topic | headers, default topic */
+    char *type;       /* direct | fanout | topic | headers, default topic */
     bool durable;     /* default true */
     bool auto_delete; /* default false */
     bool internal;    /* default false */
@@ -95,13 +95,13 @@ struct m2a_conf_queue {
 };
 
 struct m2a_conf_amqp {
-    char *host;      /* default "127.0.0.1" */
-    int port;        /* default 5672 */
-    char *vhost;     /* default "/" */
-    char *username;  /* default "guest" */
-    char *password;  /* default "guest"; secret */
-    int heartbeat;   /* seconds, default 30, 0..3600 */
-    int confirm_window; /* default 1000, 1..65535 */
+    char *host;           /* default "127.0.0.1" */
+    int port;             /* default 5672 */
+    char *vhost;          /* default "/" */
+    char *username;       /* default "guest" */
+    char *password;       /* default "guest"; secret */
+    int heartbeat;        /* seconds, default 30, 0..3600 */
+    int confirm_window;   /* default 1000, 1..65535 */
     int reconnect_min_ms; /* default 100 */
     int reconnect_max_ms; /* default 30000 */
     struct m2a_conf_tls tls;
@@ -114,9 +114,9 @@ struct m2a_conf_amqp {
 enum m2a_fsync_policy { M2A_FSYNC_BATCH, M2A_FSYNC_INTERVAL, M2A_FSYNC_NEVER };
 
 struct m2a_conf_spool {
-    char *dir;          /* default "/var/lib/mqtt2amqp" */
-    uint64_t max_bytes; /* default 1 GiB; accepts B, KiB, MiB, GiB, TiB suffixes */
-    uint64_t segment_bytes; /* default 64 MiB, 64 KiB .. 1 GiB */
+    char *dir;                   /* default "/var/lib/mqtt2amqp" */
+    uint64_t max_bytes;          /* default 1 GiB; accepts B, KiB, MiB, GiB, TiB suffixes */
+    uint64_t segment_bytes;      /* default 64 MiB, 64 KiB .. 1 GiB */
     enum m2a_fsync_policy fsync; /* default batch */
 };
 
@@ -134,8 +134,8 @@ struct m2a_conf_route {
 };
 
 struct m2a_conf_log {
-    int level;  /* enum m2a_log_level, default info */
-    int format; /* enum m2a_log_format, default text */
+    int level;          /* enum m2a_log_level, default info */
+    int format;         /* enum m2a_log_format, default text */
     int stats_interval; /* seconds, default 30, 0 disables */
 };
 
@@ -157,8 +157,8 @@ struct m2a_config {
 int m2a_config_load(const char *path, struct m2a_config **out, char *err, size_t errlen);
 
 /* Same, from a buffer; name is used in messages. For tests and fuzzing. */
-int m2a_config_load_buffer(const char *name, const char *data, size_t len,
-                           struct m2a_config **out, char *err, size_t errlen);
+int m2a_config_load_buffer(const char *name, const char *data, size_t len, struct m2a_config **out,
+                           char *err, size_t errlen);
 
 void m2a_config_free(struct m2a_config *cfg);
 
