@@ -576,7 +576,9 @@ static int parse_list(struct ctx *c, const struct opt *o, yaml_node_t *v, const 
         apply_defaults(sub, arr + i * sub->size);
     for (size_t i = 0; i < n; i++) {
         char item[PATH_LEN];
-        snprintf(item, sizeof(item), "%s[%zu]", path, i);
+        /* A path cut short only shortens the message, never the check. */
+        if (snprintf(item, sizeof(item), "%s[%zu]", path, i) < 0)
+            item[0] = '\0';
         int rc = walk_map(c, node(c, v->data.sequence.items.start[i]), item, sub,
                           arr + i * sub->size, NULL);
         if (rc)

@@ -1,11 +1,560 @@
-/* routes.c - stub, being written: see include/mqtt2amqp/routes.h. */
+/* routes.c - the mapping engine: compiles the config's routes into an
+ * immutable table (filters, precompiled templates, subscriptions) and maps
+ * each MQTT message to one envelope per matching route.
+ *
+ * Threads: a compiled table is never written after m2a_routes_compile()
+ * returns, so any thread may read it; a reload builds a new table. A scratch
+ * belongs to the one thread that maps with it (the MQTT thread). Templates
+ * are parsed once here into parts so that mapping only copies bytes, and the
+ * scratch's buffers are reused so that mapping allocates nothing once they
+ * have grown to the largest message seen. */
 #include "mqtt2amqp/routes.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mqtt2amqp/err.h"
+#include "mqtt2amqp/topic.h"
+
+/* AMQP short strings (exchange, content type, table keys) are at most 255
+ * bytes on the wire; the envelope encoding relies on it too. */
+#define MAX_SHORTSTR 255
+
+enum part_kind { PART_LITERAL, PART_TOPIC, PART_CAPTURE };
+
+struct part {
+    enum part_kind kind;
+    int capture; /* PART_CAPTURE: 1..9 */
+    size_t off;  /* PART_LITERAL: bytes in tmpl.lit */
+    size_t len;
+};
+
+struct tmpl {
+    struct part *parts;
+    size_t nparts;
+    char *lit; /* literal bytes, "{{" and "}}" already unescaped */
+};
+
+struct route {
+    char *name;
+    char *filter;
+    char *exchange;
+    char *content_type; /* "" when unset */
+    bool has_key;
+    struct tmpl key;
+    size_t nheaders;
+    char **hkeys;
+    struct tmpl *hvals;
+    bool persistent;
+    bool cont;
+};
+
+struct m2a_routes {
+    size_t n;
+    struct route *r;
+    size_t nsubs;
+    char **subs;
+};
+
+struct m2a_route_scratch {
+    struct m2a_buf key;
+    struct m2a_buf hvals; /* all header values of one envelope, back to back */
+    struct m2a_header *headers;
+    size_t headers_cap;
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* --- templates --- */
+
+static void add_part(struct tmpl *t, size_t *cap, struct part p)
+{
+    /* Merge adjacent literals ("a{{b" is one part). */
+    if (p.kind == PART_LITERAL && t->nparts > 0 && t->parts[t->nparts - 1].kind == PART_LITERAL) {
+        t->parts[t->nparts - 1].len += p.len;
+        return;
+    }
+    if (t->nparts == *cap) {
+        *cap = *cap ? *cap * 2 : 4;
+        t->parts = xrealloc(t->parts, *cap * sizeof(*t->parts));
+    }
+    t->parts[t->nparts++] = p;
+}
+
+/* Parses s. With out == NULL it only validates. */
+static int tmpl_parse(const char *s, int ncaptures, struct tmpl *out, char *err, size_t errlen)
+{
+    size_t cap = 0, litlen = 0;
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->lit = xmalloc(strlen(s) + 1);
+    }
+    for (size_t i = 0; s[i];) {
+        if ((s[i] == '{' && s[i + 1] == '{') || (s[i] == '}' && s[i + 1] == '}')) {
+            if (out) {
+                out->lit[litlen] = s[i];
+                add_part(out, &cap, (struct part){PART_LITERAL, 0, litlen, 1});
+                litlen++;
+            }
+            i += 2;
+            continue;
+        }
+        if (s[i] == '}') {
+            set_err(err, errlen,
+                    "template \"%s\": '}' at offset %zu closes nothing (write \"}}\" for a "
+                    "literal brace)",
+                    s, i);
+            return M2A_ERR_TEMPLATE;
+        }
+        if (s[i] != '{') {
+            size_t n = strcspn(s + i, "{}");
+            if (out) {
+                memcpy(out->lit + litlen, s + i, n);
+                add_part(out, &cap, (struct part){PART_LITERAL, 0, litlen, n});
+                litlen += n;
+            }
+            i += n;
+            continue;
+        }
+        const char *name = s + i + 1;
+        size_t n = strcspn(name, "{}");
+        if (name[n] != '}') {
+            set_err(err, errlen,
+                    name[n] ? "template \"%s\": '{' at offset %zu is followed by another '{' "
+                              "before its '}' (write \"{{\" for a literal brace)"
+                            : "template \"%s\": '{' at offset %zu is not closed (write \"{{\" "
+                              "for a literal brace)",
+                    s, i);
+            return M2A_ERR_TEMPLATE;
+        }
+        struct part p = {PART_TOPIC, 0, 0, 0};
+        if (n == 1 && name[0] >= '1' && name[0] <= '9') {
+            p.kind = PART_CAPTURE;
+            p.capture = name[0] - '0';
+            if (p.capture > ncaptures) {
+                set_err(err, errlen,
+                        "template \"%s\": {%d} refers to wildcard %d but the topic filter has "
+                        "%d wildcard%s",
+                        s, p.capture, p.capture, ncaptures, ncaptures == 1 ? "" : "s");
+                return M2A_ERR_TEMPLATE;
+            }
+        } else if (!(n == 5 && memcmp(name, "topic", 5) == 0)) {
+            set_err(err, errlen,
+                    "template \"%s\": unknown placeholder {%.*s} (use {topic} or {1}..{9})", s,
+                    (int)n, name);
+            return M2A_ERR_TEMPLATE;
+        }
+        if (out)
+            add_part(out, &cap, p);
+        i += n + 2;
+    }
+    return 0;
+}
+
+static void tmpl_free(struct tmpl *t)
+{
+    free(t->parts);
+    free(t->lit);
+}
 
 int m2a_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen)
 {
-    (void)tmpl;
-    (void)ncaptures;
-    (void)err;
-    (void)errlen;
+    if (!tmpl) {
+        set_err(err, errlen, "template is missing");
+        return M2A_ERR_TEMPLATE;
+    }
+    return tmpl_parse(tmpl, ncaptures, NULL, err, errlen);
+}
+
+/* Appends the expansion of t to out. Stops early once out has grown by more
+ * than limit bytes (a routing key is bounded; the rest would be wasted). */
+static void tmpl_expand(const struct tmpl *t, const struct m2a_mqtt_msg *msg,
+                        const struct m2a_captures *caps, struct m2a_buf *out, size_t limit)
+{
+    size_t start = out->len;
+    for (size_t i = 0; i < t->nparts && out->len - start <= limit; i++) {
+        const struct part *p = &t->parts[i];
+        switch (p->kind) {
+        case PART_LITERAL:
+            m2a_buf_append(out, t->lit + p->off, p->len);
+            break;
+        case PART_TOPIC:
+            m2a_topic_to_routing_key(msg->topic, msg->topic_len, out);
+            break;
+        case PART_CAPTURE:
+            /* Captures are converted like the topic so that a '.' inside a
+             * level cannot add a word to the routing key. */
+            if (p->capture <= caps->n)
+                m2a_topic_to_routing_key(caps->cap[p->capture - 1].ptr,
+                                         caps->cap[p->capture - 1].len, out);
+            break;
+        }
+    }
+}
+
+/* --- subscriptions --- */
+
+static size_t count_levels(const char *f)
+{
+    size_t n = 1;
+    for (; *f; f++)
+        n += *f == '/';
+    return n;
+}
+
+/* Level i of filter f as [*p, *p + *n). */
+static void level_at(const char *f, size_t i, const char **p, size_t *n)
+{
+    for (; i > 0; i--)
+        f = strchr(f, '/') + 1;
+    const char *end = strchr(f, '/');
+    *p = f;
+    *n = end ? (size_t)(end - f) : strlen(f);
+}
+
+static bool level_is(const char *p, size_t n, char c)
+{
+    return n == 1 && p[0] == c;
+}
+
+/* true if every topic matched by b is matched by a. */
+static bool covers(const char *a, const char *b)
+{
+    bool wa = a[0] == '+' || a[0] == '#';
+    if (wa && b[0] == '$')
+        return false;
+    size_t na = count_levels(a), nb = count_levels(b);
+    for (size_t i = 0; i < na; i++) {
+        const char *pa, *pb;
+        size_t la, lb;
+        level_at(a, i, &pa, &la);
+        if (level_is(pa, la, '#'))
+            return true; /* also covers b ending one level earlier: "a/#" matches "a" */
+        if (i >= nb)
+            return false;
+        level_at(b, i, &pb, &lb);
+        if (level_is(pa, la, '+')) {
+            if (level_is(pb, lb, '#'))
+                return false;
+            continue;
+        }
+        if (la != lb || memcmp(pa, pb, la) != 0)
+            return false;
+    }
+    return na == nb;
+}
+
+/* The most specific filter of the form built here that covers both a and b:
+ * equal levels are kept, differing levels become '+', and a '#' or a length
+ * difference ends the filter with '#'. */
+static char *generalise(const char *a, const char *b)
+{
+    size_t na = count_levels(a), nb = count_levels(b);
+    size_t n = na < nb ? na : nb;
+    struct m2a_buf out = {0};
+    bool hash = na != nb;
+    for (size_t i = 0; i < n; i++) {
+        const char *pa, *pb;
+        size_t la, lb;
+        level_at(a, i, &pa, &la);
+        level_at(b, i, &pb, &lb);
+        if (level_is(pa, la, '#') || level_is(pb, lb, '#')) {
+            hash = true;
+            break;
+        }
+        if (i > 0)
+            m2a_buf_append_char(&out, '/');
+        if (la == lb && memcmp(pa, pb, la) == 0)
+            m2a_buf_append(&out, pa, la);
+        else
+            m2a_buf_append_char(&out, '+');
+    }
+    if (hash) {
+        if (out.len > 0)
+            m2a_buf_append_char(&out, '/');
+        m2a_buf_append_char(&out, '#');
+    }
+    char *s = xstrndup((const char *)out.data, out.len);
+    m2a_buf_free(&out);
+    return s;
+}
+
+/* Reduces the route filters to a set in which no two overlap: the broker
+ * sends one copy of a message per matching subscription, and the bridge
+ * must publish it once per matching route, not once per subscription.
+ * Each step removes one filter, so this ends after at most n steps. */
+static void build_subscriptions(struct m2a_routes *rt)
+{
+    rt->subs = xcalloc(rt->n ? rt->n : 1, sizeof(*rt->subs));
+    for (size_t i = 0; i < rt->n; i++)
+        rt->subs[rt->nsubs++] = xstrdup(rt->r[i].filter);
+    bool changed = true;
+    while (changed) {
+        changed = false;
+        for (size_t i = 0; i < rt->nsubs && !changed; i++) {
+            for (size_t j = i + 1; j < rt->nsubs && !changed; j++) {
+                char *a = rt->subs[i], *b = rt->subs[j];
+                if (!m2a_topic_filters_overlap(a, b))
+                    continue;
+                if (covers(a, b)) {
+                    free(b);
+                } else if (covers(b, a)) {
+                    rt->subs[i] = b;
+                    free(a);
+                } else {
+                    rt->subs[i] = generalise(a, b);
+                    free(a);
+                    free(b);
+                }
+                memmove(&rt->subs[j], &rt->subs[j + 1], (rt->nsubs - j - 1) * sizeof(char *));
+                rt->nsubs--;
+                changed = true;
+            }
+        }
+    }
+}
+
+/* --- compile --- */
+
+static int check_short(const char *route, const char *what, const char *s, char *err, size_t errlen)
+{
+    if (strlen(s) <= MAX_SHORTSTR)
+        return 0;
+    set_err(err, errlen, "route \"%s\": %s is longer than %d bytes", route, what, MAX_SHORTSTR);
+    return M2A_ERR_CONFIG;
+}
+
+static int compile_route(const struct m2a_conf_route *c, struct route *r, char *err, size_t errlen)
+{
+    char why[512];
+    int rc;
+    if (!c->name || !c->topic || !c->exchange) {
+        set_err(err, errlen, "route \"%s\": name, topic and exchange are required",
+                c->name ? c->name : "?");
+        return M2A_ERR_CONFIG;
+    }
+    if ((rc = check_short(c->name, "the name", c->name, err, errlen)) < 0 ||
+        (rc = check_short(c->name, "the exchange", c->exchange, err, errlen)) < 0 ||
+        (c->content_type &&
+         (rc = check_short(c->name, "content_type", c->content_type, err, errlen)) < 0))
+        return rc;
+    if ((rc = m2a_topic_filter_validate(c->topic, why, sizeof(why))) < 0) {
+        set_err(err, errlen, "route \"%s\": %s", c->name, why);
+        return rc;
+    }
+    int ncap = m2a_topic_filter_wildcards(c->topic);
+    r->name = xstrdup(c->name);
+    r->filter = xstrdup(c->topic);
+    r->exchange = xstrdup(c->exchange);
+    r->content_type = xstrdup(c->content_type ? c->content_type : "");
+    r->persistent = c->persistent;
+    r->cont = c->cont;
+    if (c->routing_key) {
+        r->has_key = true;
+        if ((rc = tmpl_parse(c->routing_key, ncap, &r->key, why, sizeof(why))) < 0) {
+            set_err(err, errlen, "route \"%s\": routing_key: %s", c->name, why);
+            return rc;
+        }
+    }
+    if (c->nheaders > UINT16_MAX) {
+        set_err(err, errlen, "route \"%s\": more than %d headers", c->name, UINT16_MAX);
+        return M2A_ERR_CONFIG;
+    }
+    r->hkeys = xcalloc(c->nheaders ? c->nheaders : 1, sizeof(*r->hkeys));
+    r->hvals = xcalloc(c->nheaders ? c->nheaders : 1, sizeof(*r->hvals));
+    for (size_t k = 0; k < c->nheaders; k++) {
+        const struct m2a_conf_kv *kv = &c->headers[k];
+        if (!kv->key || (rc = check_short(c->name, "a header name", kv->key, err, errlen)) < 0) {
+            if (!kv->key)
+                set_err(err, errlen, "route \"%s\": header without a name", c->name);
+            return kv->key ? rc : M2A_ERR_CONFIG;
+        }
+        r->hkeys[k] = xstrdup(kv->key);
+        r->nheaders = k + 1;
+        rc = tmpl_parse(kv->value ? kv->value : "", ncap, &r->hvals[k], why, sizeof(why));
+        if (rc < 0) {
+            set_err(err, errlen, "route \"%s\": header \"%s\": %s", c->name, kv->key, why);
+            return rc;
+        }
+    }
     return 0;
+}
+
+static void route_free(struct route *r)
+{
+    free(r->name);
+    free(r->filter);
+    free(r->exchange);
+    free(r->content_type);
+    if (r->has_key)
+        tmpl_free(&r->key);
+    for (size_t k = 0; k < r->nheaders; k++) {
+        free(r->hkeys[k]);
+        tmpl_free(&r->hvals[k]);
+    }
+    free(r->hkeys);
+    free(r->hvals);
+}
+
+int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_routes **out, char *err,
+                       size_t errlen)
+{
+    int rc = 0;
+    struct m2a_routes *rt = xcalloc(1, sizeof(*rt));
+    *out = NULL;
+    rt->r = xcalloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*rt->r));
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        /* Count before compiling so that a half-built route is freed too. */
+        rt->n = i + 1;
+        if ((rc = compile_route(&cfg->routes[i], &rt->r[i], err, errlen)) < 0)
+            goto out;
+    }
+    build_subscriptions(rt);
+    *out = rt;
+    rt = NULL;
+out:
+    m2a_routes_free(rt);
+    return rc;
+}
+
+void m2a_routes_free(struct m2a_routes *routes)
+{
+    if (!routes)
+        return;
+    for (size_t i = 0; i < routes->n; i++)
+        route_free(&routes->r[i]);
+    free(routes->r);
+    for (size_t i = 0; i < routes->nsubs; i++)
+        free(routes->subs[i]);
+    free(routes->subs);
+    free(routes);
+}
+
+size_t m2a_routes_count(const struct m2a_routes *routes)
+{
+    return routes->n;
+}
+
+const char *m2a_routes_name(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].name : NULL;
+}
+
+size_t m2a_routes_nsubscriptions(const struct m2a_routes *routes)
+{
+    return routes->nsubs;
+}
+
+const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->nsubs ? routes->subs[i] : NULL;
+}
+
+/* --- mapping --- */
+
+struct m2a_route_scratch *m2a_route_scratch_new(void)
+{
+    return xcalloc(1, sizeof(struct m2a_route_scratch));
+}
+
+void m2a_route_scratch_free(struct m2a_route_scratch *s)
+{
+    if (!s)
+        return;
+    m2a_buf_free(&s->key);
+    m2a_buf_free(&s->hvals);
+    free(s->headers);
+    free(s);
+}
+
+static struct m2a_str str_of(const char *s)
+{
+    return (struct m2a_str){s, strlen(s)};
+}
+
+/* Fills env for route r; returns 0 or M2A_ERR_KEY_TOO_LONG. */
+static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
+                   const struct m2a_captures *caps, struct m2a_route_scratch *s,
+                   struct m2a_envelope *env)
+{
+    int rc = 0;
+    m2a_buf_reset(&s->key);
+    if (r->has_key)
+        tmpl_expand(&r->key, msg, caps, &s->key, M2A_MAX_ROUTING_KEY);
+    else
+        m2a_topic_to_routing_key(msg->topic, msg->topic_len, &s->key);
+    if (s->key.len > M2A_MAX_ROUTING_KEY)
+        rc = M2A_ERR_KEY_TOO_LONG;
+    /* NUL-terminated for amqp_cstring_bytes users; the appends above already
+     * reserved room for it, so this allocates nothing. */
+    m2a_buf_cstr(&s->key);
+
+    if (r->nheaders > s->headers_cap) {
+        s->headers = xrealloc(s->headers, r->nheaders * sizeof(*s->headers));
+        s->headers_cap = r->nheaders;
+    }
+    /* Values go back to back into one buffer that may move while it grows,
+     * so pointers are set only once all are written. */
+    m2a_buf_reset(&s->hvals);
+    for (size_t k = 0; k < r->nheaders; k++) {
+        size_t start = s->hvals.len;
+        tmpl_expand(&r->hvals[k], msg, caps, &s->hvals, SIZE_MAX);
+        s->headers[k].key = str_of(r->hkeys[k]);
+        s->headers[k].value.len = s->hvals.len - start;
+    }
+    m2a_buf_cstr(&s->hvals); /* data is never NULL below, even with no values */
+    size_t off = 0;
+    for (size_t k = 0; k < r->nheaders; k++) {
+        s->headers[k].value.ptr = (const char *)s->hvals.data + off;
+        off += s->headers[k].value.len;
+    }
+
+    *env = (struct m2a_envelope){
+        .timestamp_ms = msg->timestamp_ms,
+        .route = str_of(r->name),
+        .exchange = str_of(r->exchange),
+        .routing_key = {(const char *)s->key.data, s->key.len},
+        .content_type = str_of(r->content_type),
+        .topic = {msg->topic, msg->topic_len},
+        .qos = (uint8_t)msg->qos,
+        .retain = msg->retain,
+        .persistent = r->persistent,
+        .nheaders = r->nheaders,
+        .headers = s->headers,
+        .body = {msg->payload ? (const char *)msg->payload : "", msg->payload_len},
+    };
+    return rc;
+}
+
+size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
+                      struct m2a_route_scratch *scratch, m2a_route_cb cb, void *ud)
+{
+    size_t matched = 0;
+    struct m2a_captures caps;
+    for (size_t i = 0; i < routes->n; i++) {
+        const struct route *r = &routes->r[i];
+        if (!m2a_topic_match(r->filter, msg->topic, msg->topic_len, &caps))
+            continue;
+        matched++;
+        struct m2a_envelope env;
+        int rc = map_one(r, msg, &caps, scratch, &env);
+        cb(ud, i, &env, rc);
+        if (!r->cont)
+            break;
+    }
+    return matched;
 }

@@ -1,11 +1,99 @@
-/* topic.c - stub, being written: see include/mqtt2amqp/topic.h. */
+/* topic.c - MQTT topic names and filters: validation, matching with
+ * captures, overlap between filters, and the RabbitMQ MQTT plugin's
+ * topic -> routing key conversion.
+ *
+ * Pure functions with no shared state: callable from any thread. Nothing
+ * here allocates except m2a_topic_to_routing_key, into the caller's buffer,
+ * because matching runs once per message and per route on the MQTT thread. */
 #include "mqtt2amqp/topic.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "mqtt2amqp/err.h"
+
+#define MAX_TOPIC_LEN 65535
+
+static int fail(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+    return M2A_ERR_TOPIC;
+}
+
+/* Well-formed UTF-8 without the control characters MQTT says a client should
+ * not send: libmosquitto refuses such a filter at subscribe time, and a config
+ * error at load time is far easier to act on. */
+static bool utf8_ok(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        size_t n;
+        unsigned cp;
+        if (c < 0x80) {
+            n = 1;
+            cp = c;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            n = 2;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 3;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 4;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (len - i < n)
+            return false;
+        for (size_t k = 1; k < n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        /* Overlong forms, surrogates, beyond Unicode, control characters. */
+        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF) || cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
+            return false;
+        i += n;
+    }
+    return true;
+}
 
 int m2a_topic_filter_validate(const char *filter, char *err, size_t errlen)
 {
-    (void)filter;
-    (void)err;
-    (void)errlen;
+    if (!filter || !*filter)
+        return fail(err, errlen, "topic filter is empty");
+    size_t len = strlen(filter);
+    if (len > MAX_TOPIC_LEN)
+        return fail(err, errlen, "topic filter is longer than 65535 bytes");
+    if (strncmp(filter, "$share/", 7) == 0)
+        return fail(err, errlen,
+                    "topic filter must not start with \"$share/\": set mqtt.share_group instead, "
+                    "the bridge adds the share prefix itself");
+    if (!utf8_ok((const unsigned char *)filter, len))
+        return fail(err, errlen, "topic filter is not valid UTF-8 or contains control characters");
+    int wildcards = 0;
+    for (const char *lvl = filter;;) {
+        const char *end = strchr(lvl, '/');
+        size_t n = end ? (size_t)(end - lvl) : strlen(lvl);
+        bool plus = memchr(lvl, '+', n) != NULL;
+        bool hash = memchr(lvl, '#', n) != NULL;
+        if (plus && n != 1)
+            return fail(err, errlen, "'+' must occupy a whole topic level, as in \"a/+/c\"");
+        if (hash && n != 1)
+            return fail(err, errlen, "'#' must occupy a whole topic level, as in \"a/#\"");
+        if (hash && end)
+            return fail(err, errlen, "'#' must be the last level of a topic filter");
+        wildcards += plus || hash;
+        if (!end)
+            break;
+        lvl = end + 1;
+    }
+    if (wildcards > M2A_MAX_CAPTURES)
+        return fail(err, errlen, "topic filter has more than 9 wildcards");
     return 0;
 }
 
@@ -15,4 +103,141 @@ int m2a_topic_filter_wildcards(const char *filter)
     for (; *filter; filter++)
         n += (*filter == '+' || *filter == '#');
     return n;
+}
+
+int m2a_topic_validate(const char *topic, size_t len)
+{
+    if (!topic || len == 0 || len > MAX_TOPIC_LEN)
+        return M2A_ERR_TOPIC;
+    for (size_t i = 0; i < len; i++) {
+        if (topic[i] == '\0' || topic[i] == '+' || topic[i] == '#')
+            return M2A_ERR_TOPIC;
+    }
+    return 0;
+}
+
+static void capture(struct m2a_captures *caps, const char *p, size_t n)
+{
+    /* A filter that skipped validation may have more wildcards than slots:
+     * it still matches, the extra captures are just not reported. */
+    if (caps && caps->n < M2A_MAX_CAPTURES) {
+        caps->cap[caps->n].ptr = p;
+        caps->cap[caps->n].len = n;
+        caps->n++;
+    }
+}
+
+static bool match(const char *f, const char *topic, size_t len, struct m2a_captures *caps)
+{
+    size_t t = 0; /* start of the current topic level */
+    for (;;) {
+        if (f[0] == '#' && f[1] == '\0') {
+            capture(caps, topic + t, len - t);
+            return true;
+        }
+        const char *fe = strchr(f, '/');
+        if (!fe)
+            fe = f + strlen(f);
+        const char *slash = memchr(topic + t, '/', len - t);
+        size_t te = slash ? (size_t)(slash - topic) : len;
+        if (fe - f == 1 && f[0] == '+') {
+            capture(caps, topic + t, te - t);
+        } else if ((size_t)(fe - f) != te - t || memcmp(f, topic + t, te - t) != 0) {
+            return false;
+        }
+        if (*fe == '\0')
+            return te == len;
+        if (te == len) {
+            /* The topic ended but the filter goes on: only "/#" may follow,
+             * because '#' also matches the parent level ("a/#" matches "a"). */
+            if (fe[1] == '#' && fe[2] == '\0') {
+                capture(caps, topic + len, 0);
+                return true;
+            }
+            return false;
+        }
+        f = fe + 1;
+        t = te + 1;
+    }
+}
+
+bool m2a_topic_match(const char *filter, const char *topic, size_t len, struct m2a_captures *caps)
+{
+    if (caps)
+        caps->n = 0;
+    if ((filter[0] == '+' || filter[0] == '#') && len > 0 && topic[0] == '$')
+        return false;
+    if (match(filter, topic, len, caps))
+        return true;
+    if (caps)
+        caps->n = 0;
+    return false;
+}
+
+/* One level of a filter: [p, p + n), and whether more levels follow. */
+struct level {
+    const char *p;
+    size_t n;
+    bool last;
+};
+
+static struct level next_level(const char **cursor)
+{
+    struct level l = {*cursor, 0, false};
+    const char *end = strchr(*cursor, '/');
+    if (end) {
+        l.n = (size_t)(end - *cursor);
+        *cursor = end + 1;
+    } else {
+        l.n = strlen(*cursor);
+        l.last = true;
+    }
+    return l;
+}
+
+static bool is_hash(struct level l)
+{
+    return l.n == 1 && l.p[0] == '#';
+}
+
+static bool is_plus(struct level l)
+{
+    return l.n == 1 && l.p[0] == '+';
+}
+
+bool m2a_topic_filters_overlap(const char *a, const char *b)
+{
+    /* A filter starting with a wildcard matches no '$' topic, so it shares
+     * nothing with a filter whose first level is a literal "$...". */
+    bool wa = a[0] == '+' || a[0] == '#';
+    bool wb = b[0] == '+' || b[0] == '#';
+    if ((wa && b[0] == '$') || (wb && a[0] == '$'))
+        return false;
+    for (;;) {
+        struct level la = next_level(&a);
+        struct level lb = next_level(&b);
+        if (is_hash(la) || is_hash(lb))
+            return true;
+        if (!is_plus(la) && !is_plus(lb) && (la.n != lb.n || memcmp(la.p, lb.p, la.n) != 0))
+            return false;
+        if (la.last && lb.last)
+            return true;
+        if (la.last || lb.last) {
+            /* One ended: the other overlaps only if its rest is exactly "#"
+             * (it matches the parent level too). */
+            const char *rest = la.last ? b : a;
+            return rest[0] == '#' && rest[1] == '\0';
+        }
+    }
+}
+
+void m2a_topic_to_routing_key(const char *s, size_t len, struct m2a_buf *out)
+{
+    m2a_buf_reserve(out, len);
+    unsigned char *d = out->data + out->len;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        d[i] = (unsigned char)(c == '/' ? '.' : c == '.' ? '/' : c);
+    }
+    out->len += len;
 }

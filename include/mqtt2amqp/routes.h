@@ -62,8 +62,7 @@ void m2a_route_scratch_free(struct m2a_route_scratch *s);
  * M2A_ERR_TEMPLATE and env has route, exchange, topic, body and flags set
  * but routing_key/headers may be partial. env and its strings are valid
  * only during the call. */
-typedef void (*m2a_route_cb)(void *ud, size_t route_index, const struct m2a_envelope *env,
-                             int err);
+typedef void (*m2a_route_cb)(void *ud, size_t route_index, const struct m2a_envelope *env, int err);
 
 /* Maps msg through the routes: first match wins unless that route has
  * continue: true. Returns the number of routes that matched (0: none). */
