@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# deps.sh - installs what building, testing and running mqtt2amqp need on
+# Debian 12. Idempotent: when every package is installed it does nothing
+# (no network, no root needed).
+#
+# Installing rabbitmq-server or mosquitto may try to start their system
+# services. Nothing here relies on them (the tests and scripts/run.sh start
+# private brokers), so when the machine has no policy-rc.d we put a
+# temporary one in place that tells invoke-rc.d not to start anything, and
+# remove it afterwards. Services already running are left alone.
+set -euo pipefail
+
+PACKAGES=(
+    build-essential cmake pkg-config           # toolchain
+    libmosquitto-dev librabbitmq-dev libyaml-dev # the bridge's libraries
+    check libsubunit-dev                       # unit tests
+    mosquitto mosquitto-clients                # MQTT broker for tests and scripts/run.sh
+    rabbitmq-server amqp-tools                 # AMQP broker (and epmd) for tests and run.sh
+    iproute2                                   # ss: free-port probing in test-rabbitmq.sh
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "deps: all ${#PACKAGES[@]} packages installed"
+    exit 0
+fi
+echo "deps: installing ${missing[*]}"
+
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+        echo "deps: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    }
+    SUDO=(sudo)
+fi
+
+POLICY=/usr/sbin/policy-rc.d
+made_policy=0
+cleanup() {
+    if [ $made_policy = 1 ]; then
+        "${SUDO[@]}" rm -f "$POLICY"
+    fi
+}
+trap cleanup EXIT
+if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\n# temporary, from mqtt2amqp scripts/deps.sh: start no services\nexit 101\n' |
+        "${SUDO[@]}" tee "$POLICY" >/dev/null
+    "${SUDO[@]}" chmod 755 "$POLICY"
+    made_policy=1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    "${missing[@]}" </dev/null
+echo "deps: done"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# test.sh - the one command that checks everything: installs dependencies,
+# builds with -Werror, runs every test (unit, then integration against real
+# Mosquitto and RabbitMQ started by the test fixtures), then does it all
+# again under AddressSanitizer + UndefinedBehaviorSanitizer.
+#
+#   scripts/test.sh                 everything
+#   BUILD_DIR=dir                   main build dir (default build/)
+#   ASAN_BUILD_DIR=dir              sanitizer build dir (default build-asan/)
+#   M2A_SANITIZE_RUN=0              skip the sanitizer pass
+#   CTEST_ARGS="-L unit"            extra ctest arguments (e.g. a label), both passes
+#   JOBS=n                          build/test parallelism (default nproc)
+#
+# Works unattended (CI=true, no stdin). Exit status non-zero if anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD_DIR=${BUILD_DIR:-build}
+ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+JOBS=${JOBS:-$(nproc)}
+read -r -a EXTRA <<<"${CTEST_ARGS:-}"
+T0=$SECONDS
+status=0
+
+step() {
+    echo
+    echo "==> $* ($((SECONDS - T0)) s)"
+}
+
+# build_and_test DIR CMAKE_ARGS...: configure, build, run ctest; 0 if all passed.
+build_and_test() {
+    local dir=$1
+    shift
+    step "configure $dir: cmake $*"
+    cmake -S "$ROOT" -B "$dir" "$@" || return 1
+    step "build $dir (-j$JOBS)"
+    cmake --build "$dir" -j"$JOBS" || return 1
+    step "test $dir: ctest --output-on-failure -j$JOBS ${EXTRA[*]}"
+    # The brokers fixture (RabbitMQ) starts before the first integration test
+    # and stops after the last; integration tests hold a resource lock so only
+    # one runs at a time, unit tests run in parallel.
+    (cd "$dir" && ctest --output-on-failure -j"$JOBS" --timeout 900 "${EXTRA[@]}") || return 1
+}
+
+step "dependencies: scripts/deps.sh"
+scripts/deps.sh </dev/null
+
+if ! build_and_test "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-RelWithDebInfo}"; then
+    echo "FAILED: $BUILD_DIR" >&2
+    status=1
+fi
+
+if [ "${M2A_SANITIZE_RUN:-1}" != 0 ]; then
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    if ! build_and_test "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DM2A_SANITIZE=ON; then
+        echo "FAILED: $ASAN_BUILD_DIR (sanitizers)" >&2
+        status=1
+    fi
+else
+    step "sanitizer pass skipped (M2A_SANITIZE_RUN=0)"
+fi
+
+step "done: $([ $status = 0 ] && echo 'all passed' || echo 'FAILURES above')"
+exit $status
