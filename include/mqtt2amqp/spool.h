@@ -24,6 +24,10 @@
 
 struct m2a_spool;
 
+/* Largest encoded envelope one record holds (bounds what a damaged length
+ * field can make recovery or the reader allocate). */
+#define M2A_SPOOL_MAX_PAYLOAD (16u * 1024u * 1024u)
+
 struct m2a_spool_opts {
     const char *dir;        /* created if missing (one level) */
     uint64_t max_bytes;     /* bound on bytes in segments not yet deleted */
@@ -38,6 +42,7 @@ struct m2a_spool_recovery {
     uint64_t unconfirmed;     /* records that will be replayed */
     uint64_t truncated_bytes; /* torn tail bytes removed */
     uint64_t corrupt_records; /* damaged records skipped */
+    bool checkpoint_invalid;  /* checkpoint damaged: committed taken as 0, all replayed */
 };
 
 struct m2a_spool_stats {
@@ -66,7 +71,9 @@ const char *m2a_spool_id(const struct m2a_spool *spool);
 /* Adds env to the current batch and assigns it the next sequence number.
  * Nothing is visible to the reader, nor guaranteed on disk, until
  * m2a_spool_flush(). Returns 0, M2A_ERR_FULL (would exceed max_bytes),
- * M2A_ERR_NOSPACE (disk full) or M2A_ERR_IO. On error nothing was added. */
+ * M2A_ERR_NOSPACE (disk full), M2A_ERR_IO, or M2A_ERR_ARG (encoding larger
+ * than M2A_SPOOL_MAX_PAYLOAD or than max_bytes: it can never be spooled, so
+ * drop or dead-letter it rather than wait). On error nothing was added. */
 int m2a_spool_append(struct m2a_spool *spool, const struct m2a_envelope *env, uint64_t *seq);
 
 /* Ends a batch: writes the batch with one write(2) (or a few, across a
