@@ -1,1 +1,1041 @@
-/* amqp_out.c - stub, being written. */
+/* amqp_out.c - the AMQP side of the bridge: one thread that reads the spool
+ * and publishes to RabbitMQ with publisher confirms.
+ *
+ * Thread ownership: the AMQP thread owns the rabbitmq-c connection (never
+ * shared: rabbitmq-c is not thread-safe), the confirm window and the spool
+ * reader. start/stop run on the caller's thread and touch only the stop
+ * flag, the wake eventfd and, as a last resort when the thread is stuck in
+ * a blocking library call, shutdown() of the socket under `mu`.
+ *
+ * The loop: connect (advertising connection.blocked and friends), declare
+ * the topology, confirm.select, then alternate between reading frames
+ * (acks, nacks, returns, blocked/unblocked, closes), committing the
+ * confirmed prefix to the spool, publishing spool records while the window
+ * has room, and poll() on the socket, the spool's notify fd and the wake fd.
+ * rabbitmq-c 0.11 has no confirm wait and services heartbeats only inside
+ * its own calls, so the poll timeout is short and every iteration calls
+ * amqp_simple_wait_frame_noblock() at least once.
+ *
+ * Why not SO_SNDTIMEO: rabbitmq-c puts its sockets in O_NONBLOCK and waits
+ * for POLLOUT itself with an infinite deadline in amqp_basic_publish, so a
+ * send timeout never fires. Instead we publish only while the socket polls
+ * writable (checked every WRITE_CHECK_BYTES), and stop() shuts the socket
+ * down if the thread has not finished by its deadline, which makes any
+ * blocked library call return an error.
+ *
+ * On a lost connection every unconfirmed record is re-published from the
+ * copies in the window (same message id), so the spool cursor never moves
+ * back and confirmed-but-not-yet-committed records are not duplicated. */
+#include "mqtt2amqp/amqp_out.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+
+#include "mqtt2amqp/backoff.h"
+#include "mqtt2amqp/confirm_window.h"
+#include "mqtt2amqp/envelope.h"
+#include "mqtt2amqp/err.h"
+#include "mqtt2amqp/log.h"
+#include "mqtt2amqp/util.h"
+
+#define COMPONENT         "amqp"
+#define CHANNEL           1
+#define POLL_MAX_MS       100   /* also bounds heartbeat servicing */
+#define CONNECT_TIMEOUT_S 5     /* TCP connect and AMQP handshake */
+#define RPC_TIMEOUT_S     10    /* declare / confirm.select replies */
+#define CLOSE_TIMEOUT_MS  1000  /* channel.close / connection.close at stop */
+#define STOP_GRACE_MS     2000  /* after the stop deadline, before shutdown() */
+#define WRITE_CHECK_BYTES 32768 /* re-check POLLOUT after this much published */
+#define LOG_EVERY_MS      1000  /* rate limit of per-message warnings */
+#define STABLE_SESSION_MS 10000 /* a session this long resets the backoff */
+#define SPOOL_RETRY_MS    1000  /* after a spool read error */
+#define FRAME_SLACK       4096  /* frame_max minus this bounds the properties */
+
+/* What a session ended with. */
+enum session_end {
+    END_LOST = 1, /* connection failed: tear down, back off, reconnect */
+    END_BROKER,   /* broker closed it (connection.close answered) */
+    END_CHANNEL,  /* broker closed our channel: close the connection politely */
+    END_STOPPED,  /* stop requested and drained (or timed out) */
+};
+
+struct ratelimit {
+    uint64_t next_ms;
+    uint64_t suppressed;
+};
+
+struct m2a_amqp_out {
+    const struct m2a_conf_amqp *conf;
+    struct m2a_spool *spool;
+    struct m2a_stats *stats;
+    const char *spool_id;
+
+    pthread_t thread;
+    int wake_fd; /* eventfd: stop() interrupts poll() and the backoff sleep */
+    _Atomic int stopping;
+    _Atomic uint64_t stop_deadline_ms;
+    pthread_mutex_t mu; /* guards sockfd and done */
+    pthread_cond_t cv;  /* signalled when done */
+    int sockfd;         /* the open connection's socket, else -1 */
+    bool done;
+
+    /* --- AMQP thread only --- */
+    amqp_connection_state_t conn;
+    struct m2a_cwin *cw;
+    struct m2a_backoff backoff;      /* reconnects */
+    struct m2a_backoff nack_backoff; /* per-message retries after basic.nack */
+    uint64_t next_tag;               /* last delivery tag used on the channel */
+    uint64_t connected_ms;
+    uint64_t last_rx_ms; /* last time the broker sent anything */
+    int heartbeat_s;     /* negotiated */
+    bool blocked;
+    bool progress;   /* a confirm arrived in this session */
+    bool refused;    /* the broker refused the login or the topology */
+    bool want_write; /* publishing waits for POLLOUT */
+    uint64_t next_retry_ms;
+    uint64_t spool_retry_ms; /* no spool reads before this (after an error) */
+    unsigned nconnects;
+    /* basic.return: its content header and body frames follow on the channel */
+    int return_frames; /* 0 none, 1 header expected, 2 body expected */
+    uint64_t return_left;
+    struct ratelimit rl_return, rl_nack, rl_spool, rl_drop;
+    char end_reason[256];
+
+    /* publish scratch, grown only */
+    struct m2a_header *hdrs;
+    size_t hdrs_cap;
+    amqp_table_entry_t *entries;
+    size_t entries_cap;
+};
+
+static bool stopping(const struct m2a_amqp_out *ao)
+{
+    return atomic_load_explicit(&ao->stopping, memory_order_acquire) != 0;
+}
+
+static bool rl_allow(struct ratelimit *rl, uint64_t *suppressed)
+{
+    uint64_t now = m2a_now_ms();
+    if (now < rl->next_ms) {
+        rl->suppressed++;
+        return false;
+    }
+    *suppressed = rl->suppressed;
+    rl->suppressed = 0;
+    rl->next_ms = now + LOG_EVERY_MS;
+    return true;
+}
+
+static amqp_bytes_t str_bytes(struct m2a_str s)
+{
+    amqp_bytes_t b = {s.len, (void *)s.ptr};
+    return b;
+}
+
+static void set_end(struct m2a_amqp_out *ao, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_end(struct m2a_amqp_out *ao, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ao->end_reason, sizeof(ao->end_reason), fmt, ap);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connection set-up                                                   */
+
+/* Describes a failed RPC in buf; true when the broker closed the channel
+ * (we must answer close-ok), *conn_closed when it closed the connection. */
+static void describe_reply(amqp_rpc_reply_t r, char *buf, size_t len, bool *chan_closed,
+                           bool *conn_closed)
+{
+    *chan_closed = *conn_closed = false;
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        snprintf(buf, len, "ok");
+        break;
+    case AMQP_RESPONSE_NONE:
+        snprintf(buf, len, "no reply");
+        break;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        snprintf(buf, len, "%s", amqp_error_string2(r.library_error));
+        break;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+            const amqp_connection_close_t *m = r.reply.decoded;
+            snprintf(buf, len, "connection closed by broker: %u %.*s", m->reply_code,
+                     (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+            *conn_closed = true;
+        } else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            const amqp_channel_close_t *m = r.reply.decoded;
+            snprintf(buf, len, "channel closed by broker: %u %.*s", m->reply_code,
+                     (int)m->reply_text.len, (const char *)m->reply_text.bytes);
+            *chan_closed = true;
+        } else {
+            snprintf(buf, len, "unexpected method 0x%08x from broker", (unsigned)r.reply.id);
+        }
+        break;
+    }
+}
+
+/* Checks the reply of the last RPC. On failure sets end_reason to
+ * "what: reason" and answers a broker-initiated close. Returns 0,
+ * M2A_ERR_AMQP when the broker closed the channel (the connection is still
+ * usable) or M2A_ERR_CLOSED when the connection is not. */
+static int check_reply(struct m2a_amqp_out *ao, amqp_rpc_reply_t r, const char *what)
+{
+    if (r.reply_type == AMQP_RESPONSE_NORMAL)
+        return 0;
+    char why[512];
+    bool chan_closed, conn_closed;
+    describe_reply(r, why, sizeof(why), &chan_closed, &conn_closed);
+    ao->refused = r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION;
+    set_end(ao, "%s: %s", what, why);
+    if (chan_closed) {
+        amqp_channel_close_ok_t ok = {0};
+        amqp_send_method(ao->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+        return M2A_ERR_AMQP;
+    }
+    if (conn_closed) {
+        amqp_connection_close_ok_t ok = {0};
+        amqp_send_method(ao->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+    }
+    return M2A_ERR_CLOSED;
+}
+
+/* Builds an AMQP table from configured arguments; entries must hold n. */
+static amqp_table_t conf_table(const struct m2a_conf_arg *args, size_t n,
+                               amqp_table_entry_t *entries)
+{
+    for (size_t i = 0; i < n; i++) {
+        entries[i].key = amqp_cstring_bytes(args[i].key);
+        switch (args[i].type) {
+        case M2A_ARG_STRING:
+            entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
+            entries[i].value.value.bytes = amqp_cstring_bytes(args[i].str);
+            break;
+        case M2A_ARG_INT:
+            entries[i].value.kind = AMQP_FIELD_KIND_I64;
+            entries[i].value.value.i64 = args[i].num;
+            break;
+        case M2A_ARG_BOOL:
+            entries[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+            entries[i].value.value.boolean = args[i].flag;
+            break;
+        }
+    }
+    amqp_table_t t = {(int)n, n ? entries : NULL};
+    return t;
+}
+
+static const char *at_line(char *buf, size_t len, struct m2a_conf_mark m)
+{
+    if (m.line > 0)
+        snprintf(buf, len, " (config line %d)", m.line);
+    else
+        buf[0] = '\0';
+    return buf;
+}
+
+/* Declares exchanges, queues and bindings. A refusal (say, a queue that
+ * exists with other arguments) closes the channel: the caller closes the
+ * connection politely and retries with backoff, since an operator may fix
+ * the broker side without restarting us. */
+static int declare_topology(struct m2a_amqp_out *ao)
+{
+    const struct m2a_conf_amqp *c = ao->conf;
+    char what[600], line[32];
+    int rc = 0;
+    size_t maxargs = 1;
+    for (size_t i = 0; i < c->nexchanges; i++)
+        maxargs = c->exchanges[i].nargs > maxargs ? c->exchanges[i].nargs : maxargs;
+    for (size_t i = 0; i < c->nqueues; i++) {
+        const struct m2a_conf_queue *q = &c->queues[i];
+        maxargs = q->nargs > maxargs ? q->nargs : maxargs;
+        for (size_t j = 0; j < q->nbindings; j++)
+            maxargs = q->bindings[j].nargs > maxargs ? q->bindings[j].nargs : maxargs;
+    }
+    amqp_table_entry_t *entries = xcalloc(maxargs, sizeof(*entries));
+
+    for (size_t i = 0; i < c->nexchanges; i++) {
+        const struct m2a_conf_exchange *x = &c->exchanges[i];
+        amqp_exchange_declare(ao->conn, CHANNEL, amqp_cstring_bytes(x->name),
+                              amqp_cstring_bytes(x->type ? x->type : "topic"), 0, x->durable,
+                              x->auto_delete, x->internal, conf_table(x->args, x->nargs, entries));
+        snprintf(what, sizeof(what), "declaring exchange '%s'%s", x->name,
+                 at_line(line, sizeof(line), x->mark));
+        if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), what)) != 0)
+            goto out;
+    }
+    for (size_t i = 0; i < c->nqueues; i++) {
+        const struct m2a_conf_queue *q = &c->queues[i];
+        amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+            ao->conn, CHANNEL, amqp_cstring_bytes(q->name), 0, q->durable, q->exclusive,
+            q->auto_delete, conf_table(q->args, q->nargs, entries));
+        snprintf(what, sizeof(what), "declaring queue '%s'%s", q->name,
+                 at_line(line, sizeof(line), q->mark));
+        if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), what)) != 0)
+            goto out;
+        /* A server-named queue ("") is bound under the name it got. */
+        char *qname = xstrndup(ok->queue.bytes, ok->queue.len);
+        for (size_t j = 0; j < q->nbindings && rc == 0; j++) {
+            const struct m2a_conf_binding *b = &q->bindings[j];
+            const char *key = b->routing_key ? b->routing_key : "#";
+            amqp_queue_bind(ao->conn, CHANNEL, amqp_cstring_bytes(qname),
+                            amqp_cstring_bytes(b->exchange), amqp_cstring_bytes(key),
+                            conf_table(b->args, b->nargs, entries));
+            snprintf(what, sizeof(what), "binding queue '%s' to exchange '%s' with key '%s'%s",
+                     qname, b->exchange, key, at_line(line, sizeof(line), b->mark));
+            rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), what);
+        }
+        free(qname);
+        if (rc)
+            goto out;
+    }
+out:
+    free(entries);
+    return rc;
+}
+
+static void publish_sockfd(struct m2a_amqp_out *ao, int fd)
+{
+    pthread_mutex_lock(&ao->mu);
+    ao->sockfd = fd;
+    pthread_mutex_unlock(&ao->mu);
+}
+
+static int open_socket(struct m2a_amqp_out *ao)
+{
+    const struct m2a_conf_amqp *c = ao->conf;
+    amqp_socket_t *sock;
+    if (c->tls.enabled) {
+        sock = amqp_ssl_socket_new(ao->conn);
+        if (!sock) {
+            set_end(ao, "cannot create a TLS socket");
+            return M2A_ERR_IO;
+        }
+        amqp_ssl_socket_set_verify_peer(sock, 1);
+        amqp_ssl_socket_set_verify_hostname(sock, c->tls.verify_hostname);
+        if (c->tls.ca_file && amqp_ssl_socket_set_cacert(sock, c->tls.ca_file) != AMQP_STATUS_OK) {
+            set_end(ao, "cannot load CA file %s", c->tls.ca_file);
+            return M2A_ERR_CONFIG;
+        }
+        if (c->tls.cert_file &&
+            amqp_ssl_socket_set_key(sock, c->tls.cert_file, c->tls.key_file) != AMQP_STATUS_OK) {
+            set_end(ao, "cannot load client certificate %s / key %s", c->tls.cert_file,
+                    c->tls.key_file);
+            return M2A_ERR_CONFIG;
+        }
+    } else {
+        sock = amqp_tcp_socket_new(ao->conn);
+        if (!sock) {
+            set_end(ao, "cannot create a TCP socket");
+            return M2A_ERR_IO;
+        }
+    }
+    struct timeval tv = {CONNECT_TIMEOUT_S, 0};
+    int rc = amqp_socket_open_noblock(sock, c->host, c->port, &tv);
+    if (rc != AMQP_STATUS_OK) {
+        set_end(ao, "cannot connect: %s", amqp_error_string2(rc));
+        return M2A_ERR_IO;
+    }
+    publish_sockfd(ao, amqp_get_sockfd(ao->conn));
+    /* stop() may have looked for a socket to shut down just before. */
+    if (stopping(ao)) {
+        set_end(ao, "stop requested while connecting");
+        return M2A_ERR_CLOSED;
+    }
+    return 0;
+}
+
+static int login(struct m2a_amqp_out *ao)
+{
+    const struct m2a_conf_amqp *c = ao->conf;
+    amqp_table_entry_t caps[6];
+    const char *cap_names[] = {
+        "publisher_confirms",     "connection.blocked",         "basic.nack",
+        "consumer_cancel_notify", "exchange_exchange_bindings", "authentication_failure_close"};
+    for (size_t i = 0; i < 6; i++) {
+        caps[i].key = amqp_cstring_bytes(cap_names[i]);
+        caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        caps[i].value.value.boolean = 1;
+    }
+    amqp_table_entry_t props[5];
+    const char *names[] = {"product", "version", "platform", "connection_name"};
+    /* Names this bridge in the management UI; the spool id tells instances apart. */
+    char name[128];
+    snprintf(name, sizeof(name), "mqtt2amqp %s", ao->spool_id);
+    const char *values[] = {"mqtt2amqp", M2A_VERSION, "C11 / rabbitmq-c", name};
+    for (size_t i = 0; i < 4; i++) {
+        props[i].key = amqp_cstring_bytes(names[i]);
+        props[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        props[i].value.value.bytes = amqp_cstring_bytes(values[i]);
+    }
+    props[4].key = amqp_cstring_bytes("capabilities");
+    props[4].value.kind = AMQP_FIELD_KIND_TABLE;
+    props[4].value.value.table.num_entries = 6;
+    props[4].value.value.table.entries = caps;
+    amqp_table_t client_props = {5, props};
+
+    amqp_rpc_reply_t r =
+        amqp_login_with_properties(ao->conn, c->vhost, 0, AMQP_DEFAULT_FRAME_SIZE, c->heartbeat,
+                                   &client_props, AMQP_SASL_METHOD_PLAIN, c->username, c->password);
+    return check_reply(ao, r, "login");
+}
+
+/* Connects, declares the topology and enables confirms. On failure
+ * end_reason says why and the connection (if any) is left for teardown. */
+static int connect_broker(struct m2a_amqp_out *ao)
+{
+    int rc;
+    ao->conn = amqp_new_connection();
+    if (!ao->conn)
+        abort(); /* out of memory: see util.h */
+    struct timeval hs = {CONNECT_TIMEOUT_S, 0}, rpc = {RPC_TIMEOUT_S, 0};
+    amqp_set_handshake_timeout(ao->conn, &hs);
+    amqp_set_rpc_timeout(ao->conn, &rpc);
+    if ((rc = open_socket(ao)) != 0)
+        return rc;
+    if ((rc = login(ao)) != 0)
+        return rc;
+    amqp_channel_open(ao->conn, CHANNEL);
+    if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "opening channel")) != 0)
+        return rc;
+    if ((rc = declare_topology(ao)) != 0)
+        return rc;
+    amqp_confirm_select(ao->conn, CHANNEL);
+    if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "confirm.select")) != 0)
+        return rc;
+    ao->heartbeat_s = amqp_get_heartbeat(ao->conn);
+    return 0;
+}
+
+/* Closes politely if `polite` (bounded by CLOSE_TIMEOUT_MS), then destroys. */
+static void teardown(struct m2a_amqp_out *ao, bool polite, bool channel_open)
+{
+    if (!ao->conn)
+        return;
+    if (polite) {
+        struct timeval tv = {0, CLOSE_TIMEOUT_MS * 1000};
+        amqp_set_rpc_timeout(ao->conn, &tv);
+        amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_NORMAL};
+        if (channel_open)
+            r = amqp_channel_close(ao->conn, CHANNEL, AMQP_REPLY_SUCCESS);
+        if (r.reply_type == AMQP_RESPONSE_NORMAL)
+            amqp_connection_close(ao->conn, AMQP_REPLY_SUCCESS);
+    }
+    publish_sockfd(ao, -1); /* before the fd is closed: stop() must not shut a reused fd */
+    amqp_destroy_connection(ao->conn);
+    ao->conn = NULL;
+    M2A_STAT_SET(ao->stats, amqp_connected, 0);
+    if (ao->blocked)
+        M2A_STAT_SET(ao->stats, amqp_blocked, 0);
+    ao->blocked = false;
+    ao->return_frames = 0;
+    ao->want_write = false;
+    m2a_cwin_requeue(ao->cw); /* tags restart at 1 on the next channel */
+    ao->next_tag = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Frames from the broker                                              */
+
+static uint32_t nack_delay(void *ctx, uint32_t retries)
+{
+    struct m2a_backoff *b = ctx;
+    b->attempt = retries;
+    return m2a_backoff_next(b);
+}
+
+static void on_return(struct m2a_amqp_out *ao, const amqp_basic_return_t *m)
+{
+    uint64_t sup;
+    M2A_STAT_ADD(ao->stats, returned, 1);
+    ao->return_frames = 1;
+    if (rl_allow(&ao->rl_return, &sup))
+        m2a_warn(COMPONENT,
+                 "unroutable message returned (dropped): exchange '%.*s', routing key '%.*s': "
+                 "%u %.*s (%" PRIu64 " similar suppressed)",
+                 (int)m->exchange.len, (const char *)m->exchange.bytes, (int)m->routing_key.len,
+                 (const char *)m->routing_key.bytes, m->reply_code, (int)m->reply_text.len,
+                 (const char *)m->reply_text.bytes, sup);
+}
+
+/* Returns 0 to go on, or how the session ended. */
+static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
+{
+    switch (m->id) {
+    case AMQP_BASIC_ACK_METHOD: {
+        const amqp_basic_ack_t *a = m->decoded;
+        size_t n = m2a_cwin_ack(ao->cw, a->delivery_tag, a->multiple);
+        M2A_STAT_ADD(ao->stats, confirmed, n);
+        ao->progress |= n > 0;
+        return 0;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+        const amqp_basic_nack_t *a = m->decoded;
+        size_t n = m2a_cwin_nack(ao->cw, a->delivery_tag, a->multiple, m2a_now_ms(), nack_delay,
+                                 &ao->nack_backoff);
+        M2A_STAT_ADD(ao->stats, nacked, n);
+        uint64_t sup;
+        if (n && rl_allow(&ao->rl_nack, &sup))
+            m2a_warn(COMPONENT,
+                     "broker nacked %zu message(s) (tag %" PRIu64 "%s); retrying with backoff "
+                     "(%" PRIu64 " similar suppressed)",
+                     n, a->delivery_tag, a->multiple ? ", multiple" : "", sup);
+        return 0;
+    }
+    case AMQP_BASIC_RETURN_METHOD:
+        on_return(ao, m->decoded);
+        return 0;
+    case AMQP_CONNECTION_BLOCKED_METHOD: {
+        const amqp_connection_blocked_t *b = m->decoded;
+        ao->blocked = true;
+        M2A_STAT_SET(ao->stats, amqp_blocked, 1);
+        m2a_warn(COMPONENT, "connection blocked by broker: %.*s; publishing paused",
+                 (int)b->reason.len, (const char *)b->reason.bytes);
+        return 0;
+    }
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+        ao->blocked = false;
+        M2A_STAT_SET(ao->stats, amqp_blocked, 0);
+        m2a_info(COMPONENT, "connection unblocked; publishing resumed");
+        return 0;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+        const amqp_channel_close_t *c = m->decoded;
+        set_end(ao, "channel closed by broker: %u %.*s (class %u, method %u)", c->reply_code,
+                (int)c->reply_text.len, (const char *)c->reply_text.bytes, c->class_id,
+                c->method_id);
+        amqp_channel_close_ok_t ok = {0};
+        amqp_send_method(ao->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+        return END_CHANNEL;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+        const amqp_connection_close_t *c = m->decoded;
+        set_end(ao, "connection closed by broker: %u %.*s", c->reply_code, (int)c->reply_text.len,
+                (const char *)c->reply_text.bytes);
+        amqp_connection_close_ok_t ok = {0};
+        amqp_send_method(ao->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        return END_BROKER;
+    }
+    default:
+        m2a_debug(COMPONENT, "ignoring method 0x%08x on channel", (unsigned)m->id);
+        return 0;
+    }
+}
+
+static void on_content(struct m2a_amqp_out *ao, const amqp_frame_t *f)
+{
+    /* Only a basic.return carries content to a publisher: skip it. */
+    if (f->frame_type == AMQP_FRAME_HEADER && ao->return_frames == 1) {
+        ao->return_left = f->payload.properties.body_size;
+        ao->return_frames = ao->return_left ? 2 : 0;
+    } else if (f->frame_type == AMQP_FRAME_BODY && ao->return_frames == 2) {
+        size_t n = f->payload.body_fragment.len;
+        ao->return_left = n >= ao->return_left ? 0 : ao->return_left - n;
+        if (ao->return_left == 0)
+            ao->return_frames = 0;
+    }
+}
+
+/* Reads every frame available now (buffered or on the socket) without
+ * blocking. Also sends a heartbeat if one is due. Returns 0 to go on, or
+ * how the session ended (end_reason set). */
+static int read_frames(struct m2a_amqp_out *ao)
+{
+    struct timeval zero = {0, 0};
+    if (amqp_data_in_buffer(ao->conn) || amqp_frames_enqueued(ao->conn))
+        ao->last_rx_ms = m2a_now_ms();
+    for (;;) {
+        amqp_frame_t f;
+        int rc = amqp_simple_wait_frame_noblock(ao->conn, &f, &zero);
+        if (rc == AMQP_STATUS_TIMEOUT)
+            break;
+        if (rc != AMQP_STATUS_OK) {
+            set_end(ao, "reading from broker: %s", amqp_error_string2(rc));
+            return END_LOST;
+        }
+        ao->last_rx_ms = m2a_now_ms();
+        if (f.frame_type == AMQP_FRAME_METHOD) {
+            int end = on_method(ao, &f.payload.method);
+            if (end)
+                return end;
+        } else {
+            on_content(ao, &f);
+        }
+    }
+    /* Decoded frames live in the channel pools until released. */
+    amqp_maybe_release_buffers(ao->conn);
+    if (ao->heartbeat_s > 0 && m2a_now_ms() - ao->last_rx_ms > 2000u * (uint64_t)ao->heartbeat_s) {
+        set_end(ao, "heartbeat timeout: nothing from the broker for %d s", 2 * ao->heartbeat_s);
+        return END_LOST;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Publishing                                                          */
+
+static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const char *why)
+{
+    uint64_t sup;
+    if (rl_allow(&ao->rl_drop, &sup))
+        m2a_error(COMPONENT,
+                  "dropping spool record %" PRIu64 ": %s (%" PRIu64 " similar suppressed)",
+                  slot->seq, why, sup);
+    m2a_cwin_drop(ao->cw, slot);
+}
+
+/* Properties must fit in one frame: a header frame that fails to encode
+ * after basic.publish went out would wedge the channel. */
+static const char *unpublishable(const struct m2a_envelope *env, size_t frame_max)
+{
+    if (env->exchange.len > 255)
+        return "exchange name longer than 255 bytes";
+    if (env->routing_key.len > 255)
+        return "routing key longer than 255 bytes";
+    if (env->content_type.len > 255)
+        return "content type longer than 255 bytes";
+    size_t size = 512 + env->content_type.len + env->topic.len;
+    for (size_t i = 0; i < env->nheaders; i++) {
+        if (env->headers[i].key.len > 255)
+            return "header name longer than 255 bytes";
+        size += 6 + env->headers[i].key.len + env->headers[i].value.len;
+    }
+    if (size + FRAME_SLACK > frame_max)
+        return "headers too large for one AMQP frame";
+    return NULL;
+}
+
+static void set_entry_str(amqp_table_entry_t *e, const char *key, struct m2a_str v)
+{
+    e->key = amqp_cstring_bytes(key);
+    e->value.kind = AMQP_FIELD_KIND_UTF8;
+    e->value.value.bytes = str_bytes(v);
+}
+
+static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+{
+    struct m2a_envelope env;
+    if (m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0) {
+        drop_record(ao, slot, "cannot decode the envelope");
+        return 0;
+    }
+    const char *bad = unpublishable(&env, (size_t)amqp_get_frame_max(ao->conn));
+    if (bad) {
+        drop_record(ao, slot, bad);
+        return 0;
+    }
+    size_t nent = 3 + env.nheaders;
+    if (nent > ao->entries_cap) {
+        ao->entries = xrealloc(ao->entries, nent * sizeof(*ao->entries));
+        ao->entries_cap = nent;
+    }
+    amqp_table_entry_t *e = ao->entries;
+    set_entry_str(&e[0], "x-mqtt-topic", env.topic);
+    e[1].key = amqp_cstring_bytes("x-mqtt-qos");
+    e[1].value.kind = AMQP_FIELD_KIND_I32;
+    e[1].value.value.i32 = env.qos;
+    e[2].key = amqp_cstring_bytes("x-mqtt-retain");
+    e[2].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    e[2].value.value.boolean = env.retain;
+    for (size_t i = 0; i < env.nheaders; i++) {
+        e[3 + i].key = str_bytes(env.headers[i].key);
+        e[3 + i].value.kind = AMQP_FIELD_KIND_UTF8;
+        e[3 + i].value.value.bytes = str_bytes(env.headers[i].value);
+    }
+
+    char msgid[160];
+    int idlen = snprintf(msgid, sizeof(msgid), "%s-%" PRIu64, ao->spool_id, slot->seq);
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof(p));
+    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.delivery_mode = env.persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
+    p.timestamp = env.timestamp_ms / 1000u;
+    p.message_id.bytes = msgid;
+    p.message_id.len = idlen < (int)sizeof(msgid) ? (size_t)idlen : sizeof(msgid) - 1;
+    p.headers.num_entries = (int)nent;
+    p.headers.entries = e;
+    if (env.content_type.len) {
+        p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+        p.content_type = str_bytes(env.content_type);
+    }
+
+    int rc = amqp_basic_publish(ao->conn, CHANNEL, str_bytes(env.exchange),
+                                str_bytes(env.routing_key), 1, 0, &p, str_bytes(env.body));
+    if (rc != AMQP_STATUS_OK) {
+        set_end(ao, "publishing: %s", amqp_error_string2(rc));
+        return M2A_ERR_AMQP;
+    }
+    m2a_cwin_sent(ao->cw, slot, ++ao->next_tag);
+    M2A_STAT_ADD(ao->stats, published, 1);
+    return 0;
+}
+
+/* Moves the next spool record into a new window slot. NULL when none. */
+static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
+{
+    if (now < ao->spool_retry_ms)
+        return NULL;
+    uint64_t seq;
+    const void *data;
+    size_t len;
+    int rc = m2a_spool_read(ao->spool, &seq, &data, &len);
+    if (rc == M2A_ERR_AGAIN)
+        return NULL;
+    if (rc != 0) {
+        uint64_t sup;
+        if (rl_allow(&ao->rl_spool, &sup))
+            m2a_error(COMPONENT, "reading the spool: %s (%" PRIu64 " similar suppressed)",
+                      m2a_strerror(rc), sup);
+        ao->spool_retry_ms = now + SPOOL_RETRY_MS;
+        return NULL;
+    }
+    struct m2a_cw_slot *slot = m2a_cwin_push(ao->cw, seq);
+    m2a_buf_append(&slot->rec, data, len);
+    return slot;
+}
+
+static bool socket_writable(struct m2a_amqp_out *ao)
+{
+    struct pollfd p = {.fd = amqp_get_sockfd(ao->conn), .events = POLLOUT};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
+}
+
+/* Publishes due retries, re-sends after a reconnect and new spool records
+ * while the window has room and the socket takes data. */
+static int publish_some(struct m2a_amqp_out *ao)
+{
+    uint64_t now = m2a_now_ms();
+    size_t budget = 0;
+    ao->want_write = false;
+    ao->next_retry_ms = UINT64_MAX;
+    if (ao->blocked)
+        return 0;
+    for (;;) {
+        struct m2a_cw_slot *slot = m2a_cwin_next_to_send(ao->cw, now, &ao->next_retry_ms);
+        if (!slot && !m2a_cwin_full(ao->cw) && !stopping(ao))
+            slot = read_record(ao, now);
+        if (!slot)
+            return 0;
+        if (budget == 0) {
+            if (!socket_writable(ao)) {
+                ao->want_write = true;
+                return 0;
+            }
+            budget = WRITE_CHECK_BYTES;
+        }
+        size_t cost = slot->rec.len + 256;
+        budget = cost >= budget ? 0 : budget - cost;
+        int rc = publish_slot(ao, slot);
+        if (rc)
+            return rc;
+    }
+}
+
+static void commit_confirmed(struct m2a_amqp_out *ao)
+{
+    uint64_t seq;
+    if (!m2a_cwin_pop_confirmed(ao->cw, &seq))
+        return;
+    int rc = m2a_spool_commit(ao->spool, seq);
+    uint64_t sup;
+    if (rc != 0 && rl_allow(&ao->rl_spool, &sup))
+        m2a_error(COMPONENT,
+                  "committing spool position %" PRIu64 ": %s (%" PRIu64 " similar "
+                  "suppressed)",
+                  seq, m2a_strerror(rc), sup);
+}
+
+/* ------------------------------------------------------------------ */
+/* The session loop                                                    */
+
+static int poll_timeout(struct m2a_amqp_out *ao, uint64_t now)
+{
+    if (amqp_frames_enqueued(ao->conn) || amqp_data_in_buffer(ao->conn))
+        return 0;
+    uint64_t t = POLL_MAX_MS;
+    if (ao->heartbeat_s > 0 && (uint64_t)ao->heartbeat_s * 500u < t)
+        t = (uint64_t)ao->heartbeat_s * 500u;
+    if (!ao->blocked && ao->next_retry_ms != UINT64_MAX)
+        t = ao->next_retry_ms <= now ? 0
+                                     : (ao->next_retry_ms - now < t ? ao->next_retry_ms - now : t);
+    if (ao->spool_retry_ms > now && ao->spool_retry_ms - now < t)
+        t = ao->spool_retry_ms - now;
+    if (stopping(ao)) {
+        uint64_t dl = atomic_load(&ao->stop_deadline_ms);
+        t = dl <= now ? 0 : (dl - now < t ? dl - now : t);
+    }
+    return (int)t;
+}
+
+static void wait_events(struct m2a_amqp_out *ao)
+{
+    uint64_t now = m2a_now_ms();
+    struct pollfd p[3] = {
+        {.fd = amqp_get_sockfd(ao->conn), .events = POLLIN | (ao->want_write ? POLLOUT : 0)},
+        {.fd = ao->wake_fd, .events = POLLIN},
+        {.fd = m2a_spool_notify_fd(ao->spool), .events = POLLIN},
+    };
+    /* Spool news matters only if we would read it now. */
+    nfds_t n = (!ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw)) ? 3 : 2;
+    int rc = poll(p, n, poll_timeout(ao, now));
+    if (rc <= 0)
+        return; /* timeout or EINTR: the loop re-checks everything */
+    if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+        ao->last_rx_ms = m2a_now_ms();
+    if (p[1].revents & POLLIN) {
+        /* Drained, or the stop drain phase would spin; the flag stays set. */
+        uint64_t v;
+        (void)!read(ao->wake_fd, &v, sizeof(v));
+    }
+    if (n == 3 && (p[2].revents & POLLIN))
+        m2a_spool_notify_clear(ao->spool);
+}
+
+/* Runs one connected session. Returns how it ended. */
+static int session(struct m2a_amqp_out *ao)
+{
+    for (;;) {
+        int end = read_frames(ao);
+        if (end)
+            return end;
+        commit_confirmed(ao);
+        if (stopping(ao)) {
+            if (m2a_cwin_count(ao->cw) == 0)
+                return END_STOPPED;
+            if (m2a_now_ms() >= atomic_load(&ao->stop_deadline_ms)) {
+                m2a_warn(COMPONENT,
+                         "stop deadline reached with %u unconfirmed message(s); "
+                         "they stay in the spool",
+                         m2a_cwin_count(ao->cw));
+                return END_STOPPED;
+            }
+        }
+        if (publish_some(ao) != 0)
+            return END_LOST;
+        wait_events(ao);
+    }
+}
+
+/* Sleeps ms, or less if stop() is called. */
+static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
+{
+    struct pollfd p = {.fd = ao->wake_fd, .events = POLLIN};
+    uint64_t until = m2a_now_ms() + ms;
+    while (!stopping(ao)) {
+        uint64_t now = m2a_now_ms();
+        if (now >= until)
+            return;
+        poll(&p, 1, (int)(until - now));
+    }
+}
+
+static void *thread_main(void *arg)
+{
+    struct m2a_amqp_out *ao = arg;
+    const struct m2a_conf_amqp *c = ao->conf;
+    while (!stopping(ao)) {
+        ao->end_reason[0] = '\0';
+        ao->progress = false;
+        ao->refused = false;
+        int rc = connect_broker(ao);
+        if (rc != 0) {
+            /* A channel-level failure (topology) leaves the connection usable. */
+            bool polite = rc == M2A_ERR_AMQP;
+            teardown(ao, polite, false);
+            if (stopping(ao)) {
+                m2a_info(COMPONENT, "%s:%d: %s; stopping", c->host, c->port, ao->end_reason);
+                break;
+            }
+            uint32_t delay = m2a_backoff_next(&ao->backoff);
+            /* Refusals (credentials, vhost, topology) need an operator: error. */
+            M2A_LOG(ao->refused ? M2A_LOG_ERROR : M2A_LOG_WARN, COMPONENT,
+                    "%s:%d: %s; retrying in %u ms", c->host, c->port, ao->end_reason, delay);
+            sleep_interruptible(ao, delay);
+            continue;
+        }
+        if (ao->nconnects++ > 0)
+            M2A_STAT_ADD(ao->stats, amqp_reconnects, 1);
+        M2A_STAT_SET(ao->stats, amqp_connected, 1);
+        ao->connected_ms = ao->last_rx_ms = m2a_now_ms();
+        m2a_info(COMPONENT,
+                 "connected to %s:%d vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
+                 "%u to re-publish)",
+                 c->host, c->port, c->vhost, c->username, ao->heartbeat_s, c->confirm_window,
+                 m2a_cwin_count(ao->cw));
+
+        int end = session(ao);
+        if (end == END_STOPPED) {
+            teardown(ao, true, true);
+            m2a_info(COMPONENT, "disconnected from %s:%d: stopping", c->host, c->port);
+            break;
+        }
+        bool stable = ao->progress || m2a_now_ms() - ao->connected_ms >= STABLE_SESSION_MS;
+        teardown(ao, end == END_CHANNEL, false);
+        if (stable)
+            m2a_backoff_reset(&ao->backoff);
+        uint32_t delay = m2a_backoff_next(&ao->backoff);
+        m2a_warn(COMPONENT,
+                 "disconnected from %s:%d: %s; %u unconfirmed message(s) will be "
+                 "re-published; reconnecting in %u ms",
+                 c->host, c->port, ao->end_reason, m2a_cwin_count(ao->cw), delay);
+        sleep_interruptible(ao, delay);
+    }
+    pthread_mutex_lock(&ao->mu);
+    ao->done = true;
+    pthread_cond_signal(&ao->cv);
+    pthread_mutex_unlock(&ao->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Public API (caller's thread)                                        */
+
+static int validate(const struct m2a_amqp_out_opts *o, char *err, size_t errlen)
+{
+    const struct m2a_conf_amqp *c = o ? o->conf : NULL;
+    const char *why = NULL;
+    if (!o || !c || !o->spool || !o->stats)
+        why = "missing configuration, spool or stats";
+    else if (!c->host || !*c->host)
+        why = "amqp.host is empty";
+    else if (c->port < 1 || c->port > 65535)
+        why = "amqp.port must be 1..65535";
+    else if (!c->vhost || !c->username || !c->password)
+        why = "amqp.vhost, username and password must be set";
+    else if (c->heartbeat < 0 || c->heartbeat > 3600)
+        why = "amqp.heartbeat must be 0..3600";
+    else if (c->confirm_window < 1 || c->confirm_window > 65535)
+        why = "amqp.confirm_window must be 1..65535";
+    else if (c->reconnect_min_ms < 1 || c->reconnect_max_ms < c->reconnect_min_ms)
+        why = "amqp.reconnect_min_ms must be >= 1 and <= reconnect_max_ms";
+    else if (c->tls.enabled && (!c->tls.cert_file) != (!c->tls.key_file))
+        why = "amqp.tls needs both cert_file and key_file, or neither";
+    for (size_t i = 0; !why && c && i < c->nexchanges; i++)
+        if (!c->exchanges[i].name)
+            why = "an exchange has no name";
+    for (size_t i = 0; !why && c && i < c->nqueues; i++) {
+        if (!c->queues[i].name)
+            why = "a queue has no name";
+        for (size_t j = 0; !why && j < c->queues[i].nbindings; j++)
+            if (!c->queues[i].bindings[j].exchange)
+                why = "a binding has no exchange";
+    }
+    if (!why)
+        return 0;
+    snprintf(err, errlen, "%s", why);
+    return M2A_ERR_ARG;
+}
+
+int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out **out, char *err,
+                       size_t errlen)
+{
+    int rc = validate(opts, err, errlen);
+    if (rc)
+        return rc;
+    struct m2a_amqp_out *ao = xcalloc(1, sizeof(*ao));
+    ao->conf = opts->conf;
+    ao->spool = opts->spool;
+    ao->stats = opts->stats;
+    ao->spool_id = m2a_spool_id(opts->spool);
+    ao->sockfd = -1;
+    ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);
+    m2a_backoff_init(&ao->backoff, (uint32_t)opts->conf->reconnect_min_ms,
+                     (uint32_t)opts->conf->reconnect_max_ms);
+    m2a_backoff_init(&ao->nack_backoff, (uint32_t)opts->conf->reconnect_min_ms,
+                     (uint32_t)opts->conf->reconnect_max_ms);
+    ao->next_retry_ms = UINT64_MAX;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ao->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&ao->mu, NULL);
+    ao->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ao->wake_fd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        rc = M2A_ERR_IO;
+        goto fail;
+    }
+    /* Signals belong to the main thread: the new thread starts with all blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int prc = pthread_create(&ao->thread, NULL, thread_main, ao);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (prc != 0) {
+        snprintf(err, errlen, "cannot start the AMQP thread: %s", strerror(prc));
+        rc = M2A_ERR_IO;
+        goto fail;
+    }
+    *out = ao;
+    return 0;
+fail:
+    if (ao->wake_fd >= 0)
+        close(ao->wake_fd);
+    pthread_mutex_destroy(&ao->mu);
+    pthread_cond_destroy(&ao->cv);
+    m2a_cwin_free(ao->cw);
+    free(ao);
+    return rc;
+}
+
+void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
+{
+    if (!ao)
+        return;
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    uint64_t deadline = m2a_now_ms() + (uint64_t)timeout_ms;
+    atomic_store(&ao->stop_deadline_ms, deadline);
+    atomic_store_explicit(&ao->stopping, 1, memory_order_release);
+    uint64_t one = 1;
+    (void)!write(ao->wake_fd, &one, sizeof(one));
+
+    /* The thread honours the deadline itself; if a library call is stuck
+     * (socket full, broker silent) past it, shutting the socket down makes
+     * that call fail. */
+    uint64_t give_up = deadline + STOP_GRACE_MS;
+    struct timespec ts = {.tv_sec = (time_t)(give_up / 1000),
+                          .tv_nsec = (long)(give_up % 1000) * 1000000L};
+    pthread_mutex_lock(&ao->mu);
+    while (!ao->done && pthread_cond_timedwait(&ao->cv, &ao->mu, &ts) != ETIMEDOUT)
+        ;
+    if (!ao->done && ao->sockfd >= 0) {
+        m2a_warn(COMPONENT,
+                 "AMQP thread still busy %d ms after the stop deadline: aborting "
+                 "the connection",
+                 STOP_GRACE_MS);
+        shutdown(ao->sockfd, SHUT_RDWR);
+    }
+    pthread_mutex_unlock(&ao->mu);
+    pthread_join(ao->thread, NULL);
+
+    close(ao->wake_fd);
+    pthread_mutex_destroy(&ao->mu);
+    pthread_cond_destroy(&ao->cv);
+    m2a_cwin_free(ao->cw);
+    free(ao->hdrs);
+    free(ao->entries);
+    free(ao);
+}

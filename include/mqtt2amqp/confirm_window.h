@@ -1,0 +1,93 @@
+/* confirm_window.h - the AMQP thread's bookkeeping of unconfirmed publishes
+ * (internal to amqp_out, split out so it can be unit-tested without a broker).
+ *
+ * A ring of `capacity` slots, one per spool record read and not yet
+ * committed, in spool order. Each slot keeps a copy of the encoded record
+ * (so a nacked message can be re-published without re-reading the spool),
+ * its current delivery tag and a retry count. Delivery tags are assigned in
+ * publish order, so a FIFO of (tag, slot) sorted by tag maps basic.ack /
+ * basic.nack (single or multiple) to slots; re-publishing a slot gives it a
+ * new tag and leaves a stale FIFO entry behind, recognised because the
+ * slot's current tag differs. m2a_cwin_pop_confirmed() hands back the
+ * contiguous confirmed prefix, the position the spool may commit.
+ *
+ * Not thread-safe: owned by the AMQP thread. Steady state allocates nothing:
+ * slot buffers and the FIFO only grow. */
+#ifndef MQTT2AMQP_CONFIRM_WINDOW_H
+#define MQTT2AMQP_CONFIRM_WINDOW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mqtt2amqp/util.h"
+
+enum m2a_cw_state {
+    M2A_CW_UNSENT,    /* read from the spool, not published on this channel yet */
+    M2A_CW_INFLIGHT,  /* published, waiting for basic.ack / basic.nack */
+    M2A_CW_RETRY,     /* nacked: publish again at retry_at_ms */
+    M2A_CW_CONFIRMED, /* acked; waits for the slots before it to be confirmed */
+};
+
+struct m2a_cw_slot {
+    uint64_t seq;         /* spool sequence number */
+    uint64_t tag;         /* current delivery tag while INFLIGHT, else 0 */
+    uint64_t retry_at_ms; /* RETRY: monotonic time of the next attempt */
+    uint32_t retries;     /* nacks so far */
+    enum m2a_cw_state state;
+    struct m2a_buf rec; /* the encoded record; owned by the window */
+};
+
+struct m2a_cwin;
+
+/* capacity: 1..65535 slots. */
+struct m2a_cwin *m2a_cwin_new(uint32_t capacity);
+void m2a_cwin_free(struct m2a_cwin *cw);
+
+uint32_t m2a_cwin_capacity(const struct m2a_cwin *cw);
+/* Slots in use (every state): what counts against the window. */
+uint32_t m2a_cwin_count(const struct m2a_cwin *cw);
+bool m2a_cwin_full(const struct m2a_cwin *cw);
+/* Slots currently INFLIGHT. */
+uint32_t m2a_cwin_inflight(const struct m2a_cwin *cw);
+
+/* Appends a slot for seq in state UNSENT (rec emptied; its capacity kept
+ * unless over 256 KiB).
+ * Returns NULL when full. The pointer stays valid until the slot is popped. */
+struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq);
+
+/* slot was published with delivery tag `tag` (strictly greater than every
+ * tag given before since the last requeue): state INFLIGHT. */
+void m2a_cwin_sent(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t tag);
+
+/* Marks a slot confirmed without a publish (a record that can never be
+ * published and is dropped). */
+void m2a_cwin_drop(struct m2a_cwin *cw, struct m2a_cw_slot *slot);
+
+/* basic.ack: confirms the in-flight slot with `tag`, or with multiple every
+ * in-flight slot with a tag <= `tag`. Returns how many slots it confirmed
+ * (0 for an unknown or repeated tag). */
+size_t m2a_cwin_ack(struct m2a_cwin *cw, uint64_t tag, bool multiple);
+
+/* basic.nack: like ack, but the slots go to RETRY with
+ * retry_at_ms = now_ms + delay_ms(retries) and retries incremented.
+ * delay_ms gets the slot's retry count before the increment. */
+size_t m2a_cwin_nack(struct m2a_cwin *cw, uint64_t tag, bool multiple, uint64_t now_ms,
+                     uint32_t (*delay_ms)(void *ctx, uint32_t retries), void *ctx);
+
+/* The next slot to publish now: the oldest RETRY slot with retry_at_ms <=
+ * now_ms, else the oldest UNSENT one; NULL if none. *next_ms (if not NULL)
+ * gets a lower bound of the earliest retry_at_ms (UINT64_MAX without RETRY
+ * slots): when to look again. */
+struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, uint64_t *next_ms);
+
+/* Pops the contiguous prefix of CONFIRMED slots. Returns true if it popped
+ * any, with *seq the sequence number of the last one popped. */
+bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq);
+
+/* After a connection loss: INFLIGHT and RETRY slots go back to UNSENT with
+ * tag 0 (their copies and retry counts kept) and the tag FIFO is emptied,
+ * since tags restart at 1 on a new channel. CONFIRMED slots stay confirmed. */
+void m2a_cwin_requeue(struct m2a_cwin *cw);
+
+#endif

@@ -1,0 +1,320 @@
+/* confirm_window.c - the AMQP thread's window of unconfirmed publishes: which
+ * spool record each delivery tag carries, which ones must be (re)published
+ * and how far the spool may commit. Owned by the AMQP thread; see
+ * confirm_window.h for the model. */
+#include "mqtt2amqp/confirm_window.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One publish: delivery tag and the slot index it carried. */
+struct tag_ent {
+    uint64_t tag;
+    uint32_t slot;
+};
+
+/* A slot's record buffer larger than this is released when the slot is
+ * reused, instead of being kept for the next record. */
+#define M2A_CW_KEEP_BYTES (256u * 1024u)
+
+struct m2a_cwin {
+    struct m2a_cw_slot *slots;
+    uint32_t cap;
+    uint32_t head;  /* index of the oldest slot */
+    uint32_t count; /* slots in use, from head */
+    uint32_t inflight;
+    uint32_t nretry;
+    uint32_t unsent_from; /* logical offset: no UNSENT slot before it */
+    uint64_t retry_min;   /* lower bound of every RETRY slot's retry_at_ms */
+
+    /* Publishes in tag order (a ring, power-of-two size). Entries whose slot
+     * has moved on (acked, nacked, popped, re-published) are stale and are
+     * skipped; they leave from the front. */
+    struct tag_ent *fifo;
+    size_t fcap, fhead, flen;
+};
+
+static struct m2a_cw_slot *slot_at(const struct m2a_cwin *cw, uint32_t logical)
+{
+    return &cw->slots[(cw->head + logical) % cw->cap];
+}
+
+static struct tag_ent *fifo_at(const struct m2a_cwin *cw, size_t logical)
+{
+    return &cw->fifo[(cw->fhead + logical) & (cw->fcap - 1)];
+}
+
+struct m2a_cwin *m2a_cwin_new(uint32_t capacity)
+{
+    if (capacity == 0)
+        capacity = 1;
+    struct m2a_cwin *cw = xcalloc(1, sizeof(*cw));
+    cw->slots = xcalloc(capacity, sizeof(*cw->slots));
+    cw->cap = capacity;
+    cw->fcap = 16;
+    while (cw->fcap < 2 * (size_t)capacity)
+        cw->fcap *= 2;
+    cw->fifo = xmalloc(cw->fcap * sizeof(*cw->fifo));
+    cw->retry_min = UINT64_MAX;
+    return cw;
+}
+
+void m2a_cwin_free(struct m2a_cwin *cw)
+{
+    if (!cw)
+        return;
+    for (uint32_t i = 0; i < cw->cap; i++)
+        m2a_buf_free(&cw->slots[i].rec);
+    free(cw->slots);
+    free(cw->fifo);
+    free(cw);
+}
+
+uint32_t m2a_cwin_capacity(const struct m2a_cwin *cw)
+{
+    return cw->cap;
+}
+
+uint32_t m2a_cwin_count(const struct m2a_cwin *cw)
+{
+    return cw->count;
+}
+
+bool m2a_cwin_full(const struct m2a_cwin *cw)
+{
+    return cw->count == cw->cap;
+}
+
+uint32_t m2a_cwin_inflight(const struct m2a_cwin *cw)
+{
+    return cw->inflight;
+}
+
+struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq)
+{
+    if (cw->count == cw->cap)
+        return NULL;
+    struct m2a_cw_slot *s = slot_at(cw, cw->count++);
+    s->seq = seq;
+    s->tag = 0;
+    s->retry_at_ms = 0;
+    s->retries = 0;
+    s->state = M2A_CW_UNSENT;
+    /* One huge message must not pin its size in this slot for ever. */
+    if (s->rec.cap > M2A_CW_KEEP_BYTES)
+        m2a_buf_free(&s->rec);
+    m2a_buf_reset(&s->rec);
+    return s;
+}
+
+static void advance_unsent(struct m2a_cwin *cw)
+{
+    while (cw->unsent_from < cw->count && slot_at(cw, cw->unsent_from)->state != M2A_CW_UNSENT)
+        cw->unsent_from++;
+}
+
+static void fifo_push(struct m2a_cwin *cw, uint64_t tag, uint32_t slot)
+{
+    if (cw->flen == cw->fcap) {
+        /* Only stale entries behind a long-unconfirmed front get us here. */
+        size_t ncap = cw->fcap * 2;
+        struct tag_ent *n = xmalloc(ncap * sizeof(*n));
+        for (size_t i = 0; i < cw->flen; i++)
+            n[i] = *fifo_at(cw, i);
+        free(cw->fifo);
+        cw->fifo = n;
+        cw->fcap = ncap;
+        cw->fhead = 0;
+    }
+    struct tag_ent *e = fifo_at(cw, cw->flen++);
+    e->tag = tag;
+    e->slot = slot;
+}
+
+static bool ent_live(const struct m2a_cwin *cw, const struct tag_ent *e)
+{
+    const struct m2a_cw_slot *s = &cw->slots[e->slot];
+    return s->state == M2A_CW_INFLIGHT && s->tag == e->tag;
+}
+
+static void fifo_pop_stale(struct m2a_cwin *cw)
+{
+    while (cw->flen && !ent_live(cw, fifo_at(cw, 0))) {
+        cw->fhead = (cw->fhead + 1) & (cw->fcap - 1);
+        cw->flen--;
+    }
+}
+
+/* Leaves a slot's current state, keeping the counters right. */
+static void leave_state(struct m2a_cwin *cw, struct m2a_cw_slot *s)
+{
+    if (s->state == M2A_CW_INFLIGHT)
+        cw->inflight--;
+    else if (s->state == M2A_CW_RETRY)
+        cw->nretry--;
+    s->tag = 0;
+}
+
+void m2a_cwin_sent(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t tag)
+{
+    assert(slot->state == M2A_CW_UNSENT || slot->state == M2A_CW_RETRY);
+    leave_state(cw, slot);
+    slot->state = M2A_CW_INFLIGHT;
+    slot->tag = tag;
+    cw->inflight++;
+    fifo_push(cw, tag, (uint32_t)(slot - cw->slots));
+    advance_unsent(cw);
+}
+
+void m2a_cwin_drop(struct m2a_cwin *cw, struct m2a_cw_slot *slot)
+{
+    if (slot->state == M2A_CW_CONFIRMED)
+        return;
+    leave_state(cw, slot);
+    slot->state = M2A_CW_CONFIRMED;
+    advance_unsent(cw);
+    fifo_pop_stale(cw);
+}
+
+/* Index of the FIFO entry with tag, or -1. */
+static long fifo_find(const struct m2a_cwin *cw, uint64_t tag)
+{
+    size_t lo = 0, hi = cw->flen;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        uint64_t t = fifo_at(cw, mid)->tag;
+        if (t == tag)
+            return (long)mid;
+        if (t < tag)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+struct settle {
+    bool ack;
+    uint64_t now_ms;
+    uint32_t (*delay_ms)(void *ctx, uint32_t retries);
+    void *ctx;
+};
+
+static void settle_one(struct m2a_cwin *cw, struct m2a_cw_slot *s, const struct settle *how)
+{
+    leave_state(cw, s);
+    if (how->ack) {
+        s->state = M2A_CW_CONFIRMED;
+        return;
+    }
+    uint32_t d = how->delay_ms ? how->delay_ms(how->ctx, s->retries) : 0;
+    s->state = M2A_CW_RETRY;
+    s->retry_at_ms = how->now_ms + d;
+    s->retries++;
+    cw->nretry++;
+    if (s->retry_at_ms < cw->retry_min)
+        cw->retry_min = s->retry_at_ms;
+}
+
+static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const struct settle *how)
+{
+    size_t n = 0;
+    if (multiple) {
+        while (cw->flen && fifo_at(cw, 0)->tag <= tag) {
+            struct tag_ent e = *fifo_at(cw, 0);
+            cw->fhead = (cw->fhead + 1) & (cw->fcap - 1);
+            cw->flen--;
+            if (ent_live(cw, &e)) {
+                settle_one(cw, &cw->slots[e.slot], how);
+                n++;
+            }
+        }
+    } else {
+        long i = fifo_find(cw, tag);
+        if (i >= 0 && ent_live(cw, fifo_at(cw, (size_t)i))) {
+            settle_one(cw, &cw->slots[fifo_at(cw, (size_t)i)->slot], how);
+            n++;
+        }
+    }
+    fifo_pop_stale(cw);
+    return n;
+}
+
+size_t m2a_cwin_ack(struct m2a_cwin *cw, uint64_t tag, bool multiple)
+{
+    struct settle how = {.ack = true};
+    return settle(cw, tag, multiple, &how);
+}
+
+size_t m2a_cwin_nack(struct m2a_cwin *cw, uint64_t tag, bool multiple, uint64_t now_ms,
+                     uint32_t (*delay_ms)(void *ctx, uint32_t retries), void *ctx)
+{
+    struct settle how = {.ack = false, .now_ms = now_ms, .delay_ms = delay_ms, .ctx = ctx};
+    return settle(cw, tag, multiple, &how);
+}
+
+/* The first RETRY slot due at now_ms; recomputes retry_min on the way. */
+static struct m2a_cw_slot *due_retry(struct m2a_cwin *cw, uint64_t now_ms)
+{
+    if (cw->nretry == 0 || now_ms < cw->retry_min)
+        return NULL;
+    struct m2a_cw_slot *due = NULL;
+    uint64_t min = UINT64_MAX;
+    for (uint32_t i = 0; i < cw->count; i++) {
+        struct m2a_cw_slot *s = slot_at(cw, i);
+        if (s->state != M2A_CW_RETRY)
+            continue;
+        if (!due && s->retry_at_ms <= now_ms)
+            due = s;
+        if (s->retry_at_ms < min)
+            min = s->retry_at_ms;
+    }
+    /* Includes the slot returned: if the caller does not send it now, it is
+     * still found next time; if it does, the bound is merely low. */
+    cw->retry_min = min;
+    return due;
+}
+
+struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, uint64_t *next_ms)
+{
+    struct m2a_cw_slot *s = due_retry(cw, now_ms);
+    if (!s) {
+        advance_unsent(cw);
+        if (cw->unsent_from < cw->count)
+            s = slot_at(cw, cw->unsent_from);
+    }
+    if (next_ms)
+        *next_ms = cw->nretry ? cw->retry_min : UINT64_MAX;
+    return s;
+}
+
+bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)
+{
+    bool popped = false;
+    while (cw->count && cw->slots[cw->head].state == M2A_CW_CONFIRMED) {
+        *seq = cw->slots[cw->head].seq;
+        cw->head = (cw->head + 1) % cw->cap;
+        cw->count--;
+        if (cw->unsent_from)
+            cw->unsent_from--;
+        popped = true;
+    }
+    return popped;
+}
+
+void m2a_cwin_requeue(struct m2a_cwin *cw)
+{
+    for (uint32_t i = 0; i < cw->count; i++) {
+        struct m2a_cw_slot *s = slot_at(cw, i);
+        if (s->state == M2A_CW_INFLIGHT || s->state == M2A_CW_RETRY) {
+            s->state = M2A_CW_UNSENT;
+            s->tag = 0;
+        }
+    }
+    cw->inflight = 0;
+    cw->nretry = 0;
+    cw->retry_min = UINT64_MAX;
+    cw->unsent_from = 0;
+    cw->fhead = cw->flen = 0;
+}

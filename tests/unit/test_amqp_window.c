@@ -1,0 +1,242 @@
+/* test_amqp_window.c - the AMQP confirm window: acks (single, multiple, out
+ * of order), nacks and their retries, the committed prefix, reconnects. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mqtt2amqp/confirm_window.h"
+
+static uint32_t fixed_delay(void *ctx, uint32_t retries)
+{
+    (void)ctx;
+    return 100u << (retries > 10 ? 10 : retries);
+}
+
+/* Pushes n slots seq first..first+n-1 and publishes them with tags from *tag. */
+static void push_send(struct m2a_cwin *cw, uint64_t first, int n, uint64_t *tag)
+{
+    for (int i = 0; i < n; i++) {
+        struct m2a_cw_slot *s = m2a_cwin_push(cw, first + (uint64_t)i);
+        ck_assert_ptr_nonnull(s);
+        m2a_cwin_sent(cw, s, ++*tag);
+    }
+}
+
+START_TEST(multiple_ack_commits_the_contiguous_prefix)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(8);
+    uint64_t tag = 0, seq = 0;
+    push_send(cw, 10, 5, &tag);
+    ck_assert_uint_eq(m2a_cwin_inflight(cw), 5);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 3, true), 3);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 12);
+    ck_assert_uint_eq(m2a_cwin_count(cw), 2);
+    /* 5 before 4: nothing to commit until 4 is confirmed too. */
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 5, false), 1);
+    ck_assert(!m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 4, false), 1);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 14);
+    ck_assert_uint_eq(m2a_cwin_count(cw), 0);
+    ck_assert_uint_eq(m2a_cwin_inflight(cw), 0);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+START_TEST(repeated_and_unknown_tags_confirm_nothing)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(4);
+    uint64_t tag = 0;
+    push_send(cw, 1, 3, &tag);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 2, false), 1);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 2, false), 0);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 99, false), 0);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 0, true), 0);
+    /* multiple over an already-acked tag counts only the others */
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 3, true), 2);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 3, true), 0);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+START_TEST(window_is_bounded_and_wraps)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(3);
+    uint64_t tag = 0, seq = 0;
+    for (uint64_t round = 0; round < 100; round++) {
+        push_send(cw, round * 3 + 1, 3, &tag);
+        ck_assert(m2a_cwin_full(cw));
+        ck_assert_ptr_null(m2a_cwin_push(cw, 999));
+        ck_assert_uint_eq(m2a_cwin_ack(cw, tag, true), 3);
+        ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+        ck_assert_uint_eq(seq, round * 3 + 3);
+    }
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+START_TEST(nack_schedules_a_retry_with_a_new_tag)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(8);
+    uint64_t tag = 0, seq = 0, next = 0;
+    push_send(cw, 1, 4, &tag);
+    ck_assert_uint_eq(m2a_cwin_nack(cw, 2, false, 1000, fixed_delay, NULL), 1);
+    ck_assert_uint_eq(m2a_cwin_inflight(cw), 3);
+    ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 1050, &next));
+    ck_assert_uint_eq(next, 1100);
+    struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, 1100, &next);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(s->seq, 2);
+    ck_assert_uint_eq(s->retries, 1);
+    /* not sent (say, connection.blocked): still due next time */
+    ck_assert_ptr_eq(m2a_cwin_next_to_send(cw, 1200, NULL), s);
+    m2a_cwin_sent(cw, s, ++tag); /* tag 5 */
+    ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 5000, &next));
+    ck_assert_uint_eq(next, UINT64_MAX);
+    /* ack multiple up to 4 must not confirm seq 2 via its stale tag 2 */
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 4, true), 3);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 1);
+    ck_assert_uint_eq(m2a_cwin_count(cw), 3);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 5, false), 1);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 4);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+START_TEST(nack_multiple_backs_off_per_slot)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(8);
+    uint64_t tag = 0, next = 0;
+    push_send(cw, 1, 3, &tag);
+    ck_assert_uint_eq(m2a_cwin_nack(cw, 3, true, 0, fixed_delay, NULL), 3);
+    ck_assert_uint_eq(m2a_cwin_inflight(cw), 0);
+    for (int i = 0; i < 3; i++) {
+        struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, 100, NULL);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_uint_eq(s->seq, (uint64_t)i + 1); /* spool order */
+        m2a_cwin_sent(cw, s, ++tag);
+    }
+    /* second nack of seq 1: delay doubles */
+    ck_assert_uint_eq(m2a_cwin_nack(cw, 4, false, 1000, fixed_delay, NULL), 1);
+    ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 1199, &next));
+    ck_assert_uint_eq(next, 1200);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+START_TEST(requeue_resends_unconfirmed_and_keeps_confirmed)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(8);
+    uint64_t tag = 0, seq = 0;
+    push_send(cw, 1, 5, &tag);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 3, false), 1);
+    ck_assert_uint_eq(m2a_cwin_nack(cw, 4, false, 0, fixed_delay, NULL), 1);
+    struct m2a_cw_slot *unsent = m2a_cwin_push(cw, 6);
+    ck_assert_ptr_nonnull(unsent);
+    m2a_cwin_requeue(cw); /* connection lost; a new channel numbers tags from 1 */
+    ck_assert_uint_eq(m2a_cwin_inflight(cw), 0);
+    uint64_t expect[] = {1, 2, 4, 5, 6};
+    tag = 0;
+    for (int i = 0; i < 5; i++) {
+        struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, 0, NULL);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_uint_eq(s->seq, expect[i]);
+        m2a_cwin_sent(cw, s, ++tag);
+    }
+    ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 0, NULL));
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 5, true), 5);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 6);
+    ck_assert_uint_eq(m2a_cwin_count(cw), 0);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+START_TEST(drop_counts_as_confirmed)
+{
+    struct m2a_cwin *cw = m2a_cwin_new(4);
+    uint64_t tag = 0, seq = 0;
+    struct m2a_cw_slot *bad = m2a_cwin_push(cw, 1);
+    m2a_cwin_drop(cw, bad);
+    push_send(cw, 2, 1, &tag);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 1);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, 1, false), 1);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, 2);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+/* Random acks, nacks, retries and reconnects: every sequence number is
+ * committed exactly once, in order, and the counters stay consistent. */
+START_TEST(random_operations_commit_each_record_once_in_order)
+{
+    enum { CAP = 16, N = 20000 };
+    struct m2a_cwin *cw = m2a_cwin_new(CAP);
+    unsigned rng = 12345;
+    uint64_t tag = 0, next_seq = 1, committed = 0, now = 0;
+    static unsigned char acked[N + CAP + 2];
+    memset(acked, 0, sizeof(acked));
+    while (committed < N) {
+        rng = rng * 1103515245u + 12345u;
+        unsigned op = (rng >> 16) % 10;
+        now += 7;
+        if (op < 4) {
+            if (!m2a_cwin_full(cw) && next_seq <= N)
+                ck_assert_ptr_nonnull(m2a_cwin_push(cw, next_seq++));
+            struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, now, NULL);
+            if (s)
+                m2a_cwin_sent(cw, s, ++tag);
+        } else if (op < 8 && tag) {
+            uint64_t back = (rng >> 8) % 5;
+            uint64_t t = tag > back ? tag - back : tag;
+            bool multiple = (rng >> 12) & 1;
+            uint32_t before = m2a_cwin_inflight(cw);
+            size_t n = op < 7 ? m2a_cwin_ack(cw, t, multiple)
+                              : m2a_cwin_nack(cw, t, multiple, now, fixed_delay, NULL);
+            ck_assert_uint_eq(m2a_cwin_inflight(cw), before - n);
+        } else if (op == 8 && (rng >> 20) % 50 == 0) {
+            m2a_cwin_requeue(cw);
+            tag = 0;
+        } else {
+            uint64_t seq;
+            uint64_t prev = committed;
+            if (m2a_cwin_pop_confirmed(cw, &seq)) {
+                ck_assert_uint_gt(seq, prev);
+                for (uint64_t q = prev + 1; q <= seq; q++)
+                    acked[q]++;
+                committed = seq;
+            }
+        }
+        ck_assert_uint_le(m2a_cwin_count(cw), CAP);
+        ck_assert_uint_le(m2a_cwin_inflight(cw), m2a_cwin_count(cw));
+    }
+    for (uint64_t q = 1; q <= N; q++)
+        ck_assert_uint_eq(acked[q], 1);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("amqp_window");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, multiple_ack_commits_the_contiguous_prefix);
+    tcase_add_test(tc, repeated_and_unknown_tags_confirm_nothing);
+    tcase_add_test(tc, window_is_bounded_and_wraps);
+    tcase_add_test(tc, nack_schedules_a_retry_with_a_new_tag);
+    tcase_add_test(tc, nack_multiple_backs_off_per_slot);
+    tcase_add_test(tc, requeue_resends_unconfirmed_and_keeps_confirmed);
+    tcase_add_test(tc, drop_counts_as_confirmed);
+    tcase_add_test(tc, random_operations_commit_each_record_once_in_order);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
