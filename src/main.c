@@ -1,5 +1,165 @@
-/* main.c - stub. */
-int main(void)
+/* main.c - the mqtt2amqp command line: run the bridge, --check a config, or
+ * --explain where a topic would be routed.
+ *
+ * Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration
+ * (the message names file:line:column). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mqtt2amqp/bridge.h"
+#include "mqtt2amqp/config.h"
+#include "mqtt2amqp/err.h"
+#include "mqtt2amqp/routes.h"
+#include "mqtt2amqp/topic.h"
+#include "mqtt2amqp/util.h"
+
+#define DEFAULT_CONFIG "/etc/mqtt2amqp/mqtt2amqp.yaml"
+
+static void usage(FILE *out)
 {
-    return 0;
+    fprintf(out,
+            "Usage: mqtt2amqp [-c FILE]             run the bridge\n"
+            "       mqtt2amqp --check [-c FILE]     validate the configuration and exit\n"
+            "       mqtt2amqp --explain TOPIC [-c FILE]\n"
+            "                                       show where a message on TOPIC would go\n"
+            "\n"
+            "Options:\n"
+            "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
+            "  -k, --check         validate FILE: exit 0 if valid, 2 with file:line:column if not\n"
+            "  -e, --explain TOPIC print each route that matches TOPIC with its exchange,\n"
+            "                      routing key and headers, or say that none does\n"
+            "  -h, --help          print this help and exit\n"
+            "  -V, --version       print the version and exit\n"
+            "\n"
+            "Signals: SIGTERM/SIGINT stop reading MQTT, wait up to shutdown_timeout for\n"
+            "confirms and exit 0; unconfirmed messages stay in the spool.\n"
+            "Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.\n");
+}
+
+struct explain_ctx {
+    size_t matched;
+};
+
+static void print_str(const char *label, struct m2a_str s)
+{
+    printf("  %-13s %.*s\n", label, (int)s.len, s.ptr);
+}
+
+static void explain_cb(void *ud, size_t route_index, const struct m2a_envelope *env, int err)
+{
+    struct explain_ctx *ctx = ud;
+    ctx->matched++;
+    (void)route_index;
+    printf("route %.*s\n", (int)env->route.len, env->route.ptr);
+    print_str("exchange:", env->exchange.len ? env->exchange : (struct m2a_str){"(default)", 9});
+    if (err) {
+        printf("  error:        %s: the message would be counted as a routing error\n",
+               m2a_strerror(err));
+        return;
+    }
+    print_str("routing key:", env->routing_key);
+    printf("  persistent:   %s\n", env->persistent ? "yes" : "no");
+    if (env->content_type.len)
+        print_str("content type:", env->content_type);
+    printf("  headers:      x-mqtt-topic=%.*s x-mqtt-qos=%d x-mqtt-retain=%s", (int)env->topic.len,
+           env->topic.ptr, env->qos, env->retain ? "true" : "false");
+    for (size_t i = 0; i < env->nheaders; i++)
+        printf(" %.*s=%.*s", (int)env->headers[i].key.len, env->headers[i].key.ptr,
+               (int)env->headers[i].value.len, env->headers[i].value.ptr);
+    printf("\n");
+}
+
+static int explain(const struct m2a_config *cfg, const char *topic)
+{
+    char err[512];
+    struct m2a_routes *routes = NULL;
+    if (m2a_topic_validate(topic, strlen(topic)) != 0) {
+        fprintf(stderr, "mqtt2amqp: '%s' is not a valid MQTT topic name (no wildcards)\n", topic);
+        return M2A_EXIT_CONFIG;
+    }
+    if (m2a_routes_compile(cfg, &routes, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return M2A_EXIT_CONFIG;
+    }
+    struct m2a_route_scratch *scratch = m2a_route_scratch_new();
+    struct m2a_mqtt_msg msg = {.topic = topic,
+                               .topic_len = strlen(topic),
+                               .payload = "",
+                               .payload_len = 0,
+                               .qos = 1,
+                               .retain = false,
+                               .timestamp_ms = m2a_wall_s() * 1000u};
+    struct explain_ctx ctx = {0};
+    m2a_routes_map(routes, &msg, scratch, explain_cb, &ctx);
+    if (ctx.matched == 0)
+        printf("no route matches topic '%s'\n", topic);
+    m2a_route_scratch_free(scratch);
+    m2a_routes_free(routes);
+    return M2A_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},  {"check", no_argument, NULL, 'k'},
+        {"explain", required_argument, NULL, 'e'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0}};
+    const char *path = DEFAULT_CONFIG, *topic = NULL;
+    int check = 0, c;
+
+    while ((c = getopt_long(argc, argv, "c:ke:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'k':
+            check = 1;
+            break;
+        case 'e':
+            topic = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return M2A_EXIT_OK;
+        case 'V':
+            printf("mqtt2amqp %s\n", M2A_VERSION);
+            return M2A_EXIT_OK;
+        default:
+            usage(stderr);
+            return M2A_EXIT_CONFIG;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mqtt2amqp: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return M2A_EXIT_CONFIG;
+    }
+
+    char err[1024];
+    struct m2a_config *cfg = NULL;
+    if (m2a_config_load(path, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return M2A_EXIT_CONFIG;
+    }
+    int rc;
+    if (topic) {
+        rc = explain(cfg, topic);
+    } else if (check) {
+        struct m2a_routes *routes = NULL;
+        if (m2a_routes_compile(cfg, &routes, err, sizeof(err)) != 0) {
+            fprintf(stderr, "%s\n", err);
+            rc = M2A_EXIT_CONFIG;
+        } else {
+            printf("%s: OK (%zu routes, %zu subscriptions)\n", path, m2a_routes_count(routes),
+                   m2a_routes_nsubscriptions(routes));
+            rc = M2A_EXIT_OK;
+        }
+        m2a_routes_free(routes);
+    } else {
+        rc = m2a_bridge_run(cfg);
+    }
+    m2a_config_free(cfg);
+    return rc;
 }

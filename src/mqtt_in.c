@@ -1,1 +1,705 @@
-/* mqtt_in.c - stub, being written. */
+/* mqtt_in.c - the MQTT side of the bridge: subscribe, map, spool, acknowledge.
+ *
+ * Threads: one thread (started here, "m2a-mqtt") owns the libmosquitto
+ * handle, the route scratch and the spool writer (append, flush, tick). It
+ * shares only the counters (atomics) and the stop flag with other threads.
+ *
+ * Why the loop looks like this: libmosquitto has no manual-ack API; it queues
+ * the PUBACK of a QoS 1 message around on_message. In external-thread mode
+ * (mosquitto_threaded_set) queued packets leave the socket only when we call
+ * mosquitto_loop_write. So each turn reads a batch (on_message appends every
+ * mapped envelope to the spool), flushes the spool, and only if the flush
+ * returned 0 writes. If an append or the flush fails the socket is shut down
+ * before any write and the handle destroyed: the broker never sees those
+ * PUBACKs and redelivers from the persistent session (at least once).
+ *
+ * Each connection gets a fresh mosquitto handle, so no packet queued on a
+ * dead connection (a PUBACK whose message was never spooled) can ever be
+ * written on the next one, where the broker reuses packet ids. Reconnects
+ * follow our own backoff, not libmosquitto's. */
+#include "mqtt2amqp/mqtt_in.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include "mqtt2amqp/backoff.h"
+#include "mqtt2amqp/envelope.h"
+#include "mqtt2amqp/err.h"
+#include "mqtt2amqp/log.h"
+#include "mqtt2amqp/util.h"
+
+#define LOOP_TIMEOUT_MS 100  /* poll timeout: bounds stop latency and the spool tick period */
+#define BATCH_MAX       1000 /* packets read before the batch is flushed and acknowledged */
+#define STOP_DRAIN_MS   1000 /* how long stop waits for queued PUBACKs to leave */
+#define LOG_INTERVAL_MS 5000 /* rate limit for repeated warnings and errors */
+#define LOG_TOPIC_MAX   200  /* a topic is cut to this in log lines */
+#define COMPONENT       "mqtt"
+
+/* At most one line per LOG_INTERVAL_MS; counts what it swallowed. */
+struct ratelimit {
+    uint64_t next_ms;
+    uint64_t suppressed;
+};
+
+struct m2a_mqtt_in {
+    struct m2a_mqtt_in_opts o;
+    pthread_t thread;
+    atomic_bool stop;
+    struct m2a_route_scratch *scratch;
+    char **subs; /* subscription strings, with the $share prefix if any */
+    size_t nsubs;
+    int *sub_mids; /* mid of the SUBSCRIBE sent for subs[i] on this connection */
+    struct m2a_backoff backoff;
+    uint64_t next_attempt_ms;
+    bool paused;
+    bool spool_failing; /* last connection ended on a spool error: keep backing off */
+    uint64_t nconnacks; /* successful CONNACKs over the lifetime */
+
+    /* The current connection; mosq is NULL while disconnected. */
+    struct mosquitto *mosq;
+    bool connack_ok;
+    bool refused;   /* CONNACK carried a failure code */
+    bool disc_seen; /* on_disconnect ran */
+    int disc_rc;    /* its code: MOSQ_ERR_* or an MQTT 5 reason code */
+
+    /* The read batch in progress. */
+    size_t batch_appended;
+    uint64_t batch_bytes; /* encoded sizes appended (record headers not counted) */
+    int batch_err;        /* first append failure; the batch must not be acknowledged */
+    const struct m2a_mqtt_msg *cur_msg;
+
+    struct ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume;
+};
+
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+/* Once per process and never undone: another instance may be alive, and
+ * mosquitto_lib_cleanup() would pull OpenSSL from under it. */
+static void lib_init(void)
+{
+    mosquitto_lib_init();
+}
+
+static bool rl_allow(struct ratelimit *r, uint64_t *suppressed)
+{
+    uint64_t now = m2a_now_ms();
+    if (now < r->next_ms) {
+        r->suppressed++;
+        return false;
+    }
+    *suppressed = r->suppressed;
+    r->suppressed = 0;
+    r->next_ms = now + LOG_INTERVAL_MS;
+    return true;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* A libmosquitto return code as a sentence; errno must be the call's. */
+static const char *mosq_err_str(int rc, char *buf, size_t len)
+{
+    if (rc == MOSQ_ERR_ERRNO)
+        return strerror_r(errno, buf, len);
+    return mosquitto_strerror(rc);
+}
+
+/* on_disconnect gets either a MOSQ_ERR_* (local, all below 0x80) or, in
+ * MQTT 5, the reason code of a DISCONNECT the broker sent; the ones worth
+ * naming are errors, >= 0x80. */
+static const char *disc_reason(const struct m2a_mqtt_in *mi, int rc)
+{
+    if (mi->o.conf->protocol == 5 && rc >= 0x80)
+        return mosquitto_reason_string(rc);
+    if (rc == MOSQ_ERR_SUCCESS)
+        return "closed";
+    if (rc == MOSQ_ERR_KEEPALIVE) /* libmosquitto 2.0.11 has no text for it */
+        return "keepalive timeout (no PINGRESP read)";
+    return mosquitto_strerror(rc);
+}
+
+static const char *connack_reason(const struct m2a_mqtt_in *mi, int rc)
+{
+    return mi->o.conf->protocol == 5 ? mosquitto_reason_string(rc) : mosquitto_connack_string(rc);
+}
+
+/* --- pause / resume on spool fill ------------------------------------------------ */
+
+/* Transitions are logged at most once per LOG_INTERVAL_MS each way: a spool
+ * hovering at the mark under sustained load would otherwise flap the log. */
+static void update_pause(struct m2a_mqtt_in *mi)
+{
+    uint64_t max = mi->o.spool_max_bytes, sup;
+    if (max == 0)
+        return;
+    struct m2a_spool_stats ss;
+    m2a_spool_get_stats(mi->o.spool, &ss);
+    uint64_t high = max - max / 10, low = max - max / 5;
+    if (!mi->paused && ss.bytes >= high) {
+        mi->paused = true;
+        M2A_STAT_SET(mi->o.stats, mqtt_paused, 1);
+        if (rl_allow(&mi->rl_pause, &sup))
+            m2a_warn(COMPONENT,
+                     "spool holds %" PRIu64 " of %" PRIu64 " bytes (>= 90%%): pausing MQTT reads; "
+                     "the broker keeps queueing in the persistent session (%" PRIu64
+                     " pauses not logged)",
+                     ss.bytes, max, sup);
+    } else if (mi->paused && ss.bytes < low) {
+        mi->paused = false;
+        M2A_STAT_SET(mi->o.stats, mqtt_paused, 0);
+        if (rl_allow(&mi->rl_resume, &sup))
+            m2a_info(COMPONENT,
+                     "spool down to %" PRIu64 " of %" PRIu64 " bytes (< 80%%): resuming MQTT "
+                     "reads (%" PRIu64 " resumes not logged)",
+                     ss.bytes, max, sup);
+    }
+}
+
+/* --- callbacks (run on our thread, inside mosquitto_loop_*) ---------------------- */
+
+static void on_route(void *ud, size_t route_index, const struct m2a_envelope *env, int err)
+{
+    struct m2a_mqtt_in *mi = ud;
+    struct m2a_stats *st = mi->o.stats;
+    uint64_t sup;
+
+    if (err != 0) {
+        M2A_STAT_ADD(st, route_errors, 1);
+        const struct m2a_mqtt_msg *m = mi->cur_msg;
+        int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
+        if (m2a_log_get_level() >= M2A_LOG_WARN && rl_allow(&mi->rl_route, &sup))
+            m2a_warn(
+                COMPONENT,
+                "route %s: topic %.*s: %s; message not forwarded (%" PRIu64 " similar suppressed)",
+                m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, m2a_strerror(err), sup);
+        return;
+    }
+    if (mi->batch_err != 0)
+        return; /* the batch will not be acknowledged anyway */
+    uint64_t seq;
+    int rc = m2a_spool_append(mi->o.spool, env, &seq);
+    if (rc == M2A_ERR_ARG) {
+        /* Too big to ever fit: waiting would block the session behind it
+         * forever, so it is dropped (and acknowledged) like a route error. */
+        M2A_STAT_ADD(st, route_errors, 1);
+        const struct m2a_mqtt_msg *m = mi->cur_msg;
+        int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
+        if (rl_allow(&mi->rl_route, &sup))
+            m2a_error(COMPONENT,
+                      "route %s: topic %.*s: a %zu-byte message can never fit in the spool "
+                      "(spool max_bytes %" PRIu64 ", record limit %u): dropped (%" PRIu64
+                      " similar suppressed)",
+                      m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, m->payload_len,
+                      mi->o.spool_max_bytes, (unsigned)M2A_SPOOL_MAX_PAYLOAD, sup);
+        return;
+    }
+    if (rc != 0) {
+        mi->batch_err = rc;
+        return;
+    }
+    size_t size = m2a_envelope_encoded_size(env);
+    mi->batch_appended++;
+    mi->batch_bytes += size;
+    M2A_STAT_ADD(st, spooled, 1);
+    M2A_STAT_ADD(st, spooled_bytes, size);
+}
+
+static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_message *m)
+{
+    (void)mosq;
+    struct m2a_mqtt_in *mi = ud;
+    M2A_STAT_ADD(mi->o.stats, received, 1);
+    if (mi->batch_err != 0)
+        return; /* connection is about to be dropped unacknowledged */
+    struct m2a_mqtt_msg msg = {.topic = m->topic,
+                               .topic_len = strlen(m->topic),
+                               .payload = m->payload,
+                               .payload_len = m->payloadlen > 0 ? (size_t)m->payloadlen : 0,
+                               .qos = m->qos,
+                               .retain = m->retain,
+                               .timestamp_ms = wall_ms()};
+    mi->cur_msg = &msg;
+    size_t n = m2a_routes_map(mi->o.routes, &msg, mi->scratch, on_route, mi);
+    mi->cur_msg = NULL;
+    if (n == 0) {
+        M2A_STAT_ADD(mi->o.stats, unmatched, 1);
+        m2a_debug(COMPONENT, "no route matches topic %.*s",
+                  (int)(msg.topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : msg.topic_len), msg.topic);
+    }
+}
+
+static void subscribe_all(struct m2a_mqtt_in *mi, struct mosquitto *mosq)
+{
+    for (size_t i = 0; i < mi->nsubs; i++) {
+        int mid = 0;
+        int rc = mosquitto_subscribe(mosq, &mid, mi->subs[i], 1);
+        mi->sub_mids[i] = rc == MOSQ_ERR_SUCCESS ? mid : -1;
+        if (rc != MOSQ_ERR_SUCCESS)
+            m2a_error(COMPONENT, "cannot subscribe to %s: %s", mi->subs[i], mosquitto_strerror(rc));
+    }
+}
+
+static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
+                       const mosquitto_property *props)
+{
+    (void)props;
+    struct m2a_mqtt_in *mi = ud;
+    const struct m2a_conf_mqtt *c = mi->o.conf;
+    uint64_t sup;
+
+    if (rc != 0) {
+        mi->refused = true;
+        if (rl_allow(&mi->rl_connect, &sup))
+            m2a_error(COMPONENT,
+                      "%s:%d refused the connection: %s (%" PRIu64 " similar suppressed)", c->host,
+                      c->port, connack_reason(mi, rc), sup);
+        return;
+    }
+    bool session_present = (flags & 1) != 0;
+    mi->connack_ok = true;
+    if (mi->nconnacks++ > 0)
+        M2A_STAT_ADD(mi->o.stats, mqtt_reconnects, 1);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, 1);
+    if (!mi->spool_failing)
+        m2a_backoff_reset(&mi->backoff);
+    mi->rl_connect.next_ms = 0; /* the next failure is news again */
+    m2a_info(COMPONENT, "connected to %s:%d (%s, session present: %s)", c->host, c->port,
+             c->protocol == 5 ? "MQTT 5" : "MQTT 3.1.1", session_present ? "yes" : "no");
+    if (!session_present && !c->clean_session && mi->nconnacks > 1)
+        m2a_warn(COMPONENT,
+                 "the broker had no session for client id %s: messages published "
+                 "while the bridge was away were not kept (session expired, or the "
+                 "broker restarted without persistence)",
+                 c->client_id);
+    /* Always resubscribe: cheap, and right even if the broker lost the session. */
+    subscribe_all(mi, mosq);
+}
+
+static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int count, const int *granted,
+                         const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)props;
+    struct m2a_mqtt_in *mi = ud;
+    for (size_t i = 0; i < mi->nsubs; i++) {
+        if (mi->sub_mids[i] != mid)
+            continue;
+        int g = count > 0 ? granted[0] : 0x80;
+        if (g >= 0x80)
+            m2a_error(COMPONENT, "the broker refused the subscription to %s: %s", mi->subs[i],
+                      mi->o.conf->protocol == 5 ? mosquitto_reason_string(g) : "failure (0x80)");
+        else if (g < 1)
+            m2a_warn(COMPONENT, "subscribed to %s, but only at QoS 0: messages can be lost",
+                     mi->subs[i]);
+        else
+            m2a_info(COMPONENT, "subscribed to %s (QoS %d)", mi->subs[i], g);
+        return;
+    }
+}
+
+static void on_disconnect(struct mosquitto *mosq, void *ud, int rc, const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)props;
+    struct m2a_mqtt_in *mi = ud;
+    if (!mi->disc_seen) {
+        mi->disc_seen = true;
+        mi->disc_rc = rc;
+    }
+}
+
+/* --- connection lifetime -------------------------------------------------------- */
+
+/* A configured handle, not connected. Returns NULL with a sentence in err. */
+static struct mosquitto *new_client(struct m2a_mqtt_in *mi, char *err, size_t errlen)
+{
+    const struct m2a_conf_mqtt *c = mi->o.conf;
+    int rc = MOSQ_ERR_SUCCESS;
+    const char *what = "";
+    struct mosquitto *mosq = mosquitto_new(c->client_id, c->clean_session, mi);
+    if (!mosq) {
+        snprintf(err, errlen, "mosquitto_new failed: %s", strerror(errno));
+        return NULL;
+    }
+    if ((rc = mosquitto_threaded_set(mosq, true)) != 0) {
+        what = "threaded mode";
+        goto out;
+    }
+    if (c->protocol == 5) {
+        if ((rc = mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5)) != 0 ||
+            (rc = mosquitto_int_option(mosq, MOSQ_OPT_RECEIVE_MAXIMUM, c->receive_maximum)) != 0) {
+            what = "MQTT 5 options";
+            goto out;
+        }
+    } else if ((rc = mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311)) !=
+               0) {
+        what = "protocol version";
+        goto out;
+    }
+    if (c->username && (rc = mosquitto_username_pw_set(mosq, c->username, c->password)) != 0) {
+        what = "username/password";
+        goto out;
+    }
+    if (c->tls.enabled) {
+        /* Without a CA file, trust the system's store. */
+        rc = mosquitto_tls_set(mosq, c->tls.ca_file, c->tls.ca_file ? NULL : "/etc/ssl/certs",
+                               c->tls.cert_file, c->tls.key_file, NULL);
+        if (rc == 0)
+            rc = mosquitto_tls_insecure_set(mosq, !c->tls.verify_hostname);
+        if (rc != 0) {
+            what = "TLS settings (CA, certificate or key file)";
+            goto out;
+        }
+    }
+    mosquitto_connect_v5_callback_set(mosq, on_connect);
+    mosquitto_disconnect_v5_callback_set(mosq, on_disconnect);
+    mosquitto_subscribe_v5_callback_set(mosq, on_subscribe);
+    mosquitto_message_callback_set(mosq, on_message);
+out:
+    if (rc != MOSQ_ERR_SUCCESS) {
+        snprintf(err, errlen, "%s: %s", what, mosquitto_strerror(rc));
+        mosquitto_destroy(mosq);
+        return NULL;
+    }
+    return mosq;
+}
+
+/* Opens the TCP connection and queues CONNECT (written by the loop). The TCP
+ * connect itself blocks (libmosquitto 2.0.11 has no async connect that
+ * carries MQTT 5 properties); bounded by the kernel's SYN timeout. */
+static void try_connect(struct m2a_mqtt_in *mi)
+{
+    const struct m2a_conf_mqtt *c = mi->o.conf;
+    char err[256], ebuf[128];
+    uint64_t sup;
+    mosquitto_property *props = NULL;
+    int rc;
+
+    struct mosquitto *mosq = new_client(mi, err, sizeof(err));
+    if (!mosq) {
+        if (rl_allow(&mi->rl_connect, &sup))
+            m2a_error(COMPONENT, "cannot create the MQTT client: %s", err);
+        goto fail;
+    }
+    if (c->protocol == 5 && !c->clean_session)
+        mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, c->session_expiry);
+    errno = 0;
+    rc = mosquitto_connect_bind_v5(mosq, c->host, c->port, c->keepalive, NULL, props);
+    mosquitto_property_free_all(&props);
+    if (rc != MOSQ_ERR_SUCCESS) {
+        if (rl_allow(&mi->rl_connect, &sup))
+            m2a_warn(COMPONENT, "cannot connect to %s:%d: %s (%" PRIu64 " similar suppressed)",
+                     c->host, c->port, mosq_err_str(rc, ebuf, sizeof(ebuf)), sup);
+        mosquitto_destroy(mosq);
+        goto fail;
+    }
+    mi->mosq = mosq;
+    mi->connack_ok = mi->refused = mi->disc_seen = false;
+    mi->disc_rc = 0;
+    m2a_debug(COMPONENT, "TCP connected to %s:%d, CONNECT queued", c->host, c->port);
+    return;
+fail:
+    mi->next_attempt_ms = m2a_now_ms() + m2a_backoff_next(&mi->backoff);
+}
+
+static void log_disconnect(struct m2a_mqtt_in *mi, int why)
+{
+    const struct m2a_conf_mqtt *c = mi->o.conf;
+    uint64_t sup;
+
+    if (mi->connack_ok && mi->paused && (why == MOSQ_ERR_KEEPALIVE || why == MOSQ_ERR_CONN_LOST))
+        m2a_info(COMPONENT,
+                 "connection to %s:%d ended while reads are paused (%s): expected, as "
+                 "keepalive cannot be serviced without reading; the session keeps "
+                 "queueing, reconnecting once the spool drains",
+                 c->host, c->port, disc_reason(mi, why));
+    else if (mi->connack_ok)
+        m2a_warn(COMPONENT, "disconnected from %s:%d: %s", c->host, c->port, disc_reason(mi, why));
+    else if (!mi->refused && rl_allow(&mi->rl_connect, &sup))
+        m2a_warn(COMPONENT,
+                 "connection to %s:%d failed before CONNACK: %s (%" PRIu64 " similar suppressed)",
+                 c->host, c->port, disc_reason(mi, why), sup);
+}
+
+/* Ends the current connection without writing anything more and schedules
+ * the next attempt. rc is what the failing call returned; quiet when the
+ * caller already said why. */
+static void drop_connection(struct m2a_mqtt_in *mi, int rc, bool quiet)
+{
+    if (!quiet)
+        log_disconnect(mi, mi->disc_seen ? mi->disc_rc : rc);
+    mosquitto_destroy(mi->mosq); /* closes the socket; queued packets die with it */
+    mi->mosq = NULL;
+    mi->connack_ok = false;
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, 0);
+    mi->next_attempt_ms = m2a_now_ms() + m2a_backoff_next(&mi->backoff);
+}
+
+/* The batch could not be made durable: make sure none of its PUBACKs leave. */
+static void spool_failed(struct m2a_mqtt_in *mi, int err)
+{
+    uint64_t sup;
+    int fd = mosquitto_socket(mi->mosq);
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR);
+    M2A_STAT_ADD(mi->o.stats, spool_errors, 1);
+    mi->spool_failing = true;
+    if (rl_allow(&mi->rl_spool, &sup))
+        m2a_error(COMPONENT,
+                  "spool: %s; dropping the MQTT connection without acknowledging the batch, "
+                  "the broker will redeliver (%" PRIu64 " similar suppressed)",
+                  m2a_strerror(err), sup);
+    drop_connection(mi, MOSQ_ERR_CONN_LOST, true);
+}
+
+/* --- the loop -------------------------------------------------------------------- */
+
+static bool readable_now(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/* Reads up to BATCH_MAX packets, then makes the batch durable. Returns false
+ * when the connection was dropped. */
+static bool read_batch(struct m2a_mqtt_in *mi)
+{
+    int rc = MOSQ_ERR_SUCCESS;
+    mi->batch_appended = 0;
+    mi->batch_err = 0;
+    mi->batch_bytes = 0;
+    /* Stop the batch at the high-water mark, so that a burst pauses reading
+     * instead of running into M2A_ERR_FULL and a dropped connection. */
+    uint64_t room = UINT64_MAX;
+    if (mi->o.spool_max_bytes) {
+        struct m2a_spool_stats ss;
+        m2a_spool_get_stats(mi->o.spool, &ss);
+        uint64_t high = mi->o.spool_max_bytes - mi->o.spool_max_bytes / 10;
+        room = ss.bytes < high ? high - ss.bytes : 0;
+    }
+    /* mosquitto_loop_read handles about one packet per call whatever
+     * max_packets says, so we loop while the socket has more. */
+    for (int i = 0; i < BATCH_MAX; i++) {
+        rc = mosquitto_loop_read(mi->mosq, BATCH_MAX);
+        if (rc != MOSQ_ERR_SUCCESS || mi->batch_err != 0 || mi->refused || mi->batch_bytes >= room)
+            break;
+        int fd = mosquitto_socket(mi->mosq);
+        if (fd < 0 || !readable_now(fd))
+            break;
+    }
+    if (mi->batch_appended > 0) {
+        int frc = m2a_spool_flush(mi->o.spool);
+        if (frc != 0 && mi->batch_err == 0)
+            mi->batch_err = frc;
+        if (frc == 0 && mi->spool_failing && mi->batch_err == 0) {
+            mi->spool_failing = false;
+            m2a_backoff_reset(&mi->backoff);
+        }
+    }
+    if (mi->batch_err != 0) {
+        spool_failed(mi, mi->batch_err);
+        return false;
+    }
+    if (rc != MOSQ_ERR_SUCCESS || mi->refused || mosquitto_socket(mi->mosq) < 0) {
+        drop_connection(mi, rc, false);
+        return false;
+    }
+    return true;
+}
+
+/* One turn with a live connection. */
+static void turn_connected(struct m2a_mqtt_in *mi)
+{
+    int fd = mosquitto_socket(mi->mosq);
+    if (fd < 0) {
+        drop_connection(mi, MOSQ_ERR_NO_CONN, false);
+        return;
+    }
+    struct pollfd p = {.fd = fd, .events = mi->paused ? POLLRDHUP : POLLIN};
+    if (mosquitto_want_write(mi->mosq))
+        p.events |= POLLOUT;
+    if (poll(&p, 1, LOOP_TIMEOUT_MS) < 0 && errno != EINTR) {
+        m2a_error(COMPONENT, "poll: %s", strerror(errno));
+        return;
+    }
+    if (!mi->paused && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+        if (!read_batch(mi))
+            return;
+    } else if (mi->paused && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+        drop_connection(mi, MOSQ_ERR_CONN_LOST, false);
+        return;
+    }
+    /* Every PUBACK queued now belongs to a message whose batch was flushed. */
+    int rc = MOSQ_ERR_SUCCESS;
+    if (mosquitto_want_write(mi->mosq))
+        rc = mosquitto_loop_write(mi->mosq, BATCH_MAX);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_loop_misc(mi->mosq);
+    if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(mi->mosq) < 0)
+        drop_connection(mi, rc, false);
+}
+
+static void turn_disconnected(struct m2a_mqtt_in *mi)
+{
+    uint64_t now = m2a_now_ms();
+    if (!mi->paused && now >= mi->next_attempt_ms) {
+        try_connect(mi);
+        if (mi->mosq)
+            return;
+        now = m2a_now_ms();
+    }
+    uint64_t wait = LOOP_TIMEOUT_MS;
+    if (!mi->paused && mi->next_attempt_ms > now && mi->next_attempt_ms - now < wait)
+        wait = mi->next_attempt_ms - now;
+    poll(NULL, 0, (int)wait); /* idle wait between attempts; stop is checked each turn */
+}
+
+/* Stop: reading has stopped and every batch read was flushed at the end of its
+ * turn, so all queued PUBACKs may leave; give them up to STOP_DRAIN_MS. */
+static void shutdown_connection(struct m2a_mqtt_in *mi)
+{
+    if (!mi->mosq)
+        return;
+    if (mi->connack_ok) {
+        uint64_t deadline = m2a_now_ms() + STOP_DRAIN_MS;
+        while (mosquitto_want_write(mi->mosq) && mosquitto_socket(mi->mosq) >= 0) {
+            uint64_t now = m2a_now_ms();
+            if (now >= deadline)
+                break;
+            struct pollfd p = {.fd = mosquitto_socket(mi->mosq), .events = POLLOUT};
+            poll(&p, 1, (int)(deadline - now));
+            if (mosquitto_loop_write(mi->mosq, BATCH_MAX) != MOSQ_ERR_SUCCESS)
+                break;
+        }
+        if (mosquitto_socket(mi->mosq) >= 0 && mosquitto_disconnect(mi->mosq) == MOSQ_ERR_SUCCESS)
+            mosquitto_loop_write(mi->mosq, 1);
+        m2a_info(COMPONENT, "disconnected from %s:%d (stopping)", mi->o.conf->host,
+                 mi->o.conf->port);
+    }
+    mosquitto_destroy(mi->mosq);
+    mi->mosq = NULL;
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, 0);
+}
+
+static void *run(void *arg)
+{
+    struct m2a_mqtt_in *mi = arg;
+    uint64_t sup;
+    pthread_setname_np(pthread_self(), "m2a-mqtt");
+    while (!atomic_load(&mi->stop)) {
+        update_pause(mi);
+        if (mi->mosq)
+            turn_connected(mi);
+        else
+            turn_disconnected(mi);
+        int rc = m2a_spool_tick(mi->o.spool);
+        if (rc != 0 && rl_allow(&mi->rl_tick, &sup))
+            m2a_error(COMPONENT, "spool: periodic sync failed: %s (%" PRIu64 " similar suppressed)",
+                      m2a_strerror(rc), sup);
+    }
+    shutdown_connection(mi);
+    return NULL;
+}
+
+/* --- public ---------------------------------------------------------------------- */
+
+static int check_conf(const struct m2a_mqtt_in_opts *o, char *err, size_t errlen)
+{
+    const struct m2a_conf_mqtt *c = o->conf;
+    if (!c || !o->routes || !o->spool || !o->stats)
+        snprintf(err, errlen, "missing conf, routes, spool or stats");
+    else if (!c->host || c->port < 1 || c->port > 65535)
+        snprintf(err, errlen, "invalid MQTT host or port");
+    else if (c->protocol != 5 && c->protocol != 311)
+        snprintf(err, errlen, "MQTT protocol must be 5 or 311, not %d", c->protocol);
+    else if (c->keepalive < 5 || c->keepalive > 65535)
+        snprintf(err, errlen, "keepalive must be 5..65535 s, not %d", c->keepalive);
+    else if (c->protocol == 311 && c->password && !c->username)
+        snprintf(err, errlen, "MQTT 3.1.1 does not allow a password without a username");
+    else if (!c->client_id && !c->clean_session)
+        snprintf(err, errlen, "a persistent session needs a client_id");
+    else
+        return 0;
+    return M2A_ERR_ARG;
+}
+
+static void free_mi(struct m2a_mqtt_in *mi)
+{
+    for (size_t i = 0; i < mi->nsubs; i++)
+        free(mi->subs[i]);
+    free(mi->subs);
+    free(mi->sub_mids);
+    m2a_route_scratch_free(mi->scratch);
+    free(mi);
+}
+
+int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **out, char *err,
+                      size_t errlen)
+{
+    int rc = check_conf(opts, err, errlen);
+    if (rc != 0)
+        return rc;
+    pthread_once(&lib_once, lib_init);
+
+    struct m2a_mqtt_in *mi = xcalloc(1, sizeof(*mi));
+    mi->o = *opts;
+    atomic_init(&mi->stop, false);
+    mi->scratch = m2a_route_scratch_new();
+    const struct m2a_conf_mqtt *c = opts->conf;
+    mi->nsubs = m2a_routes_nsubscriptions(opts->routes);
+    mi->subs = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->subs));
+    mi->sub_mids = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->sub_mids));
+    for (size_t i = 0; i < mi->nsubs; i++) {
+        const char *f = m2a_routes_subscription(opts->routes, i);
+        mi->subs[i] = c->share_group ? xasprintf("$share/%s/%s", c->share_group, f) : xstrdup(f);
+    }
+    m2a_backoff_init(&mi->backoff, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);
+
+    /* Build one handle now so bad settings (TLS files...) fail the start,
+     * not a log line per reconnect. */
+    char why[256];
+    struct mosquitto *probe = new_client(mi, why, sizeof(why));
+    if (!probe) {
+        snprintf(err, errlen, "MQTT client: %s", why);
+        rc = M2A_ERR_MQTT;
+        goto out;
+    }
+    mosquitto_destroy(probe);
+
+    int prc = pthread_create(&mi->thread, NULL, run, mi);
+    if (prc != 0) {
+        snprintf(err, errlen, "cannot start the MQTT thread: %s", strerror(prc));
+        rc = M2A_ERR_IO;
+        goto out;
+    }
+    *out = mi;
+    mi = NULL;
+out:
+    if (mi)
+        free_mi(mi);
+    return rc;
+}
+
+void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi)
+{
+    if (!mi)
+        return;
+    atomic_store(&mi->stop, true);
+    pthread_join(mi->thread, NULL);
+    free_mi(mi);
+}

@@ -8,7 +8,10 @@
  * before on_message leave the socket only when this thread calls
  * mosquitto_loop_write, which it does only after m2a_spool_flush() has
  * returned 0 for the read batch. If appending or flushing fails, the socket
- * is shut down before any write, so the broker redelivers. While the spool
+ * is shut down before any write, so the broker redelivers. A message too
+ * large ever to fit in the spool (M2A_ERR_ARG) is the one exception:
+ * retrying it would block the session forever, so it is acknowledged,
+ * counted as a route error and logged. While the spool
  * is above its high-water mark the thread stops reading MQTT (Mosquitto keeps
  * queueing in the persistent session) and resumes by itself. */
 #ifndef MQTT2AMQP_MQTT_IN_H

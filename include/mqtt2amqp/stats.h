@@ -10,25 +10,26 @@
 #include <stdint.h>
 
 struct m2a_stats {
-    _Atomic uint64_t received;       /* MQTT messages received */
-    _Atomic uint64_t unmatched;      /* received messages no route matched */
-    _Atomic uint64_t route_errors;   /* template / routing-key failures */
-    _Atomic uint64_t spooled;        /* records appended to the spool */
-    _Atomic uint64_t spooled_bytes;  /* their encoded size */
-    _Atomic uint64_t spool_errors;   /* append/flush failures (batch not acked) */
-    _Atomic uint64_t published;      /* basic.publish sent (retries included) */
-    _Atomic uint64_t confirmed;      /* basic.ack received */
-    _Atomic uint64_t returned;       /* basic.return received (unroutable) */
-    _Atomic uint64_t nacked;         /* basic.nack received */
+    _Atomic uint64_t received;      /* MQTT messages received */
+    _Atomic uint64_t unmatched;     /* received messages no route matched */
+    _Atomic uint64_t route_errors;  /* template / routing-key failures */
+    _Atomic uint64_t spooled;       /* records appended to the spool */
+    _Atomic uint64_t spooled_bytes; /* their encoded size */
+    _Atomic uint64_t spool_errors;  /* append/flush failures (batch not acked) */
+    _Atomic uint64_t published;     /* basic.publish sent (retries included) */
+    _Atomic uint64_t confirmed;     /* basic.ack received */
+    _Atomic uint64_t returned;      /* basic.return received (unroutable) */
+    _Atomic uint64_t nacked;        /* basic.nack received */
     _Atomic uint64_t mqtt_reconnects;
     _Atomic uint64_t amqp_reconnects;
-    _Atomic int mqtt_connected;      /* 0/1 */
-    _Atomic int amqp_connected;      /* 0/1 */
-    _Atomic int amqp_blocked;        /* 0/1: connection.blocked in force */
-    _Atomic int mqtt_paused;         /* 0/1: reading paused, spool full */
+    _Atomic int mqtt_connected; /* 0/1 */
+    _Atomic int amqp_connected; /* 0/1 */
+    _Atomic int amqp_blocked;   /* 0/1: connection.blocked in force */
+    _Atomic int mqtt_paused;    /* 0/1: reading paused, spool full */
 };
 
-#define M2A_STAT_ADD(st, field, n) atomic_fetch_add_explicit(&(st)->field, (n), memory_order_relaxed)
+#define M2A_STAT_ADD(st, field, n)                                                                 \
+    atomic_fetch_add_explicit(&(st)->field, (n), memory_order_relaxed)
 #define M2A_STAT_GET(st, field)    atomic_load_explicit(&(st)->field, memory_order_relaxed)
 #define M2A_STAT_SET(st, field, v) atomic_store_explicit(&(st)->field, (v), memory_order_relaxed)
 
