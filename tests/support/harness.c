@@ -1129,7 +1129,14 @@ int th_amqp_publish(struct th_amqp *c, const char *exchange, const char *routing
 
 int th_amqp_consume(struct th_amqp *c, const char *queue)
 {
-    amqp_basic_consume(c->conn, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 1, 0,
+    /* Manual acks: a message RabbitMQ sent but this consumer never read (in
+     * flight when the connection died, or when the test closed it) is
+     * requeued, not lost, so a test's lost count is the bridge's alone. */
+    amqp_basic_qos(c->conn, 1, 0, 2000, 0);
+    int rc = amqp_check(c, amqp_get_rpc_reply(c->conn), "basic.qos");
+    if (rc != 0)
+        return rc;
+    amqp_basic_consume(c->conn, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
                        amqp_empty_table);
     return amqp_check(c, amqp_get_rpc_reply(c->conn), "basic.consume");
 }
@@ -1329,7 +1336,12 @@ static int amqp_next(struct th_amqp *c, struct th_msgs *out, int wait_ms)
     amqp_rpc_reply_t r = amqp_consume_message(c->conn, &env, &tv, 0);
     if (r.reply_type == AMQP_RESPONSE_NORMAL) {
         msg_from_envelope(msgs_push(out), &env);
+        int st = amqp_basic_ack(c->conn, env.channel, env.delivery_tag, 0);
         amqp_destroy_envelope(&env);
+        if (st != AMQP_STATUS_OK) {
+            c->dead = true;
+            return M2A_ERR_AMQP;
+        }
         return 1;
     }
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT)

@@ -259,7 +259,9 @@ int th_amqp_confirm_select(struct th_amqp *c);
  * text/plain, delivery mode 2 if persistent. */
 int th_amqp_publish(struct th_amqp *c, const char *exchange, const char *routing_key,
                     const char *body, bool persistent);
-/* Starts a no-ack consumer on queue. */
+/* Starts a consumer on queue (manual acks, prefetch 2000): each message
+ * is acknowledged once it is in the caller's th_msgs, so what a test did
+ * not read is requeued, never lost. */
 int th_amqp_consume(struct th_amqp *c, const char *queue);
 /* Appends consumed messages to out until it holds `distinct` distinct
  * seq >= 0 values (counting what it already held) or timeout_ms passes.
