@@ -13,10 +13,14 @@ set -euo pipefail
 PACKAGES=(
     build-essential cmake pkg-config           # toolchain
     libmosquitto-dev librabbitmq-dev libyaml-dev # the bridge's libraries
+    libssl-dev libmicrohttpd-dev               # TLS set-up and failure reasons; /metrics
+    openssl                                    # TLS tests generate their certificates
     check libsubunit-dev                       # unit tests
     mosquitto mosquitto-clients                # MQTT broker for tests and scripts/run.sh
     rabbitmq-server amqp-tools                 # AMQP broker (and epmd) for tests and run.sh
     iproute2                                   # ss: free-port probing in test-rabbitmq.sh
+    clang-14 libclang-rt-14-dev                # libFuzzer targets (scripts/fuzz.sh)
+    docker-compose                             # validates docker/docker-compose.yml (no engine)
 )
 
 missing=()

@@ -16,7 +16,9 @@
 # DIR/env holds shell-sourceable KEY=VALUE lines: AMQP_PORT, NODENAME, SERVER_PID, EPMD_PID,
 # the ports, and the environment rabbitmqctl needs (HOME, RABBITMQ_NODENAME, ERL_EPMD_PORT, ...).
 # Environment knobs: M2A_RABBIT_AMQP_PORT (preferred AMQP port, used if free),
-# M2A_RABBIT_TIMEOUT (readiness deadline in seconds, default 120).
+# M2A_RABBIT_TIMEOUT (readiness deadline in seconds, default 120), M2A_RABBIT_EXTRA_CONF (a file
+# of rabbitmq.conf lines, e.g. a TLS listener, copied into DIR at start and appended on every
+# start and restart).
 #
 # Everything is killed by recorded pid; nothing is matched by name.
 set -euo pipefail
@@ -150,6 +152,9 @@ listeners.tcp.default = 127.0.0.1:$AMQP_PORT
 log.console = false
 log.file.level = info
 EOF
+    if [ -f "$DIR/extra.conf" ]; then
+        cat "$DIR/extra.conf" >>"$DIR/rabbitmq.conf"
+    fi
     # The Erlang cookie must be private to HOME or erl refuses it.
     if [ ! -f "$DIR/home/.erlang.cookie" ]; then
         (umask 077 && printf 'm2a%s%s' "$RANDOM$RANDOM" "$$" >"$DIR/home/.erlang.cookie")
@@ -222,6 +227,9 @@ do_start_fresh() {
     do_stop
     rm -rf "$DIR"
     mkdir -p "$DIR"
+    if [ -n "${M2A_RABBIT_EXTRA_CONF:-}" ]; then
+        cp "$M2A_RABBIT_EXTRA_CONF" "$DIR/extra.conf"
+    fi
     NODENAME="m2a-test-$$@localhost"
     AMQP_PORT=""
     if [ -n "${M2A_RABBIT_AMQP_PORT:-}" ] && ! port_in_use "$M2A_RABBIT_AMQP_PORT"; then

@@ -8,6 +8,7 @@
 #   BUILD_DIR=dir                   main build dir (default build/)
 #   ASAN_BUILD_DIR=dir              sanitizer build dir (default build-asan/)
 #   M2A_SANITIZE_RUN=0              skip the sanitizer pass
+#   M2A_FUZZ_RUN=0                  skip the fuzz smoke (scripts/fuzz.sh all 20)
 #   CTEST_ARGS="-L unit"            extra ctest arguments (e.g. a label), both passes
 #   JOBS=n                          build/test parallelism (default nproc)
 #
@@ -39,7 +40,18 @@ build_and_test() {
     # The brokers fixture (RabbitMQ) starts before the first integration test
     # and stops after the last; integration tests hold a resource lock so only
     # one runs at a time, unit tests run in parallel.
-    (cd "$dir" && ctest --output-on-failure -j"$JOBS" --timeout 900 "${EXTRA[@]}") || return 1
+    # The fault suite (label fault) leaves its table (fault, iterations, sent,
+    # delivered, lost, duplicated) here; ctest hides a passing test's output.
+    local table=$dir/test-state/fault-table.txt rc=0
+    rm -f "$table"
+    (cd "$dir" && ctest --output-on-failure -j"$JOBS" --timeout 900 "${EXTRA[@]}") || rc=1
+    if [ -s "$table" ]; then
+        step "fault suite table ($dir)"
+        awk -F'\t' 'BEGIN { printf "%-36s %10s %8s %10s %6s %10s  %s\n", "fault", "iterations",
+            "sent", "delivered", "lost", "duplicated", "notes" }
+            { printf "%-36s %10s %8s %10s %6s %10s  %s\n", $1, $2, $3, $4, $5, $6, $7 }' "$table"
+    fi
+    return $rc
 }
 
 step "dependencies: scripts/deps.sh"
@@ -59,6 +71,18 @@ if [ "${M2A_SANITIZE_RUN:-1}" != 0 ]; then
     fi
 else
     step "sanitizer pass skipped (M2A_SANITIZE_RUN=0)"
+fi
+
+# A short run of each libFuzzer target (clang, build-fuzz/) from the seed
+# corpus: catches a harness that no longer builds or a crash on the seeds.
+if [ "${M2A_FUZZ_RUN:-1}" != 0 ]; then
+    step "fuzz smoke: scripts/fuzz.sh all 20"
+    if ! scripts/fuzz.sh all 20; then
+        echo "FAILED: fuzz smoke (crashes in tests/fuzz/crashes/)" >&2
+        status=1
+    fi
+else
+    step "fuzz smoke skipped (M2A_FUZZ_RUN=0)"
 fi
 
 step "done: $([ $status = 0 ] && echo 'all passed' || echo 'FAILURES above')"

@@ -50,9 +50,12 @@
 
 #include "mqtt2amqp/backoff.h"
 #include "mqtt2amqp/confirm_window.h"
+#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/route_stats.h"
+#include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
 
 #define COMPONENT         "amqp"
@@ -81,8 +84,17 @@ struct ratelimit {
     uint64_t suppressed;
 };
 
+/* A live reload handed over by the main thread (under rl_mu). */
+struct reload {
+    const struct m2a_conf_amqp *topo;
+    const struct m2a_conf_route *routes;
+    size_t nroutes;
+    uint64_t ticket;
+};
+
 struct m2a_amqp_out {
     const struct m2a_conf_amqp *conf;
+    const struct m2a_conf_amqp *topo; /* declared at connect: conf's, or a reload's */
     struct m2a_spool *spool;
     struct m2a_stats *stats;
     const char *spool_id;
@@ -95,6 +107,15 @@ struct m2a_amqp_out {
     pthread_cond_t cv;  /* signalled when done */
     int sockfd;         /* the open connection's socket, else -1 */
     bool done;
+
+    /* Live reload: main thread -> AMQP thread. */
+    pthread_mutex_t rl_mu;
+    _Atomic bool rl_pending;  /* rl_next holds a reload not yet taken */
+    struct reload rl_next;    /* under rl_mu */
+    uint64_t rl_tickets;      /* main thread: last ticket given */
+    uint64_t rl_done;         /* under rl_mu: last ticket the thread finished */
+    int rl_rc;                /* under rl_mu: its outcome */
+    char rl_err[512];         /* under rl_mu: the broker's refusal */
 
     /* --- AMQP thread only --- */
     amqp_connection_state_t conn;
@@ -115,7 +136,17 @@ struct m2a_amqp_out {
     /* basic.return: its content header and body frames follow on the channel */
     int return_frames; /* 0 none, 1 header expected, 2 body expected */
     uint64_t return_left;
-    struct ratelimit rl_return, rl_nack, rl_spool, rl_drop;
+    char return_what[640]; /* the return's exchange, key and reply, for the log */
+    struct ratelimit rl_nack, rl_spool, rl_drop, rl_dead, rl_expired;
+    struct ratelimit rl_return[3]; /* by enum m2a_unroutable: each fate gets its lines */
+
+    /* Policies (see the comment above dead_letter_slot). */
+    const struct m2a_conf_dead_letter *dl; /* NULL without a dead_letter section */
+    const struct m2a_conf_route *routes;
+    size_t nroutes;
+    uint64_t max_age_ms;
+    struct m2a_dl_scratch *dl_scratch;
+    struct m2a_buf dl_buf;
     char end_reason[256];
 
     /* publish scratch, grown only */
@@ -261,7 +292,7 @@ static const char *at_line(char *buf, size_t len, struct m2a_conf_mark m)
  * the broker side without restarting us. */
 static int declare_topology(struct m2a_amqp_out *ao)
 {
-    const struct m2a_conf_amqp *c = ao->conf;
+    const struct m2a_conf_amqp *c = ao->topo;
     char what[600], line[32];
     int rc = 0;
     size_t maxargs = 1;
@@ -332,16 +363,16 @@ static int open_socket(struct m2a_amqp_out *ao)
             set_end(ao, "cannot create a TLS socket");
             return M2A_ERR_IO;
         }
+        /* The context is set up by tls.c: OpenSSL itself checks the host name
+         * (IP literals too, which rabbitmq-c's own check does not handle, so
+         * that one stays off) and the reason of a refusal is recorded. */
+        char why[512];
         amqp_ssl_socket_set_verify_peer(sock, 1);
-        amqp_ssl_socket_set_verify_hostname(sock, c->tls.verify_hostname);
-        if (c->tls.ca_file && amqp_ssl_socket_set_cacert(sock, c->tls.ca_file) != AMQP_STATUS_OK) {
-            set_end(ao, "cannot load CA file %s", c->tls.ca_file);
-            return M2A_ERR_CONFIG;
-        }
-        if (c->tls.cert_file &&
-            amqp_ssl_socket_set_key(sock, c->tls.cert_file, c->tls.key_file) != AMQP_STATUS_OK) {
-            set_end(ao, "cannot load client certificate %s / key %s", c->tls.cert_file,
-                    c->tls.key_file);
+        amqp_ssl_socket_set_verify_hostname(sock, 0);
+        if (m2a_tls_ctx_setup(amqp_ssl_socket_get_context(sock), &c->tls, c->host, why,
+                              sizeof(why)) != 0) {
+            set_end(ao, "%s", why);
+            ao->refused = true;
             return M2A_ERR_CONFIG;
         }
     } else {
@@ -352,9 +383,16 @@ static int open_socket(struct m2a_amqp_out *ao)
         }
     }
     struct timeval tv = {CONNECT_TIMEOUT_S, 0};
+    m2a_tls_failure_reset();
     int rc = amqp_socket_open_noblock(sock, c->host, c->port, &tv);
     if (rc != AMQP_STATUS_OK) {
-        set_end(ao, "cannot connect: %s", amqp_error_string2(rc));
+        char tls[600];
+        if (m2a_tls_failure(tls, sizeof(tls))) {
+            set_end(ao, "cannot connect: %s", tls);
+            ao->refused = true; /* needs an operator: logged as an error */
+        } else {
+            set_end(ao, "cannot connect: %s", amqp_error_string2(rc));
+        }
         return M2A_ERR_IO;
     }
     publish_sockfd(ao, amqp_get_sockfd(ao->conn));
@@ -465,18 +503,200 @@ static uint32_t nack_delay(void *ctx, uint32_t retries)
     return m2a_backoff_next(b);
 }
 
+/* ------------------------------------------------------------------ */
+/* Undeliverable messages                                              */
+
+/* Dead-lettering on this side is made reliable by the confirm window, not by
+ * the spool (the MQTT thread is the spool's only writer). The dead letter
+ * replaces the record's copy in its window slot and is published like any
+ * record: mandatory, with a publisher confirm, under the same message_id.
+ * The spool commits only the contiguous prefix of confirmed slots, so the
+ * original stays in the spool until the broker has confirmed its dead
+ * letter: a crash or a lost connection before that replays the original
+ * (or re-publishes the dead letter from the window), which takes the same
+ * path again. At least once, nothing lost. A dead letter that is itself
+ * returned or nacked is retried with backoff, never dropped or
+ * dead-lettered again. */
+/* The counters of the route named route, or NULL (not counted). */
+static struct m2a_route_counters *route_ctr(struct m2a_amqp_out *ao, struct m2a_str route)
+{
+    return m2a_route_stats_find(ao->stats->routes, route.ptr, route.len);
+}
+
+/* Per-route confirms and the confirm latency (set as the window's hook). */
+static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
+{
+    struct m2a_amqp_out *ao = ctx;
+    M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, confirmed, 1);
+    if (slot->sent_us)
+        m2a_latency_observe(ao->stats->routes, m2a_now_us() - slot->sent_us);
+}
+
+static void dead_letter_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+                             const struct m2a_envelope *env, enum m2a_dl_reason reason,
+                             bool keep_headers)
+{
+    M2A_ROUTE_ADD(route_ctr(ao, env->route), dead_lettered, 1);
+    struct m2a_envelope dle;
+    m2a_dl_build(ao->dl, env, reason, keep_headers, ao->dl_scratch, &dle);
+    /* env and dle point into slot->rec: encode elsewhere first. */
+    m2a_buf_reset(&ao->dl_buf);
+    m2a_envelope_encode(&dle, &ao->dl_buf);
+    m2a_buf_reset(&slot->rec);
+    m2a_buf_append(&slot->rec, ao->dl_buf.data, ao->dl_buf.len);
+    slot->retries = 0; /* the dead letter's own nacks start from zero */
+    M2A_STAT_ADD(ao->stats, dead_lettered, 1);
+}
+
+static enum m2a_unroutable route_policy(const struct m2a_amqp_out *ao, struct m2a_str route)
+{
+    for (size_t i = 0; i < ao->nroutes; i++) {
+        const char *n = ao->routes[i].name;
+        if (n && strlen(n) == route.len && memcmp(n, route.ptr, route.len) == 0)
+            return ao->routes[i].unroutable;
+    }
+    return M2A_UNROUTABLE_DEAD_LETTER; /* spooled under a route the config no longer has */
+}
+
+/* Our message ids are "<spool id>-<seq>": the seq, or false if not ours. */
+static bool parse_message_id(const struct m2a_amqp_out *ao, amqp_bytes_t id, uint64_t *seq)
+{
+    size_t n = strlen(ao->spool_id);
+    const char *p = id.bytes;
+    if (id.len <= n + 1 || memcmp(p, ao->spool_id, n) != 0 || p[n] != '-')
+        return false;
+    uint64_t v = 0;
+    for (size_t i = n + 1; i < id.len; i++) {
+        if (p[i] < '0' || p[i] > '9' || v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    }
+    *seq = v;
+    return true;
+}
+
+static uint32_t nack_delay(void *ctx, uint32_t retries);
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* basic.return, once its content header named the message: applies the
+ * route's `unroutable` policy to the message's window slot. The slot is
+ * still INFLIGHT (the broker acks a returned message after returning it);
+ * dead_letter and retry move it to RETRY, so that ack finds a stale tag and
+ * is ignored, while drop lets the ack confirm it. */
+static void on_returned(struct m2a_amqp_out *ao, uint64_t seq)
+{
+    struct m2a_cw_slot *slot = m2a_cwin_find(ao->cw, seq);
+    struct m2a_envelope env;
+    uint64_t sup, now = m2a_now_ms();
+    if (!slot || slot->state != M2A_CW_INFLIGHT ||
+        m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0) {
+        m2a_debug(COMPONENT, "returned message %" PRIu64 " is not in flight: ignored", seq);
+        return;
+    }
+    slot->returns++;
+    if (!m2a_dl_is_dead_letter(&env))
+        M2A_ROUTE_ADD(route_ctr(ao, env.route), returned, 1);
+    char route[256];
+    snprintf(route, sizeof(route), "%.*s", (int)env.route.len, env.route.ptr);
+    bool dead = m2a_dl_is_dead_letter(&env);
+    enum m2a_unroutable policy = dead ? M2A_UNROUTABLE_RETRY : route_policy(ao, env.route);
+    if (policy == M2A_UNROUTABLE_DEAD_LETTER && !ao->dl)
+        policy = M2A_UNROUTABLE_DROP;
+    const char *fate;
+    if (policy == M2A_UNROUTABLE_DEAD_LETTER && ao->dl) {
+        dead_letter_slot(ao, slot, &env, M2A_DL_RETURNED, true);
+        m2a_cwin_retry(ao->cw, slot, now);
+        fate = "dead-lettered";
+    } else if (policy == M2A_UNROUTABLE_RETRY) {
+        m2a_cwin_retry(ao->cw, slot, now + nack_delay(&ao->nack_backoff, slot->returns - 1));
+        fate = dead ? "it is a dead letter: retrying; bind a queue to the dead-letter exchange"
+                    : "retrying with backoff until a queue is bound";
+    } else {
+        M2A_STAT_ADD(ao->stats, dropped, 1);
+        M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
+        fate = ao->dl ? "dropped (unroutable: drop)" : "dropped (no dead_letter section)";
+    }
+    if (rl_allow(&ao->rl_return[policy], &sup))
+        M2A_LOG(dead ? M2A_LOG_ERROR : M2A_LOG_WARN, COMPONENT,
+                "message %s-%" PRIu64 " of route %s returned unroutable (%s): %s (%" PRIu64
+                " similar suppressed)",
+                ao->spool_id, seq, route, ao->return_what, fate, sup);
+}
+
 static void on_return(struct m2a_amqp_out *ao, const amqp_basic_return_t *m)
 {
-    uint64_t sup;
     M2A_STAT_ADD(ao->stats, returned, 1);
     ao->return_frames = 1;
-    if (rl_allow(&ao->rl_return, &sup))
+    /* What the message is comes with the content header (its message_id). */
+    snprintf(ao->return_what, sizeof(ao->return_what),
+             "exchange '%.*s', routing key '%.*s': %u %.*s", (int)m->exchange.len,
+             (const char *)m->exchange.bytes, (int)m->routing_key.len,
+             (const char *)m->routing_key.bytes, m->reply_code, (int)m->reply_text.len,
+             (const char *)m->reply_text.bytes);
+}
+
+/* After basic.nack: a record nacked more than dead_letter.max_retries times
+ * becomes a dead letter, sent at once. Without a dead_letter section nacks
+ * are retried for ever (nothing is dropped). */
+static void dead_letter_exhausted(struct m2a_amqp_out *ao)
+{
+    if (!ao->dl)
+        return;
+    uint32_t max = (uint32_t)ao->dl->max_retries;
+    for (uint32_t i = 0; i < m2a_cwin_count(ao->cw); i++) {
+        struct m2a_cw_slot *slot = m2a_cwin_at(ao->cw, i);
+        struct m2a_envelope env;
+        uint64_t sup;
+        if (slot->state != M2A_CW_RETRY || slot->retries <= max ||
+            m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) !=
+                0 ||
+            m2a_dl_is_dead_letter(&env))
+            continue;
+        if (rl_allow(&ao->rl_dead, &sup))
+            m2a_warn(COMPONENT,
+                     "message %s-%" PRIu64 " of route %.*s nacked %u times (max_retries %u): "
+                     "dead-lettered (%" PRIu64 " similar suppressed)",
+                     ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, slot->retries,
+                     max, sup);
+        dead_letter_slot(ao, slot, &env, M2A_DL_MAX_RETRIES, true);
+        m2a_cwin_retry(ao->cw, slot, m2a_now_ms());
+    }
+}
+
+/* spool.max_age, checked when a record is read from the spool: an older one
+ * is dead-lettered (reason expired) or, without a dead_letter section,
+ * dropped. Age is wall-clock time since the bridge received the message.
+ * Dead letters never expire. */
+static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+{
+    struct m2a_envelope env;
+    uint64_t sup, now = wall_ms();
+    if (!ao->max_age_ms ||
+        m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0 ||
+        env.timestamp_ms >= now || now - env.timestamp_ms <= ao->max_age_ms ||
+        m2a_dl_is_dead_letter(&env))
+        return;
+    M2A_STAT_ADD(ao->stats, expired, 1);
+    if (rl_allow(&ao->rl_expired, &sup))
         m2a_warn(COMPONENT,
-                 "unroutable message returned (dropped): exchange '%.*s', routing key '%.*s': "
-                 "%u %.*s (%" PRIu64 " similar suppressed)",
-                 (int)m->exchange.len, (const char *)m->exchange.bytes, (int)m->routing_key.len,
-                 (const char *)m->routing_key.bytes, m->reply_code, (int)m->reply_text.len,
-                 (const char *)m->reply_text.bytes, sup);
+                 "message %s-%" PRIu64 " of route %.*s expired (received %" PRIu64
+                 " ms ago, max_age %" PRIu64 " ms): %s (%" PRIu64 " similar suppressed)",
+                 ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr,
+                 now - env.timestamp_ms, ao->max_age_ms,
+                 ao->dl ? "dead-lettered" : "dropped (no dead_letter section)", sup);
+    if (ao->dl) {
+        dead_letter_slot(ao, slot, &env, M2A_DL_EXPIRED, true);
+    } else {
+        M2A_STAT_ADD(ao->stats, dropped, 1);
+        M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
+        m2a_cwin_drop(ao->cw, slot);
+    }
 }
 
 /* Returns 0 to go on, or how the session ended. */
@@ -501,6 +721,8 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
                      "broker nacked %zu message(s) (tag %" PRIu64 "%s); retrying with backoff "
                      "(%" PRIu64 " similar suppressed)",
                      n, a->delivery_tag, a->multiple ? ", multiple" : "", sup);
+        if (n)
+            dead_letter_exhausted(ao);
         return 0;
     }
     case AMQP_BASIC_RETURN_METHOD:
@@ -544,8 +766,17 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
 
 static void on_content(struct m2a_amqp_out *ao, const amqp_frame_t *f)
 {
-    /* Only a basic.return carries content to a publisher: skip it. */
+    /* Only a basic.return carries content to a publisher: its header names
+     * the message; the body is skipped (the window has a copy). */
     if (f->frame_type == AMQP_FRAME_HEADER && ao->return_frames == 1) {
+        const amqp_basic_properties_t *p = f->payload.properties.decoded;
+        uint64_t seq;
+        if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+            parse_message_id(ao, p->message_id, &seq))
+            on_returned(ao, seq);
+        else
+            m2a_warn(COMPONENT, "returned message without a message id of ours: ignored (%s)",
+                     ao->return_what);
         ao->return_left = f->payload.properties.body_size;
         ao->return_frames = ao->return_left ? 2 : 0;
     } else if (f->frame_type == AMQP_FRAME_BODY && ao->return_frames == 2) {
@@ -597,6 +828,7 @@ static int read_frames(struct m2a_amqp_out *ao)
 static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const char *why)
 {
     uint64_t sup;
+    M2A_STAT_ADD(ao->stats, dropped, 1);
     if (rl_allow(&ao->rl_drop, &sup))
         m2a_error(COMPONENT,
                   "dropping spool record %" PRIu64 ": %s (%" PRIu64 " similar suppressed)",
@@ -640,7 +872,18 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
         return 0;
     }
     const char *bad = unpublishable(&env, (size_t)amqp_get_frame_max(ao->conn));
+    if (bad && ao->dl && !m2a_dl_is_dead_letter(&env)) {
+        uint64_t sup;
+        if (rl_allow(&ao->rl_dead, &sup))
+            m2a_warn(COMPONENT,
+                     "message %s-%" PRIu64 " of route %.*s cannot be published (%s): "
+                     "dead-lettered without the route's headers (%" PRIu64 " similar suppressed)",
+                     ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, bad, sup);
+        dead_letter_slot(ao, slot, &env, M2A_DL_UNPUBLISHABLE, false);
+        return publish_slot(ao, slot); /* once: a dead letter is not dead-lettered again */
+    }
     if (bad) {
+        M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
         drop_record(ao, slot, bad);
         return 0;
     }
@@ -688,6 +931,10 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     }
     m2a_cwin_sent(ao->cw, slot, ++ao->next_tag);
     M2A_STAT_ADD(ao->stats, published, 1);
+    /* A dead letter counts in its route's dead_lettered, not as a publish. */
+    slot->ud = m2a_dl_is_dead_letter(&env) ? NULL : route_ctr(ao, env.route);
+    slot->sent_us = m2a_now_us();
+    M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, published, 1);
     return 0;
 }
 
@@ -712,6 +959,7 @@ static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
     }
     struct m2a_cw_slot *slot = m2a_cwin_push(ao->cw, seq);
     m2a_buf_append(&slot->rec, data, len);
+    check_age(ao, slot);
     return slot;
 }
 
@@ -737,6 +985,8 @@ static int publish_some(struct m2a_amqp_out *ao)
             slot = read_record(ao, now);
         if (!slot)
             return 0;
+        if (slot->state == M2A_CW_CONFIRMED)
+            continue; /* expired and dropped as it was read */
         if (budget == 0) {
             if (!socket_writable(ao)) {
                 ao->want_write = true;
@@ -813,11 +1063,15 @@ static void wait_events(struct m2a_amqp_out *ao)
 }
 
 /* Runs one connected session. Returns how it ended. */
+static int apply_reload(struct m2a_amqp_out *ao, bool connected);
+
 static int session(struct m2a_amqp_out *ao)
 {
     for (;;) {
         int end = read_frames(ao);
         if (end)
+            return end;
+        if ((end = apply_reload(ao, true)) != 0)
             return end;
         commit_confirmed(ao);
         if (stopping(ao)) {
@@ -837,7 +1091,53 @@ static int session(struct m2a_amqp_out *ao)
     }
 }
 
-/* Sleeps ms, or less if stop() is called. */
+/* Takes a reload handed over by m2a_amqp_out_reload. Connected, it declares
+ * the new topology on the live channel at once (so the new routes' records,
+ * which the MQTT thread spools only after this, find their exchanges), in
+ * between publishes: acks arriving meanwhile are queued by rabbitmq-c and
+ * read next. If the broker refuses it, the previous topology and policies
+ * stay, and since the refusal closed the channel the session ends (the
+ * unconfirmed messages are re-published after the reconnect: at least
+ * once). Disconnected, it is declared at the next connect. Returns 0, or a
+ * session end. */
+static int apply_reload(struct m2a_amqp_out *ao, bool connected)
+{
+    /* A blocked connection is not read by the broker: an RPC would hang. */
+    if (!atomic_load(&ao->rl_pending) || (connected && ao->blocked))
+        return 0;
+    pthread_mutex_lock(&ao->rl_mu);
+    struct reload r = ao->rl_next;
+    atomic_store(&ao->rl_pending, false);
+    pthread_mutex_unlock(&ao->rl_mu);
+
+    const struct m2a_conf_amqp *old_topo = ao->topo;
+    const struct m2a_conf_route *old_routes = ao->routes;
+    size_t old_nroutes = ao->nroutes;
+    ao->topo = r.topo;
+    ao->routes = r.routes;
+    ao->nroutes = r.routes ? r.nroutes : 0;
+    int rc = connected ? declare_topology(ao) : 0;
+    if (rc != 0) {
+        ao->topo = old_topo;
+        ao->routes = old_routes;
+        ao->nroutes = old_nroutes;
+        m2a_error(COMPONENT, "reload: the broker refused the new topology: %s; keeping the "
+                  "previous one", ao->end_reason);
+    } else {
+        m2a_info(COMPONENT, "reload: topology of %zu exchanges and %zu queues %s", r.topo->nexchanges,
+                 r.topo->nqueues, connected ? "declared" : "taken (declared at the next connect)");
+    }
+    pthread_mutex_lock(&ao->rl_mu);
+    ao->rl_done = r.ticket;
+    ao->rl_rc = rc ? M2A_ERR_AMQP : 0;
+    snprintf(ao->rl_err, sizeof(ao->rl_err), "%s", rc ? ao->end_reason : "");
+    pthread_mutex_unlock(&ao->rl_mu);
+    if (rc == 0)
+        return 0;
+    return rc == M2A_ERR_AMQP ? END_CHANNEL : END_LOST;
+}
+
+/* Sleeps ms, or less if stop() is called; takes a reload meanwhile. */
 static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
 {
     struct pollfd p = {.fd = ao->wake_fd, .events = POLLIN};
@@ -846,7 +1146,11 @@ static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
         uint64_t now = m2a_now_ms();
         if (now >= until)
             return;
-        poll(&p, 1, (int)(until - now));
+        if (poll(&p, 1, (int)(until - now)) > 0 && atomic_load(&ao->rl_pending)) {
+            uint64_t v;
+            (void)!read(ao->wake_fd, &v, sizeof(v)); /* else the next poll spins */
+            apply_reload(ao, false);
+        }
     }
 }
 
@@ -858,6 +1162,7 @@ static void *thread_main(void *arg)
         ao->end_reason[0] = '\0';
         ao->progress = false;
         ao->refused = false;
+        apply_reload(ao, false);
         int rc = connect_broker(ao);
         if (rc != 0) {
             /* A channel-level failure (topology) leaves the connection usable. */
@@ -931,6 +1236,16 @@ static int validate(const struct m2a_amqp_out_opts *o, char *err, size_t errlen)
         why = "amqp.reconnect_min_ms must be >= 1 and <= reconnect_max_ms";
     else if (c->tls.enabled && (!c->tls.cert_file) != (!c->tls.key_file))
         why = "amqp.tls needs both cert_file and key_file, or neither";
+    if (!why && c->tls.enabled) {
+        /* Bad TLS files fail the start, not a log line per reconnect. */
+        char tls[512];
+        SSL_CTX *ctx = m2a_tls_ctx_new(&c->tls, c->host, tls, sizeof(tls));
+        if (!ctx) {
+            snprintf(err, errlen, "amqp TLS: %s", tls);
+            return M2A_ERR_CONFIG;
+        }
+        SSL_CTX_free(ctx);
+    }
     for (size_t i = 0; !why && c && i < c->nexchanges; i++)
         if (!c->exchanges[i].name)
             why = "an exchange has no name";
@@ -955,11 +1270,19 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
         return rc;
     struct m2a_amqp_out *ao = xcalloc(1, sizeof(*ao));
     ao->conf = opts->conf;
+    ao->topo = opts->conf;
+    pthread_mutex_init(&ao->rl_mu, NULL);
     ao->spool = opts->spool;
     ao->stats = opts->stats;
     ao->spool_id = m2a_spool_id(opts->spool);
     ao->sockfd = -1;
+    ao->dl = opts->dead_letter && opts->dead_letter->enabled ? opts->dead_letter : NULL;
+    ao->routes = opts->routes;
+    ao->nroutes = opts->routes ? opts->nroutes : 0;
+    ao->max_age_ms = opts->max_age_ms;
+    ao->dl_scratch = m2a_dl_scratch_new();
     ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);
+    m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
     m2a_backoff_init(&ao->backoff, (uint32_t)opts->conf->reconnect_min_ms,
                      (uint32_t)opts->conf->reconnect_max_ms);
     m2a_backoff_init(&ao->nack_backoff, (uint32_t)opts->conf->reconnect_min_ms,
@@ -994,9 +1317,34 @@ fail:
     if (ao->wake_fd >= 0)
         close(ao->wake_fd);
     pthread_mutex_destroy(&ao->mu);
+    pthread_mutex_destroy(&ao->rl_mu);
     pthread_cond_destroy(&ao->cv);
     m2a_cwin_free(ao->cw);
+    m2a_dl_scratch_free(ao->dl_scratch);
     free(ao);
+    return rc;
+}
+
+uint64_t m2a_amqp_out_reload(struct m2a_amqp_out *ao, const struct m2a_conf_amqp *topology,
+                             const struct m2a_conf_route *routes, size_t nroutes)
+{
+    pthread_mutex_lock(&ao->rl_mu);
+    ao->rl_next = (struct reload){topology, routes, nroutes, ++ao->rl_tickets};
+    atomic_store(&ao->rl_pending, true);
+    uint64_t ticket = ao->rl_tickets;
+    pthread_mutex_unlock(&ao->rl_mu);
+    uint64_t one = 1;
+    (void)!write(ao->wake_fd, &one, sizeof(one));
+    return ticket;
+}
+
+int m2a_amqp_out_reload_result(struct m2a_amqp_out *ao, uint64_t ticket, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&ao->rl_mu);
+    int rc = ao->rl_done < ticket ? M2A_ERR_AGAIN : ao->rl_done > ticket ? 0 : ao->rl_rc;
+    if (rc == M2A_ERR_AMQP)
+        snprintf(err, errlen, "%s", ao->rl_err);
+    pthread_mutex_unlock(&ao->rl_mu);
     return rc;
 }
 
@@ -1033,8 +1381,11 @@ void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
 
     close(ao->wake_fd);
     pthread_mutex_destroy(&ao->mu);
+    pthread_mutex_destroy(&ao->rl_mu);
     pthread_cond_destroy(&ao->cv);
     m2a_cwin_free(ao->cw);
+    m2a_dl_scratch_free(ao->dl_scratch);
+    m2a_buf_free(&ao->dl_buf);
     free(ao->hdrs);
     free(ao->entries);
     free(ao);

@@ -22,6 +22,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 
 #include <yaml.h>
 
+#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/routes.h"
@@ -44,9 +46,13 @@
 #define MAX_SECRET_SIZE 65536
 
 _Static_assert(sizeof(enum m2a_fsync_policy) == sizeof(int), "enums are stored through int");
+_Static_assert(sizeof(enum m2a_overflow) == sizeof(int), "enums are stored through int");
+_Static_assert(sizeof(enum m2a_unroutable) == sizeof(int), "enums are stored through int");
 
 struct ctx {
     const char *name; /* file name for messages */
+    const char *data; /* the input, so that every mark points inside it */
+    size_t len;
     yaml_document_t *doc;
     struct m2a_config *cfg;
     char *err;
@@ -59,6 +65,7 @@ enum opt_type {
     OPT_U32,         /* uint32_t, within min..max */
     OPT_BOOL,        /* bool: true or false, nothing else */
     OPT_SIZE,        /* uint64_t bytes: plain number or B/KiB/MiB/GiB/TiB */
+    OPT_DURATION,    /* uint64_t milliseconds: number with ms/s/m/h/d (plain: seconds) */
     OPT_ENUM,        /* int: one name of a fixed list */
     OPT_SECRET_FILE, /* char * at off, read from the named file */
     OPT_MAP,         /* struct m2a_conf_kv[] at off, size_t count at count_off */
@@ -113,9 +120,34 @@ static struct m2a_conf_mark at(const yaml_node_t *n)
     return (struct m2a_conf_mark){(int)n->start_mark.line + 1, (int)n->start_mark.column + 1};
 }
 
+/* libyaml puts an unexpected end of input, and an empty node at the end, on
+ * a line of its own below the last one when the input does not end with a
+ * line break (found by fuzz_config): point at the end of the last line
+ * instead, counting lines
+ * and columns the way libyaml does (breaks \r\n, \r, \n, NEL, LS, PS;
+ * columns in characters). */
+static struct m2a_conf_mark clamp_to_end(struct m2a_conf_mark m, const char *data, size_t len)
+{
+    struct m2a_conf_mark end = {1, 1};
+    const unsigned char *s = (const unsigned char *)data;
+    for (size_t i = 0; i < len; i++) {
+        bool brk = s[i] == '\n' || (s[i] == '\r' && (i + 1 == len || s[i + 1] != '\n')) ||
+                   (s[i] == 0x85 && i >= 1 && s[i - 1] == 0xC2) ||
+                   ((s[i] == 0xA8 || s[i] == 0xA9) && i >= 2 && s[i - 1] == 0x80 &&
+                    s[i - 2] == 0xE2);
+        if (brk)
+            end = (struct m2a_conf_mark){end.line + 1, 1};
+        else if ((s[i] & 0xC0) != 0x80 && s[i] != '\r')
+            end.column++;
+    }
+    bool beyond = m.line > end.line || (m.line == end.line && m.column > end.column);
+    return beyond ? end : m;
+}
+
 __attribute__((format(printf, 3, 4))) static int fail(struct ctx *c, struct m2a_conf_mark m,
                                                       const char *fmt, ...)
 {
+    m = clamp_to_end(m, c->data, c->len);
     int n = snprintf(c->err, c->errlen, "%s:%d:%d: ", c->name, m.line, m.column);
     if (n >= 0 && (size_t)n < c->errlen) {
         va_list ap;
@@ -258,6 +290,36 @@ static void fmt_size(char *dst, size_t len, uint64_t v)
              size_units[i].suffix);
 }
 
+static const struct {
+    const char *suffix;
+    uint64_t ms;
+} duration_units[] = {{"", 1000},         {"ms", 1},           {"s", 1000},
+                      {"m", 60 * 1000},   {"h", 3600 * 1000},  {"d", 86400 * 1000}};
+
+/* "90s", "15m", "1h", "2d", "500ms"; a plain number is seconds. */
+static int parse_duration(const char *s, uint64_t *out_ms)
+{
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    uint64_t v = 0;
+    for (; isdigit((unsigned char)*s); s++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    if (*s == ' ' && s[1])
+        s++;
+    for (size_t i = 0; i < sizeof(duration_units) / sizeof(duration_units[0]); i++) {
+        if (strcmp(s, duration_units[i].suffix))
+            continue;
+        if (v > UINT64_MAX / duration_units[i].ms)
+            return -1;
+        *out_ms = v * duration_units[i].ms;
+        return 0;
+    }
+    return -1;
+}
+
 static void list_choices(char *dst, size_t len, const struct choice *ch)
 {
     size_t pos = 0;
@@ -322,6 +384,21 @@ static int convert(const struct opt *o, const char *text, char *dst, char *msg, 
                 snprintf(msg, msglen, "%.40s is below the minimum %s (%s)", text, a, o->help);
             else
                 snprintf(msg, msglen, "%.40s is out of range %s..%s (%s)", text, a, b, o->help);
+            return -1;
+        }
+        *(uint64_t *)dst = u;
+        return 0;
+    case OPT_DURATION:
+        if (parse_duration(text, &u)) {
+            snprintf(msg, msglen,
+                     "'%.40s' is not a duration: use a number with ms, s, m, h or d "
+                     "(e.g. 90s, 1h; a plain number is seconds)",
+                     text);
+            return -1;
+        }
+        if (u < (uint64_t)o->min || u > (uint64_t)o->max) {
+            snprintf(msg, msglen, "%.40s is out of range %" PRId64 "..%" PRId64 " ms (%s)", text,
+                     o->min, o->max, o->help);
             return -1;
         }
         *(uint64_t *)dst = u;
@@ -523,6 +600,7 @@ static int parse_scalar(struct ctx *c, const struct opt *o, yaml_node_t *v, cons
         [OPT_U32] = "an integer",
         [OPT_BOOL] = "a boolean",
         [OPT_SIZE] = "a size",
+        [OPT_DURATION] = "a duration",
         [OPT_ENUM] = "a name",
         [OPT_SECRET_FILE] = "a file name",
     };
@@ -781,6 +859,20 @@ static int check_readable(const char *s, char *msg, size_t msglen)
     return -1;
 }
 
+/* "HOST:PORT" (an IPv6 address in brackets); the name is resolved when the
+ * metrics server starts. */
+static int check_listen(const char *s, char *msg, size_t msglen)
+{
+    const char *colon = strrchr(s, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (!colon || colon == s || !colon[1] || *end || port < 1 || port > 65535) {
+        snprintf(msg, msglen, "'%.60s' is not HOST:PORT (e.g. 127.0.0.1:9464)", s);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_share_group(const char *s, char *msg, size_t msglen)
 {
     if (!strpbrk(s, "/+#"))
@@ -901,12 +993,29 @@ static int tls_check(struct ctx *c, const struct section *sec, yaml_node_t *map,
     return 0;
 }
 
+/* drop_oldest frees space by discarding whole segments other than the one
+ * being written: with room for fewer than two, it could never free any. */
+static int overflow_check(struct ctx *c, const struct section *sec, yaml_node_t *map,
+                          const char *path, yaml_node_t **found, const struct m2a_conf_spool *s)
+{
+    if (s->overflow != M2A_OVERFLOW_DROP_OLDEST || s->max_bytes / 2 >= s->segment_bytes)
+        return 0;
+    char a[32], b[32];
+    yaml_node_t *n = found_of(sec, found, "overflow");
+    fmt_size(a, sizeof(a), s->max_bytes);
+    fmt_size(b, sizeof(b), s->segment_bytes);
+    return fail(c, at(n ? n : map),
+                "%s.overflow: drop_oldest discards whole segments, so max_bytes (%s) must be at "
+                "least twice segment_bytes (%s)",
+                path, a, b);
+}
+
 static int spool_check(struct ctx *c, const struct section *sec, yaml_node_t *map, const char *path,
                        yaml_node_t **found, void *base)
 {
     struct m2a_conf_spool *s = base;
     if (s->max_bytes >= s->segment_bytes)
-        return 0;
+        return overflow_check(c, sec, map, path, found, s);
     char a[32], b[32];
     yaml_node_t *n = found_of(sec, found, "max_bytes");
     if (!n)
@@ -1010,6 +1119,35 @@ static int route_check(struct ctx *c, const struct section *sec, yaml_node_t *ma
     if (e && e->internal)
         return fail(c, at(n), "%s.exchange: exchange '%.60s' is internal: nobody can publish to it",
                     path, r->exchange);
+    /* The default says dead_letter too, but means "dropped" without the
+     * section; only asking for it explicitly needs the section. */
+    yaml_node_t *u = found_of(sec, found, "unroutable");
+    if (u && r->unroutable == M2A_UNROUTABLE_DEAD_LETTER && !c->cfg->dead_letter.enabled)
+        return fail(c, at(u),
+                    "%s.unroutable: dead_letter needs a top-level dead_letter section naming "
+                    "the exchange",
+                    path);
+    return 0;
+}
+
+/* The dead-letter exchange is checked like a route's: it must exist and
+ * take publishes. */
+static int dead_letter_check(struct ctx *c, const struct section *sec, yaml_node_t *map,
+                             const char *path, yaml_node_t **found, void *base)
+{
+    struct m2a_conf_dead_letter *d = base;
+    bool ok;
+    (void)map;
+    const struct m2a_conf_exchange *e = find_exchange(c, d->exchange, &ok);
+    yaml_node_t *n = found_of(sec, found, "exchange");
+    if (!ok)
+        return fail(c, at(n),
+                    "%s.exchange: exchange '%.60s' is not declared in amqp.topology.exchanges "
+                    "and is not built in",
+                    path, d->exchange);
+    if (e && e->internal)
+        return fail(c, at(n), "%s.exchange: exchange '%.60s' is internal: nobody can publish to it",
+                    path, d->exchange);
     return 0;
 }
 
@@ -1051,6 +1189,11 @@ static int top_check(struct ctx *c, const struct section *sec, yaml_node_t *map,
         .name = k, .type = OPT_SIZE, .off = offsetof(st, f), .count_off = NO_OFF, .def = d,        \
         .min = lo, .max = hi, .help = h                                                            \
     }
+#define DURATION(st, k, f, d, lo, hi, h)                                                           \
+    {                                                                                              \
+        .name = k, .type = OPT_DURATION, .off = offsetof(st, f), .count_off = NO_OFF, .def = d,    \
+        .min = lo, .max = hi, .help = h                                                            \
+    }
 #define ENUM(st, k, f, d, ch, fn, h)                                                               \
     {                                                                                              \
         .name = k, .type = OPT_ENUM, .off = offsetof(st, f), .count_off = NO_OFF, .def = d,        \
@@ -1085,6 +1228,7 @@ static int top_check(struct ctx *c, const struct section *sec, yaml_node_t *map,
 #define MS_MAX 3600000
 #define KiB    ((int64_t)1 << 10)
 #define GiB    ((int64_t)1 << 30)
+#define DAY_MS ((int64_t)86400 * 1000)
 #define RO     (F_NULLABLE | F_NONEMPTY) /* optional, but not "" when given */
 
 static const struct choice protocols[] = {{"311", 311}, {"5", 5}, {NULL, 0}};
@@ -1092,6 +1236,12 @@ static const struct choice fsyncs[] = {{"batch", M2A_FSYNC_BATCH},
                                        {"interval", M2A_FSYNC_INTERVAL},
                                        {"never", M2A_FSYNC_NEVER},
                                        {NULL, 0}};
+static const struct choice overflows[] = {
+    {"block", M2A_OVERFLOW_BLOCK}, {"drop_oldest", M2A_OVERFLOW_DROP_OLDEST}, {NULL, 0}};
+static const struct choice unroutables[] = {{"dead_letter", M2A_UNROUTABLE_DEAD_LETTER},
+                                            {"drop", M2A_UNROUTABLE_DROP},
+                                            {"retry", M2A_UNROUTABLE_RETRY},
+                                            {NULL, 0}};
 static const struct choice levels[] = {
     {"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
 static const struct choice formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
@@ -1214,9 +1364,25 @@ static const struct opt spool_opts[] = {
     SIZE(T, "max_bytes", max_bytes, "1GiB", 64 * KiB, INT64_MAX, "spool size limit"),
     SIZE(T, "segment_bytes", segment_bytes, "64MiB", 64 * KiB, GiB, "segment file size"),
     ENUM(T, "fsync", fsync, "batch", fsyncs, NULL, "when appends are fsynced"),
+    ENUM(T, "overflow", overflow, "block", overflows, NULL, "when full: block or drop_oldest"),
+    DURATION(T, "max_age", max_age_ms, "0", 0, 10 * DAY_MS * 365,
+             "records older than this are dead-lettered, 0 never"),
 };
 static const struct section spool_section = {spool_opts, NOPTS(spool_opts), 0, NO_OFF,
                                              NO_OFF,     spool_check};
+#undef T
+
+#define T struct m2a_conf_dead_letter
+static const struct opt dead_letter_opts[] = {
+    STR(T, "exchange", exchange, NULL, F_REQUIRED, "dead-letter exchange, \"\" for the default"),
+    STRC(T, "routing_key", routing_key, "{route}", 0, m2a_dl_key_check,
+         "template of {route} and {reason}"),
+    INT(T, "max_retries", max_retries, "10", 0, 1000000,
+        "re-publishes after a nack before dead-lettering"),
+};
+static const struct section dead_letter_section = {
+    dead_letter_opts, NOPTS(dead_letter_opts), 0, offsetof(T, mark), offsetof(T, enabled),
+    dead_letter_check};
 #undef T
 
 #define T struct m2a_conf_route
@@ -1229,6 +1395,8 @@ static const struct opt route_opts[] = {
     STR(T, "content_type", content_type, NULL, RO, "AMQP content_type property"),
     MAP(T, "headers", headers, nheaders, "AMQP headers, values are templates"),
     BOOL(T, "continue", cont, "false", "keep matching later routes"),
+    ENUM(T, "unroutable", unroutable, "dead_letter", unroutables, NULL,
+         "on basic.return: dead_letter, drop or retry"),
 };
 static const struct section route_section = {
     route_opts, NOPTS(route_opts), sizeof(T), offsetof(T, mark), NO_OFF, route_check};
@@ -1243,14 +1411,25 @@ static const struct opt log_opts[] = {
 static const struct section log_section = {log_opts, NOPTS(log_opts), 0, NO_OFF, NO_OFF, NULL};
 #undef T
 
+#define T struct m2a_conf_metrics
+static const struct opt metrics_opts[] = {
+    STRC(T, "listen", listen, "127.0.0.1:9464", F_NONEMPTY, check_listen,
+         "HOST:PORT of /metrics, /healthz and /readyz"),
+};
+static const struct section metrics_section = {
+    metrics_opts, NOPTS(metrics_opts), 0, NO_OFF, offsetof(T, enabled), NULL};
+#undef T
+
 #define T struct m2a_config
 /* amqp before routes: routes are checked against the declared exchanges. */
 static const struct opt top_opts[] = {
     SECTION(T, "mqtt", mqtt, mqtt_section, "the MQTT side"),
     SECTION(T, "amqp", amqp, amqp_section, "the RabbitMQ side"),
     SECTION(T, "spool", spool, spool_section, "the on-disk retry queue"),
+    SECTION(T, "dead_letter", dead_letter, dead_letter_section, "undeliverable messages"),
     LIST(T, "routes", routes, nroutes, route_section, "MQTT filter -> exchange mappings"),
     SECTION(T, "log", log, log_section, "logging"),
+    SECTION(T, "metrics", metrics, metrics_section, "Prometheus metrics and health endpoints"),
     INT(T, "shutdown_timeout", shutdown_timeout, "10", 0, 3600,
         "seconds to drain the spool on shutdown"),
 };
@@ -1275,9 +1454,13 @@ static int yaml_fail(struct ctx *c, const yaml_parser_t *p, const char *data, si
         }
         return fail(c, m, "invalid YAML: %s", problem);
     }
-    if (p->context)
+    if (p->context) {
+        struct m2a_conf_mark cm = {(int)p->context_mark.line + 1,
+                                   (int)p->context_mark.column + 1};
+        cm = clamp_to_end(cm, data, len);
         return fail(c, m, "invalid YAML: %s (%s at line %d, column %d)", problem, p->context,
-                    (int)p->context_mark.line + 1, (int)p->context_mark.column + 1);
+                    cm.line, cm.column);
+    }
     return fail(c, m, "invalid YAML: %s", problem);
 }
 
@@ -1286,6 +1469,8 @@ int m2a_config_load_buffer(const char *name, const char *data, size_t len, struc
 {
     char scratch[1];
     struct ctx c = {.name = name,
+                    .data = data,
+                    .len = len,
                     .err = err && errlen ? err : scratch,
                     .errlen = err && errlen ? errlen : sizeof(scratch)};
     yaml_parser_t parser;

@@ -33,6 +33,9 @@ struct m2a_cwin {
      * skipped; they leave from the front. */
     struct tag_ent *fifo;
     size_t fcap, fhead, flen;
+
+    m2a_cw_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
+    void *on_confirm_ctx;
 };
 
 static struct m2a_cw_slot *slot_at(const struct m2a_cwin *cw, uint32_t logical)
@@ -100,7 +103,10 @@ struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq)
     s->tag = 0;
     s->retry_at_ms = 0;
     s->retries = 0;
+    s->returns = 0;
     s->state = M2A_CW_UNSENT;
+    s->sent_us = 0;
+    s->ud = NULL;
     /* One huge message must not pin its size in this slot for ever. */
     if (s->rec.cap > M2A_CW_KEEP_BYTES)
         m2a_buf_free(&s->rec);
@@ -206,6 +212,8 @@ static void settle_one(struct m2a_cwin *cw, struct m2a_cw_slot *s, const struct 
     leave_state(cw, s);
     if (how->ack) {
         s->state = M2A_CW_CONFIRMED;
+        if (cw->on_confirm)
+            cw->on_confirm(cw->on_confirm_ctx, s);
         return;
     }
     uint32_t d = how->delay_ms ? how->delay_ms(how->ctx, s->retries) : 0;
@@ -239,6 +247,12 @@ static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const str
     }
     fifo_pop_stale(cw);
     return n;
+}
+
+void m2a_cwin_on_confirm(struct m2a_cwin *cw, m2a_cw_confirm_fn fn, void *ctx)
+{
+    cw->on_confirm = fn;
+    cw->on_confirm_ctx = ctx;
 }
 
 size_t m2a_cwin_ack(struct m2a_cwin *cw, uint64_t tag, bool multiple)
@@ -287,6 +301,39 @@ struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, 
     if (next_ms)
         *next_ms = cw->nretry ? cw->retry_min : UINT64_MAX;
     return s;
+}
+
+void m2a_cwin_retry(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t retry_at_ms)
+{
+    assert(slot->state == M2A_CW_INFLIGHT || slot->state == M2A_CW_RETRY);
+    leave_state(cw, slot);
+    slot->state = M2A_CW_RETRY;
+    slot->retry_at_ms = retry_at_ms;
+    cw->nretry++;
+    if (retry_at_ms < cw->retry_min)
+        cw->retry_min = retry_at_ms;
+    fifo_pop_stale(cw);
+}
+
+struct m2a_cw_slot *m2a_cwin_at(struct m2a_cwin *cw, uint32_t i)
+{
+    return i < cw->count ? slot_at(cw, i) : NULL;
+}
+
+struct m2a_cw_slot *m2a_cwin_find(struct m2a_cwin *cw, uint64_t seq)
+{
+    uint32_t lo = 0, hi = cw->count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        struct m2a_cw_slot *s = slot_at(cw, mid);
+        if (s->seq == seq)
+            return s;
+        if (s->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
 }
 
 bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)

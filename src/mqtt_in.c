@@ -34,9 +34,12 @@
 #include <mqtt_protocol.h>
 
 #include "mqtt2amqp/backoff.h"
+#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/route_stats.h"
+#include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
 
 #define LOOP_TIMEOUT_MS 100  /* poll timeout: bounds stop latency and the spool tick period */
@@ -60,7 +63,17 @@ struct m2a_mqtt_in {
     char **subs; /* subscription strings, with the $share prefix if any */
     size_t nsubs;
     int *sub_mids; /* mid of the SUBSCRIBE sent for subs[i] on this connection */
+    /* Live reload: a table handed over by m2a_mqtt_in_set_routes (taken with
+     * an atomic exchange), whether o.routes is ours to free, the counters of
+     * o.routes by route index, and filters a reload dropped while
+     * disconnected (unsubscribed at the next CONNACK). */
+    _Atomic(struct m2a_routes *) pending_routes;
+    bool routes_owned;
+    struct m2a_route_counters **route_ctr;
+    char **unsubs;
+    size_t nunsubs;
     struct m2a_backoff backoff;
+    SSL_CTX *ssl_ctx; /* NULL without tls; each handle takes a reference */
     uint64_t next_attempt_ms;
     bool paused;
     bool spool_failing; /* last connection ended on a spool error: keep backing off */
@@ -79,7 +92,10 @@ struct m2a_mqtt_in {
     int batch_err;        /* first append failure; the batch must not be acknowledged */
     const struct m2a_mqtt_msg *cur_msg;
 
-    struct ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume;
+    struct ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
+    struct m2a_dl_scratch *dl_scratch;
+    uint64_t spool_dropped;  /* m2a_spool_stats.dropped already counted */
+    uint64_t drops_unlogged; /* of those, not yet in a log line */
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -145,7 +161,8 @@ static const char *connack_reason(const struct m2a_mqtt_in *mi, int rc)
 static void update_pause(struct m2a_mqtt_in *mi)
 {
     uint64_t max = mi->o.spool_max_bytes, sup;
-    if (max == 0)
+    /* drop_oldest makes room by discarding instead: reading never pauses. */
+    if (max == 0 || mi->o.spool_overflow == M2A_OVERFLOW_DROP_OLDEST)
         return;
     struct m2a_spool_stats ss;
     m2a_spool_get_stats(mi->o.spool, &ss);
@@ -172,51 +189,94 @@ static void update_pause(struct m2a_mqtt_in *mi)
 
 /* --- callbacks (run on our thread, inside mosquitto_loop_*) ---------------------- */
 
+/* Counts an appended record into the batch and the stats. */
+static void appended(struct m2a_mqtt_in *mi, const struct m2a_envelope *env)
+{
+    size_t size = m2a_envelope_encoded_size(env);
+    mi->batch_appended++;
+    mi->batch_bytes += size;
+    M2A_STAT_ADD(mi->o.stats, spooled, 1);
+    M2A_STAT_ADD(mi->o.stats, spooled_bytes, size);
+}
+
+/* A message its route cannot forward (routing error, or too large for the
+ * spool). With a dead_letter section its dead letter is appended to the
+ * spool in the current batch, so the message's PUBACK leaves only once the
+ * dead letter is as durable as any record (an append failure fails the
+ * batch: the broker redelivers). A too-large message's dead letter leaves
+ * the body out. Without the section, or if even the dead letter cannot fit,
+ * the message is counted as dropped. Either way, one line (rate-limited). */
+static void undeliverable(struct m2a_mqtt_in *mi, size_t route_index,
+                          const struct m2a_envelope *env, enum m2a_dl_reason reason,
+                          const char *why)
+{
+    struct m2a_stats *st = mi->o.stats;
+    const struct m2a_mqtt_msg *m = mi->cur_msg;
+    int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
+    const char *fate = "no dead_letter section: dropped";
+    bool dead = false;
+    uint64_t sup;
+    if (mi->o.dead_letter && mi->o.dead_letter->enabled) {
+        struct m2a_envelope dle;
+        m2a_dl_build(mi->o.dead_letter, env, reason, true, mi->dl_scratch, &dle);
+        int rc = m2a_spool_append(mi->o.spool, &dle, NULL);
+        if (rc != 0 && rc != M2A_ERR_ARG) {
+            mi->batch_err = rc; /* transient: not acknowledged, redelivered */
+            return;
+        }
+        dead = rc == 0;
+        if (dead) {
+            appended(mi, &dle);
+            M2A_STAT_ADD(st, dead_lettered, 1);
+            M2A_ROUTE_ADD(mi->route_ctr[route_index], dead_lettered, 1);
+        }
+        fate = !dead ? "its dead letter does not fit in the spool either: dropped"
+               : reason == M2A_DL_TOO_LARGE ? "dropped, a dead letter without the body sent"
+                                            : "dead-lettered";
+    }
+    if (!dead || reason == M2A_DL_TOO_LARGE) {
+        M2A_STAT_ADD(st, dropped, 1);
+        M2A_ROUTE_ADD(mi->route_ctr[route_index], dropped, 1);
+    }
+    if (rl_allow(&mi->rl_route, &sup))
+        M2A_LOG(dead ? M2A_LOG_WARN : M2A_LOG_ERROR, COMPONENT,
+                "route %s: topic %.*s: %s; %s (x-death-reason %s) (%" PRIu64
+                " similar suppressed)",
+                m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, why, fate,
+                m2a_dl_reason_name(reason), sup);
+}
+
 static void on_route(void *ud, size_t route_index, const struct m2a_envelope *env, int err)
 {
     struct m2a_mqtt_in *mi = ud;
-    struct m2a_stats *st = mi->o.stats;
-    uint64_t sup;
+    char why[160];
 
-    if (err != 0) {
-        M2A_STAT_ADD(st, route_errors, 1);
-        const struct m2a_mqtt_msg *m = mi->cur_msg;
-        int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
-        if (m2a_log_get_level() >= M2A_LOG_WARN && rl_allow(&mi->rl_route, &sup))
-            m2a_warn(
-                COMPONENT,
-                "route %s: topic %.*s: %s; message not forwarded (%" PRIu64 " similar suppressed)",
-                m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, m2a_strerror(err), sup);
-        return;
-    }
     if (mi->batch_err != 0)
         return; /* the batch will not be acknowledged anyway */
-    uint64_t seq;
-    int rc = m2a_spool_append(mi->o.spool, env, &seq);
+    M2A_ROUTE_ADD(mi->route_ctr[route_index], matched, 1);
+    if (err != 0) {
+        M2A_STAT_ADD(mi->o.stats, route_errors, 1);
+        undeliverable(mi, route_index, env, M2A_DL_ROUTING_ERROR, m2a_strerror(err));
+        return;
+    }
+    int rc = m2a_spool_append(mi->o.spool, env, NULL);
     if (rc == M2A_ERR_ARG) {
         /* Too big to ever fit: waiting would block the session behind it
-         * forever, so it is dropped (and acknowledged) like a route error. */
-        M2A_STAT_ADD(st, route_errors, 1);
-        const struct m2a_mqtt_msg *m = mi->cur_msg;
-        int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
-        if (rl_allow(&mi->rl_route, &sup))
-            m2a_error(COMPONENT,
-                      "route %s: topic %.*s: a %zu-byte message can never fit in the spool "
-                      "(spool max_bytes %" PRIu64 ", record limit %u): dropped (%" PRIu64
-                      " similar suppressed)",
-                      m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, m->payload_len,
-                      mi->o.spool_max_bytes, (unsigned)M2A_SPOOL_MAX_PAYLOAD, sup);
+         * forever, so it is acknowledged and dead-lettered or dropped. */
+        M2A_STAT_ADD(mi->o.stats, route_errors, 1);
+        snprintf(why, sizeof(why),
+                 "a %zu-byte message can never fit in the spool (max_bytes %" PRIu64
+                 ", record limit %u)",
+                 mi->cur_msg->payload_len, mi->o.spool_max_bytes,
+                 (unsigned)M2A_SPOOL_MAX_PAYLOAD);
+        undeliverable(mi, route_index, env, M2A_DL_TOO_LARGE, why);
         return;
     }
     if (rc != 0) {
         mi->batch_err = rc;
         return;
     }
-    size_t size = m2a_envelope_encoded_size(env);
-    mi->batch_appended++;
-    mi->batch_bytes += size;
-    M2A_STAT_ADD(st, spooled, 1);
-    M2A_STAT_ADD(st, spooled_bytes, size);
+    appended(mi, env);
 }
 
 static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_message *m)
@@ -243,15 +303,38 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
     }
 }
 
+static void subscribe_one(struct m2a_mqtt_in *mi, struct mosquitto *mosq, size_t i)
+{
+    int mid = 0;
+    int rc = mosquitto_subscribe(mosq, &mid, mi->subs[i], 1);
+    mi->sub_mids[i] = rc == MOSQ_ERR_SUCCESS ? mid : -1;
+    if (rc != MOSQ_ERR_SUCCESS)
+        m2a_error(COMPONENT, "cannot subscribe to %s: %s", mi->subs[i], mosquitto_strerror(rc));
+}
+
 static void subscribe_all(struct m2a_mqtt_in *mi, struct mosquitto *mosq)
 {
-    for (size_t i = 0; i < mi->nsubs; i++) {
-        int mid = 0;
-        int rc = mosquitto_subscribe(mosq, &mid, mi->subs[i], 1);
-        mi->sub_mids[i] = rc == MOSQ_ERR_SUCCESS ? mid : -1;
-        if (rc != MOSQ_ERR_SUCCESS)
-            m2a_error(COMPONENT, "cannot subscribe to %s: %s", mi->subs[i], mosquitto_strerror(rc));
+    for (size_t i = 0; i < mi->nsubs; i++)
+        subscribe_one(mi, mosq, i);
+}
+
+static void unsubscribe_one(struct mosquitto *mosq, const char *sub)
+{
+    int rc = mosquitto_unsubscribe(mosq, NULL, sub);
+    if (rc != MOSQ_ERR_SUCCESS)
+        m2a_error(COMPONENT, "cannot unsubscribe from %s: %s", sub, mosquitto_strerror(rc));
+    else
+        m2a_info(COMPONENT, "unsubscribed from %s (no route needs it since the reload)", sub);
+}
+
+/* Filters a reload dropped while we were away: the session may still hold them. */
+static void unsubscribe_pending(struct m2a_mqtt_in *mi, struct mosquitto *mosq)
+{
+    for (size_t i = 0; i < mi->nunsubs; i++) {
+        unsubscribe_one(mosq, mi->unsubs[i]);
+        free(mi->unsubs[i]);
     }
+    mi->nunsubs = 0;
 }
 
 static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
@@ -288,6 +371,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
                  c->client_id);
     /* Always resubscribe: cheap, and right even if the broker lost the session. */
     subscribe_all(mi, mosq);
+    unsubscribe_pending(mi, mosq);
 }
 
 static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int count, const int *granted,
@@ -355,16 +439,14 @@ static struct mosquitto *new_client(struct m2a_mqtt_in *mi, char *err, size_t er
         what = "username/password";
         goto out;
     }
-    if (c->tls.enabled) {
-        /* Without a CA file, trust the system's store. */
-        rc = mosquitto_tls_set(mosq, c->tls.ca_file, c->tls.ca_file ? NULL : "/etc/ssl/certs",
-                               c->tls.cert_file, c->tls.key_file, NULL);
-        if (rc == 0)
-            rc = mosquitto_tls_insecure_set(mosq, !c->tls.verify_hostname);
-        if (rc != 0) {
-            what = "TLS settings (CA, certificate or key file)";
-            goto out;
-        }
+    /* Our own context (tls.c) rather than mosquitto_tls_set: libmosquitto
+     * 2.0.11 only logs "certificate verify failed" and does not check IP
+     * addresses against the certificate; ours records why and does. */
+    if (mi->ssl_ctx &&
+        ((rc = mosquitto_int_option(mosq, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)) != 0 ||
+         (rc = mosquitto_void_option(mosq, MOSQ_OPT_SSL_CTX, mi->ssl_ctx)) != 0)) {
+        what = "TLS context";
+        goto out;
     }
     mosquitto_connect_v5_callback_set(mosq, on_connect);
     mosquitto_disconnect_v5_callback_set(mosq, on_disconnect);
@@ -377,6 +459,14 @@ out:
         return NULL;
     }
     return mosq;
+}
+
+/* After a TLS failure on this connection attempt, why the broker's
+ * certificate was refused (libmosquitto only says "A TLS error occurred");
+ * else reason. */
+static const char *tls_or(const char *reason, char *buf, size_t len)
+{
+    return m2a_tls_failure(buf, len) ? buf : reason;
 }
 
 /* Opens the TCP connection and queues CONNECT (written by the loop). The TCP
@@ -399,12 +489,15 @@ static void try_connect(struct m2a_mqtt_in *mi)
     if (c->protocol == 5 && !c->clean_session)
         mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, c->session_expiry);
     errno = 0;
+    m2a_tls_failure_reset();
     rc = mosquitto_connect_bind_v5(mosq, c->host, c->port, c->keepalive, NULL, props);
     mosquitto_property_free_all(&props);
     if (rc != MOSQ_ERR_SUCCESS) {
+        char tls[600];
         if (rl_allow(&mi->rl_connect, &sup))
             m2a_warn(COMPONENT, "cannot connect to %s:%d: %s (%" PRIu64 " similar suppressed)",
-                     c->host, c->port, mosq_err_str(rc, ebuf, sizeof(ebuf)), sup);
+                     c->host, c->port, tls_or(mosq_err_str(rc, ebuf, sizeof(ebuf)), tls, sizeof(tls)),
+                     sup);
         mosquitto_destroy(mosq);
         goto fail;
     }
@@ -430,10 +523,12 @@ static void log_disconnect(struct m2a_mqtt_in *mi, int why)
                  c->host, c->port, disc_reason(mi, why));
     else if (mi->connack_ok)
         m2a_warn(COMPONENT, "disconnected from %s:%d: %s", c->host, c->port, disc_reason(mi, why));
-    else if (!mi->refused && rl_allow(&mi->rl_connect, &sup))
+    else if (!mi->refused && rl_allow(&mi->rl_connect, &sup)) {
+        char tls[600];
         m2a_warn(COMPONENT,
                  "connection to %s:%d failed before CONNACK: %s (%" PRIu64 " similar suppressed)",
-                 c->host, c->port, disc_reason(mi, why), sup);
+                 c->host, c->port, tls_or(disc_reason(mi, why), tls, sizeof(tls)), sup);
+    }
 }
 
 /* Ends the current connection without writing anything more and schedules
@@ -467,12 +562,134 @@ static void spool_failed(struct m2a_mqtt_in *mi, int err)
     drop_connection(mi, MOSQ_ERR_CONN_LOST, true);
 }
 
+/* --- routes: per-route counters and live reload ---------------------------------- */
+
+/* The counters of every route of o.routes, by route index (registered by
+ * the bridge before the table reached us; NULL: not counted). */
+static void bind_route_counters(struct m2a_mqtt_in *mi)
+{
+    size_t n = m2a_routes_count(mi->o.routes);
+    free(mi->route_ctr);
+    mi->route_ctr = xcalloc(n ? n : 1, sizeof(*mi->route_ctr));
+    for (size_t i = 0; i < n; i++) {
+        const char *name = m2a_routes_name(mi->o.routes, i);
+        mi->route_ctr[i] = m2a_route_stats_find(mi->o.stats->routes, name, strlen(name));
+    }
+}
+
+static void free_subs(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* subs from o.routes' subscription set, with the $share prefix if any. */
+static void set_subscriptions(struct m2a_mqtt_in *mi)
+{
+    const char *group = mi->o.conf->share_group;
+    mi->nsubs = m2a_routes_nsubscriptions(mi->o.routes);
+    mi->subs = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->subs));
+    mi->sub_mids = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->sub_mids));
+    for (size_t i = 0; i < mi->nsubs; i++) {
+        const char *f = m2a_routes_subscription(mi->o.routes, i);
+        mi->subs[i] = group ? xasprintf("$share/%s/%s", group, f) : xstrdup(f);
+    }
+}
+
+static long find_sub(char *const *v, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i], s) == 0)
+            return (long)i;
+    return -1;
+}
+
+/* Takes the table m2a_mqtt_in_set_routes handed over, between two read
+ * batches: every message of a batch maps through one table. Subscribes to
+ * the filters it adds before unsubscribing from the ones it drops, so no
+ * message published meanwhile falls between the two (one matching both an
+ * added and a dropped filter in that instant may arrive twice: at least
+ * once holds). The old table is freed here, its last user being us. */
+static void adopt_routes(struct m2a_mqtt_in *mi)
+{
+    struct m2a_routes *r = atomic_exchange(&mi->pending_routes, NULL);
+    if (!r)
+        return;
+    char **old = mi->subs;
+    size_t nold = mi->nsubs, added = 0, removed = 0;
+    int *old_mids = mi->sub_mids;
+    if (mi->routes_owned)
+        m2a_routes_free((struct m2a_routes *)mi->o.routes);
+    mi->o.routes = r;
+    mi->routes_owned = true;
+    bind_route_counters(mi);
+    set_subscriptions(mi);
+    bool live = mi->mosq && mi->connack_ok;
+    for (size_t i = 0; i < mi->nsubs; i++) {
+        long j = find_sub(old, nold, mi->subs[i]);
+        long u = find_sub(mi->unsubs, mi->nunsubs, mi->subs[i]);
+        if (u >= 0) { /* dropped by an earlier reload, wanted again */
+            free(mi->unsubs[u]);
+            mi->unsubs[u] = mi->unsubs[--mi->nunsubs];
+        }
+        if (j >= 0) {
+            mi->sub_mids[i] = old_mids[j];
+            continue;
+        }
+        added++;
+        if (live)
+            subscribe_one(mi, mi->mosq, i);
+    }
+    for (size_t j = 0; j < nold; j++) {
+        if (find_sub(mi->subs, mi->nsubs, old[j]) >= 0)
+            continue;
+        removed++;
+        if (live) {
+            unsubscribe_one(mi->mosq, old[j]);
+        } else {
+            mi->unsubs = xrealloc(mi->unsubs, (mi->nunsubs + 1) * sizeof(*mi->unsubs));
+            mi->unsubs[mi->nunsubs++] = xstrdup(old[j]);
+        }
+    }
+    free_subs(old, nold);
+    free(old_mids);
+    m2a_info(COMPONENT, "routes reloaded: %zu routes, %zu subscriptions (%zu added, %zu removed)",
+             m2a_routes_count(r), mi->nsubs, added, removed);
+}
+
 /* --- the loop -------------------------------------------------------------------- */
 
 static bool readable_now(int fd)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/* overflow drop_oldest: the spool discarded records to make room (in an
+ * append); they count as dropped, and a rate-limited line says how many.
+ * Called after every batch and every loop turn, so a last burst of discards
+ * is logged within LOG_INTERVAL_MS too. */
+static void count_spool_drops(struct m2a_mqtt_in *mi)
+{
+    if (mi->o.spool_overflow != M2A_OVERFLOW_DROP_OLDEST)
+        return;
+    struct m2a_spool_stats ss;
+    uint64_t sup;
+    m2a_spool_get_stats(mi->o.spool, &ss);
+    if (ss.dropped != mi->spool_dropped) {
+        uint64_t n = ss.dropped - mi->spool_dropped;
+        mi->spool_dropped = ss.dropped;
+        mi->drops_unlogged += n;
+        M2A_STAT_ADD(mi->o.stats, dropped, n);
+    }
+    if (mi->drops_unlogged && rl_allow(&mi->rl_drop, &sup)) {
+        m2a_warn(COMPONENT,
+                 "spool full (overflow: drop_oldest): discarded %" PRIu64 " of the oldest "
+                 "unconfirmed messages (%" PRIu64 " since start)",
+                 mi->drops_unlogged, ss.dropped);
+        mi->drops_unlogged = 0;
+    }
 }
 
 /* Reads up to BATCH_MAX packets, then makes the batch durable. Returns false
@@ -486,7 +703,12 @@ static bool read_batch(struct m2a_mqtt_in *mi)
     /* Stop the batch at the high-water mark, so that a burst pauses reading
      * instead of running into M2A_ERR_FULL and a dropped connection. */
     uint64_t room = UINT64_MAX;
-    if (mi->o.spool_max_bytes) {
+    if (mi->o.spool_max_bytes && mi->o.spool_overflow == M2A_OVERFLOW_DROP_OLDEST) {
+        /* No pause, but a batch small enough that discarding every segment
+         * but the current one always makes room for it (config.c requires
+         * max_bytes >= 2 segments). */
+        room = mi->o.spool_max_bytes / 4;
+    } else if (mi->o.spool_max_bytes) {
         struct m2a_spool_stats ss;
         m2a_spool_get_stats(mi->o.spool, &ss);
         uint64_t high = mi->o.spool_max_bytes - mi->o.spool_max_bytes / 10;
@@ -509,8 +731,10 @@ static bool read_batch(struct m2a_mqtt_in *mi)
         if (frc == 0 && mi->spool_failing && mi->batch_err == 0) {
             mi->spool_failing = false;
             m2a_backoff_reset(&mi->backoff);
+            m2a_info(COMPONENT, "spool: appends succeed again; reading MQTT normally");
         }
     }
+    count_spool_drops(mi);
     if (mi->batch_err != 0) {
         spool_failed(mi, mi->batch_err);
         return false;
@@ -569,6 +793,35 @@ static void turn_disconnected(struct m2a_mqtt_in *mi)
     poll(NULL, 0, (int)wait); /* idle wait between attempts; stop is checked each turn */
 }
 
+/* Ends a plain TCP connection so that the broker reads every PUBACK we sent.
+ * libmosquitto's disconnect closes the socket right after the DISCONNECT; the
+ * broker's PUBLISHes still unread in our receive buffer then make the kernel
+ * send RST, and Mosquitto drops the connection on the error without reading
+ * the PUBACKs before it (seen as "closed its connection" in its log and as
+ * duplicates after every clean stop, tests/fault). So: DISCONNECT (0xE0 0x00
+ * is valid in 3.1.1 and 5), half-close, and discard what the broker still
+ * sends until it closes, bounded. The discarded PUBLISHes were never
+ * acknowledged: the session redelivers them. Only when nothing is left half
+ * written in libmosquitto's queue. */
+static bool disconnect_and_drain(int fd, uint64_t deadline)
+{
+    static const unsigned char disconnect[2] = {0xe0, 0x00};
+    if (send(fd, disconnect, sizeof(disconnect), MSG_NOSIGNAL) != (ssize_t)sizeof(disconnect))
+        return false;
+    shutdown(fd, SHUT_WR);
+    char buf[4096];
+    for (;;) {
+        uint64_t now = m2a_now_ms();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (now >= deadline || poll(&p, 1, (int)(deadline - now)) <= 0)
+            break;
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+            break; /* the broker closed: it has read everything */
+    }
+    return true;
+}
+
 /* Stop: reading has stopped and every batch read was flushed at the end of its
  * turn, so all queued PUBACKs may leave; give them up to STOP_DRAIN_MS. */
 static void shutdown_connection(struct m2a_mqtt_in *mi)
@@ -586,7 +839,10 @@ static void shutdown_connection(struct m2a_mqtt_in *mi)
             if (mosquitto_loop_write(mi->mosq, BATCH_MAX) != MOSQ_ERR_SUCCESS)
                 break;
         }
-        if (mosquitto_socket(mi->mosq) >= 0 && mosquitto_disconnect(mi->mosq) == MOSQ_ERR_SUCCESS)
+        int fd = mosquitto_socket(mi->mosq);
+        bool plain = fd >= 0 && !mi->o.conf->tls.enabled && !mosquitto_want_write(mi->mosq);
+        if (!(plain && disconnect_and_drain(fd, m2a_now_ms() + STOP_DRAIN_MS)) && fd >= 0 &&
+            mosquitto_disconnect(mi->mosq) == MOSQ_ERR_SUCCESS)
             mosquitto_loop_write(mi->mosq, 1);
         m2a_info(COMPONENT, "disconnected from %s:%d (stopping)", mi->o.conf->host,
                  mi->o.conf->port);
@@ -602,7 +858,9 @@ static void *run(void *arg)
     uint64_t sup;
     pthread_setname_np(pthread_self(), "m2a-mqtt");
     while (!atomic_load(&mi->stop)) {
+        adopt_routes(mi);
         update_pause(mi);
+        count_spool_drops(mi);
         if (mi->mosq)
             turn_connected(mi);
         else
@@ -640,11 +898,16 @@ static int check_conf(const struct m2a_mqtt_in_opts *o, char *err, size_t errlen
 
 static void free_mi(struct m2a_mqtt_in *mi)
 {
-    for (size_t i = 0; i < mi->nsubs; i++)
-        free(mi->subs[i]);
-    free(mi->subs);
+    free_subs(mi->subs, mi->nsubs);
     free(mi->sub_mids);
+    free_subs(mi->unsubs, mi->nunsubs);
+    free(mi->route_ctr);
+    m2a_routes_free(atomic_exchange(&mi->pending_routes, NULL));
+    if (mi->routes_owned)
+        m2a_routes_free((struct m2a_routes *)mi->o.routes);
     m2a_route_scratch_free(mi->scratch);
+    m2a_dl_scratch_free(mi->dl_scratch);
+    SSL_CTX_free(mi->ssl_ctx);
     free(mi);
 }
 
@@ -660,19 +923,21 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
     mi->o = *opts;
     atomic_init(&mi->stop, false);
     mi->scratch = m2a_route_scratch_new();
+    mi->dl_scratch = m2a_dl_scratch_new();
     const struct m2a_conf_mqtt *c = opts->conf;
-    mi->nsubs = m2a_routes_nsubscriptions(opts->routes);
-    mi->subs = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->subs));
-    mi->sub_mids = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->sub_mids));
-    for (size_t i = 0; i < mi->nsubs; i++) {
-        const char *f = m2a_routes_subscription(opts->routes, i);
-        mi->subs[i] = c->share_group ? xasprintf("$share/%s/%s", c->share_group, f) : xstrdup(f);
-    }
+    atomic_init(&mi->pending_routes, NULL);
+    set_subscriptions(mi);
+    bind_route_counters(mi);
     m2a_backoff_init(&mi->backoff, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);
 
     /* Build one handle now so bad settings (TLS files...) fail the start,
      * not a log line per reconnect. */
-    char why[256];
+    char why[512];
+    if (c->tls.enabled && !(mi->ssl_ctx = m2a_tls_ctx_new(&c->tls, c->host, why, sizeof(why)))) {
+        snprintf(err, errlen, "MQTT TLS: %s", why);
+        rc = M2A_ERR_CONFIG;
+        goto out;
+    }
     struct mosquitto *probe = new_client(mi, why, sizeof(why));
     if (!probe) {
         snprintf(err, errlen, "MQTT client: %s", why);
@@ -693,6 +958,12 @@ out:
     if (mi)
         free_mi(mi);
     return rc;
+}
+
+void m2a_mqtt_in_set_routes(struct m2a_mqtt_in *mi, struct m2a_routes *routes)
+{
+    /* A table handed over earlier but not adopted yet is ours again. */
+    m2a_routes_free(atomic_exchange(&mi->pending_routes, routes));
 }
 
 void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi)

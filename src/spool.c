@@ -98,6 +98,8 @@ struct m2a_spool {
     uint64_t ckpt_durable;  /* committed seq in the checkpoint on disk */
     uint64_t ckpt_ms;       /* when the checkpoint was last written */
     _Atomic uint64_t w_seq; /* copy of w_next for stats */
+    uint64_t r_taken;       /* drop_oldest: highest seq handed to the reader */
+    uint64_t dropped;       /* drop_oldest: records discarded unread */
 
     /* Checkpoint writing, under ckpt_mu. */
     pthread_mutex_t ckpt_mu;
@@ -131,6 +133,7 @@ struct m2a_spool {
     uint64_t r_base;  /* file offset of r_buf[0] */
     uint64_t r_prev;  /* seq of the last valid record passed */
     uint64_t r_floor; /* records <= this are skipped (confirmed) */
+    uint64_t r_hi;    /* records >= this belong to a later segment: damage */
 };
 
 /* --- small helpers --- */
@@ -616,7 +619,7 @@ static int recover(struct m2a_spool *s, struct m2a_spool_recovery *rec, char *er
     for (size_t i = 0; i < s->nsegs; i++)
         s->bytes += s->segs[i].size;
 
-    s->committed = s->ckpt_durable = st.committed;
+    s->committed = s->ckpt_durable = s->r_taken = st.committed;
     s->pub_seq = next - 1;
     s->w_next = s->w_batch_first = next;
     atomic_store(&s->w_seq, next);
@@ -829,6 +832,65 @@ static bool fits(const struct m2a_spool *s, size_t rl)
     return s->w_bytes + s->batch.len + rl <= s->opts.max_bytes;
 }
 
+/* Records with lo <= seq <= hi that exist: the range minus the gaps found
+ * at open (the gap list never changes after open). */
+static uint64_t count_records(const struct m2a_spool *s, uint64_t lo, uint64_t hi)
+{
+    if (lo > hi)
+        return 0;
+    uint64_t n = hi - lo + 1;
+    for (size_t i = 0; i < s->ngaps; i++) {
+        uint64_t a = max64(s->gaps[i].lo, lo), b = s->gaps[i].hi < hi ? s->gaps[i].hi : hi;
+        if (a <= b)
+            n -= b - a + 1;
+    }
+    return n;
+}
+
+/* overflow drop_oldest: discards the oldest segment, again and again, until
+ * rl fits. Discarding is committing without a confirm: the committed
+ * position moves past the segment's last record, checkpoint_sync writes the
+ * checkpoint and deletes the segment (as for a confirmed one), and the
+ * reader skips whatever is at or below the committed position (it checks
+ * under mu before handing a record out, see reader_take). Counted as
+ * dropped: the records the reader had not taken yet; those it took are in
+ * the AMQP side's window and still get published. The segment being
+ * written is never discarded; between batches it is closed first (rotated)
+ * so that a spool of two segments can still make room. */
+static int writer_drop_oldest(struct m2a_spool *s, size_t rl)
+{
+    while (!fits(s, rl)) {
+        pthread_mutex_lock(&s->mu);
+        size_t nsegs = s->nsegs;
+        pthread_mutex_unlock(&s->mu);
+        if (nsegs < 2) {
+            if (s->batch.len != 0 || s->w_size == 0)
+                return M2A_ERR_FULL;
+            int rc = writer_rotate_now(s);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        pthread_mutex_lock(&s->mu);
+        uint64_t upto = s->segs[0].last;
+        if (upto > s->committed) {
+            s->dropped += count_records(s, max64(s->committed, s->r_taken) + 1, upto);
+            s->committed = upto;
+        }
+        pthread_mutex_unlock(&s->mu);
+        int rc = checkpoint_sync(s, true);
+        if (rc != 0)
+            return rc;
+        pthread_mutex_lock(&s->mu);
+        bool freed = s->nsegs < nsegs;
+        s->w_bytes = s->bytes;
+        pthread_mutex_unlock(&s->mu);
+        if (!freed)
+            return M2A_ERR_FULL;
+    }
+    return 0;
+}
+
 static int writer_make_room(struct m2a_spool *s, size_t rl)
 {
     pthread_mutex_lock(&s->mu);
@@ -853,7 +915,9 @@ static int writer_make_room(struct m2a_spool *s, size_t rl)
     pthread_mutex_lock(&s->mu);
     s->w_bytes = s->bytes;
     pthread_mutex_unlock(&s->mu);
-    return fits(s, rl) ? 0 : M2A_ERR_FULL;
+    if (fits(s, rl))
+        return 0;
+    return s->opts.overflow == M2A_OVERFLOW_DROP_OLDEST ? writer_drop_oldest(s, rl) : M2A_ERR_FULL;
 }
 
 static void split_push(struct m2a_spool *s)
@@ -1082,6 +1146,10 @@ static int reader_enter(struct m2a_spool *s, bool next)
     s->r_first = s->segs[i].first;
     s->r_limit = s->segs[i].size;
     s->r_has_next = i + 1 < s->nsegs;
+    /* Recovery counts such records as damage (and replays what follows
+     * them); reading one would skip every later record as out of order
+     * (found by fuzz_spool_record). */
+    s->r_hi = s->r_has_next ? s->segs[i + 1].first : UINT64_MAX;
     pthread_mutex_unlock(&s->mu);
     if (fd < 0)
         return M2A_ERR_IO;
@@ -1104,6 +1172,7 @@ static void reader_refresh(struct m2a_spool *s)
     if (i < s->nsegs && s->segs[i].first == s->r_first) {
         s->r_limit = s->segs[i].size;
         s->r_has_next = i + 1 < s->nsegs;
+        s->r_hi = s->r_has_next ? s->segs[i + 1].first : UINT64_MAX;
     } else {
         s->r_has_next = true; /* deleted: it was not the last */
     }
@@ -1164,6 +1233,20 @@ static void reader_skip(struct m2a_spool *s)
         s->r_pos = s->r_len - 3; /* may be the start of a magic */
 }
 
+/* drop_oldest: claims record seq for the reader unless the writer has
+ * discarded it (the committed position passed it without a commit from us).
+ * Taking and discarding both happen under mu, so every record is either
+ * handed out or counted as dropped, never both. */
+static bool reader_take(struct m2a_spool *s, uint64_t seq)
+{
+    pthread_mutex_lock(&s->mu);
+    bool kept = seq > s->committed;
+    if (kept)
+        s->r_taken = seq;
+    pthread_mutex_unlock(&s->mu);
+    return kept;
+}
+
 int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t *len)
 {
     if (!s->r_positioned) {
@@ -1175,12 +1258,21 @@ int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t
         const unsigned char *p = s->r_buf + s->r_pos;
         size_t avail = s->r_len - s->r_pos, rl = 0;
         uint64_t sq;
-        enum parse_rc pr = rec_parse(p, avail, s->r_prev, UINT64_MAX, &sq, &rl);
+        enum parse_rc pr = rec_parse(p, avail, s->r_prev, s->r_hi, &sq, &rl);
         if (pr == PARSE_OK) {
             s->r_pos += rl;
             s->r_prev = sq;
             if (sq <= s->r_floor)
                 continue;
+            if (s->opts.overflow == M2A_OVERFLOW_DROP_OLDEST && !reader_take(s, sq)) {
+                /* Discarded: start again at the first record still kept, like
+                 * a rewind (but what was taken stays taken). */
+                s->r_prev = 0;
+                int rc = reader_enter(s, false);
+                if (rc != 0)
+                    return rc;
+                continue;
+            }
             *seq = sq;
             *data = p + REC_HDR;
             *len = rl - REC_HDR;
@@ -1208,6 +1300,9 @@ int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t
 
 void m2a_spool_rewind(struct m2a_spool *s)
 {
+    pthread_mutex_lock(&s->mu);
+    s->r_taken = s->committed; /* what follows is read, and taken, again */
+    pthread_mutex_unlock(&s->mu);
     s->r_positioned = false;
     s->r_prev = 0;
     s->r_pos = s->r_len = 0;
@@ -1259,5 +1354,6 @@ void m2a_spool_get_stats(struct m2a_spool *s, struct m2a_spool_stats *out)
     out->segments = s->nsegs;
     out->next_seq = next;
     out->committed_seq = c;
+    out->dropped = s->dropped;
     pthread_mutex_unlock(&s->mu);
 }

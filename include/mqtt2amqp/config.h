@@ -113,11 +113,34 @@ struct m2a_conf_amqp {
 
 enum m2a_fsync_policy { M2A_FSYNC_BATCH, M2A_FSYNC_INTERVAL, M2A_FSYNC_NEVER };
 
+/* What a full spool does: block stops reading MQTT (the broker's persistent
+ * session keeps queueing); drop_oldest discards the oldest unconfirmed
+ * records, whole segments at a time, counted. */
+enum m2a_overflow { M2A_OVERFLOW_BLOCK, M2A_OVERFLOW_DROP_OLDEST };
+
 struct m2a_conf_spool {
     char *dir;                   /* default "/var/lib/mqtt2amqp" */
     uint64_t max_bytes;          /* default 1 GiB; accepts B, KiB, MiB, GiB, TiB suffixes */
     uint64_t segment_bytes;      /* default 64 MiB, 64 KiB .. 1 GiB */
     enum m2a_fsync_policy fsync; /* default batch */
+    enum m2a_overflow overflow;  /* default block */
+    uint64_t max_age_ms;         /* "max_age": a duration; 0 (default): records never expire */
+};
+
+/* A route's answer to basic.return (no queue bound for the routing key). */
+enum m2a_unroutable {
+    M2A_UNROUTABLE_DEAD_LETTER, /* default: to the dead_letter exchange (dropped without one) */
+    M2A_UNROUTABLE_DROP,        /* counted and logged */
+    M2A_UNROUTABLE_RETRY        /* re-published with backoff until a queue is bound */
+};
+
+/* The "dead_letter" section: where undeliverable messages go. */
+struct m2a_conf_dead_letter {
+    bool enabled;      /* true when the section is present */
+    char *exchange;    /* required: declared in topology, built in (amq.*) or "" */
+    char *routing_key; /* template of {route} and {reason}, default "{route}" */
+    int max_retries;   /* re-publishes after basic.nack before dead-lettering, default 10 */
+    struct m2a_conf_mark mark;
 };
 
 struct m2a_conf_route {
@@ -130,7 +153,15 @@ struct m2a_conf_route {
     size_t nheaders;
     struct m2a_conf_kv *headers; /* templated header values */
     bool cont;                   /* "continue", default false */
+    enum m2a_unroutable unroutable; /* default dead_letter */
     struct m2a_conf_mark mark;
+};
+
+/* The "metrics" section: Prometheus /metrics, /healthz and /readyz over
+ * HTTP. Absent: no HTTP server. */
+struct m2a_conf_metrics {
+    bool enabled; /* true when the section is present */
+    char *listen; /* "HOST:PORT", default "127.0.0.1:9464" */
 };
 
 struct m2a_conf_log {
@@ -144,9 +175,11 @@ struct m2a_config {
     struct m2a_conf_mqtt mqtt;
     struct m2a_conf_amqp amqp;
     struct m2a_conf_spool spool;
+    struct m2a_conf_dead_letter dead_letter;
     size_t nroutes;
     struct m2a_conf_route *routes;
     struct m2a_conf_log log;
+    struct m2a_conf_metrics metrics;
     int shutdown_timeout; /* seconds, default 10 */
 };
 

@@ -34,8 +34,13 @@ struct m2a_cw_slot {
     uint64_t tag;         /* current delivery tag while INFLIGHT, else 0 */
     uint64_t retry_at_ms; /* RETRY: monotonic time of the next attempt */
     uint32_t retries;     /* nacks so far */
+    uint32_t returns;     /* basic.returns so far (counted by the owner; zeroed by push) */
     enum m2a_cw_state state;
     struct m2a_buf rec; /* the encoded record; owned by the window */
+    /* The caller's, cleared by m2a_cwin_push: when the last publish left
+     * (monotonic microseconds) and a per-record pointer (route counters). */
+    uint64_t sent_us;
+    void *ud;
 };
 
 struct m2a_cwin;
@@ -64,6 +69,11 @@ void m2a_cwin_sent(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t tag);
  * published and is dropped). */
 void m2a_cwin_drop(struct m2a_cwin *cw, struct m2a_cw_slot *slot);
 
+/* Called by m2a_cwin_ack for every slot it confirms (not for drops), before
+ * the slot can be popped. NULL fn: none. */
+typedef void (*m2a_cw_confirm_fn)(void *ctx, const struct m2a_cw_slot *slot);
+void m2a_cwin_on_confirm(struct m2a_cwin *cw, m2a_cw_confirm_fn fn, void *ctx);
+
 /* basic.ack: confirms the in-flight slot with `tag`, or with multiple every
  * in-flight slot with a tag <= `tag`. Returns how many slots it confirmed
  * (0 for an unknown or repeated tag). */
@@ -80,6 +90,17 @@ size_t m2a_cwin_nack(struct m2a_cwin *cw, uint64_t tag, bool multiple, uint64_t 
  * gets a lower bound of the earliest retry_at_ms (UINT64_MAX without RETRY
  * slots): when to look again. */
 struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, uint64_t *next_ms);
+
+/* Moves an INFLIGHT or RETRY slot to RETRY at retry_at_ms without counting
+ * a nack: for a publish its owner wants to redo for reasons of its own (a
+ * basic.return). Its old delivery tag goes stale, so the broker's ack for
+ * that publish is ignored. */
+void m2a_cwin_retry(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t retry_at_ms);
+
+/* The i-th slot in use (0: the oldest), i < m2a_cwin_count(); and the slot
+ * holding seq, or NULL (slots are in ascending seq order). */
+struct m2a_cw_slot *m2a_cwin_at(struct m2a_cwin *cw, uint32_t i);
+struct m2a_cw_slot *m2a_cwin_find(struct m2a_cwin *cw, uint64_t seq);
 
 /* Pops the contiguous prefix of CONFIRMED slots. Returns true if it popped
  * any, with *seq the sequence number of the last one popped. */

@@ -31,11 +31,29 @@ struct m2a_mqtt_in_opts {
     struct m2a_spool *spool;
     uint64_t spool_max_bytes; /* pause reading above 90%, resume below 80% */
     struct m2a_stats *stats;
+    /* Policies (zero: no dead_letter section, overflow block). A routing
+     * error, or a message too large for the spool, is dead-lettered through
+     * the spool in the same batch as the message (so its PUBACK leaves only
+     * once the dead letter is durable); without the section it is counted as
+     * dropped and logged. With overflow drop_oldest reading never pauses and
+     * the spool's discards are counted (stats dropped) and logged here. */
+    const struct m2a_conf_dead_letter *dead_letter; /* NULL or !enabled: none */
+    enum m2a_overflow spool_overflow;
 };
 
 /* Starts the thread. Returns 0 or an m2a_err with a sentence in err. */
 int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **out, char *err,
                       size_t errlen);
+
+/* Live reload (any thread): hands the thread a new routes table, owned by
+ * mi from now on. Between two read batches the thread maps through it,
+ * subscribes to the filters it adds and unsubscribes from those it drops
+ * (at the next connect if disconnected), logs "routes reloaded: ..." and
+ * frees the table it replaced (one handed over through this call; the
+ * start table stays the caller's). A table handed over before and not yet
+ * adopted is freed. Every route name must be registered in
+ * stats->routes beforehand to be counted. */
+void m2a_mqtt_in_set_routes(struct m2a_mqtt_in *mi, struct m2a_routes *routes);
 
 /* Stops reading, lets the PUBACKs of everything already spooled leave,
  * disconnects and joins the thread. NULL is a no-op. */

@@ -33,6 +33,13 @@ struct m2a_spool_opts {
     uint64_t max_bytes;     /* bound on bytes in segments not yet deleted */
     uint64_t segment_bytes; /* rotate to a new segment past this size */
     enum m2a_fsync_policy fsync;
+    /* M2A_OVERFLOW_DROP_OLDEST: an append that does not fit discards the
+     * oldest segments (never the one being written) instead of failing with
+     * M2A_ERR_FULL. Their records not yet handed to the reader are counted in
+     * m2a_spool_stats.dropped and skipped by the reader; records it already
+     * read are still its to publish (they are lost only if the process dies
+     * before they are confirmed, since the checkpoint moved past them). */
+    enum m2a_overflow overflow;
 };
 
 /* What m2a_spool_open() found on disk. */
@@ -51,6 +58,7 @@ struct m2a_spool_stats {
     uint64_t segments;
     uint64_t next_seq; /* sequence number the next append gets */
     uint64_t committed_seq;
+    uint64_t dropped; /* records discarded by overflow drop_oldest since open */
 };
 
 /* Opens (creating if needed) and recovers the spool in opts->dir. Holds an

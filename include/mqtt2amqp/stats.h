@@ -9,6 +9,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+struct m2a_route_stats;
+
 struct m2a_stats {
     _Atomic uint64_t received;      /* MQTT messages received */
     _Atomic uint64_t unmatched;     /* received messages no route matched */
@@ -20,12 +22,24 @@ struct m2a_stats {
     _Atomic uint64_t confirmed;     /* basic.ack received */
     _Atomic uint64_t returned;      /* basic.return received (unroutable) */
     _Atomic uint64_t nacked;        /* basic.nack received */
+    /* Policies (both threads): dead_lettered counts dead letters made (sent
+     * to the dead_letter exchange); dropped counts messages whose content is
+     * delivered nowhere (unroutable: drop, no dead_letter section, too large
+     * for the spool, spool overflow drop_oldest, expired without a dead_letter
+     * section); expired counts records older than spool.max_age (each also in
+     * dead_lettered or dropped). */
+    _Atomic uint64_t dead_lettered;
+    _Atomic uint64_t dropped;
+    _Atomic uint64_t expired;
     _Atomic uint64_t mqtt_reconnects;
     _Atomic uint64_t amqp_reconnects;
     _Atomic int mqtt_connected; /* 0/1 */
     _Atomic int amqp_connected; /* 0/1 */
     _Atomic int amqp_blocked;   /* 0/1: connection.blocked in force */
     _Atomic int mqtt_paused;    /* 0/1: reading paused, spool full */
+    /* Per-route counters and confirm latency (route_stats.h), owned by the
+     * bridge; NULL: not kept (unit tests). Set before any thread starts. */
+    struct m2a_route_stats *routes;
 };
 
 #define M2A_STAT_ADD(st, field, n)                                                                 \
