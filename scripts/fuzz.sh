@@ -89,7 +89,9 @@ if [ "$1" = corpus ]; then
     echo "fuzz: wrote tests/fuzz/corpus/"
     exit 0
 fi
-[ $# -eq 2 ] && [[ $2 =~ ^[0-9]+$ ]] || usage
+if [ $# -ne 2 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then
+    usage
+fi
 if [ "$1" = all ]; then
     selected=("${TARGETS[@]}")
 else
