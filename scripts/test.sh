@@ -41,15 +41,17 @@ build_and_test() {
     # and stops after the last; integration tests hold a resource lock so only
     # one runs at a time, unit tests run in parallel.
     # The fault suite (label fault) leaves its table (fault, iterations, sent,
-    # delivered, lost, duplicated) here; ctest hides a passing test's output.
+    # delivered, lost, duplicated, secs, notes) here; ctest hides a passing
+    # test's output.
     local table=$dir/test-state/fault-table.txt rc=0
     rm -f "$table"
     (cd "$dir" && ctest --output-on-failure -j"$JOBS" --timeout 900 "${EXTRA[@]}") || rc=1
     if [ -s "$table" ]; then
         step "fault suite table ($dir)"
-        awk -F'\t' 'BEGIN { printf "%-36s %10s %8s %10s %6s %10s  %s\n", "fault", "iterations",
-            "sent", "delivered", "lost", "duplicated", "notes" }
-            { printf "%-36s %10s %8s %10s %6s %10s  %s\n", $1, $2, $3, $4, $5, $6, $7 }' "$table"
+        awk -F'\t' 'BEGIN { printf "%-36s %10s %8s %10s %6s %10s %5s  %s\n", "fault",
+            "iterations", "sent", "delivered", "lost", "duplicated", "secs", "notes" }
+            { printf "%-36s %10s %8s %10s %6s %10s %5s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' \
+            "$table"
     fi
     return $rc
 }
