@@ -110,12 +110,12 @@ struct m2a_amqp_out {
 
     /* Live reload: main thread -> AMQP thread. */
     pthread_mutex_t rl_mu;
-    _Atomic bool rl_pending;  /* rl_next holds a reload not yet taken */
-    struct reload rl_next;    /* under rl_mu */
-    uint64_t rl_tickets;      /* main thread: last ticket given */
-    uint64_t rl_done;         /* under rl_mu: last ticket the thread finished */
-    int rl_rc;                /* under rl_mu: its outcome */
-    char rl_err[512];         /* under rl_mu: the broker's refusal */
+    _Atomic bool rl_pending; /* rl_next holds a reload not yet taken */
+    struct reload rl_next;   /* under rl_mu */
+    uint64_t rl_tickets;     /* main thread: last ticket given */
+    uint64_t rl_done;        /* under rl_mu: last ticket the thread finished */
+    int rl_rc;               /* under rl_mu: its outcome */
+    char rl_err[512];        /* under rl_mu: the broker's refusal */
 
     /* --- AMQP thread only --- */
     amqp_connection_state_t conn;
@@ -662,8 +662,8 @@ static void dead_letter_exhausted(struct m2a_amqp_out *ao)
             m2a_warn(COMPONENT,
                      "message %s-%" PRIu64 " of route %.*s nacked %u times (max_retries %u): "
                      "dead-lettered (%" PRIu64 " similar suppressed)",
-                     ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, slot->retries,
-                     max, sup);
+                     ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, slot->retries, max,
+                     sup);
         dead_letter_slot(ao, slot, &env, M2A_DL_MAX_RETRIES, true);
         m2a_cwin_retry(ao->cw, slot, m2a_now_ms());
     }
@@ -687,9 +687,9 @@ static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
         m2a_warn(COMPONENT,
                  "message %s-%" PRIu64 " of route %.*s expired (received %" PRIu64
                  " ms ago, max_age %" PRIu64 " ms): %s (%" PRIu64 " similar suppressed)",
-                 ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr,
-                 now - env.timestamp_ms, ao->max_age_ms,
-                 ao->dl ? "dead-lettered" : "dropped (no dead_letter section)", sup);
+                 ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, now - env.timestamp_ms,
+                 ao->max_age_ms, ao->dl ? "dead-lettered" : "dropped (no dead_letter section)",
+                 sup);
     if (ao->dl) {
         dead_letter_slot(ao, slot, &env, M2A_DL_EXPIRED, true);
     } else {
@@ -1121,11 +1121,14 @@ static int apply_reload(struct m2a_amqp_out *ao, bool connected)
         ao->topo = old_topo;
         ao->routes = old_routes;
         ao->nroutes = old_nroutes;
-        m2a_error(COMPONENT, "reload: the broker refused the new topology: %s; keeping the "
-                  "previous one", ao->end_reason);
+        m2a_error(COMPONENT,
+                  "reload: the broker refused the new topology: %s; keeping the "
+                  "previous one",
+                  ao->end_reason);
     } else {
-        m2a_info(COMPONENT, "reload: topology of %zu exchanges and %zu queues %s", r.topo->nexchanges,
-                 r.topo->nqueues, connected ? "declared" : "taken (declared at the next connect)");
+        m2a_info(COMPONENT, "reload: topology of %zu exchanges and %zu queues %s",
+                 r.topo->nexchanges, r.topo->nqueues,
+                 connected ? "declared" : "taken (declared at the next connect)");
     }
     pthread_mutex_lock(&ao->rl_mu);
     ao->rl_done = r.ticket;

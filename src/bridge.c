@@ -113,15 +113,19 @@ struct live {
 static void warn_unapplied(void *ud, const char *key)
 {
     (void)ud;
-    m2a_warn("bridge", "reload: %s changed, but connection, spool and policy settings are not "
-             "applied until a restart; the running value stays", key);
+    m2a_warn("bridge",
+             "reload: %s changed, but connection, spool and policy settings are not "
+             "applied until a restart; the running value stays",
+             key);
 }
 
 static void note_removed(void *ud, const char *what)
 {
     (void)ud;
-    m2a_info("bridge", "reload: %s is no longer in the configuration; left in RabbitMQ (the "
-             "bridge never deletes)", what);
+    m2a_info("bridge",
+             "reload: %s is no longer in the configuration; left in RabbitMQ (the "
+             "bridge never deletes)",
+             what);
 }
 
 static void register_routes(struct m2a_route_stats *rs, const struct m2a_config *cfg)
@@ -183,12 +187,16 @@ static void reload(struct live *lv)
     int rc = wait_amqp_reload(lv, ticket, err, sizeof(err));
     if (rc != 0) {
         if (rc == M2A_ERR_TIMEOUT)
-            m2a_error("bridge", "reload: the AMQP side did not take the new topology within %d s "
+            m2a_error("bridge",
+                      "reload: the AMQP side did not take the new topology within %d s "
                       "(connecting?); routes unchanged, it will declare the topology when it "
-                      "can; send SIGHUP again", RELOAD_AMQP_WAIT_MS / 1000);
+                      "can; send SIGHUP again",
+                      RELOAD_AMQP_WAIT_MS / 1000);
         else
-            m2a_error("bridge", "reload refused, the running configuration stays: RabbitMQ "
-                      "refused the new topology: %s", err);
+            m2a_error("bridge",
+                      "reload refused, the running configuration stays: RabbitMQ "
+                      "refused the new topology: %s",
+                      err);
         m2a_routes_free(routes);
         return;
     }
@@ -197,8 +205,10 @@ static void reload(struct live *lv)
     m2a_log_set_level((enum m2a_log_level)next->log.level);
     m2a_log_set_format((enum m2a_log_format)next->log.format);
     lv->cur = next;
-    m2a_info("bridge", "reload applied: %zu routes, %zu subscriptions, %zu exchanges and %zu "
-             "queues declared", nroutes, nsubs, next->amqp.nexchanges, next->amqp.nqueues);
+    m2a_info("bridge",
+             "reload applied: %zu routes, %zu subscriptions, %zu exchanges and %zu "
+             "queues declared",
+             nroutes, nsubs, next->amqp.nexchanges, next->amqp.nqueues);
 }
 
 /* Waits for a signal until SIGTERM/SIGINT, logging stats on schedule and

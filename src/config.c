@@ -131,10 +131,10 @@ static struct m2a_conf_mark clamp_to_end(struct m2a_conf_mark m, const char *dat
     struct m2a_conf_mark end = {1, 1};
     const unsigned char *s = (const unsigned char *)data;
     for (size_t i = 0; i < len; i++) {
-        bool brk = s[i] == '\n' || (s[i] == '\r' && (i + 1 == len || s[i + 1] != '\n')) ||
-                   (s[i] == 0x85 && i >= 1 && s[i - 1] == 0xC2) ||
-                   ((s[i] == 0xA8 || s[i] == 0xA9) && i >= 2 && s[i - 1] == 0x80 &&
-                    s[i - 2] == 0xE2);
+        bool brk =
+            s[i] == '\n' || (s[i] == '\r' && (i + 1 == len || s[i + 1] != '\n')) ||
+            (s[i] == 0x85 && i >= 1 && s[i - 1] == 0xC2) ||
+            ((s[i] == 0xA8 || s[i] == 0xA9) && i >= 2 && s[i - 1] == 0x80 && s[i - 2] == 0xE2);
         if (brk)
             end = (struct m2a_conf_mark){end.line + 1, 1};
         else if ((s[i] & 0xC0) != 0x80 && s[i] != '\r')
@@ -293,8 +293,8 @@ static void fmt_size(char *dst, size_t len, uint64_t v)
 static const struct {
     const char *suffix;
     uint64_t ms;
-} duration_units[] = {{"", 1000},         {"ms", 1},           {"s", 1000},
-                      {"m", 60 * 1000},   {"h", 3600 * 1000},  {"d", 86400 * 1000}};
+} duration_units[] = {{"", 1000},       {"ms", 1},          {"s", 1000},
+                      {"m", 60 * 1000}, {"h", 3600 * 1000}, {"d", 86400 * 1000}};
 
 /* "90s", "15m", "1h", "2d", "500ms"; a plain number is seconds. */
 static int parse_duration(const char *s, uint64_t *out_ms)
@@ -595,14 +595,10 @@ static int parse_scalar(struct ctx *c, const struct opt *o, yaml_node_t *v, cons
                         char *base)
 {
     static const char *const want[] = {
-        [OPT_STR] = "a string",
-        [OPT_INT] = "an integer",
-        [OPT_U32] = "an integer",
-        [OPT_BOOL] = "a boolean",
-        [OPT_SIZE] = "a size",
-        [OPT_DURATION] = "a duration",
-        [OPT_ENUM] = "a name",
-        [OPT_SECRET_FILE] = "a file name",
+        [OPT_STR] = "a string",   [OPT_INT] = "an integer",
+        [OPT_U32] = "an integer", [OPT_BOOL] = "a boolean",
+        [OPT_SIZE] = "a size",    [OPT_DURATION] = "a duration",
+        [OPT_ENUM] = "a name",    [OPT_SECRET_FILE] = "a file name",
     };
     char msg[MSG_LEN] = "", *text = NULL;
     if (v->type != YAML_SCALAR_NODE)
@@ -1381,8 +1377,8 @@ static const struct opt dead_letter_opts[] = {
         "re-publishes after a nack before dead-lettering"),
 };
 static const struct section dead_letter_section = {
-    dead_letter_opts, NOPTS(dead_letter_opts), 0, offsetof(T, mark), offsetof(T, enabled),
-    dead_letter_check};
+    dead_letter_opts,  NOPTS(dead_letter_opts), 0,
+    offsetof(T, mark), offsetof(T, enabled),    dead_letter_check};
 #undef T
 
 #define T struct m2a_conf_route
@@ -1416,8 +1412,8 @@ static const struct opt metrics_opts[] = {
     STRC(T, "listen", listen, "127.0.0.1:9464", F_NONEMPTY, check_listen,
          "HOST:PORT of /metrics, /healthz and /readyz"),
 };
-static const struct section metrics_section = {
-    metrics_opts, NOPTS(metrics_opts), 0, NO_OFF, offsetof(T, enabled), NULL};
+static const struct section metrics_section = {metrics_opts, NOPTS(metrics_opts),  0,
+                                               NO_OFF,       offsetof(T, enabled), NULL};
 #undef T
 
 #define T struct m2a_config
@@ -1455,8 +1451,7 @@ static int yaml_fail(struct ctx *c, const yaml_parser_t *p, const char *data, si
         return fail(c, m, "invalid YAML: %s", problem);
     }
     if (p->context) {
-        struct m2a_conf_mark cm = {(int)p->context_mark.line + 1,
-                                   (int)p->context_mark.column + 1};
+        struct m2a_conf_mark cm = {(int)p->context_mark.line + 1, (int)p->context_mark.column + 1};
         cm = clamp_to_end(cm, data, len);
         return fail(c, m, "invalid YAML: %s (%s at line %d, column %d)", problem, p->context,
                     cm.line, cm.column);

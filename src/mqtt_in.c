@@ -240,8 +240,7 @@ static void undeliverable(struct m2a_mqtt_in *mi, size_t route_index,
     }
     if (rl_allow(&mi->rl_route, &sup))
         M2A_LOG(dead ? M2A_LOG_WARN : M2A_LOG_ERROR, COMPONENT,
-                "route %s: topic %.*s: %s; %s (x-death-reason %s) (%" PRIu64
-                " similar suppressed)",
+                "route %s: topic %.*s: %s; %s (x-death-reason %s) (%" PRIu64 " similar suppressed)",
                 m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, why, fate,
                 m2a_dl_reason_name(reason), sup);
 }
@@ -267,8 +266,7 @@ static void on_route(void *ud, size_t route_index, const struct m2a_envelope *en
         snprintf(why, sizeof(why),
                  "a %zu-byte message can never fit in the spool (max_bytes %" PRIu64
                  ", record limit %u)",
-                 mi->cur_msg->payload_len, mi->o.spool_max_bytes,
-                 (unsigned)M2A_SPOOL_MAX_PAYLOAD);
+                 mi->cur_msg->payload_len, mi->o.spool_max_bytes, (unsigned)M2A_SPOOL_MAX_PAYLOAD);
         undeliverable(mi, route_index, env, M2A_DL_TOO_LARGE, why);
         return;
     }
@@ -442,9 +440,8 @@ static struct mosquitto *new_client(struct m2a_mqtt_in *mi, char *err, size_t er
     /* Our own context (tls.c) rather than mosquitto_tls_set: libmosquitto
      * 2.0.11 only logs "certificate verify failed" and does not check IP
      * addresses against the certificate; ours records why and does. */
-    if (mi->ssl_ctx &&
-        ((rc = mosquitto_int_option(mosq, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)) != 0 ||
-         (rc = mosquitto_void_option(mosq, MOSQ_OPT_SSL_CTX, mi->ssl_ctx)) != 0)) {
+    if (mi->ssl_ctx && ((rc = mosquitto_int_option(mosq, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0)) != 0 ||
+                        (rc = mosquitto_void_option(mosq, MOSQ_OPT_SSL_CTX, mi->ssl_ctx)) != 0)) {
         what = "TLS context";
         goto out;
     }
@@ -496,8 +493,8 @@ static void try_connect(struct m2a_mqtt_in *mi)
         char tls[600];
         if (rl_allow(&mi->rl_connect, &sup))
             m2a_warn(COMPONENT, "cannot connect to %s:%d: %s (%" PRIu64 " similar suppressed)",
-                     c->host, c->port, tls_or(mosq_err_str(rc, ebuf, sizeof(ebuf)), tls, sizeof(tls)),
-                     sup);
+                     c->host, c->port,
+                     tls_or(mosq_err_str(rc, ebuf, sizeof(ebuf)), tls, sizeof(tls)), sup);
         mosquitto_destroy(mosq);
         goto fail;
     }

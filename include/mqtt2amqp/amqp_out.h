@@ -50,8 +50,7 @@ uint64_t m2a_amqp_out_reload(struct m2a_amqp_out *ao, const struct m2a_conf_amqp
 /* M2A_ERR_AGAIN until the thread took the reload `ticket`; then 0, or
  * M2A_ERR_AMQP with the broker's refusal in err (the previous topology and
  * policies stay; the refusal closed the channel, so it reconnects). */
-int m2a_amqp_out_reload_result(struct m2a_amqp_out *ao, uint64_t ticket, char *err,
-                               size_t errlen);
+int m2a_amqp_out_reload_result(struct m2a_amqp_out *ao, uint64_t ticket, char *err, size_t errlen);
 
 /* Stops publishing new records, waits up to timeout_ms for the outstanding
  * confirms, closes the connection and joins the thread. What is not

@@ -151,8 +151,8 @@ struct m2a_conf_route {
     bool persistent;    /* default true */
     char *content_type; /* NULL when not set */
     size_t nheaders;
-    struct m2a_conf_kv *headers; /* templated header values */
-    bool cont;                   /* "continue", default false */
+    struct m2a_conf_kv *headers;    /* templated header values */
+    bool cont;                      /* "continue", default false */
     enum m2a_unroutable unroutable; /* default dead_letter */
     struct m2a_conf_mark mark;
 };
