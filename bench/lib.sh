@@ -1,0 +1,233 @@
+# bench/lib.sh - what bench/run.sh and bench/profile.sh share: building,
+# the brokers, the bridge, the consumer, CPU and memory figures. Sourced,
+# not run. Every process started here is recorded by pid and stopped by pid
+# (never by name); bench_init sets the EXIT trap that stops them.
+#
+# Callers set ROOT and BUILD first, then call bench_build and bench_init.
+# shellcheck shell=bash disable=SC2034 # variables set here are used by the callers
+
+T0=$SECONDS
+say() {
+    printf '[bench %4ds] %s\n' $((SECONDS - T0)) "$*" >&2
+}
+die() {
+    say "ERROR: $*"
+    exit 1
+}
+
+bench_build() {
+    "$ROOT/scripts/deps.sh" </dev/null >&2
+    say "building in $BUILD (RelWithDebInfo)"
+    mkdir -p "$BUILD"
+    local log=$BUILD/bench-build.log
+    if ! { cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DM2A_BUILD_TESTS=OFF &&
+        cmake --build "$BUILD" -j"$(nproc)" --target bench; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        die "build failed (log: $log)"
+    fi
+    BRIDGE=$BUILD/mqtt2amqp
+    GEN=$BUILD/bench/m2a-bench-mqtt-pub
+    CONS=$BUILD/bench/m2a-bench-amqp-consume
+    APUB=$BUILD/bench/m2a-bench-amqp-pub
+    MALLOC_COUNT=$BUILD/bench/libm2a-bench-malloc-count.so
+    HZ=$(getconf CLK_TCK)
+}
+
+# Temp dir, cleanup trap, private RabbitMQ (AMQP_PORT, RABBIT_PID).
+bench_init() {
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/m2a-bench.XXXXXX")
+    RABBIT_DIR=$TMP/rabbitmq
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    say "temp dir $TMP"
+    say "starting RabbitMQ"
+    rabbit start || die "RabbitMQ did not start: $(tail -n 20 "$TMP/rabbitmq.log")"
+    # Only what we need from the env file: it also sets HOME and friends for rabbitmqctl.
+    # shellcheck disable=SC1091
+    AMQP_PORT=$(. "$RABBIT_DIR/env" && echo "$AMQP_PORT")
+    # shellcheck disable=SC1091
+    RABBIT_PID=$(. "$RABBIT_DIR/env" && echo "$SERVER_PID")
+    say "RabbitMQ on 127.0.0.1:$AMQP_PORT (pid $RABBIT_PID)"
+}
+
+MOSQ_PID="" BRIDGE_PID="" CONS_PID="" GEN_PID="" PERF_PID="" FG_PID=""
+BRIDGE_WRAP=() # e.g. (env LD_PRELOAD=...) or (valgrind --tool=callgrind ...)
+
+alive() {
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null &&
+        [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
+}
+
+# stop_pid PID SIGNAL SECONDS: signal, wait (we are the parent), SIGKILL at the deadline.
+stop_pid() {
+    local pid=$1 sig=$2 end=$((SECONDS + $3))
+    [ -n "$pid" ] || return 0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    while alive "$pid" && [ $SECONDS -lt "$end" ]; do sleep 0.1; done
+    if alive "$pid"; then
+        say "pid $pid still alive after SIG$sig: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "$PERF_PID" "$FG_PID" "$GEN_PID" "$CONS_PID" "$BRIDGE_PID" "$MOSQ_PID"; do
+        alive "$pid" && stop_pid "$pid" TERM 15
+    done
+    "$ROOT/scripts/test-rabbitmq.sh" stop "$RABBIT_DIR" >/dev/null 2>&1 || true
+    if [ "$KEEP" = 1 ] || [ $rc -ne 0 ]; then
+        say "logs and configs kept in $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit $rc
+}
+
+# fg_run OUT CMD...: runs CMD with stdout to OUT and stderr appended to OUT.err, and waits
+# for it; returns its status. In the background so that a signal to this script is acted
+# on at once (bash runs traps only between foreground commands) and the trap stops it.
+fg_run() {
+    local out=$1 rc=0
+    shift
+    "$@" >"$out" 2>>"$out.err" &
+    FG_PID=$!
+    wait "$FG_PID" || rc=$?
+    FG_PID=""
+    return $rc
+}
+
+port_in_use() {
+    [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]
+}
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        port_in_use "$p" || {
+            echo "$p"
+            return 0
+        }
+    done
+    die "no free port"
+}
+
+# wait_for FILE REGEX SECONDS PID: until a line of FILE matches, PID dies, or the deadline.
+wait_for() {
+    local end=$((SECONDS + $3))
+    until grep -qE "$2" "$1" 2>/dev/null; do
+        alive "$4" || return 1
+        [ $SECONDS -lt $end ] || return 1
+        sleep 0.05
+    done
+}
+
+cpu_ticks() { # utime + stime
+    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+status_kb() { # FIELD PID
+    awk -v f="$1:" '$1 == f {print $2}' "/proc/$2/status"
+}
+kv() { # LINE KEY
+    sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1" | head -n1
+}
+# us_per_msg TICKS MESSAGES
+us_per_msg() {
+    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
+}
+n0() { # a number, or 0 when empty
+    echo "${1:-0}"
+}
+div() { # A / B with 2 decimals, or -
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "" && a != "-") printf "%.2f", a / b; else print "-" }'
+}
+
+rabbit() {
+    "$ROOT/scripts/test-rabbitmq.sh" "$1" "$RABBIT_DIR" >>"$TMP/rabbitmq.log" 2>&1
+}
+
+mosq_start() { # NAME
+    local dir=$TMP/$1/mosquitto
+    mkdir -p "$dir/data"
+    MOSQ_PORT=$(free_port)
+    # The shipped file, with what must differ per run rewritten (like tests/support/harness.c).
+    sed -e "s|^[[:space:]]*listener .*|listener $MOSQ_PORT 127.0.0.1|" \
+        -e "s|^[[:space:]]*persistence_location .*|persistence_location $dir/data/|" \
+        -e 's|^[[:space:]]*\(user\|pid_file\)[[:space:]]|# (bench) &|' \
+        "$ROOT/docker/mosquitto/mosquitto.conf" >"$dir/mosquitto.conf"
+    [ "$(id -u)" != 0 ] || echo "user root" >>"$dir/mosquitto.conf"
+    mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+    MOSQ_PID=$!
+    local end=$((SECONDS + 15))
+    until port_in_use "$MOSQ_PORT"; do
+        alive "$MOSQ_PID" || die "mosquitto exited: $(tail -n 5 "$dir/mosquitto.log")"
+        [ $SECONDS -lt $end ] || die "mosquitto not listening on $MOSQ_PORT"
+        sleep 0.05
+    done
+}
+
+mosq_stop() {
+    stop_pid "$MOSQ_PID" TERM 30
+    MOSQ_PID=""
+}
+
+# bridge_start NAME FSYNC: config, spool and log under $TMP/NAME; waits until it subscribed
+# and (unless BRIDGE_WAIT_AMQP=0) connected to RabbitMQ.
+bridge_start() { # NAME FSYNC
+    local dir=$TMP/$1
+    BRIDGE_LOG=$dir/bridge.log
+    BRIDGE_SPOOL=$dir/spool
+    cat >"$dir/bridge.yaml" <<EOF
+mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$1}
+amqp:
+  port: $AMQP_PORT
+  reconnect_max_ms: 500
+  confirm_window: $WINDOW
+  topology:
+    exchanges: [{name: bench.$1, type: topic}]
+    queues:
+      - name: bench.$1
+        bindings: [{exchange: bench.$1, routing_key: "#"}]
+spool: {dir: $BRIDGE_SPOOL, max_bytes: 64GiB, segment_bytes: 64MiB, fsync: $2}
+routes:
+  - {name: bench, topic: "bench/#", exchange: bench.$1}
+log: {stats_interval: 1}
+shutdown_timeout: 5
+EOF
+    "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$dir/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
+    BRIDGE_PID=$!
+    if ! wait_for "$BRIDGE_LOG" "mqtt: subscribed to" 600 "$BRIDGE_PID" ||
+        { [ "${BRIDGE_WAIT_AMQP:-1}" = 1 ] &&
+            ! wait_for "$BRIDGE_LOG" "amqp: connected to" 60 "$BRIDGE_PID"; }; then
+        die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
+    fi
+}
+
+bridge_stop() {
+    stop_pid "$BRIDGE_PID" TERM 30
+    BRIDGE_PID=""
+}
+
+# The last value of a counter in the bridge's stats lines.
+bridge_stat() { # KEY
+    { grep -o " $1=[0-9]*" "$BRIDGE_LOG" || true; } | tail -n1 | cut -d= -f2
+}
+
+cons_start() { # NAME ARGS...
+    local name=$1
+    shift
+    CONS_OUT=$TMP/$name/consumer.out
+    "$CONS" -p "$AMQP_PORT" -Q "bench.$name" -x "bench.$name" "$@" >"$CONS_OUT" 2>"$CONS_OUT.err" &
+    CONS_PID=$!
+    wait_for "$CONS_OUT" "ready" 90 "$CONS_PID" || die "consumer not ready: $(cat "$CONS_OUT.err")"
+}
+
+cons_wait() {
+    wait "$CONS_PID" || say "consumer: $(tail -n 3 "$CONS_OUT.err" | tr '\n' ' ')"
+    CONS_PID=""
+    CONS_LINE0=$(grep "class=0" "$CONS_OUT" || true)
+    CONS_LINE1=$(grep "class=1" "$CONS_OUT" || true)
+}
+

@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# bench/run.sh - the benchmark of issue 4: how close the bridge gets to
+# publishing straight into RabbitMQ, and what it costs.
+#
+# Builds the bridge and the bench programs (RelWithDebInfo, in build-bench/),
+# starts a private RabbitMQ (scripts/test-rabbitmq.sh, under a temp dir) and,
+# per scenario, a fresh Mosquitto from docker/mosquitto/mosquitto.conf on a
+# free port and a fresh bridge with a fresh spool. Prints ONE table on
+# stdout (progress goes to stderr):
+#
+#   scenario | messages | msg/s | x direct | p50 ms | p99 ms | bridge CPU us/msg
+#   | bridge peak RSS | lost | duplicated | RabbitMQ CPU us/msg | Mosquitto CPU us/msg
+#   | all processes CPU us/msg (bridge, brokers, load generator and consumer)
+#
+# Scenarios (keys for M2A_BENCH_ONLY):
+#   direct100, direct1k   the baseline: m2a-bench-amqp-pub straight into RabbitMQ
+#                         (confirm window 1000, persistent, durable classic queue
+#                         with a consumer), as fast as confirmed
+#   direct100h            the same with the properties and headers the bridge adds
+#                         (message_id, timestamp, x-mqtt-*): RabbitMQ's share of the gap
+#   batch100 interval100 never100, batch1k interval1k never1k
+#                         MQTT QoS 1 -> Mosquitto -> bridge (spool fsync policy)
+#                         -> RabbitMQ -> consumer, generator as fast as PUBACKed
+#   latency               bridge (100 B, fsync batch) and direct at the same fixed
+#                         rate: 50% of the bridge's measured maximum
+#   drain                 RabbitMQ stopped (stop_app) while BACKLOG messages
+#                         arrive; then started, and the backlog drains while live
+#                         traffic continues (LIVE_PERCENT of the direct rate);
+#                         msg/s is the drain rate, p50/p99 that of the live traffic
+#   big                   RSS with a 10,000,000-message backlog in the spool
+#                         (RabbitMQ stopped); lost = PUBACKed but not spooled; then
+#                         the bridge is restarted on that spool: recovery time and RSS
+#
+# msg/s is end to end: distinct messages / (last delivery - first send). CPU
+# is utime+stime from /proc/PID/stat over the scenario / messages; peak RSS
+# is VmHWM from /proc/PID/status. The "x direct" ratio divides by the direct
+# baseline of the same payload size measured in the same run.
+#
+# Environment (defaults sized for ~10 minutes on 2 cores):
+#   M2A_BENCH_MESSAGES=200000       per 100 B scenario
+#   M2A_BENCH_MESSAGES_1K=100000    per 1 KiB scenario
+#   M2A_BENCH_LATENCY_SECONDS=20    length of each fixed-rate latency run
+#   M2A_BENCH_BACKLOG=1000000       messages sent while RabbitMQ is down
+#   M2A_BENCH_LIVE_PERCENT=10       live traffic during the drain, % of direct 100 B
+#   M2A_BENCH_BIG=auto              big scenario: 1 always, 0 never, auto = only if
+#                                   the backlog ingest rate says it takes <= 3 min
+#   M2A_BENCH_BIG_BACKLOG=10000000
+#   M2A_BENCH_DEVICES=100           topics bench/dev/0..N-1
+#   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
+#   M2A_BENCH_ONLY=key,key          run only these scenarios
+#   M2A_BENCH_REPEAT=1              passes over the throughput scenarios (interleaved);
+#                                   each row is then the median pass (3: about +3 min)
+#   M2A_BENCH_BUILD=DIR             build directory (build-bench)
+#   M2A_BENCH_KEEP=1                keep the temp dir (logs, configs) and say where
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${M2A_BENCH_BUILD:-$ROOT/build-bench}
+N100=${M2A_BENCH_MESSAGES:-200000}
+N1K=${M2A_BENCH_MESSAGES_1K:-100000}
+LAT_SECS=${M2A_BENCH_LATENCY_SECONDS:-20}
+BACKLOG=${M2A_BENCH_BACKLOG:-1000000}
+LIVE_PCT=${M2A_BENCH_LIVE_PERCENT:-10}
+BIG=${M2A_BENCH_BIG:-auto}
+BIG_N=${M2A_BENCH_BIG_BACKLOG:-10000000}
+BIG_MAX_SECS=180
+DEVICES=${M2A_BENCH_DEVICES:-100}
+WINDOW=${M2A_BENCH_WINDOW:-1000}
+ONLY=${M2A_BENCH_ONLY:-}
+REPEAT=${M2A_BENCH_REPEAT:-1}
+KEEP=${M2A_BENCH_KEEP:-0}
+
+case ${1:-} in
+-h | --help)
+    sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+"") ;;
+*)
+    echo "run.sh: no arguments (see --help; settings come from the environment)" >&2
+    exit 2
+    ;;
+esac
+
+want() {
+    [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]
+}
+
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_build
+
+# --- results -------------------------------------------------------------------
+
+ROWS=()
+NOTES=()
+# row SCENARIO MESSAGES RATE RATIO P50 P99 CPU RSS LOST DUP RMQ MOSQ ALL
+row() {
+    local IFS='|'
+    ROWS+=("$*")
+    say "result: $*"
+}
+
+# Snapshot of the CPU counters before a scenario.
+cpu_begin() {
+    R0=$(cpu_ticks "$RABBIT_PID")
+    B0=0 M0=0
+    [ -z "$BRIDGE_PID" ] || B0=$(cpu_ticks "$BRIDGE_PID")
+    [ -z "$MOSQ_PID" ] || M0=$(cpu_ticks "$MOSQ_PID")
+}
+# cpu_end MESSAGES CLIENT_CPU_SECONDS: sets CPU_B, CPU_R, CPU_M and CPU_ALL (us/msg; ALL adds
+# the load generator's and the consumer's own CPU) and RSS_B (MiB) over MESSAGES.
+cpu_end() {
+    local n=$1 client=${2:-0} tb=0 tr tm=0
+    tr=$(($(cpu_ticks "$RABBIT_PID") - R0))
+    CPU_R=$(us_per_msg "$tr" "$n")
+    CPU_B="-" CPU_M="-" RSS_B="-"
+    if [ -n "$BRIDGE_PID" ]; then
+        tb=$(($(cpu_ticks "$BRIDGE_PID") - B0))
+        CPU_B=$(us_per_msg "$tb" "$n")
+        RSS_B=$(awk -v k="$(status_kb VmHWM "$BRIDGE_PID")" 'BEGIN { printf "%.1f MiB", k / 1024 }')
+    fi
+    if [ -n "$MOSQ_PID" ]; then
+        tm=$(($(cpu_ticks "$MOSQ_PID") - M0))
+        CPU_M=$(us_per_msg "$tm" "$n")
+    fi
+    CPU_ALL=$(awk -v t=$((tb + tr + tm)) -v c="$client" -v n="$n" -v hz="$HZ" \
+        'BEGIN { if (n > 0) printf "%.1f", (t / hz + c) * 1e6 / n; else print "-" }')
+}
+sum() { # numbers; an empty one counts as 0
+    local s=0 x
+    for x in "$@"; do
+        s=$(awk -v a="$s" -v b="${x:-0}" 'BEGIN { print a + b }')
+    done
+    echo "$s"
+}
+
+# --- scenarios -----------------------------------------------------------------
+
+run_direct() { # KEY SIZE COUNT LABEL RATE [publisher options]
+    local key=$1$PASS_SUFFIX size=$2 n=$3 label=$4 rate=$5
+    shift 5
+    mkdir -p "$TMP/$key"
+    say "$label: $n messages"
+    cons_start "$key" -n "$n"
+    cpu_begin
+    local out
+    fg_run "$TMP/$key/publisher.out" "$APUB" -p "$AMQP_PORT" -x "bench.$key" -Q "bench.$key" \
+        -n "$n" -s "$size" -d "$DEVICES" -w "$WINDOW" -r "$rate" "$@" ||
+        say "publisher: $(tail -n 3 "$TMP/$key/publisher.out.err")"
+    out=$(cat "$TMP/$key/publisher.out")
+    cons_wait
+    local l=$CONS_LINE0 ratio=1.00
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
+    [ "$rate" = 0 ] || ratio="-"
+    RATE=$(kv "$l" rate)
+    [ $# = 0 ] || ratio=$(div "$RATE" "${BASE100:-0}")
+    row "$label" "$n" "$RATE" "$ratio" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "-" "-" \
+        "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "-" "$CPU_ALL"
+}
+
+run_bridge() { # KEY SIZE FSYNC COUNT LABEL BASE_RATE [RATE]
+    local key=$1$PASS_SUFFIX size=$2 fsync=$3 n=$4 label=$5 base=$6 rate=${7:-0}
+    mkdir -p "$TMP/$key"
+    say "$label: $n messages"
+    mosq_start "$key"
+    bridge_start "$key" "$fsync"
+    cons_start "$key" -n "$n"
+    cpu_begin
+    local out
+    fg_run "$TMP/$key/generator.out" "$GEN" -p "$MOSQ_PORT" -n "$n" -s "$size" -d "$DEVICES" \
+        -w "$WINDOW" -r "$rate" -i "bench-gen-$key" ||
+        say "generator: $(tail -n 3 "$TMP/$key/generator.out.err")"
+    out=$(cat "$TMP/$key/generator.out")
+    INGEST=$(kv "$out" rate)
+    cons_wait
+    local l=$CONS_LINE0 ratio
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
+    cp "/proc/$BRIDGE_PID/status" "$TMP/$key/bridge.status" # RssAnon vs RssFile, for a look
+    bridge_stop
+    mosq_stop
+    RATE=$(kv "$l" rate)
+    ratio=$(div "$RATE" "$base")
+    [ "$rate" = 0 ] || ratio="-"
+    row "$label" "$n" "$RATE" "$ratio" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "$CPU_B" \
+        "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
+    say "  (generator ingest $INGEST msg/s)"
+}
+
+run_drain() { # BASE_RATE
+    local key=drain base=$1
+    local live_rate
+    live_rate=$(awk -v b="$base" -v p="$LIVE_PCT" 'BEGIN { printf "%d", b * p / 100 }')
+    [ "$live_rate" -gt 0 ] || live_rate=1000
+    mkdir -p "$TMP/$key"
+    say "drain: RabbitMQ down while $BACKLOG messages arrive"
+    mosq_start "$key"
+    bridge_start "$key" batch
+    rabbit stop_app
+    cpu_begin
+    local out
+    fg_run "$TMP/$key/backlog.out" "$GEN" -p "$MOSQ_PORT" -n "$BACKLOG" -d "$DEVICES" -w "$WINDOW" \
+        -i "bench-gen-backlog" || say "generator: $(tail -n 3 "$TMP/$key/backlog.out.err")"
+    out=$(cat "$TMP/$key/backlog.out")
+    BACKLOG_INGEST=$(kv "$out" rate)
+    say "  backlog spooled at $BACKLOG_INGEST msg/s; RabbitMQ up, live traffic at $live_rate msg/s"
+    rabbit start_app
+    local stop_file=$TMP/$key/live.count
+    cons_start "$key" -n "$BACKLOG" -L "$BACKLOG" -S "$stop_file" -W 60 -C 60
+    "$GEN" -p "$MOSQ_PORT" -n 1000000000 -f "$BACKLOG" -d "$DEVICES" -w "$WINDOW" -r "$live_rate" \
+        -i "bench-gen-live" >"$TMP/$key/live.out" 2>"$TMP/$key/live.err" &
+    GEN_PID=$!
+    wait_for "$CONS_OUT" "class0 complete" 3600 "$CONS_PID" || say "backlog not drained"
+    stop_pid "$GEN_PID" INT 30
+    GEN_PID=""
+    local live_out live_n
+    live_out=$(cat "$TMP/$key/live.out")
+    live_n=$(kv "$live_out" acked)
+    echo "${live_n:-0}" >"$stop_file.tmp"
+    mv "$stop_file.tmp" "$stop_file"
+    cons_wait
+    local total=$((BACKLOG + ${live_n:-0}))
+    local l0=$CONS_LINE0 l1=$CONS_LINE1 drain
+    cpu_end "$total" "$(sum "$(kv "$out" cpu_s)" "$(kv "$live_out" cpu_s)" "$(kv "$l0" cpu_s)")"
+    bridge_stop
+    mosq_stop
+    drain=$(kv "$l0" drain_rate)
+    row "drain ${BACKLOG} backlog + live ${live_rate}/s" "$total" "$drain" "$(div "$drain" "$base")" \
+        "$(kv "$l1" p50_ms)" "$(kv "$l1" p99_ms)" "$CPU_B" "$RSS_B" \
+        "$(($(n0 "$(kv "$l0" lost)") + $(n0 "$(kv "$l1" lost)")))" \
+        "$(($(n0 "$(kv "$l0" duplicated)") + $(n0 "$(kv "$l1" duplicated)")))" "$CPU_R" "$CPU_M" \
+        "$CPU_ALL"
+    NOTES+=("drain: backlog spooled at ${BACKLOG_INGEST} msg/s with RabbitMQ down; ${live_n:-0} live messages during the drain; msg/s = backlog / (its last delivery - its first); p50/p99 = live traffic")
+}
+
+run_big() {
+    local key=big
+    mkdir -p "$TMP/$key"
+    say "big: RabbitMQ down while $BIG_N messages go into the spool"
+    mosq_start "$key"
+    bridge_start "$key" batch
+    rabbit stop_app
+    cpu_begin
+    "$GEN" -p "$MOSQ_PORT" -n "$BIG_N" -d "$DEVICES" -w "$WINDOW" -i "bench-gen-big" \
+        >"$TMP/$key/gen.out" 2>"$TMP/$key/gen.err" &
+    GEN_PID=$!
+    local samples="" next=$((BIG_N / 10)) spooled
+    while alive "$GEN_PID"; do
+        sleep 1
+        spooled=$(bridge_stat spooled)
+        if [ -n "$spooled" ] && [ "$spooled" -ge "$next" ]; then
+            samples="$samples $((spooled / 1000))k:$(($(status_kb VmRSS "$BRIDGE_PID") / 1024))MiB"
+            next=$((next + BIG_N / 10))
+        fi
+    done
+    wait "$GEN_PID" || say "generator: $(tail -n 3 "$TMP/$key/gen.err")"
+    GEN_PID=""
+    local out acked
+    out=$(cat "$TMP/$key/gen.out")
+    acked=$(kv "$out" acked)
+    local rss_end=$(($(status_kb VmRSS "$BRIDGE_PID") / 1024))
+    cpu_end "$acked" "$(sum "$(kv "$out" cpu_s)")"
+    local spool_mib
+    spool_mib=$(du -sm "$BRIDGE_SPOOL" | cut -f1)
+    bridge_stop
+    spooled=$(bridge_stat spooled)
+    # A restart on that backlog (RabbitMQ still down): recovery scans every segment.
+    mv "$BRIDGE_LOG" "$BRIDGE_LOG.first"
+    BRIDGE_WAIT_AMQP=0 bridge_start "$key" batch
+    local rss_restart recovery
+    rss_restart=$(($(status_kb VmHWM "$BRIDGE_PID") / 1024))
+    recovery=$(awk '/ bridge: mqtt2amqp .* starting/ { t0 = $1 } / spool: opened/ { t1 = $1 }
+        function s(t) { split(substr(t, 12, 12), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+        END { if (t0 && t1) printf "%.1f", s(t1) - s(t0); else print "?" }' "$BRIDGE_LOG")
+    bridge_stop
+    mosq_stop
+    rabbit start_app
+    rm -rf "$BRIDGE_SPOOL"
+    row "spool ${BIG_N} backlog (RabbitMQ down)" "$acked" "$(kv "$out" rate)" "-" "-" "-" \
+        "$CPU_B" "$RSS_B" "$((acked - ${spooled:-0}))" "-" "$CPU_R" "$CPU_M" "$CPU_ALL"
+    NOTES+=("big: bridge RSS (VmRSS) as the spool grew:${samples}; at the end ${rss_end} MiB; spool ${spool_mib} MiB on disk; msg/s is the ingest rate into the spool; lost = PUBACKed - spooled")
+    row "restart on that backlog (recovery ${recovery} s)" "$acked" "-" "-" "-" "-" "-" \
+        "$rss_restart.0 MiB" "-" "-" "-" "-" "-"
+}
+
+# --- main ----------------------------------------------------------------------
+
+bench_init
+
+# Throughput scenarios: REPEAT interleaved passes (so that a busy spell of the machine
+# hits every scenario alike); each row is the pass with the median msg/s, and the
+# ratios divide medians by medians.
+declare -A PASS_ROWS
+THROUGHPUT_KEYS=()
+# keep_row KEY: moves the row just added to ROWS into KEY's passes.
+keep_row() {
+    local last=$((${#ROWS[@]} - 1))
+    [[ " ${THROUGHPUT_KEYS[*]} " == *" $1 "* ]] || THROUGHPUT_KEYS+=("$1")
+    PASS_ROWS[$1]+="${ROWS[$last]}"$'\n'
+    unset "ROWS[$last]"
+}
+# median_row KEY: the row of KEY's median pass (by msg/s, field 3).
+median_row() {
+    printf '%s' "${PASS_ROWS[$1]}" | sort -t'|' -k3,3n | awk -v n="$REPEAT" 'NR == int((n + 1) / 2)'
+}
+rate_of() { # ROW
+    cut -d'|' -f3 <<<"$1"
+}
+
+BASE100=0 BASE1K=0 PASS_SUFFIX=""
+for pass in $(seq 1 "$REPEAT"); do
+    # Every pass gets fresh directories, spools, sessions and queues.
+    [ "$pass" = 1 ] || PASS_SUFFIX=-p$pass
+    [ "$REPEAT" = 1 ] || say "throughput pass $pass of $REPEAT"
+    if want direct100; then
+        run_direct direct100 100 "$N100" "direct AMQP 100 B (baseline)" 0
+        BASE100=$RATE
+        keep_row direct100
+    fi
+    if want direct100h; then
+        run_direct direct100h 100 "$N100" "direct AMQP 100 B + the bridge's headers" 0 -B
+        keep_row direct100h
+    fi
+    for f in batch interval never; do
+        if want "${f}100"; then
+            run_bridge "${f}100" 100 "$f" "$N100" "bridge 100 B fsync $f" "$BASE100"
+            keep_row "${f}100"
+        fi
+    done
+    if want direct1k; then
+        run_direct direct1k 1024 "$N1K" "direct AMQP 1 KiB (baseline)" 0
+        BASE1K=$RATE
+        keep_row direct1k
+    fi
+    for f in batch interval never; do
+        if want "${f}1k"; then
+            run_bridge "${f}1k" 1024 "$f" "$N1K" "bridge 1 KiB fsync $f" "$BASE1K"
+            keep_row "${f}1k"
+        fi
+    done
+done
+BASE100=0 BASE1K=0 MAX100=0 PASS_SUFFIX=""
+[ -z "${PASS_ROWS[direct100]:-}" ] || BASE100=$(rate_of "$(median_row direct100)")
+[ -z "${PASS_ROWS[direct1k]:-}" ] || BASE1K=$(rate_of "$(median_row direct1k)")
+[ -z "${PASS_ROWS[batch100]:-}" ] || MAX100=$(rate_of "$(median_row batch100)")
+for key in "${THROUGHPUT_KEYS[@]}"; do
+    r=$(median_row "$key")
+    case $key in
+    direct100 | direct1k) ratio=1.00 ;;
+    *1k) ratio=$(div "$(rate_of "$r")" "$BASE1K") ;;
+    *) ratio=$(div "$(rate_of "$r")" "$BASE100") ;;
+    esac
+    IFS='|' read -r -a c <<<"$r"
+    c[3]=$ratio
+    ROWS+=("$(IFS='|' && echo "${c[*]}")")
+    if [ "$REPEAT" != 1 ]; then
+        NOTES+=("$key: msg/s over $REPEAT passes: $(printf '%s' "${PASS_ROWS[$key]}" | cut -d'|' -f3 | sort -n | paste -sd' ')")
+    fi
+done
+
+if want latency; then
+    [ "$MAX100" != 0 ] || MAX100=${M2A_BENCH_LATENCY_MAX_RATE:-$BASE100}
+    if [ "${MAX100:-0}" = 0 ]; then
+        say "latency: no maximum rate measured (run batch100 or set M2A_BENCH_LATENCY_MAX_RATE); skipped"
+    else
+        LRATE=$((MAX100 / 2))
+        LN=$((LRATE * LAT_SECS))
+        run_direct latdirect 100 "$LN" "direct AMQP 100 B at ${LRATE}/s" "$LRATE"
+        run_bridge latbridge 100 batch "$LN" "bridge 100 B batch at ${LRATE}/s (50%)" "$BASE100" "$LRATE"
+        NOTES+=("latency: both at ${LRATE} msg/s = 50% of the bridge's measured maximum (fsync batch, 100 B)")
+    fi
+fi
+
+BACKLOG_INGEST=""
+want drain && run_drain "$BASE100"
+
+if want big; then
+    run=0
+    case $BIG in
+    1) run=1 ;;
+    auto)
+        if [ -n "$BACKLOG_INGEST" ] && [ "${BACKLOG_INGEST:-0}" -gt 0 ]; then
+            est=$((BIG_N / BACKLOG_INGEST))
+            if [ $est -le $BIG_MAX_SECS ]; then
+                run=1
+            else
+                NOTES+=("big: skipped, ~${est} s estimated at ${BACKLOG_INGEST} msg/s (> ${BIG_MAX_SECS} s); run with M2A_BENCH_BIG=1")
+            fi
+        else
+            NOTES+=("big: skipped (no backlog ingest rate measured to estimate its length); run with M2A_BENCH_BIG=1")
+        fi
+        ;;
+    esac
+    [ $run = 0 ] || run_big
+fi
+
+# --- the table -----------------------------------------------------------------
+
+{
+    echo
+    echo "mqtt2amqp benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)," \
+        "tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' scenario \
+        messages "msg/s" "x direct" "p50 ms" "p99 ms" "bridge CPU us/msg" "bridge peak RSS" lost \
+        duplicated "RabbitMQ CPU us/msg" "Mosquitto CPU us/msg" "all processes CPU us/msg"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for r in "${ROWS[@]}"; do
+        IFS='|' read -r -a c <<<"$r"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${c[@]}"
+    done
+    echo
+    for n in "${NOTES[@]}"; do
+        echo "- $n"
+    done
+    echo "- total run time $((SECONDS - T0)) s"
+}
