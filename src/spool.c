@@ -50,16 +50,18 @@
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
 
-#define REC_MAGIC         0x5251324du /* "M2QR" on disk */
-#define CKPT_MAGIC        0x4b43324du /* "M2CK" on disk */
-#define CKPT_VERSION      1u
-#define CKPT_SIZE         20
-#define REC_HDR           20
-#define READ_CHUNK        (256u * 1024u)
-#define CKPT_INTERVAL_MS  100
-#define FSYNC_INTERVAL_MS 100
-#define DEFAULT_SEGMENT   (64u * 1024u * 1024u)
-#define SEG_NAME_LEN      24 /* 20 digits + ".seg" */
+/* Recovery returns verified pages to the kernel in steps of this size. */
+#define SCAN_RELEASE_BYTES (4u * 1024u * 1024u)
+#define REC_MAGIC          0x5251324du /* "M2QR" on disk */
+#define CKPT_MAGIC         0x4b43324du /* "M2CK" on disk */
+#define CKPT_VERSION       1u
+#define CKPT_SIZE          20
+#define REC_HDR            20
+#define READ_CHUNK         (256u * 1024u)
+#define CKPT_INTERVAL_MS   100
+#define FSYNC_INTERVAL_MS  100
+#define DEFAULT_SEGMENT    (64u * 1024u * 1024u)
+#define SEG_NAME_LEN       24 /* 20 digits + ".seg" */
 
 struct seg {
     uint64_t first; /* from the file name */
@@ -546,8 +548,16 @@ static int scan_segment(struct m2a_spool *s, struct scan *st, uint64_t first, ui
         close(fd);
         return M2A_ERR_IO;
     }
-    size_t pos = 0;
+    /* Pages already verified are handed back as the scan goes (they stay in
+     * the page cache), so recovering a spool of many full segments keeps the
+     * bridge's RSS at a few MiB instead of one whole mapped segment. */
+    size_t pos = 0, released = 0;
     while (pos < size) {
+        if (pos - released >= SCAN_RELEASE_BYTES) {
+            size_t upto = pos & ~(size_t)(SCAN_RELEASE_BYTES - 1);
+            madvise((void *)(map + released), upto - released, MADV_DONTNEED);
+            released = upto;
+        }
         uint64_t lo = max64(st->prev, first - 1), seq;
         size_t rl;
         if (rec_parse(map + pos, size - pos, lo, next_first, &seq, &rl) == PARSE_OK) {
