@@ -48,6 +48,7 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
+#include "mqtt2amqp/amqp_frames.h"
 #include "mqtt2amqp/backoff.h"
 #include "mqtt2amqp/confirm_window.h"
 #include "mqtt2amqp/dead_letter.h"
@@ -70,6 +71,7 @@
 #define STABLE_SESSION_MS 10000 /* a session this long resets the backoff */
 #define SPOOL_RETRY_MS    1000  /* after a spool read error */
 #define FRAME_SLACK       4096  /* frame_max minus this bounds the properties */
+#define SEND_STALL_MS     30000 /* a write taking nothing this long: connection lost */
 
 /* What a session ended with. */
 enum session_end {
@@ -154,6 +156,10 @@ struct m2a_amqp_out {
     size_t hdrs_cap;
     amqp_table_entry_t *entries;
     size_t entries_cap;
+    /* Plain TCP: a pass's publishes are encoded here and written at once
+     * (amqp_frames.h); empty whenever a rabbitmq-c call runs. */
+    bool raw_frames;
+    struct m2a_buf frames;
 };
 
 static bool stopping(const struct m2a_amqp_out *ao)
@@ -463,6 +469,7 @@ static int connect_broker(struct m2a_amqp_out *ao)
     if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "confirm.select")) != 0)
         return rc;
     ao->heartbeat_s = amqp_get_heartbeat(ao->conn);
+    ao->raw_frames = !ao->conf->tls.enabled;
     return 0;
 }
 
@@ -489,6 +496,7 @@ static void teardown(struct m2a_amqp_out *ao, bool polite, bool channel_open)
     ao->blocked = false;
     ao->return_frames = 0;
     ao->want_write = false;
+    ao->frames.len = 0;       /* never written: the window re-publishes them */
     m2a_cwin_requeue(ao->cw); /* tags restart at 1 on the next channel */
     ao->next_tag = 0;
 }
@@ -923,11 +931,22 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
         p.content_type = str_bytes(env.content_type);
     }
 
-    int rc = amqp_basic_publish(ao->conn, CHANNEL, str_bytes(env.exchange),
-                                str_bytes(env.routing_key), 1, 0, &p, str_bytes(env.body));
-    if (rc != AMQP_STATUS_OK) {
-        set_end(ao, "publishing: %s", amqp_error_string2(rc));
-        return M2A_ERR_AMQP;
+    if (ao->raw_frames) {
+        amqp_basic_publish_t m = {.exchange = str_bytes(env.exchange),
+                                  .routing_key = str_bytes(env.routing_key),
+                                  .mandatory = 1};
+        if (m2a_amqp_frames_publish(&ao->frames, CHANNEL, (uint32_t)amqp_get_frame_max(ao->conn),
+                                    &m, &p, str_bytes(env.body)) != 0) {
+            set_end(ao, "publishing: the message's frames cannot be encoded");
+            return M2A_ERR_AMQP;
+        }
+    } else {
+        int rc = amqp_basic_publish(ao->conn, CHANNEL, str_bytes(env.exchange),
+                                    str_bytes(env.routing_key), 1, 0, &p, str_bytes(env.body));
+        if (rc != AMQP_STATUS_OK) {
+            set_end(ao, "publishing: %s", amqp_error_string2(rc));
+            return M2A_ERR_AMQP;
+        }
     }
     m2a_cwin_sent(ao->cw, slot, ++ao->next_tag);
     M2A_STAT_ADD(ao->stats, published, 1);
@@ -969,8 +988,29 @@ static bool socket_writable(struct m2a_amqp_out *ao)
     return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
 }
 
+/* Writes the frames encoded so far. A peer that takes nothing for two
+ * heartbeat intervals (SEND_STALL_MS without heartbeats) is gone. */
+static int flush_frames(struct m2a_amqp_out *ao)
+{
+    if (ao->frames.len == 0)
+        return 0;
+    int stall_ms = ao->heartbeat_s > 0 ? ao->heartbeat_s * 2000 : SEND_STALL_MS;
+    int rc = m2a_amqp_frames_send(amqp_get_sockfd(ao->conn), &ao->frames, stall_ms);
+    if (rc == M2A_ERR_TIMEOUT) {
+        set_end(ao, "publishing: the broker took no data for %d ms", stall_ms);
+        return M2A_ERR_AMQP;
+    }
+    if (rc != 0) {
+        set_end(ao, "publishing: %s", strerror(errno));
+        return M2A_ERR_AMQP;
+    }
+    return 0;
+}
+
 /* Publishes due retries, re-sends after a reconnect and new spool records
- * while the window has room and the socket takes data. */
+ * while the window has room and the socket takes data. On plain TCP the
+ * frames go out in one write per WRITE_CHECK_BYTES, and all are written
+ * before this returns. */
 static int publish_some(struct m2a_amqp_out *ao)
 {
     uint64_t now = m2a_now_ms();
@@ -984,10 +1024,13 @@ static int publish_some(struct m2a_amqp_out *ao)
         if (!slot && !m2a_cwin_full(ao->cw) && !stopping(ao))
             slot = read_record(ao, now);
         if (!slot)
-            return 0;
+            break;
         if (slot->state == M2A_CW_CONFIRMED)
             continue; /* expired and dropped as it was read */
         if (budget == 0) {
+            int rc = flush_frames(ao);
+            if (rc)
+                return rc;
             if (!socket_writable(ao)) {
                 ao->want_write = true;
                 return 0;
@@ -1000,6 +1043,7 @@ static int publish_some(struct m2a_amqp_out *ao)
         if (rc)
             return rc;
     }
+    return flush_frames(ao);
 }
 
 static void commit_confirmed(struct m2a_amqp_out *ao)
@@ -1389,6 +1433,7 @@ void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
     m2a_cwin_free(ao->cw);
     m2a_dl_scratch_free(ao->dl_scratch);
     m2a_buf_free(&ao->dl_buf);
+    m2a_buf_free(&ao->frames);
     free(ao->hdrs);
     free(ao->entries);
     free(ao);
