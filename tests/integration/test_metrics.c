@@ -149,9 +149,14 @@ START_TEST(counters_grow_during_traffic_and_equal_deliveries_after)
     th_flow_start(&f);
     struct th_msgs got = {0};
     ck_assert_int_eq(th_amqp_collect(s.c, &got, 1000, 60000), 0);
-    /* During traffic: each route's confirmed count goes up between scrapes. */
+    /* During traffic: each route's confirmed count goes up between scrapes.
+     * RabbitMQ delivers a persistent message before it confirms it (after
+     * its message store syncs), so the first confirms may trail the
+     * consumer: wait for them rather than expect them. */
     const char *ca = "mqtt2amqp_route_confirmed_total{route=\"ra\"}";
     const char *cb = "mqtt2amqp_route_confirmed_total{route=\"rb\"}";
+    ck_assert_int_eq(wait_metric(s.http_port, ca, 1, 60000), 0);
+    ck_assert_int_eq(wait_metric(s.http_port, cb, 1, 60000), 0);
     double a0 = metric(s.http_port, ca), b0 = metric(s.http_port, cb);
     ck_assert(a0 > 0 && b0 > 0);
     ck_assert_int_eq(wait_metric(s.http_port, ca, a0 + 500, 60000), 0);
