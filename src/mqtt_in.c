@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -47,6 +49,7 @@
 #define STOP_DRAIN_MS   1000 /* how long stop waits for queued PUBACKs to leave */
 #define LOG_INTERVAL_MS 5000 /* rate limit for repeated warnings and errors */
 #define LOG_TOPIC_MAX   200  /* a topic is cut to this in log lines */
+#define CORK_MIN        4    /* a batch of this many PUBACKs is written corked */
 #define COMPONENT       "mqtt"
 
 /* At most one line per LOG_INTERVAL_MS; counts what it swallowed. */
@@ -87,6 +90,8 @@ struct m2a_mqtt_in {
     int disc_rc;    /* its code: MOSQ_ERR_* or an MQTT 5 reason code */
 
     /* The read batch in progress. */
+    size_t batch_msgs;      /* PUBLISHes handled (each QoS 1 one queued a PUBACK) */
+    uint64_t batch_wall_ms; /* wall clock at the batch's start: its messages' timestamp */
     size_t batch_appended;
     uint64_t batch_bytes; /* encoded sizes appended (record headers not counted) */
     int batch_err;        /* first append failure; the batch must not be acknowledged */
@@ -281,6 +286,7 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
 {
     (void)mosq;
     struct m2a_mqtt_in *mi = ud;
+    mi->batch_msgs++;
     M2A_STAT_ADD(mi->o.stats, received, 1);
     if (mi->batch_err != 0)
         return; /* connection is about to be dropped unacknowledged */
@@ -290,7 +296,7 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
                                .payload_len = m->payloadlen > 0 ? (size_t)m->payloadlen : 0,
                                .qos = m->qos,
                                .retain = m->retain,
-                               .timestamp_ms = wall_ms()};
+                               .timestamp_ms = mi->batch_wall_ms};
     mi->cur_msg = &msg;
     size_t n = m2a_routes_map(mi->o.routes, &msg, mi->scratch, on_route, mi);
     mi->cur_msg = NULL;
@@ -657,10 +663,13 @@ static void adopt_routes(struct m2a_mqtt_in *mi)
 
 /* --- the loop -------------------------------------------------------------------- */
 
-static bool readable_now(int fd)
+/* Holds the PUBACKs of a batch back until they are all written, so they
+ * leave in one segment: libmosquitto sends each packet with its own send(),
+ * and on loopback every send() otherwise becomes a segment the broker wakes
+ * up for. Worth its two system calls only for a batch of several. */
+static void cork(int fd, int on)
 {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
 }
 
 /* overflow drop_oldest: the spool discarded records to make room (in an
@@ -694,6 +703,8 @@ static void count_spool_drops(struct m2a_mqtt_in *mi)
 static bool read_batch(struct m2a_mqtt_in *mi)
 {
     int rc = MOSQ_ERR_SUCCESS;
+    mi->batch_msgs = 0;
+    mi->batch_wall_ms = wall_ms();
     mi->batch_appended = 0;
     mi->batch_err = 0;
     mi->batch_bytes = 0;
@@ -711,14 +722,18 @@ static bool read_batch(struct m2a_mqtt_in *mi)
         uint64_t high = mi->o.spool_max_bytes - mi->o.spool_max_bytes / 10;
         room = ss.bytes < high ? high - ss.bytes : 0;
     }
-    /* mosquitto_loop_read handles about one packet per call whatever
-     * max_packets says, so we loop while the socket has more. */
+    /* mosquitto_loop_read handles one packet per call whatever max_packets
+     * says (with no QoS 2 in flight), so we call it until a call delivers no
+     * message: the socket is drained, or held a partial packet or a control
+     * packet, and the next poll() wakes us for the rest. This costs one
+     * empty read() per batch where asking poll() after each packet cost one
+     * system call per message. */
     for (int i = 0; i < BATCH_MAX; i++) {
+        size_t before = mi->batch_msgs;
         rc = mosquitto_loop_read(mi->mosq, BATCH_MAX);
         if (rc != MOSQ_ERR_SUCCESS || mi->batch_err != 0 || mi->refused || mi->batch_bytes >= room)
             break;
-        int fd = mosquitto_socket(mi->mosq);
-        if (fd < 0 || !readable_now(fd))
+        if (mi->batch_msgs == before || mosquitto_socket(mi->mosq) < 0)
             break;
     }
     if (mi->batch_appended > 0) {
@@ -767,8 +782,14 @@ static void turn_connected(struct m2a_mqtt_in *mi)
     }
     /* Every PUBACK queued now belongs to a message whose batch was flushed. */
     int rc = MOSQ_ERR_SUCCESS;
-    if (mosquitto_want_write(mi->mosq))
+    if (mosquitto_want_write(mi->mosq)) {
+        bool corked = mi->batch_msgs >= CORK_MIN;
+        if (corked)
+            cork(fd, 1);
         rc = mosquitto_loop_write(mi->mosq, BATCH_MAX);
+        if (corked)
+            cork(fd, 0);
+    }
     if (rc == MOSQ_ERR_SUCCESS)
         rc = mosquitto_loop_misc(mi->mosq);
     if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(mi->mosq) < 0)
