@@ -160,6 +160,9 @@ struct m2a_amqp_out {
      * (amqp_frames.h); empty whenever a rabbitmq-c call runs. */
     bool raw_frames;
     struct m2a_buf frames;
+    /* One clock read per publish pass and per confirm frame, not per message. */
+    uint64_t pass_us;  /* publish_some's start: the messages' sent time */
+    uint64_t frame_us; /* arrival of the basic.ack being handled */
 };
 
 static bool stopping(const struct m2a_amqp_out *ao)
@@ -537,7 +540,7 @@ static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
     struct m2a_amqp_out *ao = ctx;
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, confirmed, 1);
     if (slot->sent_us)
-        m2a_latency_observe(ao->stats->routes, m2a_now_us() - slot->sent_us);
+        m2a_latency_observe(ao->stats->routes, ao->frame_us - slot->sent_us);
 }
 
 static void dead_letter_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
@@ -713,6 +716,7 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
     switch (m->id) {
     case AMQP_BASIC_ACK_METHOD: {
         const amqp_basic_ack_t *a = m->decoded;
+        ao->frame_us = m2a_now_us(); /* for on_confirmed */
         size_t n = m2a_cwin_ack(ao->cw, a->delivery_tag, a->multiple);
         M2A_STAT_ADD(ao->stats, confirmed, n);
         ao->progress |= n > 0;
@@ -952,7 +956,7 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     M2A_STAT_ADD(ao->stats, published, 1);
     /* A dead letter counts in its route's dead_lettered, not as a publish. */
     slot->ud = m2a_dl_is_dead_letter(&env) ? NULL : route_ctr(ao, env.route);
-    slot->sent_us = m2a_now_us();
+    slot->sent_us = ao->pass_us;
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, published, 1);
     return 0;
 }
@@ -1013,7 +1017,8 @@ static int flush_frames(struct m2a_amqp_out *ao)
  * before this returns. */
 static int publish_some(struct m2a_amqp_out *ao)
 {
-    uint64_t now = m2a_now_ms();
+    ao->pass_us = m2a_now_us();
+    uint64_t now = ao->pass_us / 1000;
     size_t budget = 0;
     ao->want_write = false;
     ao->next_retry_ms = UINT64_MAX;
