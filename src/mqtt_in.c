@@ -50,6 +50,7 @@
 #define LOG_INTERVAL_MS 5000 /* rate limit for repeated warnings and errors */
 #define LOG_TOPIC_MAX   200  /* a topic is cut to this in log lines */
 #define CORK_MIN        4    /* a batch of this many PUBACKs is written corked */
+#define GATHER_US       1000 /* group commit: at most one batch flush per this */
 #define COMPONENT       "mqtt"
 
 /* At most one line per LOG_INTERVAL_MS; counts what it swallowed. */
@@ -92,6 +93,7 @@ struct m2a_mqtt_in {
     /* The read batch in progress. */
     size_t batch_msgs;      /* PUBLISHes handled (each QoS 1 one queued a PUBACK) */
     uint64_t batch_wall_ms; /* wall clock at the batch's start: its messages' timestamp */
+    uint64_t last_flush_us; /* when the last batch's flush began (group commit) */
     size_t batch_appended;
     uint64_t batch_bytes; /* encoded sizes appended (record headers not counted) */
     int batch_err;        /* first append failure; the batch must not be acknowledged */
@@ -725,18 +727,41 @@ static bool read_batch(struct m2a_mqtt_in *mi)
     /* mosquitto_loop_read handles one packet per call whatever max_packets
      * says (with no QoS 2 in flight), so we call it until a call delivers no
      * message: the socket is drained, or held a partial packet or a control
-     * packet, and the next poll() wakes us for the rest. This costs one
-     * empty read() per batch where asking poll() after each packet cost one
-     * system call per message. */
-    for (int i = 0; i < BATCH_MAX; i++) {
-        size_t before = mi->batch_msgs;
-        rc = mosquitto_loop_read(mi->mosq, BATCH_MAX);
-        if (rc != MOSQ_ERR_SUCCESS || mi->batch_err != 0 || mi->refused || mi->batch_bytes >= room)
+     * packet. This costs one empty read() per batch where asking poll()
+     * after each packet cost one system call per message.
+     *
+     * Group commit: a batch is flushed no sooner than GATHER_US after the
+     * previous flush began; until then we wait for more packets. Under load
+     * this makes batches (and the AMQP side's writes) larger for at most
+     * GATHER_US more latency; a message arriving after a quiet spell is
+     * flushed at once. */
+    uint64_t gather_until = mi->last_flush_us + GATHER_US;
+    int reads = 0;
+    for (;;) {
+        bool stop = false;
+        for (; reads < BATCH_MAX; reads++) {
+            size_t before = mi->batch_msgs;
+            rc = mosquitto_loop_read(mi->mosq, BATCH_MAX);
+            if (rc != MOSQ_ERR_SUCCESS || mi->batch_err != 0 || mi->refused ||
+                mi->batch_bytes >= room || mosquitto_socket(mi->mosq) < 0) {
+                stop = true;
+                break;
+            }
+            if (mi->batch_msgs == before)
+                break;
+        }
+        if (stop || reads >= BATCH_MAX || mi->batch_appended == 0)
             break;
-        if (mi->batch_msgs == before || mosquitto_socket(mi->mosq) < 0)
+        uint64_t now = m2a_now_us();
+        if (now >= gather_until)
+            break;
+        struct pollfd p = {.fd = mosquitto_socket(mi->mosq), .events = POLLIN};
+        struct timespec ts = {0, (long)(gather_until - now) * 1000};
+        if (ppoll(&p, 1, &ts, NULL) <= 0)
             break;
     }
     if (mi->batch_appended > 0) {
+        mi->last_flush_us = m2a_now_us();
         int frc = m2a_spool_flush(mi->o.spool);
         if (frc != 0 && mi->batch_err == 0)
             mi->batch_err = frc;
