@@ -56,6 +56,7 @@
 #define CKPT_MAGIC         0x4b43324du /* "M2CK" on disk */
 #define CKPT_VERSION       1u
 #define CKPT_SIZE          20
+#define CKPT_SEQ_MAX       (UINT64_C(1) << 62) /* larger: the checkpoint is not ours */
 #define REC_HDR            20
 #define READ_CHUNK         (256u * 1024u)
 #define CKPT_INTERVAL_MS   100
@@ -338,6 +339,13 @@ static void checkpoint_read(struct m2a_spool *s, uint64_t *seq, bool *invalid)
         return;
     }
     *seq = get64(b + 8);
+    /* Only a forged or mis-written file gets here (2^62 sequence numbers take
+     * 146,000 years at a million a second): replay rather than let
+     * next_seq wrap and reuse message ids. */
+    if (*seq > CKPT_SEQ_MAX) {
+        *seq = 0;
+        *invalid = true;
+    }
 }
 
 /* Unlinks the segments (never the writer's, always the last) whose records

@@ -23,9 +23,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mqtt2amqp/crc32c.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "check_main.h"
 
 #define REC_HDR 20 /* the spool's record header, for offsets into segments */
 
@@ -499,6 +501,41 @@ START_TEST(damaged_checkpoint_means_full_replay)
 }
 END_TEST
 
+/* A checkpoint with a valid CRC but a sequence number no spool reaches
+ * (here 2^64 - 1, which would make the next one wrap to 0). */
+START_TEST(impossible_checkpoint_means_full_replay)
+{
+    struct m2a_spool_opts o = opts_default();
+    struct m2a_spool *s = open_ok(&o, NULL);
+    append_range(s, 1, 5);
+    ck_assert_int_eq(m2a_spool_commit(s, 3), 0);
+    m2a_spool_close(s);
+
+    unsigned char b[20];
+    char path[192];
+    snprintf(path, sizeof(path), "%s/checkpoint", spooldir);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fread(b, 1, sizeof(b), f), sizeof(b));
+    fclose(f);
+    memset(b + 8, 0xff, 8);
+    uint32_t crc = m2a_crc32c(0, b, 16);
+    for (int i = 0; i < 4; i++)
+        b[16 + i] = (unsigned char)(crc >> (8 * i));
+    f = fopen(path, "wb");
+    ck_assert_uint_eq(fwrite(b, 1, sizeof(b), f), sizeof(b));
+    fclose(f);
+
+    struct m2a_spool_recovery rec;
+    s = open_ok(&o, &rec);
+    ck_assert(rec.checkpoint_invalid);
+    ck_assert_uint_eq(rec.unconfirmed, 5);
+    expect_seqs(s, 1, 5);
+    ck_assert_uint_eq(append_n(s, 6), 6); /* numbering goes on, no wrap */
+    m2a_spool_close(s);
+}
+END_TEST
+
 START_TEST(damaged_spool_id_is_replaced)
 {
     struct m2a_spool_opts o = opts_default();
@@ -816,6 +853,7 @@ int main(void)
     tcase_add_loop_test(tc, bit_flip_in_a_middle_record_is_quarantined_and_skipped, 0,
                         (int)(sizeof(flip_offsets) / sizeof(flip_offsets[0])));
     tcase_add_test(tc, damaged_checkpoint_means_full_replay);
+    tcase_add_test(tc, impossible_checkpoint_means_full_replay);
     tcase_add_test(tc, damaged_spool_id_is_replaced);
     tcase_add_test(tc, max_bytes_refuses_then_recovers_after_commit);
     tcase_add_test(tc, max_bytes_with_small_segments);
@@ -825,9 +863,5 @@ int main(void)
     tcase_add_test(tc, failed_write_is_rolled_back);
     tcase_add_loop_test(tc, writer_and_reader_threads_deliver_every_seq_once_in_order, 0, 2);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }
