@@ -40,6 +40,7 @@
 #include "proxy.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 #define TABLE_PATH  M2A_TEST_STATE "/fault-table.txt"
 #define PACE_CHUNK  200 /* messages per publisher connection ... */
@@ -1269,10 +1270,7 @@ int main(void)
         if (!only || !*only || strcmp(only, cases[i]->name) == 0)
             tcase_add_test(tc, cases[i]);
     suite_add_tcase(su, tc);
-    SRunner *sr = srunner_create(su);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = m2a_check_failures(su);
     print_table(failed);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

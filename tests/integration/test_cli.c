@@ -10,6 +10,7 @@
 
 #include "harness.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 #define SHIPPED_CONFIG M2A_SOURCE_DIR "/config/mqtt2amqp.yaml"
 
@@ -186,9 +187,5 @@ int main(void)
                         (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_test(tc, explain_shows_each_matching_route);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

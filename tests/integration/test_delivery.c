@@ -13,6 +13,7 @@
 #include "flow.h"
 #include "harness.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 /* QUEUE and EXCHANGE differ per test so tests never see each other's data. */
 static char *config_for(const char *name, const char *extra_mqtt)
@@ -196,9 +197,5 @@ int main(void)
     tcase_add_test(tc, rabbitmq_stopped_10s_mid_stream_loses_nothing);
     tcase_add_test(tc, bridge_sigkilled_mid_stream_loses_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -19,6 +19,7 @@
 #include "harness.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 static bool path_exists(const char *p)
 {
@@ -420,9 +421,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(suite());
 }

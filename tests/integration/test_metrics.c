@@ -12,6 +12,7 @@
 #include "harness.h"
 #include "http.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 #define TIMEOUT_MS 5000
 
@@ -285,9 +286,5 @@ int main(void)
     tcase_add_test(tc, health_and_readiness_follow_the_connections);
     tcase_add_test(tc, a_taken_metrics_port_fails_the_start);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

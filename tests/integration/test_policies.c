@@ -23,6 +23,7 @@
 #include "harness.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -763,9 +764,5 @@ int main(void)
     tcase_add_unchecked_fixture(disk, fs_setup, fs_teardown);
     tcase_add_test(disk, disk_full_blocks_then_recovers_by_itself);
     suite_add_tcase(s, disk);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -13,6 +13,7 @@
 #include "flow.h"
 #include "harness.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 static const char *const load_topics[] = {"reload/a", "reload/b/c"};
 static const char *const extra_topics[] = {"extra/x"};
@@ -278,9 +279,5 @@ int main(void)
     tcase_add_test(tc, bad_config_is_refused_with_its_position_and_the_old_one_keeps_running);
     tcase_add_test(tc, topology_refused_by_rabbitmq_keeps_the_old_configuration);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -12,6 +12,7 @@
 #include "flow.h"
 #include "harness.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 static const char *const config_yaml =
     "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-routing}\n"
@@ -241,9 +242,5 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, routes_deliver_exact_keys_headers_and_one_copy_per_route);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -11,6 +11,7 @@
 #include "flow.h"
 #include "harness.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 #define MQTT_SECRET "mqtt-S3CRET-5d1e"
 #define AMQP_SECRET "amqp-S3CRET-77aa"
@@ -76,9 +77,5 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, secrets_stay_out_of_logs);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -18,6 +18,7 @@
 #include "harness.h"
 #include "mqtt2amqp/util.h"
 #include "tls.h"
+#include "check_main.h"
 
 static struct th_certs *certs;
 static struct th_rabbit_tls *rabbit;
@@ -254,10 +255,7 @@ int main(void)
     tcase_add_test(tc, verify_hostname_false_accepts_a_name_the_certificate_does_not_hold);
     tcase_add_test(tc, unreadable_tls_file_fails_the_start_with_exit_code_2);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = m2a_check_failures(s);
     th_rabbit_tls_stop(rabbit);
     th_certs_free(certs);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -17,6 +17,7 @@
 
 #include "mqtt2amqp/amqp_frames.h"
 #include "mqtt2amqp/err.h"
+#include "check_main.h"
 
 #define FRAME_MAX 4096 /* for the encoder-only tests */
 
@@ -187,9 +188,5 @@ int main(void)
     tcase_add_test(tc, send_waits_for_a_slow_reader);
     tcase_add_test(tc, send_gives_up_on_a_peer_that_reads_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "mqtt2amqp/confirm_window.h"
+#include "check_main.h"
 
 static uint32_t fixed_delay(void *ctx, uint32_t retries)
 {
@@ -234,9 +235,5 @@ int main(void)
     tcase_add_test(tc, drop_counts_as_confirmed);
     tcase_add_test(tc, random_operations_commit_each_record_once_in_order);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

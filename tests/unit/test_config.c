@@ -13,6 +13,7 @@
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "check_main.h"
 
 /* The one route every test needs: a config without routes is an error. */
 #define ROUTE "routes:\n  - {name: r, topic: a/b, exchange: amq.topic}\n"
@@ -1014,9 +1015,5 @@ int main(void)
     tcase_add_test(tc, good_templates_are_accepted);
     tcase_add_test(tc, recursive_aliases_terminate);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -9,6 +9,7 @@
 
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
+#include "check_main.h"
 
 #define ROUTE "routes:\n  - {name: r, topic: a/b, exchange: amq.topic}\n"
 #define DLX_TOPOLOGY                                                                               \
@@ -228,9 +229,5 @@ int main(void)
     tcase_add_test(tc, max_age_durations);
     tcase_add_test(tc, max_age_errors);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

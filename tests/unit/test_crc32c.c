@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "mqtt2amqp/crc32c.h"
+#include "check_main.h"
 
 /* Silent on success: every passing ck_assert_* leaves a location message for
  * check's runner, too many for its message reader in a loop. */
@@ -101,9 +102,5 @@ int main(void)
     tcase_add_test(tc, matches_bitwise_reference_at_every_offset_and_split);
     tcase_add_test(tc, detects_every_single_bit_flip);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -10,6 +10,7 @@
 #include "mqtt2amqp/confirm_window.h"
 #include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/err.h"
+#include "check_main.h"
 
 static const struct m2a_header route_headers[] = {
     {{"device", 6}, {"dev7", 4}},
@@ -198,9 +199,5 @@ int main(void)
     tcase_add_test(tc, key_template_check);
     tcase_add_test(tc, window_resend_after_return_ignores_the_stale_ack);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -9,6 +9,7 @@
 
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
+#include "check_main.h"
 
 static struct m2a_str S(const char *s) {
     return (struct m2a_str){s, strlen(s)};
@@ -335,9 +336,5 @@ int main(void)
     tcase_add_test(tc, random_bit_flips_never_crash);
     tcase_add_test(tc, random_garbage_never_crashes);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

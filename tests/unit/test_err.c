@@ -5,6 +5,7 @@
 
 #include "mqtt2amqp/backoff.h"
 #include "mqtt2amqp/err.h"
+#include "check_main.h"
 
 START_TEST(every_code_has_a_distinct_name)
 {
@@ -57,9 +58,5 @@ int main(void)
     tcase_add_test(tc, backoff_grows_with_jitter_and_caps);
     tcase_add_test(tc, backoff_jitter_differs_between_draws);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "mqtt2amqp/log.h"
+#include "check_main.h"
 
 static int pipefd[2];
 
@@ -93,9 +94,5 @@ int main(void)
     tcase_add_test(tc, json_lines_are_escaped_objects);
     tcase_add_test(tc, parse_names);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -11,6 +11,7 @@
 #include "mqtt2amqp/metrics.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/spool.h"
+#include "check_main.h"
 
 struct fixture {
     char dir[64];
@@ -172,9 +173,5 @@ int main(void)
     tcase_add_test(tc, histogram_is_cumulative_and_counts_match);
     tcase_add_test(tc, ready_needs_both_sides_and_room_in_the_spool);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -31,6 +31,7 @@
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/stats.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 #define MAX_MSGS       200
 #define PAYLOAD_LEN    100
@@ -576,9 +577,5 @@ static Suite *suite(void)
 int main(void)
 {
     m2a_log_set_level(M2A_LOG_WARN);
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(suite());
 }

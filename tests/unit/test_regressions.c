@@ -15,6 +15,7 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "check_main.h"
 
 /* Loads text; returns the error message (static buffer), "" on success. */
 static const char *load_error(const char *text)
@@ -147,9 +148,5 @@ int main(void)
     tcase_add_test(tc, test_yaml_error_at_end_of_input_points_into_the_file);
     tcase_add_test(tc, test_reader_skips_record_numbered_for_a_later_segment);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return m2a_check_run(s);
 }

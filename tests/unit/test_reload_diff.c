@@ -7,6 +7,7 @@
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/reload.h"
 #include "mqtt2amqp/util.h"
+#include "check_main.h"
 
 #define BASE                                                                                       \
     "mqtt: {host: 127.0.0.1, client_id: a%s}\n"                                                    \
@@ -112,9 +113,5 @@ int main(void)
     tcase_add_test(tc, tls_changes_are_named_per_key);
     tcase_add_test(tc, removed_exchanges_and_queues_are_listed);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "mqtt2amqp/route_stats.h"
+#include "check_main.h"
 
 START_TEST(register_is_idempotent_and_find_matches_exact_names)
 {
@@ -117,9 +118,5 @@ int main(void)
     tcase_add_test(tc, lookups_are_safe_while_names_are_registered);
     tcase_add_test(tc, latency_lands_in_the_first_bucket_that_holds_it);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

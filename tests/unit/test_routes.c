@@ -11,6 +11,7 @@
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/topic.h"
+#include "check_main.h"
 
 #define MAXH 4
 
@@ -610,9 +611,5 @@ int main(void)
     tcase_add_test(tc, hot_path_reuses_scratch_for_10000_messages);
     tcase_add_test(tc, no_routes_no_subscriptions);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -18,6 +18,7 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "check_main.h"
 
 static char tmpdir[64];
 static char spooldir[96];
@@ -258,9 +259,5 @@ int main(void)
     tcase_add_test(tc, records_already_read_are_not_counted);
     tcase_add_test(tc, writer_and_reader_race_every_record_accounted_once);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }

@@ -6,6 +6,7 @@
 
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/topic.h"
+#include "check_main.h"
 
 START_TEST(valid_filters_are_accepted)
 {
@@ -259,9 +260,5 @@ int main(void)
     tcase_add_test(tc, overlap_between_filters);
     tcase_add_test(tc, routing_key_conversion_swaps_slash_and_dot);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return m2a_check_run(s);
 }
