@@ -339,13 +339,6 @@ static void checkpoint_read(struct m2a_spool *s, uint64_t *seq, bool *invalid)
         return;
     }
     *seq = get64(b + 8);
-    /* Only a forged or mis-written file gets here (2^62 sequence numbers take
-     * 146,000 years at a million a second): replay rather than let
-     * next_seq wrap and reuse message ids. */
-    if (*seq > CKPT_SEQ_MAX) {
-        *seq = 0;
-        *invalid = true;
-    }
 }
 
 /* Unlinks the segments (never the writer's, always the last) whose records
@@ -600,6 +593,21 @@ static int scan_segment(struct m2a_spool *s, struct scan *st, uint64_t first, ui
     return rc;
 }
 
+/* Scans the segments firsts[0..n) in order into s->segs and st. */
+static int scan_segments(struct m2a_spool *s, struct scan *st, const uint64_t *firsts, size_t n,
+                         char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct seg g;
+        uint64_t next_first = i + 1 < n ? firsts[i + 1] : UINT64_MAX;
+        int rc = scan_segment(s, st, firsts[i], next_first, i + 1 == n, &g, err, errlen);
+        if (rc != 0)
+            return rc;
+        seg_push(s, g);
+    }
+    return 0;
+}
+
 static int recover(struct m2a_spool *s, struct m2a_spool_recovery *rec, char *err, size_t errlen)
 {
     struct scan st = {0};
@@ -610,14 +618,25 @@ static int recover(struct m2a_spool *s, struct m2a_spool_recovery *rec, char *er
     int rc = list_segments(s, &firsts, &n, err, errlen);
     if (rc != 0)
         goto out;
-    for (size_t i = 0; i < n; i++) {
-        struct seg g;
-        uint64_t next_first = i + 1 < n ? firsts[i + 1] : UINT64_MAX;
-        rc = scan_segment(s, &st, firsts[i], next_first, i + 1 == n, &g, err, errlen);
-        if (rc != 0)
-            goto out;
-        seg_push(s, g);
+    rc = scan_segments(s, &st, firsts, n, err, errlen);
+    if (rc == 0 && st.committed > CKPT_SEQ_MAX && st.committed > st.prev) {
+        /* A checkpoint far beyond every record on disk (2^62 sequence
+         * numbers take 146,000 years at a million a second) is not one the
+         * spool wrote: taking it would count every record confirmed and
+         * make the numbering wrap and reuse message ids. Scan again without
+         * it: everything is replayed (at least once). The first scan cut
+         * the torn tails off (counted here); damaged records are found and
+         * counted again. */
+        uint64_t truncated = st.rec.truncated_bytes;
+        free(st.gaps);
+        memset(&st, 0, sizeof(st));
+        s->nsegs = 0;
+        ckpt_invalid = true;
+        rc = scan_segments(s, &st, firsts, n, err, errlen);
+        st.rec.truncated_bytes += truncated;
     }
+    if (rc != 0)
+        goto out;
     uint64_t next = max64(max64(st.prev, st.committed) + 1, n ? firsts[n - 1] : 1);
     if (next - 1 > st.prev)
         scan_gap(&st, st.prev + 1, next - 1);
