@@ -23,6 +23,12 @@
  * down if the thread has not finished by its deadline, which makes any
  * blocked library call return an error.
  *
+ * Publishing on plain TCP bypasses amqp_basic_publish: a pass's frames are
+ * encoded into one buffer (amqp_frames.c) and written before any other
+ * rabbitmq-c call, waiting for POLLOUT at most two heartbeat intervals.
+ * Over TLS the bytes must go through rabbitmq-c's SSL socket, so each
+ * publish is an amqp_basic_publish as before.
+ *
  * On a lost connection every unconfirmed record is re-published from the
  * copies in the window (same message id), so the spool cursor never moves
  * back and confirmed-but-not-yet-committed records are not duplicated. */
