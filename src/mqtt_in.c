@@ -20,6 +20,7 @@
 #include "mqtt2amqp/mqtt_in.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
@@ -836,33 +838,37 @@ static void turn_disconnected(struct m2a_mqtt_in *mi)
     poll(NULL, 0, (int)wait); /* idle wait between attempts; stop is checked each turn */
 }
 
-/* Ends a plain TCP connection so that the broker reads every PUBACK we sent.
- * libmosquitto's disconnect closes the socket right after the DISCONNECT; the
+/* Ends the connection so that the broker reads every PUBACK we sent.
+ * libmosquitto closes its socket right after writing the DISCONNECT; the
  * broker's PUBLISHes still unread in our receive buffer then make the kernel
  * send RST, and Mosquitto drops the connection on the error without reading
  * the PUBACKs before it (seen as "closed its connection" in its log and as
- * duplicates after every clean stop, tests/fault). So: DISCONNECT (0xE0 0x00
- * is valid in 3.1.1 and 5), half-close, and discard what the broker still
- * sends until it closes, bounded. The discarded PUBLISHes were never
- * acknowledged: the session redelivers them. Only when nothing is left half
- * written in libmosquitto's queue. */
-static bool disconnect_and_drain(int fd, uint64_t deadline)
+ * duplicates after every clean stop: tests/fault, test_tls). So we hold a
+ * duplicate of the descriptor: libmosquitto's close() (after its TLS
+ * close_notify, over TLS) only drops its reference; then we half-close and
+ * discard what the broker still sends until it closes, bounded. The
+ * discarded PUBLISHes were never acknowledged: the session redelivers them.
+ * Over TLS they are encrypted records nobody needs. */
+static void disconnect_and_drain(struct mosquitto *mosq, uint64_t deadline)
 {
-    static const unsigned char disconnect[2] = {0xe0, 0x00};
-    if (send(fd, disconnect, sizeof(disconnect), MSG_NOSIGNAL) != (ssize_t)sizeof(disconnect))
-        return false;
-    shutdown(fd, SHUT_WR);
+    int fd = mosquitto_socket(mosq);
+    int keep = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (mosquitto_disconnect(mosq) == MOSQ_ERR_SUCCESS)
+        mosquitto_loop_write(mosq, 1);
+    if (keep < 0)
+        return;
+    shutdown(keep, SHUT_WR);
     char buf[4096];
     for (;;) {
         uint64_t now = m2a_now_ms();
-        struct pollfd p = {.fd = fd, .events = POLLIN};
+        struct pollfd p = {.fd = keep, .events = POLLIN};
         if (now >= deadline || poll(&p, 1, (int)(deadline - now)) <= 0)
             break;
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        ssize_t n = recv(keep, buf, sizeof(buf), MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
             break; /* the broker closed: it has read everything */
     }
-    return true;
+    close(keep);
 }
 
 /* Stop: reading has stopped and every batch read was flushed at the end of its
@@ -882,11 +888,8 @@ static void shutdown_connection(struct m2a_mqtt_in *mi)
             if (mosquitto_loop_write(mi->mosq, BATCH_MAX) != MOSQ_ERR_SUCCESS)
                 break;
         }
-        int fd = mosquitto_socket(mi->mosq);
-        bool plain = fd >= 0 && !mi->o.conf->tls.enabled && !mosquitto_want_write(mi->mosq);
-        if (!(plain && disconnect_and_drain(fd, m2a_now_ms() + STOP_DRAIN_MS)) && fd >= 0 &&
-            mosquitto_disconnect(mi->mosq) == MOSQ_ERR_SUCCESS)
-            mosquitto_loop_write(mi->mosq, 1);
+        if (mosquitto_socket(mi->mosq) >= 0)
+            disconnect_and_drain(mi->mosq, m2a_now_ms() + STOP_DRAIN_MS);
         m2a_info(COMPONENT, "disconnected from %s:%d (stopping)", mi->o.conf->host,
                  mi->o.conf->port);
     }

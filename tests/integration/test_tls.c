@@ -1,8 +1,8 @@
 /* test_tls.c - TLS and client certificates on both sides (issue 5, item 4):
  * delivery over TLS to Mosquitto and RabbitMQ, refusal of a broker
  * certificate from another CA and of a host name the certificate does not
- * hold, each with a log line that says so, and verify_hostname: false
- * accepting the latter.
+ * hold, each with a log line that says so, verify_hostname: false
+ * accepting the latter, and clean stops over TLS that duplicate nothing.
  *
  * The certificates and a private RabbitMQ node with TLS listeners are made
  * once in main() (the parent of check's forked tests) and shared; each test
@@ -165,6 +165,43 @@ START_TEST(delivery_over_tls_with_client_certificates_on_both_sides)
 }
 END_TEST
 
+/* A clean stop over TLS lets every PUBACK reach Mosquitto before the
+ * connection ends: stopping and restarting the bridge three times during
+ * traffic loses nothing and duplicates nothing (a stop that closes the
+ * socket with unread data makes the kernel send RST, and Mosquitto then
+ * drops the PUBACKs it had not read yet: their messages come back). */
+START_TEST(clean_stops_over_tls_duplicate_nothing)
+{
+    struct setup s = {0};
+    setup_start(&s, "stop", "localhost", certs->ca, true);
+    ck_assert_int_eq(th_bridge_start_ready(s.b, 60000), 0);
+    struct th_flow f = {
+        .port = s.mq->port, .topics = topics, .ntopics = 2, .chunk = 500, .max = 400000};
+    th_flow_start(&f);
+    struct th_msgs got = {0};
+    for (size_t k = 1; k <= 3; k++) {
+        ck_assert_int_eq(th_amqp_collect(s.c, &got, k * 2000, 60000), 0);
+        stop_bridge(s.b);
+        ck_assert_int_eq(th_bridge_start_ready(s.b, 60000), 0);
+    }
+    ck_assert_int_eq(th_flow_wait_published(&f, atomic_load(&f.published) + 1000, 60000), 0);
+    long n = th_flow_stop(&f);
+    ck_assert(!atomic_load(&f.failed));
+    int rc = th_amqp_collect(s.c, &got, (size_t)n, 120000);
+    th_amqp_drain(s.c, &got, 300);
+    struct th_delivery d = th_check_msgs(0, n, &got);
+    fprintf(stderr, "tls clean stops: sent %ld lost %ld duplicated %ld unexpected %ld\n", n, d.lost,
+            d.duplicated, d.unexpected);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(d.lost, 0);
+    ck_assert_int_eq(d.duplicated, 0);
+    ck_assert_int_eq(d.unexpected, 0);
+    th_msgs_free(&got);
+    stop_bridge(s.b);
+    setup_free(&s);
+}
+END_TEST
+
 /* 127.0.0.1 is in the certificate as an IP address, which neither client
  * library's own host name check handles: ours does. */
 START_TEST(delivery_over_tls_to_an_ip_address_the_certificate_names)
@@ -254,6 +291,7 @@ int main(void)
     tcase_add_test(tc, host_name_the_certificate_does_not_hold_is_refused_with_a_clear_line);
     tcase_add_test(tc, verify_hostname_false_accepts_a_name_the_certificate_does_not_hold);
     tcase_add_test(tc, unreadable_tls_file_fails_the_start_with_exit_code_2);
+    tcase_add_test(tc, clean_stops_over_tls_duplicate_nothing);
     suite_add_tcase(s, tc);
     int failed = m2a_check_failures(s);
     th_rabbit_tls_stop(rabbit);

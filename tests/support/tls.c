@@ -121,7 +121,10 @@ struct th_mosq *th_mosq_start_tls(const struct th_certs *c, int *tls_port)
     m->conf_path = xasprintf("%s/mosquitto.conf", m->dir);
     char *l1 = tls_listener(c, "127.0.0.1", *tls_port);
     char *l2 = tls_listener(c, "127.0.0.2", *tls_port);
+    /* The queue limits of docker/mosquitto/mosquitto.conf: stock Mosquitto
+     * drops beyond 1000 queued messages while the bridge restarts. */
     char *conf = xasprintf("per_listener_settings false\nallow_anonymous true\n"
+                           "max_queued_messages 1000000\nmax_queued_bytes 0\n"
                            "listener %d 127.0.0.1\n%s%s%s",
                            m->port, l1, l2, geteuid() == 0 ? "user root\n" : "");
     int rc = th_write_file(m->conf_path, conf);
