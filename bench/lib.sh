@@ -174,7 +174,8 @@ mosq_stop() {
 }
 
 # bridge_start NAME FSYNC: config, spool and log under $TMP/NAME; waits until it subscribed
-# and (unless BRIDGE_WAIT_AMQP=0) connected to RabbitMQ.
+# and (unless BRIDGE_WAIT_AMQP=0) connected to RabbitMQ. BRIDGE_MQTT_HEADERS sets
+# amqp.mqtt_headers (default all).
 bridge_start() { # NAME FSYNC
     local dir=$TMP/$1
     BRIDGE_LOG=$dir/bridge.log
@@ -185,6 +186,7 @@ amqp:
   port: $AMQP_PORT
   reconnect_max_ms: 500
   confirm_window: $WINDOW
+  mqtt_headers: ${BRIDGE_MQTT_HEADERS:-all}
   topology:
     exchanges: [{name: bench.$1, type: topic}]
     queues:

@@ -21,6 +21,8 @@
 #   batch100 interval100 never100, batch1k interval1k never1k
 #                         MQTT QoS 1 -> Mosquitto -> bridge (spool fsync policy)
 #                         -> RabbitMQ -> consumer, generator as fast as PUBACKed
+#   batch100n             batch100 with amqp.mqtt_headers: none (no x-mqtt-* headers):
+#                         what the headers cost RabbitMQ, seen from the bridge
 #   latency               bridge (100 B, fsync batch) and direct at the same fixed
 #                         rate: 50% of the bridge's measured maximum
 #   drain                 RabbitMQ stopped (stop_app) while BACKLOG messages
@@ -327,6 +329,11 @@ for pass in $(seq 1 "$REPEAT"); do
             keep_row "${f}100"
         fi
     done
+    if want batch100n; then
+        BRIDGE_MQTT_HEADERS=none run_bridge batch100n 100 batch "$N100" \
+            "bridge 100 B fsync batch, mqtt_headers: none" "$BASE100"
+        keep_row batch100n
+    fi
     if want direct1k; then
         run_direct direct1k 1024 "$N1K" "direct AMQP 1 KiB (baseline)" 0
         BASE1K=$RATE

@@ -905,31 +905,42 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
         drop_record(ao, slot, bad);
         return 0;
     }
-    size_t nent = 3 + env.nheaders;
+    /* A dead letter keeps x-mqtt-topic whatever mqtt_headers says: it is how
+     * an operator finds where the message came from. */
+    int mh = ao->conf->mqtt_headers;
+    if (mh == M2A_MQTT_HEADERS_NONE && m2a_dl_is_dead_letter(&env))
+        mh = M2A_MQTT_HEADERS_TOPIC;
+    size_t nmqtt = mh == M2A_MQTT_HEADERS_ALL ? 3 : mh == M2A_MQTT_HEADERS_TOPIC ? 1 : 0;
+    size_t nent = nmqtt + env.nheaders;
     if (nent > ao->entries_cap) {
         ao->entries = xrealloc(ao->entries, nent * sizeof(*ao->entries));
         ao->entries_cap = nent;
     }
     amqp_table_entry_t *e = ao->entries;
-    set_entry_str(&e[0], "x-mqtt-topic", env.topic);
-    e[1].key = amqp_cstring_bytes("x-mqtt-qos");
-    e[1].value.kind = AMQP_FIELD_KIND_I32;
-    e[1].value.value.i32 = env.qos;
-    e[2].key = amqp_cstring_bytes("x-mqtt-retain");
-    e[2].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-    e[2].value.value.boolean = env.retain;
+    if (nmqtt >= 1)
+        set_entry_str(&e[0], "x-mqtt-topic", env.topic);
+    if (nmqtt == 3) {
+        e[1].key = amqp_cstring_bytes("x-mqtt-qos");
+        e[1].value.kind = AMQP_FIELD_KIND_I32;
+        e[1].value.value.i32 = env.qos;
+        e[2].key = amqp_cstring_bytes("x-mqtt-retain");
+        e[2].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        e[2].value.value.boolean = env.retain;
+    }
     for (size_t i = 0; i < env.nheaders; i++) {
-        e[3 + i].key = str_bytes(env.headers[i].key);
-        e[3 + i].value.kind = AMQP_FIELD_KIND_UTF8;
-        e[3 + i].value.value.bytes = str_bytes(env.headers[i].value);
+        e[nmqtt + i].key = str_bytes(env.headers[i].key);
+        e[nmqtt + i].value.kind = AMQP_FIELD_KIND_UTF8;
+        e[nmqtt + i].value.value.bytes = str_bytes(env.headers[i].value);
     }
 
     char msgid[160];
     int idlen = snprintf(msgid, sizeof(msgid), "%s-%" PRIu64, ao->spool_id, slot->seq);
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof(p));
-    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p._flags =
+        AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
+    if (nent > 0)
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
     p.delivery_mode = env.persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
     p.timestamp = env.timestamp_ms / 1000u;
     p.message_id.bytes = msgid;

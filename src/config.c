@@ -1228,6 +1228,10 @@ static int top_check(struct ctx *c, const struct section *sec, yaml_node_t *map,
 #define RO     (F_NULLABLE | F_NONEMPTY) /* optional, but not "" when given */
 
 static const struct choice protocols[] = {{"311", 311}, {"5", 5}, {NULL, 0}};
+static const struct choice mqtt_headers[] = {{"all", M2A_MQTT_HEADERS_ALL},
+                                             {"topic", M2A_MQTT_HEADERS_TOPIC},
+                                             {"none", M2A_MQTT_HEADERS_NONE},
+                                             {NULL, 0}};
 static const struct choice fsyncs[] = {{"batch", M2A_FSYNC_BATCH},
                                        {"interval", M2A_FSYNC_INTERVAL},
                                        {"never", M2A_FSYNC_NEVER},
@@ -1341,6 +1345,8 @@ static const struct opt amqp_opts[] = {
         "most unconfirmed publishes in flight"),
     INT(T, "reconnect_min_ms", reconnect_min_ms, "100", 1, MS_MAX, "first reconnect delay, ms"),
     INT(T, "reconnect_max_ms", reconnect_max_ms, "30000", 1, MS_MAX, "longest reconnect delay, ms"),
+    ENUM(T, "mqtt_headers", mqtt_headers, "all", mqtt_headers, NULL,
+         "x-mqtt-* headers on each message: all, topic or none"),
     SECTION(T, "tls", tls, tls_section, "TLS to RabbitMQ"),
     /* offset 0: the topology's lists live in struct m2a_conf_amqp itself */
     {.name = "topology",

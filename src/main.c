@@ -40,6 +40,7 @@ static void usage(FILE *out)
 
 struct explain_ctx {
     size_t matched;
+    int mqtt_headers; /* enum m2a_mqtt_headers */
 };
 
 static void print_str(const char *label, struct m2a_str s)
@@ -63,8 +64,11 @@ static void explain_cb(void *ud, size_t route_index, const struct m2a_envelope *
     printf("  persistent:   %s\n", env->persistent ? "yes" : "no");
     if (env->content_type.len)
         print_str("content type:", env->content_type);
-    printf("  headers:      x-mqtt-topic=%.*s x-mqtt-qos=%d x-mqtt-retain=%s", (int)env->topic.len,
-           env->topic.ptr, env->qos, env->retain ? "true" : "false");
+    printf("  headers:     ");
+    if (ctx->mqtt_headers != M2A_MQTT_HEADERS_NONE)
+        printf(" x-mqtt-topic=%.*s", (int)env->topic.len, env->topic.ptr);
+    if (ctx->mqtt_headers == M2A_MQTT_HEADERS_ALL)
+        printf(" x-mqtt-qos=%d x-mqtt-retain=%s", env->qos, env->retain ? "true" : "false");
     for (size_t i = 0; i < env->nheaders; i++)
         printf(" %.*s=%.*s", (int)env->headers[i].key.len, env->headers[i].key.ptr,
                (int)env->headers[i].value.len, env->headers[i].value.ptr);
@@ -91,7 +95,7 @@ static int explain(const struct m2a_config *cfg, const char *topic)
                                .qos = 1,
                                .retain = false,
                                .timestamp_ms = m2a_wall_s() * 1000u};
-    struct explain_ctx ctx = {0};
+    struct explain_ctx ctx = {.mqtt_headers = cfg->amqp.mqtt_headers};
     m2a_routes_map(routes, &msg, scratch, explain_cb, &ctx);
     if (ctx.matched == 0)
         printf("no route matches topic '%s'\n", topic);

@@ -82,6 +82,7 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
     SAME_NUM(&d, "amqp.", a, an, confirm_window);
     SAME_NUM(&d, "amqp.", a, an, reconnect_min_ms);
     SAME_NUM(&d, "amqp.", a, an, reconnect_max_ms);
+    SAME_NUM(&d, "amqp.", a, an, mqtt_headers);
     diff_tls(&d, "amqp.tls", &a->tls, &an->tls);
 
     const struct m2a_conf_spool *s = &running->spool, *sn = &next->spool;

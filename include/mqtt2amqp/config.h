@@ -104,12 +104,17 @@ struct m2a_conf_amqp {
     int confirm_window;   /* default 1000, 1..65535 */
     int reconnect_min_ms; /* default 100 */
     int reconnect_max_ms; /* default 30000 */
+    int mqtt_headers;     /* enum m2a_mqtt_headers, default all */
     struct m2a_conf_tls tls;
     size_t nexchanges;
     struct m2a_conf_exchange *exchanges;
     size_t nqueues;
     struct m2a_conf_queue *queues;
 };
+
+/* Which x-mqtt-* headers a published message carries: all three
+ * (x-mqtt-topic, x-mqtt-qos, x-mqtt-retain), the topic alone, or none. */
+enum m2a_mqtt_headers { M2A_MQTT_HEADERS_ALL, M2A_MQTT_HEADERS_TOPIC, M2A_MQTT_HEADERS_NONE };
 
 enum m2a_fsync_policy { M2A_FSYNC_BATCH, M2A_FSYNC_INTERVAL, M2A_FSYNC_NEVER };
 

@@ -235,12 +235,77 @@ START_TEST(routes_deliver_exact_keys_headers_and_one_copy_per_route)
 }
 END_TEST
 
+/* amqp.mqtt_headers: none leaves the three x-mqtt-* headers out; the
+ * route's own headers and the properties stay. */
+START_TEST(mqtt_headers_none_leaves_out_the_mqtt_headers)
+{
+    struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
+    ck_assert_ptr_nonnull(mq);
+    struct th_bridge *b = th_bridge_new(mq);
+    ck_assert_int_eq(
+        th_bridge_config(b, "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-hdr}\n"
+                            "amqp:\n"
+                            "  port: ${AMQP_PORT}\n"
+                            "  mqtt_headers: none\n"
+                            "  topology:\n"
+                            "    exchanges: [{name: it.hdr, type: topic}]\n"
+                            "    queues: [{name: it.hdr, bindings: [{exchange: it.hdr}]}]\n"
+                            "spool: {dir: ${SPOOL_DIR}}\n"
+                            "routes:\n"
+                            "  - {name: h, topic: \"sensors/#\", exchange: it.hdr, "
+                            "headers: {device: \"{1}\"}}\n"),
+        0);
+    struct th_amqp *c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(th_amqp_declare_exchange(c, "it.hdr", "topic", true), 0);
+    ck_assert_int_eq(th_amqp_declare(c, "it.hdr", true, false), 0);
+    ck_assert_int_eq(th_amqp_bind(c, "it.hdr", "it.hdr", "#"), 0);
+    ck_assert_int_eq(th_amqp_purge(c, "it.hdr"), 0);
+    ck_assert_int_eq(th_amqp_consume(c, "it.hdr"), 0);
+    ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
+
+    enum { n = 200 };
+    struct th_pub p = {.port = mq->port,
+                       .topics = topics,
+                       .ntopics = 1,
+                       .count = n,
+                       .payload_size = 64,
+                       .qos = 1,
+                       .timeout_ms = 60000};
+    ck_assert_int_eq(th_mqtt_publish(&p), n);
+    struct th_msgs got = {0};
+    int rc = th_amqp_collect(c, &got, n, 60000);
+    th_amqp_drain(c, &got, 300);
+    struct th_delivery d = th_check_msgs(0, n, &got);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(d.lost, 0);
+    ck_assert_int_eq(d.duplicated, 0);
+    ck_assert_int_eq(d.unexpected, 0);
+    long bad = 0;
+    for (size_t i = 0; i < got.n; i++) {
+        const struct th_msg *m = &got.v[i];
+        bool ok = m->nheaders == 1 && same(th_msg_header(m, "device"), "dev1.temp") &&
+                  !th_msg_header(m, "x-mqtt-topic") && !th_msg_header(m, "x-mqtt-qos") &&
+                  !th_msg_header(m, "x-mqtt-retain") && m->message_id && m->delivery_mode == 2;
+        if (!ok && bad++ == 0)
+            fprintf(stderr, "first bad message in it.hdr: seq=%ld nheaders=%zu device=%s\n", m->seq,
+                    m->nheaders, th_msg_header(m, "device"));
+    }
+    ck_assert_int_eq(bad, 0);
+    th_msgs_free(&got);
+    th_amqp_free(c);
+    th_bridge_free(b);
+    th_mosq_free(mq);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("routing");
     TCase *tc = tcase_create("routing");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, routes_deliver_exact_keys_headers_and_one_copy_per_route);
+    tcase_add_test(tc, mqtt_headers_none_leaves_out_the_mqtt_headers);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }

@@ -84,6 +84,7 @@ START_TEST(defaults_match_the_header)
     ck_assert_int_eq(c->amqp.confirm_window, 1000);
     ck_assert_int_eq(c->amqp.reconnect_min_ms, 100);
     ck_assert_int_eq(c->amqp.reconnect_max_ms, 30000);
+    ck_assert_int_eq(c->amqp.mqtt_headers, M2A_MQTT_HEADERS_ALL);
     ck_assert_uint_eq(c->amqp.nexchanges, 0);
     ck_assert_uint_eq(c->amqp.nqueues, 0);
     ck_assert_str_eq(c->spool.dir, "/var/lib/mqtt2amqp");
@@ -190,11 +191,15 @@ START_TEST(enums_take_each_name)
         {"log: {level: debug}\n" ROUTE, M2A_LOG_DEBUG},
         {"mqtt: {protocol: 5}\n" ROUTE, 5},
         {"mqtt: {protocol: \"311\"}\n" ROUTE, 311},
+        {"amqp: {mqtt_headers: all}\n" ROUTE, M2A_MQTT_HEADERS_ALL},
+        {"amqp: {mqtt_headers: topic}\n" ROUTE, M2A_MQTT_HEADERS_TOPIC},
+        {"amqp: {mqtt_headers: none}\n" ROUTE, M2A_MQTT_HEADERS_NONE},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct m2a_config *c = load(cases[i].yaml);
         int got = cases[i].yaml[0] == 's'   ? (int)c->spool.fsync
                   : cases[i].yaml[0] == 'l' ? c->log.level
+                  : cases[i].yaml[0] == 'a' ? c->amqp.mqtt_headers
                                             : c->mqtt.protocol;
         ck_assert_int_eq(got, cases[i].want);
         m2a_config_free(c);
@@ -769,6 +774,8 @@ START_TEST(wrong_types_are_refused)
            NULL);
     refuse("spool:\n  fsync: always\n" ROUTE,
            "t.yaml:2:10: spool.fsync: 'always' is not one of batch, interval, never", NULL);
+    refuse("amqp:\n  mqtt_headers: some\n" ROUTE,
+           "t.yaml:2:17: amqp.mqtt_headers: 'some' is not one of all, topic, none", NULL);
     refuse("mqtt:\n  protocol: 4\n" ROUTE, "t.yaml:2:13: mqtt.protocol: '4' is not one of 311, 5",
            NULL);
     refuse("mqtt:\n  host: \"\"\n" ROUTE, "t.yaml:2:9: mqtt.host: must not be empty", NULL);
