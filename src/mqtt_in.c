@@ -24,6 +24,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,13 +47,15 @@
 #include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
 
-#define LOOP_TIMEOUT_MS 100  /* poll timeout: bounds stop latency and the spool tick period */
-#define BATCH_MAX       1000 /* packets read before the batch is flushed and acknowledged */
-#define STOP_DRAIN_MS   1000 /* how long stop waits for queued PUBACKs to leave */
-#define LOG_INTERVAL_MS 5000 /* rate limit for repeated warnings and errors */
-#define LOG_TOPIC_MAX   200  /* a topic is cut to this in log lines */
-#define CORK_MIN        4    /* a batch of this many PUBACKs is written corked */
-#define GATHER_US       1000 /* group commit: at most one batch flush per this */
+#define LOOP_TIMEOUT_MS 100      /* poll timeout: bounds stop latency and the spool tick period */
+#define BATCH_MAX       1000     /* packets read before the batch is flushed and acknowledged */
+#define STOP_DRAIN_MS   1000     /* how long stop waits for queued PUBACKs to leave */
+#define LOG_INTERVAL_MS 5000     /* rate limit for repeated warnings and errors */
+#define LOG_TOPIC_MAX   200      /* a topic is cut to this in log lines */
+#define CORK_MIN        4        /* a batch of this many PUBACKs is written corked */
+#define WAKE_SIGNAL     SIGRTMIN /* interrupts a blocking connect at stop */
+#define WAKE_EVERY_MS   100      /* stop repeats it until the thread is out */
+#define GATHER_US       1000     /* group commit: at most one batch flush per this */
 #define COMPONENT       "mqtt"
 
 /* At most one line per LOG_INTERVAL_MS; counts what it swallowed. */
@@ -65,6 +68,7 @@ struct m2a_mqtt_in {
     struct m2a_mqtt_in_opts o;
     pthread_t thread;
     atomic_bool stop;
+    atomic_bool in_connect; /* inside libmosquitto's blocking connect: stop signals it */
     struct m2a_route_scratch *scratch;
     char **subs; /* subscription strings, with the $share prefix if any */
     size_t nsubs;
@@ -478,7 +482,9 @@ static const char *tls_or(const char *reason, char *buf, size_t len)
 
 /* Opens the TCP connection and queues CONNECT (written by the loop). The TCP
  * connect itself blocks (libmosquitto 2.0.11 has no async connect that
- * carries MQTT 5 properties); bounded by the kernel's SYN timeout. */
+ * carries MQTT 5 properties), for up to the kernel's SYN timeout (about two
+ * minutes) when the broker's host drops SYNs; m2a_mqtt_in_stop interrupts
+ * it with WAKE_SIGNAL (its handler does nothing: connect() returns EINTR). */
 static void try_connect(struct m2a_mqtt_in *mi)
 {
     const struct m2a_conf_mqtt *c = mi->o.conf;
@@ -497,11 +503,16 @@ static void try_connect(struct m2a_mqtt_in *mi)
         mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, c->session_expiry);
     errno = 0;
     m2a_tls_failure_reset();
-    rc = mosquitto_connect_bind_v5(mosq, c->host, c->port, c->keepalive, NULL, props);
+    m2a_debug(COMPONENT, "connecting to %s:%d", c->host, c->port);
+    atomic_store(&mi->in_connect, true);
+    rc = atomic_load(&mi->stop)
+             ? MOSQ_ERR_NO_CONN
+             : mosquitto_connect_bind_v5(mosq, c->host, c->port, c->keepalive, NULL, props);
+    atomic_store(&mi->in_connect, false);
     mosquitto_property_free_all(&props);
     if (rc != MOSQ_ERR_SUCCESS) {
         char tls[600];
-        if (rl_allow(&mi->rl_connect, &sup))
+        if (!atomic_load(&mi->stop) && rl_allow(&mi->rl_connect, &sup))
             m2a_warn(COMPONENT, "cannot connect to %s:%d: %s (%" PRIu64 " similar suppressed)",
                      c->host, c->port,
                      tls_or(mosq_err_str(rc, ebuf, sizeof(ebuf)), tls, sizeof(tls)), sup);
@@ -515,6 +526,11 @@ static void try_connect(struct m2a_mqtt_in *mi)
     return;
 fail:
     mi->next_attempt_ms = m2a_now_ms() + m2a_backoff_next(&mi->backoff);
+}
+
+static void on_wake_signal(int sig)
+{
+    (void)sig;
 }
 
 static void log_disconnect(struct m2a_mqtt_in *mi, int why)
@@ -862,7 +878,12 @@ static void disconnect_and_drain(struct mosquitto *mosq, uint64_t deadline)
     for (;;) {
         uint64_t now = m2a_now_ms();
         struct pollfd p = {.fd = keep, .events = POLLIN};
-        if (now >= deadline || poll(&p, 1, (int)(deadline - now)) <= 0)
+        if (now >= deadline)
+            break;
+        int pr = poll(&p, 1, (int)(deadline - now));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0)
             break;
         ssize_t n = recv(keep, buf, sizeof(buf), MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
@@ -992,6 +1013,10 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
     }
     mosquitto_destroy(probe);
 
+    /* No SA_RESTART: the blocking connect returns EINTR (see try_connect). */
+    struct sigaction sa = {.sa_handler = on_wake_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(WAKE_SIGNAL, &sa, NULL);
     int prc = pthread_create(&mi->thread, NULL, run, mi);
     if (prc != 0) {
         snprintf(err, errlen, "cannot start the MQTT thread: %s", strerror(prc));
@@ -1017,6 +1042,19 @@ void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi)
     if (!mi)
         return;
     atomic_store(&mi->stop, true);
-    pthread_join(mi->thread, NULL);
+    /* Repeated: a signal that lands just before connect() starts is lost. */
+    for (;;) {
+        if (atomic_load(&mi->in_connect))
+            pthread_kill(mi->thread, WAKE_SIGNAL);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += WAKE_EVERY_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (pthread_timedjoin_np(mi->thread, NULL, &ts) == 0)
+            break;
+    }
     free_mi(mi);
 }

@@ -3,7 +3,11 @@
  * RabbitMQ stopped for 10 s mid-stream, and the bridge SIGKILLed mid-stream
  * and restarted. Each run is checked by sequence number; duplicates are
  * allowed across a crash (at-least-once) and reported. */
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,6 +192,48 @@ START_TEST(bridge_sigkilled_mid_stream_loses_nothing)
 }
 END_TEST
 
+/* SIGTERM stops the bridge promptly even while its MQTT connect hangs
+ * (a broker host that drops SYNs): libmosquitto connects synchronously,
+ * and the kernel would retry the SYN for about two minutes. On loopback, a
+ * listener whose accept queue is full drops SYNs like such a host. */
+START_TEST(stop_is_prompt_while_the_mqtt_connect_hangs)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(l, 0), 0);
+    ck_assert_int_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+    int filler = socket(AF_INET, SOCK_STREAM, 0); /* fills the queue, never accepted */
+    ck_assert_int_eq(connect(filler, (struct sockaddr *)&a, sizeof(a)), 0);
+
+    struct th_bridge *b = th_bridge_new(NULL);
+    th_bridge_set(b, "MQTT_PORT", "%d", ntohs(a.sin_port));
+    ck_assert_int_eq(
+        th_bridge_config(b, "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-hang}\n"
+                            "amqp: {port: ${AMQP_PORT}}\n"
+                            "spool: {dir: ${SPOOL_DIR}}\n"
+                            "routes: [{name: r, topic: \"x/#\", exchange: amq.topic}]\n"
+                            "log: {level: debug}\n"),
+        0);
+    ck_assert_int_eq(th_bridge_start(b, NULL), 0);
+    /* The MQTT thread tries to connect as it starts; by the time the AMQP
+     * side is up it has long been inside connect(). */
+    ck_assert_int_eq(th_bridge_wait_log(b, "amqp: connected to", 30000), 0);
+    ck_assert_int_eq(th_bridge_wait_log(b, "mqtt: connecting", 30000), 0);
+    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
+    int code = -1;
+    int rc = th_bridge_wait_exit(b, 10000, &code);
+    if (rc != 0)
+        th_dump_tail("bridge", b->proc.log_path, 20);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(code, 0);
+    th_bridge_free(b);
+    close(filler);
+    close(l);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -196,6 +242,7 @@ int main(void)
     tcase_add_test(tc, burst_of_100k_against_stock_mosquitto_arrives_complete);
     tcase_add_test(tc, rabbitmq_stopped_10s_mid_stream_loses_nothing);
     tcase_add_test(tc, bridge_sigkilled_mid_stream_loses_nothing);
+    tcase_add_test(tc, stop_is_prompt_while_the_mqtt_connect_hangs);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }
