@@ -30,18 +30,19 @@
 
 #include <amqp.h>
 #include <amqp_framing.h>
-#include <amqp_tcp_socket.h>
 
+#include "bench_amqp.h"
 #include "bench_common.h"
 #include "mqtt2amqp/util.h"
 
+#define PROG       "amqp-consume" /* prefix of error lines */
 #define CHANNEL    1
 #define LINGER_US  300000       /* after the last expected message: catch trailing duplicates */
 #define LIVE_RANGE (1ull << 27) /* class 1 seqs tracked before their count is known */
 
 struct opts {
-    const char *host, *user, *pass, *vhost, *queue, *exchange, *stop_file;
-    int port;
+    struct bench_amqp_target t;
+    const char *queue, *exchange, *stop_file;
     long long first, count, live_first;
     long ack_every, prefetch;
     long wait_s, timeout_s, connect_s;
@@ -82,10 +83,7 @@ static void usage(void)
 
 static void parse_opts(int argc, char **argv, struct opts *o)
 {
-    *o = (struct opts){.host = "127.0.0.1",
-                       .user = "guest",
-                       .pass = "guest",
-                       .vhost = "/",
+    *o = (struct opts){.t = BENCH_AMQP_TARGET_DEFAULTS,
                        .count = -1,
                        .live_first = -1,
                        .ack_every = 256,
@@ -94,23 +92,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
                        .timeout_s = 3600,
                        .connect_s = 60};
     int c;
-    while ((c = getopt(argc, argv, "H:p:u:P:v:Q:x:n:f:L:S:a:q:W:T:C:")) != -1) {
+    while ((c = getopt(argc, argv, BENCH_AMQP_TARGET_OPTS "Q:x:n:f:L:S:a:q:W:T:C:")) != -1) {
         switch (c) {
-        case 'H':
-            o->host = optarg;
-            break;
-        case 'p':
-            o->port = (int)bench_parse_ll("-p", optarg, 1, 65535);
-            break;
-        case 'u':
-            o->user = optarg;
-            break;
-        case 'P':
-            o->pass = optarg;
-            break;
-        case 'v':
-            o->vhost = optarg;
-            break;
         case 'Q':
             o->queue = optarg;
             break;
@@ -145,70 +128,44 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             o->connect_s = (long)bench_parse_ll("-C", optarg, 0, 86400);
             break;
         default:
-            usage();
+            if (!bench_amqp_target_opt(&o->t, c, optarg))
+                usage();
         }
     }
-    if (!o->port || !o->queue || o->count < 0 || optind != argc ||
+    if (!o->t.port || !o->queue || o->count < 0 || optind != argc ||
         (o->live_first >= 0) != (o->stop_file != NULL) ||
         (o->live_first >= 0 && o->live_first < o->first + o->count))
         usage();
 }
 
-static bool rpc_ok(amqp_connection_state_t conn, const char *what)
-{
-    amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
-    if (r.reply_type == AMQP_RESPONSE_NORMAL)
-        return true;
-    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
-        fprintf(stderr, "amqp-consume: %s: %s\n", what, amqp_error_string2(r.library_error));
-    else
-        fprintf(stderr, "amqp-consume: %s: refused by the broker (method 0x%08x)\n", what,
-                (unsigned)r.reply.id);
-    return false;
-}
-
 /* One attempt: connect, declare, consume. NULL on failure (said why). */
 static amqp_connection_state_t open_conn(const struct opts *o, bool quiet)
 {
-    amqp_connection_state_t conn = amqp_new_connection();
-    amqp_socket_t *sock = amqp_tcp_socket_new(conn);
+    amqp_connection_state_t conn = bench_amqp_open(&o->t, CHANNEL, PROG, quiet);
+    if (!conn)
+        return NULL;
     amqp_bytes_t q = amqp_cstring_bytes(o->queue);
-    if (!sock || amqp_socket_open(sock, o->host, o->port) != AMQP_STATUS_OK) {
-        if (!quiet)
-            fprintf(stderr, "amqp-consume: cannot connect to %s:%d\n", o->host, o->port);
-        goto fail;
-    }
-    amqp_rpc_reply_t r = amqp_login(conn, o->vhost, 0, AMQP_DEFAULT_FRAME_SIZE, 0,
-                                    AMQP_SASL_METHOD_PLAIN, o->user, o->pass);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-        if (!quiet)
-            fprintf(stderr, "amqp-consume: login failed\n");
-        goto fail;
-    }
-    amqp_channel_open(conn, CHANNEL);
-    if (!rpc_ok(conn, "channel.open"))
-        goto fail;
     amqp_queue_declare(conn, CHANNEL, q, 0, 1, 0, 0, amqp_empty_table);
-    if (!rpc_ok(conn, "queue.declare"))
+    if (!bench_amqp_rpc_ok(conn, PROG, "queue.declare"))
         goto fail;
     if (o->exchange) {
         amqp_exchange_declare(conn, CHANNEL, amqp_cstring_bytes(o->exchange),
                               amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
-        if (!rpc_ok(conn, "exchange.declare"))
+        if (!bench_amqp_rpc_ok(conn, PROG, "exchange.declare"))
             goto fail;
         amqp_queue_bind(conn, CHANNEL, q, amqp_cstring_bytes(o->exchange), amqp_cstring_bytes("#"),
                         amqp_empty_table);
-        if (!rpc_ok(conn, "queue.bind"))
+        if (!bench_amqp_rpc_ok(conn, PROG, "queue.bind"))
             goto fail;
     }
     if (o->ack_every > 0) {
         amqp_basic_qos(conn, CHANNEL, 0, (uint16_t)o->prefetch, 0);
-        if (!rpc_ok(conn, "basic.qos"))
+        if (!bench_amqp_rpc_ok(conn, PROG, "basic.qos"))
             goto fail;
     }
     amqp_basic_consume(conn, CHANNEL, q, amqp_empty_bytes, 0, o->ack_every == 0, 0,
                        amqp_empty_table);
-    if (!rpc_ok(conn, "basic.consume"))
+    if (!bench_amqp_rpc_ok(conn, PROG, "basic.consume"))
         goto fail;
     return conn;
 fail:

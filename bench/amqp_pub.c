@@ -29,17 +29,18 @@
 
 #include <amqp.h>
 #include <amqp_framing.h>
-#include <amqp_tcp_socket.h>
 
+#include "bench_amqp.h"
 #include "bench_common.h"
 #include "mqtt2amqp/util.h"
 
+#define PROG      "amqp-pub" /* prefix of error lines */
 #define CHANNEL   1
 #define BURST_MAX 64 /* publishes between two looks at the socket */
 
 struct opts {
-    const char *host, *user, *pass, *vhost, *queue, *exchange, *prefix;
-    int port;
+    struct bench_amqp_target t;
+    const char *queue, *exchange, *prefix;
     size_t size;
     long long count, first;
     long devices, window, timeout_s;
@@ -79,10 +80,7 @@ static void usage(void)
 
 static void parse_opts(int argc, char **argv, struct opts *o)
 {
-    *o = (struct opts){.host = "127.0.0.1",
-                       .user = "guest",
-                       .pass = "guest",
-                       .vhost = "/",
+    *o = (struct opts){.t = BENCH_AMQP_TARGET_DEFAULTS,
                        .prefix = "bench.dev",
                        .size = 100,
                        .count = -1,
@@ -90,23 +88,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
                        .window = 1000,
                        .timeout_s = 600};
     int c;
-    while ((c = getopt(argc, argv, "H:p:u:P:v:x:Q:n:f:s:d:k:r:w:tBT:")) != -1) {
+    while ((c = getopt(argc, argv, BENCH_AMQP_TARGET_OPTS "x:Q:n:f:s:d:k:r:w:tBT:")) != -1) {
         switch (c) {
-        case 'H':
-            o->host = optarg;
-            break;
-        case 'p':
-            o->port = (int)bench_parse_ll("-p", optarg, 1, 65535);
-            break;
-        case 'u':
-            o->user = optarg;
-            break;
-        case 'P':
-            o->pass = optarg;
-            break;
-        case 'v':
-            o->vhost = optarg;
-            break;
         case 'x':
             o->exchange = optarg;
             break;
@@ -144,57 +127,33 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             o->timeout_s = (long)bench_parse_ll("-T", optarg, 1, 86400);
             break;
         default:
-            usage();
+            if (!bench_amqp_target_opt(&o->t, c, optarg))
+                usage();
         }
     }
-    if (!o->port || !o->exchange || !o->queue || o->count < 0 || optind != argc)
+    if (!o->t.port || !o->exchange || !o->queue || o->count < 0 || optind != argc)
         usage();
-}
-
-static bool rpc_ok(amqp_connection_state_t conn, const char *what)
-{
-    amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
-    if (r.reply_type == AMQP_RESPONSE_NORMAL)
-        return true;
-    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
-        fprintf(stderr, "amqp-pub: %s: %s\n", what, amqp_error_string2(r.library_error));
-    else
-        fprintf(stderr, "amqp-pub: %s: refused by the broker (method 0x%08x)\n", what,
-                (unsigned)r.reply.id);
-    return false;
 }
 
 static int open_conn(struct pub *p)
 {
     const struct opts *o = &p->o;
-    p->conn = amqp_new_connection();
-    amqp_socket_t *sock = amqp_tcp_socket_new(p->conn);
-    if (!sock || amqp_socket_open(sock, o->host, o->port) != AMQP_STATUS_OK) {
-        fprintf(stderr, "amqp-pub: cannot connect to %s:%d\n", o->host, o->port);
+    p->conn = bench_amqp_open(&o->t, CHANNEL, PROG, false);
+    if (!p->conn)
         return -1;
-    }
-    amqp_rpc_reply_t r = amqp_login(p->conn, o->vhost, 0, AMQP_DEFAULT_FRAME_SIZE, 0,
-                                    AMQP_SASL_METHOD_PLAIN, o->user, o->pass);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-        fprintf(stderr, "amqp-pub: login failed\n");
-        return -1;
-    }
     amqp_bytes_t q = amqp_cstring_bytes(o->queue), x = amqp_cstring_bytes(o->exchange);
-    amqp_channel_open(p->conn, CHANNEL);
-    if (!rpc_ok(p->conn, "channel.open"))
-        return -1;
     amqp_exchange_declare(p->conn, CHANNEL, x, amqp_cstring_bytes("topic"), 0, 1, 0, 0,
                           amqp_empty_table);
-    if (!rpc_ok(p->conn, "exchange.declare"))
+    if (!bench_amqp_rpc_ok(p->conn, PROG, "exchange.declare"))
         return -1;
     amqp_queue_declare(p->conn, CHANNEL, q, 0, 1, 0, 0, amqp_empty_table);
-    if (!rpc_ok(p->conn, "queue.declare"))
+    if (!bench_amqp_rpc_ok(p->conn, PROG, "queue.declare"))
         return -1;
     amqp_queue_bind(p->conn, CHANNEL, q, x, amqp_cstring_bytes("#"), amqp_empty_table);
-    if (!rpc_ok(p->conn, "queue.bind"))
+    if (!bench_amqp_rpc_ok(p->conn, PROG, "queue.bind"))
         return -1;
     amqp_confirm_select(p->conn, CHANNEL);
-    if (!rpc_ok(p->conn, "confirm.select"))
+    if (!bench_amqp_rpc_ok(p->conn, PROG, "confirm.select"))
         return -1;
     return 0;
 }
