@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # test.sh - the one command that checks everything: installs dependencies,
-# builds with -Werror, runs every test (unit, then integration against real
+# compiles the tree with gcc and clang in every build type (warnings as
+# errors, scripts/build-matrix.sh), builds with -Werror, runs every test (unit, then integration against real
 # Mosquitto and RabbitMQ started by the test fixtures), then does it all
 # again under AddressSanitizer + UndefinedBehaviorSanitizer.
 #
 #   scripts/test.sh                 everything
 #   BUILD_DIR=dir                   main build dir (default build/)
 #   ASAN_BUILD_DIR=dir              sanitizer build dir (default build-asan/)
+#   M2A_MATRIX_RUN=0                skip the compile-only build matrix
 #   M2A_SANITIZE_RUN=0              skip the sanitizer pass
 #   M2A_FUZZ_RUN=0                  skip the fuzz smoke (scripts/fuzz.sh all 20)
 #   CTEST_ARGS="-L unit"            extra ctest arguments (e.g. a label), both passes
@@ -59,7 +61,18 @@ build_and_test() {
 step "dependencies: scripts/deps.sh"
 scripts/deps.sh </dev/null
 
-if ! build_and_test "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-RelWithDebInfo}"; then
+if [ "${M2A_MATRIX_RUN:-1}" != 0 ]; then
+    step "build matrix: scripts/build-matrix.sh (gcc, clang x 4 build types, compile only)"
+    if ! scripts/build-matrix.sh; then
+        echo "FAILED: build matrix" >&2
+        status=1
+    fi
+else
+    step "build matrix skipped (M2A_MATRIX_RUN=0)"
+fi
+
+if ! build_and_test "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-RelWithDebInfo}" \
+    -DM2A_WERROR=ON; then
     echo "FAILED: $BUILD_DIR" >&2
     status=1
 fi
@@ -67,7 +80,8 @@ fi
 if [ "${M2A_SANITIZE_RUN:-1}" != 0 ]; then
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-    if ! build_and_test "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DM2A_SANITIZE=ON; then
+    if ! build_and_test "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DM2A_SANITIZE=ON \
+        -DM2A_WERROR=ON; then
         echo "FAILED: $ASAN_BUILD_DIR (sanitizers)" >&2
         status=1
     fi

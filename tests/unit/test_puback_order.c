@@ -246,7 +246,7 @@ static void collect_acks(struct broker *br, int fd, int upto)
         int rc = read_packet(fd, &type, buf, sizeof(buf), &len, deadline);
         if (rc == -1)
             return;
-        if (rc == -2) {
+        if (rc != 0) { /* -2, the only other code; written so the compiler sees it too */
             br->closed_by_client = true;
             return;
         }
