@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mqtt2amqp/bridge.h"
+#include "mqtt2amqp/app.h"
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/routes.h"
@@ -162,7 +162,7 @@ int main(int argc, char **argv)
         }
         m2a_routes_free(routes);
     } else {
-        rc = m2a_bridge_run(cfg);
+        rc = m2a_app_run(cfg);
     }
     m2a_config_free(cfg);
     return rc;

@@ -19,8 +19,9 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Monotonic clock in milliseconds / microseconds. */
 uint64_t m2a_now_ms(void);
 uint64_t m2a_now_us(void);
-/* Wall clock, seconds since the epoch. */
+/* Wall clock, seconds / milliseconds since the epoch. */
 uint64_t m2a_wall_s(void);
+uint64_t m2a_wall_ms(void);
 
 /* Growable byte buffer. Zero-initialise ({0}) before first use. */
 struct m2a_buf {

@@ -38,7 +38,7 @@
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/util.h"
 
-/* The on-disk record layout, from src/spool.c's opening comment. */
+/* The on-disk record layout, from src/spool/spool.c's opening comment. */
 #define REC_MAGIC 0x5251324du
 #define REC_HDR   20
 #define MAX_READS 100000

@@ -56,7 +56,7 @@ START_TEST(test_yaml_error_at_end_of_input_points_into_the_file)
 }
 END_TEST
 
-/* Appends a CRC-valid spool record (layout: src/spool.c's opening comment)
+/* Appends a CRC-valid spool record (layout: src/spool/spool.c's opening comment)
  * holding a small envelope to b. */
 static void put_record(struct m2a_buf *b, uint64_t seq)
 {

@@ -61,6 +61,7 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
@@ -85,11 +86,6 @@ enum session_end {
     END_BROKER,   /* broker closed it (connection.close answered) */
     END_CHANNEL,  /* broker closed our channel: close the connection politely */
     END_STOPPED,  /* stop requested and drained (or timed out) */
-};
-
-struct ratelimit {
-    uint64_t next_ms;
-    uint64_t suppressed;
 };
 
 /* A live reload handed over by the main thread (under rl_mu). */
@@ -145,8 +141,8 @@ struct m2a_amqp_out {
     int return_frames; /* 0 none, 1 header expected, 2 body expected */
     uint64_t return_left;
     char return_what[640]; /* the return's exchange, key and reply, for the log */
-    struct ratelimit rl_nack, rl_spool, rl_drop, rl_dead, rl_expired;
-    struct ratelimit rl_return[3]; /* by enum m2a_unroutable: each fate gets its lines */
+    struct m2a_ratelimit rl_nack, rl_spool, rl_drop, rl_dead, rl_expired;
+    struct m2a_ratelimit rl_return[3]; /* by enum m2a_unroutable: each fate gets its lines */
 
     /* Policies (see the comment above dead_letter_slot). */
     const struct m2a_conf_dead_letter *dl; /* NULL without a dead_letter section */
@@ -174,19 +170,6 @@ struct m2a_amqp_out {
 static bool stopping(const struct m2a_amqp_out *ao)
 {
     return atomic_load_explicit(&ao->stopping, memory_order_acquire) != 0;
-}
-
-static bool rl_allow(struct ratelimit *rl, uint64_t *suppressed)
-{
-    uint64_t now = m2a_now_ms();
-    if (now < rl->next_ms) {
-        rl->suppressed++;
-        return false;
-    }
-    *suppressed = rl->suppressed;
-    rl->suppressed = 0;
-    rl->next_ms = now + LOG_EVERY_MS;
-    return true;
 }
 
 static amqp_bytes_t str_bytes(struct m2a_str s)
@@ -594,13 +577,6 @@ static bool parse_message_id(const struct m2a_amqp_out *ao, amqp_bytes_t id, uin
 
 static uint32_t nack_delay(void *ctx, uint32_t retries);
 
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* basic.return, once its content header named the message: applies the
  * route's `unroutable` policy to the message's window slot. The slot is
  * still INFLIGHT (the broker acks a returned message after returning it);
@@ -639,7 +615,7 @@ static void on_returned(struct m2a_amqp_out *ao, uint64_t seq)
         M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
         fate = ao->dl ? "dropped (unroutable: drop)" : "dropped (no dead_letter section)";
     }
-    if (rl_allow(&ao->rl_return[policy], &sup))
+    if (m2a_ratelimit_ok(&ao->rl_return[policy], &sup))
         M2A_LOG(dead ? M2A_LOG_ERROR : M2A_LOG_WARN, COMPONENT,
                 "message %s-%" PRIu64 " of route %s returned unroutable (%s): %s (%" PRIu64
                 " similar suppressed)",
@@ -675,7 +651,7 @@ static void dead_letter_exhausted(struct m2a_amqp_out *ao)
                 0 ||
             m2a_dl_is_dead_letter(&env))
             continue;
-        if (rl_allow(&ao->rl_dead, &sup))
+        if (m2a_ratelimit_ok(&ao->rl_dead, &sup))
             m2a_warn(COMPONENT,
                      "message %s-%" PRIu64 " of route %.*s nacked %u times (max_retries %u): "
                      "dead-lettered (%" PRIu64 " similar suppressed)",
@@ -693,14 +669,14 @@ static void dead_letter_exhausted(struct m2a_amqp_out *ao)
 static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
 {
     struct m2a_envelope env;
-    uint64_t sup, now = wall_ms();
+    uint64_t sup, now = m2a_wall_ms();
     if (!ao->max_age_ms ||
         m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0 ||
         env.timestamp_ms >= now || now - env.timestamp_ms <= ao->max_age_ms ||
         m2a_dl_is_dead_letter(&env))
         return;
     M2A_STAT_ADD(ao->stats, expired, 1);
-    if (rl_allow(&ao->rl_expired, &sup))
+    if (m2a_ratelimit_ok(&ao->rl_expired, &sup))
         m2a_warn(COMPONENT,
                  "message %s-%" PRIu64 " of route %.*s expired (received %" PRIu64
                  " ms ago, max_age %" PRIu64 " ms): %s (%" PRIu64 " similar suppressed)",
@@ -734,7 +710,7 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
                                  &ao->nack_backoff);
         M2A_STAT_ADD(ao->stats, nacked, n);
         uint64_t sup;
-        if (n && rl_allow(&ao->rl_nack, &sup))
+        if (n && m2a_ratelimit_ok(&ao->rl_nack, &sup))
             m2a_warn(COMPONENT,
                      "broker nacked %zu message(s) (tag %" PRIu64 "%s); retrying with backoff "
                      "(%" PRIu64 " similar suppressed)",
@@ -847,7 +823,7 @@ static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const
 {
     uint64_t sup;
     M2A_STAT_ADD(ao->stats, dropped, 1);
-    if (rl_allow(&ao->rl_drop, &sup))
+    if (m2a_ratelimit_ok(&ao->rl_drop, &sup))
         m2a_error(COMPONENT,
                   "dropping spool record %" PRIu64 ": %s (%" PRIu64 " similar suppressed)",
                   slot->seq, why, sup);
@@ -892,7 +868,7 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     const char *bad = unpublishable(&env, (size_t)amqp_get_frame_max(ao->conn));
     if (bad && ao->dl && !m2a_dl_is_dead_letter(&env)) {
         uint64_t sup;
-        if (rl_allow(&ao->rl_dead, &sup))
+        if (m2a_ratelimit_ok(&ao->rl_dead, &sup))
             m2a_warn(COMPONENT,
                      "message %s-%" PRIu64 " of route %.*s cannot be published (%s): "
                      "dead-lettered without the route's headers (%" PRIu64 " similar suppressed)",
@@ -991,7 +967,7 @@ static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
         return NULL;
     if (rc != 0) {
         uint64_t sup;
-        if (rl_allow(&ao->rl_spool, &sup))
+        if (m2a_ratelimit_ok(&ao->rl_spool, &sup))
             m2a_error(COMPONENT, "reading the spool: %s (%" PRIu64 " similar suppressed)",
                       m2a_strerror(rc), sup);
         ao->spool_retry_ms = now + SPOOL_RETRY_MS;
@@ -1075,7 +1051,7 @@ static void commit_confirmed(struct m2a_amqp_out *ao)
         return;
     int rc = m2a_spool_commit(ao->spool, seq);
     uint64_t sup;
-    if (rc != 0 && rl_allow(&ao->rl_spool, &sup))
+    if (rc != 0 && m2a_ratelimit_ok(&ao->rl_spool, &sup))
         m2a_error(COMPONENT,
                   "committing spool position %" PRIu64 ": %s (%" PRIu64 " similar "
                   "suppressed)",
@@ -1350,6 +1326,11 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     ao->nroutes = opts->routes ? opts->nroutes : 0;
     ao->max_age_ms = opts->max_age_ms;
     ao->dl_scratch = m2a_dl_scratch_new();
+    struct m2a_ratelimit *limiters[] = {&ao->rl_nack, &ao->rl_spool, &ao->rl_drop, &ao->rl_dead,
+                                        &ao->rl_expired, &ao->rl_return[0], &ao->rl_return[1],
+                                        &ao->rl_return[2]};
+    for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
+        *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);
     m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
     m2a_backoff_init(&ao->backoff, (uint32_t)opts->conf->reconnect_min_ms,

@@ -46,6 +46,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/crc32c.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
@@ -141,30 +142,6 @@ struct m2a_spool {
 
 /* --- small helpers --- */
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
-}
-
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get64(const unsigned char *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
-
 static uint64_t max64(uint64_t a, uint64_t b)
 {
     return a > b ? a : b;
@@ -229,17 +206,17 @@ static enum parse_rc rec_parse(const unsigned char *p, size_t avail, uint64_t lo
         *reclen = REC_HDR;
         return PARSE_SHORT;
     }
-    if (get32(p) != REC_MAGIC)
+    if (m2a_get_le32(p) != REC_MAGIC)
         return PARSE_BAD;
-    uint32_t len = get32(p + 4);
+    uint32_t len = m2a_get_le32(p + 4);
     if (len > M2A_SPOOL_MAX_PAYLOAD)
         return PARSE_BAD;
     *reclen = REC_HDR + (size_t)len;
     if (avail < *reclen)
         return PARSE_SHORT;
-    if (rec_crc(p, len) != get32(p + 8))
+    if (rec_crc(p, len) != m2a_get_le32(p + 8))
         return PARSE_BAD;
-    uint64_t sq = get64(p + 12);
+    uint64_t sq = m2a_get_le64(p + 12);
     if (sq <= lo || sq >= hi)
         return PARSE_BAD;
     *seq = sq;
@@ -251,7 +228,7 @@ static size_t find_next_valid(const unsigned char *p, size_t size, size_t from, 
                               uint64_t hi)
 {
     unsigned char magic[4];
-    put32(magic, REC_MAGIC);
+    m2a_put_le32(magic, REC_MAGIC);
     size_t pos = from;
     while (pos + REC_HDR <= size) {
         const unsigned char *q = memmem(p + pos, size - pos, magic, sizeof(magic));
@@ -310,10 +287,10 @@ static void notify(struct m2a_spool *s)
 static int checkpoint_write(struct m2a_spool *s, uint64_t seq)
 {
     unsigned char b[CKPT_SIZE];
-    put32(b, CKPT_MAGIC);
-    put32(b + 4, CKPT_VERSION);
-    put64(b + 8, seq);
-    put32(b + 16, m2a_crc32c(0, b, 16));
+    m2a_put_le32(b, CKPT_MAGIC);
+    m2a_put_le32(b + 4, CKPT_VERSION);
+    m2a_put_le64(b + 8, seq);
+    m2a_put_le32(b + 16, m2a_crc32c(0, b, 16));
     return write_file_atomic(s, "checkpoint", b, sizeof(b));
 }
 
@@ -333,12 +310,12 @@ static void checkpoint_read(struct m2a_spool *s, uint64_t *seq, bool *invalid)
         n = read(fd, b, sizeof(b));
     while (n < 0 && errno == EINTR);
     close(fd);
-    if (n != CKPT_SIZE || get32(b) != CKPT_MAGIC || get32(b + 4) != CKPT_VERSION ||
-        get32(b + 16) != m2a_crc32c(0, b, 16)) {
+    if (n != CKPT_SIZE || m2a_get_le32(b) != CKPT_MAGIC || m2a_get_le32(b + 4) != CKPT_VERSION ||
+        m2a_get_le32(b + 16) != m2a_crc32c(0, b, 16)) {
         *invalid = true;
         return;
     }
-    *seq = get64(b + 8);
+    *seq = m2a_get_le64(b + 8);
 }
 
 /* Unlinks the segments (never the writer's, always the last) whose records
@@ -1005,10 +982,10 @@ int m2a_spool_append(struct m2a_spool *s, const struct m2a_envelope *env, uint64
         return M2A_ERR_ARG;
     }
     unsigned char *h = s->batch.data + start;
-    put32(h, REC_MAGIC);
-    put32(h + 4, (uint32_t)got);
-    put64(h + 12, s->w_next);
-    put32(h + 8, rec_crc(h, got));
+    m2a_put_le32(h, REC_MAGIC);
+    m2a_put_le32(h + 4, (uint32_t)got);
+    m2a_put_le64(h + 12, s->w_next);
+    m2a_put_le32(h + 8, rec_crc(h, got));
     if (seq)
         *seq = s->w_next;
     s->w_next++;
@@ -1259,7 +1236,7 @@ static int reader_fill(struct m2a_spool *s, size_t need)
 static void reader_skip(struct m2a_spool *s)
 {
     unsigned char magic[4];
-    put32(magic, REC_MAGIC);
+    m2a_put_le32(magic, REC_MAGIC);
     s->r_pos++;
     if (s->r_pos >= s->r_len)
         return;

@@ -43,6 +43,7 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
@@ -57,12 +58,6 @@
 #define WAKE_EVERY_MS   100      /* stop repeats it until the thread is out */
 #define GATHER_US       1000     /* group commit: at most one batch flush per this */
 #define COMPONENT       "mqtt"
-
-/* At most one line per LOG_INTERVAL_MS; counts what it swallowed. */
-struct ratelimit {
-    uint64_t next_ms;
-    uint64_t suppressed;
-};
 
 struct m2a_mqtt_in {
     struct m2a_mqtt_in_opts o;
@@ -105,7 +100,7 @@ struct m2a_mqtt_in {
     int batch_err;        /* first append failure; the batch must not be acknowledged */
     const struct m2a_mqtt_msg *cur_msg;
 
-    struct ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
+    struct m2a_ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
     struct m2a_dl_scratch *dl_scratch;
     uint64_t spool_dropped;  /* m2a_spool_stats.dropped already counted */
     uint64_t drops_unlogged; /* of those, not yet in a log line */
@@ -118,26 +113,6 @@ static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 static void lib_init(void)
 {
     mosquitto_lib_init();
-}
-
-static bool rl_allow(struct ratelimit *r, uint64_t *suppressed)
-{
-    uint64_t now = m2a_now_ms();
-    if (now < r->next_ms) {
-        r->suppressed++;
-        return false;
-    }
-    *suppressed = r->suppressed;
-    r->suppressed = 0;
-    r->next_ms = now + LOG_INTERVAL_MS;
-    return true;
-}
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* A libmosquitto return code as a sentence; errno must be the call's. */
@@ -183,7 +158,7 @@ static void update_pause(struct m2a_mqtt_in *mi)
     if (!mi->paused && ss.bytes >= high) {
         mi->paused = true;
         M2A_STAT_SET(mi->o.stats, mqtt_paused, 1);
-        if (rl_allow(&mi->rl_pause, &sup))
+        if (m2a_ratelimit_ok(&mi->rl_pause, &sup))
             m2a_warn(COMPONENT,
                      "spool holds %" PRIu64 " of %" PRIu64 " bytes (>= 90%%): pausing MQTT reads; "
                      "the broker keeps queueing in the persistent session (%" PRIu64
@@ -192,7 +167,7 @@ static void update_pause(struct m2a_mqtt_in *mi)
     } else if (mi->paused && ss.bytes < low) {
         mi->paused = false;
         M2A_STAT_SET(mi->o.stats, mqtt_paused, 0);
-        if (rl_allow(&mi->rl_resume, &sup))
+        if (m2a_ratelimit_ok(&mi->rl_resume, &sup))
             m2a_info(COMPONENT,
                      "spool down to %" PRIu64 " of %" PRIu64 " bytes (< 80%%): resuming MQTT "
                      "reads (%" PRIu64 " resumes not logged)",
@@ -251,7 +226,7 @@ static void undeliverable(struct m2a_mqtt_in *mi, size_t route_index,
         M2A_STAT_ADD(st, dropped, 1);
         M2A_ROUTE_ADD(mi->route_ctr[route_index], dropped, 1);
     }
-    if (rl_allow(&mi->rl_route, &sup))
+    if (m2a_ratelimit_ok(&mi->rl_route, &sup))
         M2A_LOG(dead ? M2A_LOG_WARN : M2A_LOG_ERROR, COMPONENT,
                 "route %s: topic %.*s: %s; %s (x-death-reason %s) (%" PRIu64 " similar suppressed)",
                 m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, why, fate,
@@ -359,7 +334,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 
     if (rc != 0) {
         mi->refused = true;
-        if (rl_allow(&mi->rl_connect, &sup))
+        if (m2a_ratelimit_ok(&mi->rl_connect, &sup))
             m2a_error(COMPONENT,
                       "%s:%d refused the connection: %s (%" PRIu64 " similar suppressed)", c->host,
                       c->port, connack_reason(mi, rc), sup);
@@ -495,7 +470,7 @@ static void try_connect(struct m2a_mqtt_in *mi)
 
     struct mosquitto *mosq = new_client(mi, err, sizeof(err));
     if (!mosq) {
-        if (rl_allow(&mi->rl_connect, &sup))
+        if (m2a_ratelimit_ok(&mi->rl_connect, &sup))
             m2a_error(COMPONENT, "cannot create the MQTT client: %s", err);
         goto fail;
     }
@@ -512,7 +487,7 @@ static void try_connect(struct m2a_mqtt_in *mi)
     mosquitto_property_free_all(&props);
     if (rc != MOSQ_ERR_SUCCESS) {
         char tls[600];
-        if (!atomic_load(&mi->stop) && rl_allow(&mi->rl_connect, &sup))
+        if (!atomic_load(&mi->stop) && m2a_ratelimit_ok(&mi->rl_connect, &sup))
             m2a_warn(COMPONENT, "cannot connect to %s:%d: %s (%" PRIu64 " similar suppressed)",
                      c->host, c->port,
                      tls_or(mosq_err_str(rc, ebuf, sizeof(ebuf)), tls, sizeof(tls)), sup);
@@ -546,7 +521,7 @@ static void log_disconnect(struct m2a_mqtt_in *mi, int why)
                  c->host, c->port, disc_reason(mi, why));
     else if (mi->connack_ok)
         m2a_warn(COMPONENT, "disconnected from %s:%d: %s", c->host, c->port, disc_reason(mi, why));
-    else if (!mi->refused && rl_allow(&mi->rl_connect, &sup)) {
+    else if (!mi->refused && m2a_ratelimit_ok(&mi->rl_connect, &sup)) {
         char tls[600];
         m2a_warn(COMPONENT,
                  "connection to %s:%d failed before CONNACK: %s (%" PRIu64 " similar suppressed)",
@@ -577,7 +552,7 @@ static void spool_failed(struct m2a_mqtt_in *mi, int err)
         shutdown(fd, SHUT_RDWR);
     M2A_STAT_ADD(mi->o.stats, spool_errors, 1);
     mi->spool_failing = true;
-    if (rl_allow(&mi->rl_spool, &sup))
+    if (m2a_ratelimit_ok(&mi->rl_spool, &sup))
         m2a_error(COMPONENT,
                   "spool: %s; dropping the MQTT connection without acknowledging the batch, "
                   "the broker will redeliver (%" PRIu64 " similar suppressed)",
@@ -709,7 +684,7 @@ static void count_spool_drops(struct m2a_mqtt_in *mi)
         mi->drops_unlogged += n;
         M2A_STAT_ADD(mi->o.stats, dropped, n);
     }
-    if (mi->drops_unlogged && rl_allow(&mi->rl_drop, &sup)) {
+    if (mi->drops_unlogged && m2a_ratelimit_ok(&mi->rl_drop, &sup)) {
         m2a_warn(COMPONENT,
                  "spool full (overflow: drop_oldest): discarded %" PRIu64 " of the oldest "
                  "unconfirmed messages (%" PRIu64 " since start)",
@@ -724,7 +699,7 @@ static bool read_batch(struct m2a_mqtt_in *mi)
 {
     int rc = MOSQ_ERR_SUCCESS;
     mi->batch_msgs = 0;
-    mi->batch_wall_ms = wall_ms();
+    mi->batch_wall_ms = m2a_wall_ms();
     mi->batch_appended = 0;
     mi->batch_err = 0;
     mi->batch_bytes = 0;
@@ -933,7 +908,7 @@ static void *run(void *arg)
         else
             turn_disconnected(mi);
         int rc = m2a_spool_tick(mi->o.spool);
-        if (rc != 0 && rl_allow(&mi->rl_tick, &sup))
+        if (rc != 0 && m2a_ratelimit_ok(&mi->rl_tick, &sup))
             m2a_error(COMPONENT, "spool: periodic sync failed: %s (%" PRIu64 " similar suppressed)",
                       m2a_strerror(rc), sup);
     }
@@ -989,6 +964,11 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
     struct m2a_mqtt_in *mi = xcalloc(1, sizeof(*mi));
     mi->o = *opts;
     atomic_init(&mi->stop, false);
+    struct m2a_ratelimit *limiters[] = {&mi->rl_route, &mi->rl_spool, &mi->rl_connect,
+                                        &mi->rl_tick,  &mi->rl_pause, &mi->rl_resume,
+                                        &mi->rl_drop};
+    for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
+        *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_INTERVAL_MS);
     mi->scratch = m2a_route_scratch_new();
     mi->dl_scratch = m2a_dl_scratch_new();
     const struct m2a_conf_mqtt *c = opts->conf;

@@ -1,12 +1,12 @@
-/* bridge.h - the running bridge: wires config, routes, spool, the MQTT and
+/* app.h - the running bridge: wires config, routes, spool, the MQTT and
  * AMQP threads together and runs the main thread's loop (signals, stats).
  *
  * The main thread owns nothing on the data path: it starts the two service
  * threads, waits for signals with sigtimedwait (no asynchronous handlers),
  * logs the stats line, and on SIGTERM/SIGINT stops MQTT first, then gives
  * AMQP up to shutdown_timeout to drain confirms. */
-#ifndef MQTT2AMQP_BRIDGE_H
-#define MQTT2AMQP_BRIDGE_H
+#ifndef MQTT2AMQP_APP_H
+#define MQTT2AMQP_APP_H
 
 #include "mqtt2amqp/config.h"
 
@@ -19,6 +19,6 @@ enum m2a_exit {
 
 /* Runs until SIGTERM or SIGINT. cfg is borrowed for the whole run.
  * Returns an enum m2a_exit. */
-int m2a_bridge_run(const struct m2a_config *cfg);
+int m2a_app_run(const struct m2a_config *cfg);
 
 #endif

@@ -91,6 +91,11 @@ uint64_t m2a_wall_s(void)
     return clock_us(CLOCK_REALTIME) / 1000000u;
 }
 
+uint64_t m2a_wall_ms(void)
+{
+    return clock_us(CLOCK_REALTIME) / 1000u;
+}
+
 void m2a_buf_reserve(struct m2a_buf *b, size_t extra)
 {
     size_t need = b->len + extra + 1; /* room for m2a_buf_cstr's NUL */

@@ -1,4 +1,4 @@
-/* bridge.c - process lifetime: start-up, the main thread's signal and stats
+/* app.c - process lifetime: start-up, the main thread's signal and stats
  * loop, and orderly shutdown.
  *
  * Threads: the main thread (this file) blocks every signal it handles before
@@ -6,7 +6,7 @@
  * threads inherit the mask and signals are only ever taken here, with
  * sigtimedwait. The MQTT thread (mqtt_in.c) and the AMQP thread
  * (amqp_out.c) share only the spool and the counters. */
-#include "mqtt2amqp/bridge.h"
+#include "mqtt2amqp/app.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -236,7 +236,7 @@ static int wait_for_stop(struct live *lv, const sigset_t *set)
     }
 }
 
-int m2a_bridge_run(const struct m2a_config *cfg)
+int m2a_app_run(const struct m2a_config *cfg)
 {
     int rc = M2A_EXIT_RUNTIME;
     char err[512] = "";

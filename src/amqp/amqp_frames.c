@@ -7,30 +7,13 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/err.h"
 
 #define FRAME_HEADER  7 /* type (1), channel (2), payload size (4) */
 #define FRAME_END_LEN 1
 #define FRAME_END     0xCE
 #define HEADER_FIXED  12 /* content header: class (2), weight (2), body size (8) */
-
-static void put16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-}
-
-static void put32(unsigned char *p, uint32_t v)
-{
-    put16(p, (uint16_t)(v >> 16));
-    put16(p + 2, (uint16_t)v);
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
 
 /* Starts a frame at out->len with room for max_payload; returns its start. */
 static unsigned char *frame_begin(struct m2a_buf *out, uint8_t type, uint16_t channel,
@@ -39,14 +22,14 @@ static unsigned char *frame_begin(struct m2a_buf *out, uint8_t type, uint16_t ch
     m2a_buf_reserve(out, FRAME_HEADER + max_payload + FRAME_END_LEN);
     unsigned char *f = out->data + out->len;
     f[0] = type;
-    put16(f + 1, channel);
+    m2a_put_be16(f + 1, channel);
     return f;
 }
 
 /* Completes the frame begun at f with a payload of len bytes. */
 static void frame_end(struct m2a_buf *out, unsigned char *f, size_t len)
 {
-    put32(f + 3, (uint32_t)len);
+    m2a_put_be32(f + 3, (uint32_t)len);
     f[FRAME_HEADER + len] = FRAME_END;
     out->len += FRAME_HEADER + len + FRAME_END_LEN;
 }
@@ -62,7 +45,7 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
 
     /* Method frame: class and method id, then the arguments. */
     unsigned char *f = frame_begin(out, AMQP_FRAME_METHOD, channel, payload_max);
-    put32(f + FRAME_HEADER, AMQP_BASIC_PUBLISH_METHOD);
+    m2a_put_be32(f + FRAME_HEADER, AMQP_BASIC_PUBLISH_METHOD);
     amqp_bytes_t args = {payload_max - 4, f + FRAME_HEADER + 4};
     int n = amqp_encode_method(AMQP_BASIC_PUBLISH_METHOD, (void *)method, args);
     if (n < 0)
@@ -71,9 +54,9 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
 
     /* Content header: class, weight 0, body size, then the properties. */
     f = frame_begin(out, AMQP_FRAME_HEADER, channel, payload_max);
-    put16(f + FRAME_HEADER, AMQP_BASIC_CLASS);
-    put16(f + FRAME_HEADER + 2, 0);
-    put64(f + FRAME_HEADER + 4, body.len);
+    m2a_put_be16(f + FRAME_HEADER, AMQP_BASIC_CLASS);
+    m2a_put_be16(f + FRAME_HEADER + 2, 0);
+    m2a_put_be64(f + FRAME_HEADER + 4, body.len);
     amqp_bytes_t enc = {payload_max - HEADER_FIXED, f + FRAME_HEADER + HEADER_FIXED};
     n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)props, enc);
     if (n < 0) {
