@@ -14,7 +14,10 @@ struct m2a_ratelimit {
     uint64_t suppressed; /* events swallowed since the last line */
 };
 
-#define M2A_RATELIMIT_INIT(ms) {.interval_ms = (ms)}
+#define M2A_RATELIMIT_INIT(ms)                                                                     \
+    {                                                                                              \
+        .interval_ms = (ms)                                                                        \
+    }
 
 /* True when a line may be written now (monotonic now_ms): *suppressed gets
  * how many events were swallowed since the last allowed one. False counts
