@@ -208,124 +208,15 @@ static void tmpl_expand(const struct tmpl *t, const struct m2a_mqtt_msg *msg,
 
 /* --- subscriptions --- */
 
-static size_t count_levels(const char *f)
-{
-    size_t n = 1;
-    for (; *f; f++)
-        n += *f == '/';
-    return n;
-}
-
-/* Level i of filter f as [*p, *p + *n). */
-static void level_at(const char *f, size_t i, const char **p, size_t *n)
-{
-    for (; i > 0; i--)
-        f = strchr(f, '/') + 1;
-    const char *end = strchr(f, '/');
-    *p = f;
-    *n = end ? (size_t)(end - f) : strlen(f);
-}
-
-static bool level_is(const char *p, size_t n, char c)
-{
-    return n == 1 && p[0] == c;
-}
-
-/* true if every topic matched by b is matched by a. */
-static bool covers(const char *a, const char *b)
-{
-    bool wa = a[0] == '+' || a[0] == '#';
-    if (wa && b[0] == '$')
-        return false;
-    size_t na = count_levels(a), nb = count_levels(b);
-    for (size_t i = 0; i < na; i++) {
-        const char *pa, *pb;
-        size_t la, lb;
-        level_at(a, i, &pa, &la);
-        if (level_is(pa, la, '#'))
-            return true; /* also covers b ending one level earlier: "a/#" matches "a" */
-        if (i >= nb)
-            return false;
-        level_at(b, i, &pb, &lb);
-        if (level_is(pa, la, '+')) {
-            if (level_is(pb, lb, '#'))
-                return false;
-            continue;
-        }
-        if (la != lb || memcmp(pa, pb, la) != 0)
-            return false;
-    }
-    return na == nb;
-}
-
-/* The most specific filter of the form built here that covers both a and b:
- * equal levels are kept, differing levels become '+', and a '#' or a length
- * difference ends the filter with '#'. */
-static char *generalise(const char *a, const char *b)
-{
-    size_t na = count_levels(a), nb = count_levels(b);
-    size_t n = na < nb ? na : nb;
-    struct m2a_buf out = {0};
-    bool hash = na != nb;
-    for (size_t i = 0; i < n; i++) {
-        const char *pa, *pb;
-        size_t la, lb;
-        level_at(a, i, &pa, &la);
-        level_at(b, i, &pb, &lb);
-        if (level_is(pa, la, '#') || level_is(pb, lb, '#')) {
-            hash = true;
-            break;
-        }
-        if (i > 0)
-            m2a_buf_append_char(&out, '/');
-        if (la == lb && memcmp(pa, pb, la) == 0)
-            m2a_buf_append(&out, pa, la);
-        else
-            m2a_buf_append_char(&out, '+');
-    }
-    if (hash) {
-        if (out.len > 0)
-            m2a_buf_append_char(&out, '/');
-        m2a_buf_append_char(&out, '#');
-    }
-    char *s = xstrndup((const char *)out.data, out.len);
-    m2a_buf_free(&out);
-    return s;
-}
-
-/* Reduces the route filters to a set in which no two overlap: the broker
- * sends one copy of a message per matching subscription, and the bridge
- * must publish it once per matching route, not once per subscription.
- * Each step removes one filter, so this ends after at most n steps. */
+/* The route filters reduced to a set in which no two overlap (topic.c): the
+ * broker sends one copy of a message per matching subscription, and the
+ * bridge must publish it once per matching route, not once per subscription. */
 static void build_subscriptions(struct m2a_routes *rt)
 {
     rt->subs = xcalloc(rt->n ? rt->n : 1, sizeof(*rt->subs));
     for (size_t i = 0; i < rt->n; i++)
-        rt->subs[rt->nsubs++] = xstrdup(rt->r[i].filter);
-    bool changed = true;
-    while (changed) {
-        changed = false;
-        for (size_t i = 0; i < rt->nsubs && !changed; i++) {
-            for (size_t j = i + 1; j < rt->nsubs && !changed; j++) {
-                char *a = rt->subs[i], *b = rt->subs[j];
-                if (!m2a_topic_filters_overlap(a, b))
-                    continue;
-                if (covers(a, b)) {
-                    free(b);
-                } else if (covers(b, a)) {
-                    rt->subs[i] = b;
-                    free(a);
-                } else {
-                    rt->subs[i] = generalise(a, b);
-                    free(a);
-                    free(b);
-                }
-                memmove(&rt->subs[j], &rt->subs[j + 1], (rt->nsubs - j - 1) * sizeof(char *));
-                rt->nsubs--;
-                changed = true;
-            }
-        }
-    }
+        rt->subs[i] = xstrdup(rt->r[i].filter);
+    rt->nsubs = m2a_topic_filters_reduce(rt->subs, rt->n);
 }
 
 /* --- compile --- */
