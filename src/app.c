@@ -131,8 +131,8 @@ static void note_removed(void *ud, const char *what)
 static void register_routes(struct m2a_route_stats *rs, const struct m2a_config *cfg)
 {
     for (size_t i = 0; i < cfg->nroutes; i++)
-        if (!m2a_route_stats_register(rs, cfg->routes[i].name))
-            m2a_warn("bridge", "route %s: more than %d route names seen, its metrics are not kept",
+        if (m2a_route_stats_register(rs, cfg->routes[i].name) >= M2A_ROUTE_STATS_MAX)
+            m2a_warn("bridge", "route %s: more than %d route names seen, it has no metric series",
                      cfg->routes[i].name, M2A_ROUTE_STATS_MAX);
 }
 

@@ -520,7 +520,8 @@ static uint32_t nack_delay(void *ctx, uint32_t retries)
 /* The counters of the route named route, or NULL (not counted). */
 static struct m2a_route_counters *route_ctr(struct m2a_amqp_out *ao, struct m2a_str route)
 {
-    return m2a_route_stats_find(ao->stats->routes, route.ptr, route.len);
+    return m2a_route_stats_at(ao->stats->routes,
+                              m2a_route_stats_lookup(ao->stats->routes, route.ptr, route.len));
 }
 
 /* Per-route confirms and the confirm latency (set as the window's hook). */
@@ -1326,9 +1327,9 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     ao->nroutes = opts->routes ? opts->nroutes : 0;
     ao->max_age_ms = opts->max_age_ms;
     ao->dl_scratch = m2a_dl_scratch_new();
-    struct m2a_ratelimit *limiters[] = {&ao->rl_nack, &ao->rl_spool, &ao->rl_drop, &ao->rl_dead,
-                                        &ao->rl_expired, &ao->rl_return[0], &ao->rl_return[1],
-                                        &ao->rl_return[2]};
+    struct m2a_ratelimit *limiters[] = {&ao->rl_nack,      &ao->rl_spool,    &ao->rl_drop,
+                                        &ao->rl_dead,      &ao->rl_expired,  &ao->rl_return[0],
+                                        &ao->rl_return[1], &ao->rl_return[2]};
     for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
         *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);

@@ -571,7 +571,8 @@ static void bind_route_counters(struct m2a_mqtt_in *mi)
     mi->route_ctr = xcalloc(n ? n : 1, sizeof(*mi->route_ctr));
     for (size_t i = 0; i < n; i++) {
         const char *name = m2a_routes_name(mi->o.routes, i);
-        mi->route_ctr[i] = m2a_route_stats_find(mi->o.stats->routes, name, strlen(name));
+        mi->route_ctr[i] = m2a_route_stats_at(
+            mi->o.stats->routes, m2a_route_stats_lookup(mi->o.stats->routes, name, strlen(name)));
     }
 }
 

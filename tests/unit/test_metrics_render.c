@@ -70,7 +70,8 @@ START_TEST(exposition_has_every_series_with_its_type)
     M2A_STAT_ADD(&f.st, confirmed, 5);
     M2A_STAT_SET(&f.st, mqtt_connected, 1);
     M2A_STAT_ADD(&f.st, amqp_reconnects, 2);
-    struct m2a_route_counters *r = m2a_route_stats_register(f.st.routes, "tele\"metry\\x");
+    struct m2a_route_counters *r =
+        m2a_route_stats_at(f.st.routes, m2a_route_stats_register(f.st.routes, "tele\"metry\\x"));
     M2A_ROUTE_ADD(r, matched, 4);
     M2A_ROUTE_ADD(r, confirmed, 3);
     m2a_route_stats_register(f.st.routes, "idle");
