@@ -33,13 +33,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mqtt2amqp/envelope.h" /* M2A_ROUTE_NONE: no route (never registered, or full) */
+
 /* Routes beyond this many distinct names are bridged and counted, but have
  * no metric series. */
 #define M2A_ROUTE_STATS_MAX 1024
 /* Distinct route names one process can register. */
 #define M2A_ROUTE_IDS_MAX (1u << 22)
-/* No route: a name never registered, or a registry that is full. */
-#define M2A_ROUTE_NONE UINT32_MAX
 
 struct m2a_route_counters {
     _Atomic uint64_t matched;
