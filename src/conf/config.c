@@ -31,9 +31,9 @@
 
 #include <yaml.h>
 
-#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
@@ -1377,7 +1377,7 @@ static const struct section spool_section = {spool_opts, NOPTS(spool_opts), 0, N
 #define T struct m2a_conf_dead_letter
 static const struct opt dead_letter_opts[] = {
     STR(T, "exchange", exchange, NULL, F_REQUIRED, "dead-letter exchange, \"\" for the default"),
-    STRC(T, "routing_key", routing_key, "{route}", 0, m2a_dl_key_check,
+    STRC(T, "routing_key", routing_key, "{route}", 0, m2a_policy_key_check,
          "template of {route} and {reason}"),
     INT(T, "max_retries", max_retries, "10", 0, 1000000,
         "re-publishes after a nack before dead-lettering"),

@@ -1,6 +1,7 @@
 /* routes.c - the mapping engine: compiles the config's routes into an
- * immutable table (filters, precompiled templates, subscriptions) and maps
- * each MQTT message to one envelope per matching route.
+ * immutable table (ids, filters, precompiled templates, policies,
+ * subscriptions) and maps each MQTT message to one envelope per matching
+ * route.
  *
  * Threads: a compiled table is never written after m2a_routes_compile()
  * returns, so any thread may read it; a reload builds a new table. A scratch
@@ -39,6 +40,9 @@ struct tmpl {
 };
 
 struct route {
+    uint32_t id;
+    struct m2a_route_counters *ctr; /* NULL: not counted */
+    enum m2a_unroutable unroutable;
     char *name;
     char *filter;
     char *exchange;
@@ -57,6 +61,8 @@ struct m2a_routes {
     struct route *r;
     size_t nsubs;
     char **subs;
+    uint32_t *by_id; /* route index + 1 by id, open addressing; 0 is empty */
+    size_t by_id_size;
 };
 
 struct m2a_route_scratch {
@@ -254,6 +260,7 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
     r->content_type = xstrdup(c->content_type ? c->content_type : "");
     r->persistent = c->persistent;
     r->cont = c->cont;
+    r->unroutable = c->unroutable;
     if (c->routing_key) {
         r->has_key = true;
         if ((rc = tmpl_parse(c->routing_key, ncap, &r->key, why, sizeof(why))) < 0) {
@@ -301,8 +308,44 @@ static void route_free(struct route *r)
     free(r->hvals);
 }
 
-int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_routes **out, char *err,
-                       size_t errlen)
+static size_t id_slot(const struct m2a_routes *rt, uint32_t id)
+{
+    return (size_t)(id * 2654435761u) & (rt->by_id_size - 1);
+}
+
+/* Ids from the registry, then the id -> index table: the AMQP thread finds
+ * a record's route (its unroutable policy) by id in O(1). */
+static int assign_ids(struct m2a_routes *rt, struct m2a_route_stats *registry, char *err,
+                      size_t errlen)
+{
+    for (size_t i = 0; i < rt->n; i++) {
+        struct route *r = &rt->r[i];
+        r->id = registry ? m2a_route_stats_register(registry, r->name) : (uint32_t)i;
+        if (r->id == M2A_ROUTE_NONE) {
+            set_err(err, errlen,
+                    "route \"%s\": more than %u route names since the bridge started; "
+                    "restart it to start counting again",
+                    r->name, (unsigned)M2A_ROUTE_IDS_MAX);
+            return M2A_ERR_CONFIG;
+        }
+        r->ctr = m2a_route_stats_at(registry, r->id);
+    }
+    rt->by_id_size = 4;
+    while (rt->by_id_size < 2 * rt->n)
+        rt->by_id_size *= 2;
+    rt->by_id = xcalloc(rt->by_id_size, sizeof(*rt->by_id));
+    for (size_t i = 0; i < rt->n; i++) {
+        size_t pos = id_slot(rt, rt->r[i].id);
+        /* Two routes never share a name (config.c), so never an id. */
+        while (rt->by_id[pos] != 0)
+            pos = (pos + 1) & (rt->by_id_size - 1);
+        rt->by_id[pos] = (uint32_t)i + 1;
+    }
+    return 0;
+}
+
+int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_route_stats *registry,
+                       struct m2a_routes **out, char *err, size_t errlen)
 {
     int rc = 0;
     struct m2a_routes *rt = xcalloc(1, sizeof(*rt));
@@ -314,6 +357,8 @@ int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_routes **out, ch
         if ((rc = compile_route(&cfg->routes[i], &rt->r[i], err, errlen)) < 0)
             goto out;
     }
+    if ((rc = assign_ids(rt, registry, err, errlen)) < 0)
+        goto out;
     build_subscriptions(rt);
     *out = rt;
     rt = NULL;
@@ -332,6 +377,7 @@ void m2a_routes_free(struct m2a_routes *routes)
     for (size_t i = 0; i < routes->nsubs; i++)
         free(routes->subs[i]);
     free(routes->subs);
+    free(routes->by_id);
     free(routes);
 }
 
@@ -343,6 +389,34 @@ size_t m2a_routes_count(const struct m2a_routes *routes)
 const char *m2a_routes_name(const struct m2a_routes *routes, size_t i)
 {
     return i < routes->n ? routes->r[i].name : NULL;
+}
+
+uint32_t m2a_routes_id(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].id : M2A_ROUTE_NONE;
+}
+
+struct m2a_route_counters *m2a_routes_counters(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].ctr : NULL;
+}
+
+enum m2a_unroutable m2a_routes_unroutable(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].unroutable : M2A_UNROUTABLE_DEAD_LETTER;
+}
+
+long m2a_routes_find(const struct m2a_routes *routes, uint32_t route_id)
+{
+    if (route_id == M2A_ROUTE_NONE || routes->n == 0)
+        return -1;
+    for (size_t pos = id_slot(routes, route_id);; pos = (pos + 1) & (routes->by_id_size - 1)) {
+        uint32_t v = routes->by_id[pos];
+        if (v == 0)
+            return -1;
+        if (routes->r[v - 1].id == route_id)
+            return (long)v - 1;
+    }
 }
 
 size_t m2a_routes_nsubscriptions(const struct m2a_routes *routes)
@@ -415,6 +489,7 @@ static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
     }
 
     *env = (struct m2a_envelope){
+        .route_id = r->id,
         .timestamp_ms = msg->timestamp_ms,
         .route = str_of(r->name),
         .exchange = str_of(r->exchange),

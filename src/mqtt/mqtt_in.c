@@ -39,10 +39,10 @@
 #include <mqtt_protocol.h>
 
 #include "mqtt2amqp/backoff.h"
-#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/tls.h"
@@ -65,16 +65,17 @@ struct m2a_mqtt_in {
     atomic_bool stop;
     atomic_bool in_connect; /* inside libmosquitto's blocking connect: stop signals it */
     struct m2a_route_scratch *scratch;
+    /* The generation this thread runs (a reference of its own) and its
+     * routes; a reload hands over the next one through `pending` (taken
+     * with an atomic exchange, between two read batches). */
+    struct m2a_generation *gen;
+    const struct m2a_routes *routes;
+    _Atomic(struct m2a_generation *) pending;
     char **subs; /* subscription strings, with the $share prefix if any */
     size_t nsubs;
     int *sub_mids; /* mid of the SUBSCRIBE sent for subs[i] on this connection */
-    /* Live reload: a table handed over by m2a_mqtt_in_set_routes (taken with
-     * an atomic exchange), whether o.routes is ours to free, the counters of
-     * o.routes by route index, and filters a reload dropped while
-     * disconnected (unsubscribed at the next CONNACK). */
-    _Atomic(struct m2a_routes *) pending_routes;
-    bool routes_owned;
-    struct m2a_route_counters **route_ctr;
+    /* Filters a reload dropped while disconnected (unsubscribed at the next
+     * CONNACK). */
     char **unsubs;
     size_t nunsubs;
     struct m2a_backoff backoff;
@@ -100,8 +101,8 @@ struct m2a_mqtt_in {
     int batch_err;        /* first append failure; the batch must not be acknowledged */
     const struct m2a_mqtt_msg *cur_msg;
 
-    struct m2a_ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
-    struct m2a_dl_scratch *dl_scratch;
+    struct m2a_ratelimit rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
+    struct m2a_policy *policy;
     uint64_t spool_dropped;  /* m2a_spool_stats.dropped already counted */
     uint64_t drops_unlogged; /* of those, not yet in a log line */
 };
@@ -188,49 +189,29 @@ static void appended(struct m2a_mqtt_in *mi, const struct m2a_envelope *env)
 }
 
 /* A message its route cannot forward (routing error, or too large for the
- * spool). With a dead_letter section its dead letter is appended to the
- * spool in the current batch, so the message's PUBACK leaves only once the
- * dead letter is as durable as any record (an append failure fails the
- * batch: the broker redelivers). A too-large message's dead letter leaves
- * the body out. Without the section, or if even the dead letter cannot fit,
- * the message is counted as dropped. Either way, one line (rate-limited). */
-static void undeliverable(struct m2a_mqtt_in *mi, size_t route_index,
-                          const struct m2a_envelope *env, enum m2a_dl_reason reason,
-                          const char *why)
+ * spool): the policy decides. A dead letter is appended to the spool in the
+ * current batch, so the message's PUBACK leaves only once the dead letter
+ * is as durable as any record (an append failure fails the batch: the
+ * broker redelivers, and nothing is counted yet). A dead letter that
+ * cannot fit either leaves the message dropped. */
+static void undeliverable(struct m2a_mqtt_in *mi, const struct m2a_envelope *env,
+                          enum m2a_policy_event event, const char *why)
 {
-    struct m2a_stats *st = mi->o.stats;
-    const struct m2a_mqtt_msg *m = mi->cur_msg;
-    int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
-    const char *fate = "no dead_letter section: dropped";
-    bool dead = false;
-    uint64_t sup;
-    if (mi->o.dead_letter && mi->o.dead_letter->enabled) {
-        struct m2a_envelope dle;
-        m2a_dl_build(mi->o.dead_letter, env, reason, true, mi->dl_scratch, &dle);
+    struct m2a_policy_case c = {.event = event, .env = env, .detail = why};
+    struct m2a_envelope dle;
+    enum m2a_fate fate = m2a_policy_decide(mi->policy, mi->gen, &c, &dle), done = fate;
+    if (fate == M2A_FATE_DEAD_LETTER) {
         int rc = m2a_spool_append(mi->o.spool, &dle, NULL);
         if (rc != 0 && rc != M2A_ERR_ARG) {
             mi->batch_err = rc; /* transient: not acknowledged, redelivered */
             return;
         }
-        dead = rc == 0;
-        if (dead) {
+        if (rc == 0)
             appended(mi, &dle);
-            M2A_STAT_ADD(st, dead_lettered, 1);
-            M2A_ROUTE_ADD(mi->route_ctr[route_index], dead_lettered, 1);
-        }
-        fate = !dead ? "its dead letter does not fit in the spool either: dropped"
-               : reason == M2A_DL_TOO_LARGE ? "dropped, a dead letter without the body sent"
-                                            : "dead-lettered";
+        else
+            done = M2A_FATE_DROP;
     }
-    if (!dead || reason == M2A_DL_TOO_LARGE) {
-        M2A_STAT_ADD(st, dropped, 1);
-        M2A_ROUTE_ADD(mi->route_ctr[route_index], dropped, 1);
-    }
-    if (m2a_ratelimit_ok(&mi->rl_route, &sup))
-        M2A_LOG(dead ? M2A_LOG_WARN : M2A_LOG_ERROR, COMPONENT,
-                "route %s: topic %.*s: %s; %s (x-death-reason %s) (%" PRIu64 " similar suppressed)",
-                m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, why, fate,
-                m2a_dl_reason_name(reason), sup);
+    m2a_policy_account(mi->policy, mi->gen, &c, fate, done, 0);
 }
 
 static void on_route(void *ud, size_t route_index, const struct m2a_envelope *env, int err)
@@ -240,22 +221,20 @@ static void on_route(void *ud, size_t route_index, const struct m2a_envelope *en
 
     if (mi->batch_err != 0)
         return; /* the batch will not be acknowledged anyway */
-    M2A_ROUTE_ADD(mi->route_ctr[route_index], matched, 1);
+    M2A_ROUTE_ADD(m2a_routes_counters(mi->routes, route_index), matched, 1);
     if (err != 0) {
-        M2A_STAT_ADD(mi->o.stats, route_errors, 1);
-        undeliverable(mi, route_index, env, M2A_DL_ROUTING_ERROR, m2a_strerror(err));
+        undeliverable(mi, env, M2A_POLICY_ROUTING_ERROR, m2a_strerror(err));
         return;
     }
     int rc = m2a_spool_append(mi->o.spool, env, NULL);
     if (rc == M2A_ERR_ARG) {
         /* Too big to ever fit: waiting would block the session behind it
          * forever, so it is acknowledged and dead-lettered or dropped. */
-        M2A_STAT_ADD(mi->o.stats, route_errors, 1);
         snprintf(why, sizeof(why),
                  "a %zu-byte message can never fit in the spool (max_bytes %" PRIu64
                  ", record limit %u)",
                  mi->cur_msg->payload_len, mi->o.spool_max_bytes, (unsigned)M2A_SPOOL_MAX_PAYLOAD);
-        undeliverable(mi, route_index, env, M2A_DL_TOO_LARGE, why);
+        undeliverable(mi, env, M2A_POLICY_TOO_LARGE, why);
         return;
     }
     if (rc != 0) {
@@ -281,7 +260,7 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
                                .retain = m->retain,
                                .timestamp_ms = mi->batch_wall_ms};
     mi->cur_msg = &msg;
-    size_t n = m2a_routes_map(mi->o.routes, &msg, mi->scratch, on_route, mi);
+    size_t n = m2a_routes_map(mi->routes, &msg, mi->scratch, on_route, mi);
     mi->cur_msg = NULL;
     if (n == 0) {
         M2A_STAT_ADD(mi->o.stats, unmatched, 1);
@@ -560,21 +539,7 @@ static void spool_failed(struct m2a_mqtt_in *mi, int err)
     drop_connection(mi, MOSQ_ERR_CONN_LOST, true);
 }
 
-/* --- routes: per-route counters and live reload ---------------------------------- */
-
-/* The counters of every route of o.routes, by route index (registered by
- * the bridge before the table reached us; NULL: not counted). */
-static void bind_route_counters(struct m2a_mqtt_in *mi)
-{
-    size_t n = m2a_routes_count(mi->o.routes);
-    free(mi->route_ctr);
-    mi->route_ctr = xcalloc(n ? n : 1, sizeof(*mi->route_ctr));
-    for (size_t i = 0; i < n; i++) {
-        const char *name = m2a_routes_name(mi->o.routes, i);
-        mi->route_ctr[i] = m2a_route_stats_at(
-            mi->o.stats->routes, m2a_route_stats_lookup(mi->o.stats->routes, name, strlen(name)));
-    }
-}
+/* --- routes: the generation and live reload ------------------------------------- */
 
 static void free_subs(char **v, size_t n)
 {
@@ -583,15 +548,15 @@ static void free_subs(char **v, size_t n)
     free(v);
 }
 
-/* subs from o.routes' subscription set, with the $share prefix if any. */
+/* subs from the routes' subscription set, with the $share prefix if any. */
 static void set_subscriptions(struct m2a_mqtt_in *mi)
 {
     const char *group = mi->o.conf->share_group;
-    mi->nsubs = m2a_routes_nsubscriptions(mi->o.routes);
+    mi->nsubs = m2a_routes_nsubscriptions(mi->routes);
     mi->subs = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->subs));
     mi->sub_mids = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->sub_mids));
     for (size_t i = 0; i < mi->nsubs; i++) {
-        const char *f = m2a_routes_subscription(mi->o.routes, i);
+        const char *f = m2a_routes_subscription(mi->routes, i);
         mi->subs[i] = group ? xasprintf("$share/%s/%s", group, f) : xstrdup(f);
     }
 }
@@ -604,25 +569,23 @@ static long find_sub(char *const *v, size_t n, const char *s)
     return -1;
 }
 
-/* Takes the table m2a_mqtt_in_set_routes handed over, between two read
- * batches: every message of a batch maps through one table. Subscribes to
- * the filters it adds before unsubscribing from the ones it drops, so no
- * message published meanwhile falls between the two (one matching both an
- * added and a dropped filter in that instant may arrive twice: at least
- * once holds). The old table is freed here, its last user being us. */
-static void adopt_routes(struct m2a_mqtt_in *mi)
+/* Takes the generation m2a_mqtt_in_set_generation handed over, between two
+ * read batches: every message of a batch maps through one generation.
+ * Subscribes to the filters it adds before unsubscribing from the ones it
+ * drops, so no message published meanwhile falls between the two (one
+ * matching both an added and a dropped filter in that instant may arrive
+ * twice: at least once holds). Drops our reference to the old one. */
+static void adopt_generation(struct m2a_mqtt_in *mi)
 {
-    struct m2a_routes *r = atomic_exchange(&mi->pending_routes, NULL);
-    if (!r)
+    struct m2a_generation *g = atomic_exchange(&mi->pending, NULL);
+    if (!g)
         return;
     char **old = mi->subs;
     size_t nold = mi->nsubs, added = 0, removed = 0;
     int *old_mids = mi->sub_mids;
-    if (mi->routes_owned)
-        m2a_routes_free((struct m2a_routes *)mi->o.routes);
-    mi->o.routes = r;
-    mi->routes_owned = true;
-    bind_route_counters(mi);
+    m2a_generation_unref(mi->gen);
+    mi->gen = g;
+    mi->routes = m2a_generation_routes(g);
     set_subscriptions(mi);
     bool live = mi->mosq && mi->connack_ok;
     for (size_t i = 0; i < mi->nsubs; i++) {
@@ -653,8 +616,10 @@ static void adopt_routes(struct m2a_mqtt_in *mi)
     }
     free_subs(old, nold);
     free(old_mids);
-    m2a_info(COMPONENT, "routes reloaded: %zu routes, %zu subscriptions (%zu added, %zu removed)",
-             m2a_routes_count(r), mi->nsubs, added, removed);
+    m2a_info(COMPONENT,
+             "routes reloaded (generation %" PRIu64 "): %zu routes, %zu subscriptions (%zu "
+             "added, %zu removed)",
+             m2a_generation_number(g), m2a_routes_count(mi->routes), mi->nsubs, added, removed);
 }
 
 /* --- the loop -------------------------------------------------------------------- */
@@ -901,7 +866,7 @@ static void *run(void *arg)
     uint64_t sup;
     pthread_setname_np(pthread_self(), "m2a-mqtt");
     while (!atomic_load(&mi->stop)) {
-        adopt_routes(mi);
+        adopt_generation(mi);
         update_pause(mi);
         count_spool_drops(mi);
         if (mi->mosq)
@@ -922,8 +887,8 @@ static void *run(void *arg)
 static int check_conf(const struct m2a_mqtt_in_opts *o, char *err, size_t errlen)
 {
     const struct m2a_conf_mqtt *c = o->conf;
-    if (!c || !o->routes || !o->spool || !o->stats)
-        snprintf(err, errlen, "missing conf, routes, spool or stats");
+    if (!c || !o->generation || !o->spool || !o->stats)
+        snprintf(err, errlen, "missing conf, generation, spool or stats");
     else if (!c->host || c->port < 1 || c->port > 65535)
         snprintf(err, errlen, "invalid MQTT host or port");
     else if (c->protocol != 5 && c->protocol != 311)
@@ -944,12 +909,10 @@ static void free_mi(struct m2a_mqtt_in *mi)
     free_subs(mi->subs, mi->nsubs);
     free(mi->sub_mids);
     free_subs(mi->unsubs, mi->nunsubs);
-    free(mi->route_ctr);
-    m2a_routes_free(atomic_exchange(&mi->pending_routes, NULL));
-    if (mi->routes_owned)
-        m2a_routes_free((struct m2a_routes *)mi->o.routes);
+    m2a_generation_unref(atomic_exchange(&mi->pending, NULL));
+    m2a_generation_unref(mi->gen);
     m2a_route_scratch_free(mi->scratch);
-    m2a_dl_scratch_free(mi->dl_scratch);
+    m2a_policy_free(mi->policy);
     SSL_CTX_free(mi->ssl_ctx);
     free(mi);
 }
@@ -965,17 +928,18 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
     struct m2a_mqtt_in *mi = xcalloc(1, sizeof(*mi));
     mi->o = *opts;
     atomic_init(&mi->stop, false);
-    struct m2a_ratelimit *limiters[] = {&mi->rl_route, &mi->rl_spool, &mi->rl_connect,
-                                        &mi->rl_tick,  &mi->rl_pause, &mi->rl_resume,
-                                        &mi->rl_drop};
+    struct m2a_ratelimit *limiters[] = {&mi->rl_spool, &mi->rl_connect, &mi->rl_tick,
+                                        &mi->rl_pause, &mi->rl_resume,  &mi->rl_drop};
     for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
         *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_INTERVAL_MS);
     mi->scratch = m2a_route_scratch_new();
-    mi->dl_scratch = m2a_dl_scratch_new();
+    mi->policy = m2a_policy_new(&(struct m2a_policy_opts){
+        .stats = opts->stats, .component = COMPONENT, .log_interval_ms = LOG_INTERVAL_MS});
     const struct m2a_conf_mqtt *c = opts->conf;
-    atomic_init(&mi->pending_routes, NULL);
+    mi->gen = m2a_generation_ref(opts->generation);
+    mi->routes = m2a_generation_routes(mi->gen);
+    atomic_init(&mi->pending, NULL);
     set_subscriptions(mi);
-    bind_route_counters(mi);
     m2a_backoff_init(&mi->backoff, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);
 
     /* Build one handle now so bad settings (TLS files...) fail the start,
@@ -1012,10 +976,10 @@ out:
     return rc;
 }
 
-void m2a_mqtt_in_set_routes(struct m2a_mqtt_in *mi, struct m2a_routes *routes)
+void m2a_mqtt_in_set_generation(struct m2a_mqtt_in *mi, struct m2a_generation *gen)
 {
-    /* A table handed over earlier but not adopted yet is ours again. */
-    m2a_routes_free(atomic_exchange(&mi->pending_routes, routes));
+    /* One handed over earlier but not adopted yet is superseded. */
+    m2a_generation_unref(atomic_exchange(&mi->pending, m2a_generation_ref(gen)));
 }
 
 void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi)

@@ -242,7 +242,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     struct m2a_routes *rt = NULL;
     char err[512] = "";
-    int rc = m2a_routes_compile(&cfg, &rt, err, sizeof(err));
+    int rc = m2a_routes_compile(&cfg, NULL, &rt, err, sizeof(err));
     FUZZ_CHECK((rc == 0) == expect, "compile returned %d (%s), templates %s", rc, err,
                expect ? "valid" : "invalid");
     if (rc != 0) {
@@ -257,7 +257,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!tmpl_ok[r][1])
                 c->nheaders = 0;
         }
-        rc = m2a_routes_compile(&cfg, &rt, err, sizeof(err));
+        rc = m2a_routes_compile(&cfg, NULL, &rt, err, sizeof(err));
         FUZZ_CHECK(rc == 0, "compile without the bad templates: %s", err);
     }
     FUZZ_CHECK(m2a_routes_nsubscriptions(rt) <= cfg.nroutes, "more subscriptions than routes");

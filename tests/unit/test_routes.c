@@ -60,7 +60,7 @@ static struct m2a_routes *compile(const struct rdef *defs, size_t n)
     struct m2a_config *cfg = make_cfg(defs, n);
     struct m2a_routes *rt = NULL;
     char err[512] = "";
-    int rc = m2a_routes_compile(cfg, &rt, err, sizeof(err));
+    int rc = m2a_routes_compile(cfg, NULL, &rt, err, sizeof(err));
     ck_assert_msg(rc == 0, "compile: %s", err);
     free_cfg(cfg); /* the table must not point into the config */
     return rt;
@@ -281,7 +281,7 @@ START_TEST(envelope_fields_and_templated_headers)
     cfg->routes[1].persistent = false;
     struct m2a_routes *rt = NULL;
     char err[256];
-    ck_assert_int_eq(m2a_routes_compile(cfg, &rt, err, sizeof(err)), 0);
+    ck_assert_int_eq(m2a_routes_compile(cfg, NULL, &rt, err, sizeof(err)), 0);
     free_cfg(cfg);
     struct m2a_route_scratch *s = m2a_route_scratch_new();
     struct recs rs = {0};
@@ -374,7 +374,7 @@ static int compile_err(const struct rdef *def, char *err, size_t errlen)
 {
     struct m2a_config *cfg = make_cfg(def, 1);
     struct m2a_routes *rt = (struct m2a_routes *)(uintptr_t)1; /* must be reset to NULL */
-    int rc = m2a_routes_compile(cfg, &rt, err, errlen);
+    int rc = m2a_routes_compile(cfg, NULL, &rt, err, errlen);
     ck_assert_ptr_null(rt);
     free_cfg(cfg);
     return rc;
