@@ -85,7 +85,7 @@ static int explain(const struct m2a_generation *g, const char *topic)
         fprintf(stderr, "mqtt2amqp: '%s' is not a valid MQTT topic name (no wildcards)\n", topic);
         return M2A_EXIT_CONFIG;
     }
-    struct m2a_route_scratch *scratch = m2a_route_scratch_new();
+    struct m2a_routes_scratch *scratch = m2a_routes_scratch_new();
     struct m2a_mqtt_msg msg = {.topic = topic,
                                .topic_len = strlen(topic),
                                .payload = "",
@@ -97,7 +97,7 @@ static int explain(const struct m2a_generation *g, const char *topic)
     m2a_routes_map(m2a_generation_routes(g), &msg, scratch, explain_cb, &ctx);
     if (ctx.matched == 0)
         printf("no route matches topic '%s'\n", topic);
-    m2a_route_scratch_free(scratch);
+    m2a_routes_scratch_free(scratch);
     return M2A_EXIT_OK;
 }
 

@@ -95,7 +95,7 @@ const char *m2a_route_stats_name(const struct m2a_route_stats *rs, uint32_t id);
 size_t m2a_route_stats_count(const struct m2a_route_stats *rs);
 
 /* Any thread (the AMQP thread in practice); rs may be NULL. */
-void m2a_latency_observe(struct m2a_route_stats *rs, uint64_t us);
-void m2a_latency_get(const struct m2a_route_stats *rs, struct m2a_latency_snapshot *out);
+void m2a_route_stats_observe_latency(struct m2a_route_stats *rs, uint64_t us);
+void m2a_route_stats_latency(const struct m2a_route_stats *rs, struct m2a_latency_snapshot *out);
 
 #endif

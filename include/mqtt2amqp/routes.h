@@ -4,7 +4,7 @@
  * m2a_routes_compile() turns the config's routes into an immutable table,
  * shared read-only; it is part of a generation (generation.h), which a
  * reload replaces as a whole. Mapping a message uses a per-thread scratch
- * (m2a_route_scratch) so the hot path allocates nothing once the scratch
+ * (struct m2a_routes_scratch) so the hot path allocates nothing once the scratch
  * has grown.
  *
  * Templates: "{topic}" is the whole topic converted like the default routing
@@ -23,7 +23,7 @@
 #include "mqtt2amqp/route_stats.h"
 
 struct m2a_routes;
-struct m2a_route_scratch;
+struct m2a_routes_scratch;
 
 /* An MQTT message as received. Nothing is copied. */
 struct m2a_mqtt_msg {
@@ -39,7 +39,7 @@ struct m2a_mqtt_msg {
 /* Validates a template against a filter with ncaptures wildcards: 0, or
  * M2A_ERR_TEMPLATE with a sentence in err (unknown placeholder, capture
  * number above ncaptures, unbalanced brace). */
-int m2a_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen);
+int m2a_routes_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen);
 
 /* Builds the table from a validated config. Copies what it needs: cfg may be
  * freed afterwards. With a registry (main thread only) every route name is
@@ -68,8 +68,8 @@ long m2a_routes_find(const struct m2a_routes *routes, uint32_t route_id);
 size_t m2a_routes_nsubscriptions(const struct m2a_routes *routes);
 const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i);
 
-struct m2a_route_scratch *m2a_route_scratch_new(void);
-void m2a_route_scratch_free(struct m2a_route_scratch *s);
+struct m2a_routes_scratch *m2a_routes_scratch_new(void);
+void m2a_routes_scratch_free(struct m2a_routes_scratch *s);
 
 /* Called once per matching route, in route order. On success err is 0 and
  * env is complete. On a mapping failure err is M2A_ERR_KEY_TOO_LONG or
@@ -81,6 +81,6 @@ typedef void (*m2a_route_cb)(void *ud, size_t route_index, const struct m2a_enve
 /* Maps msg through the routes: first match wins unless that route has
  * continue: true. Returns the number of routes that matched (0: none). */
 size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
-                      struct m2a_route_scratch *scratch, m2a_route_cb cb, void *ud);
+                      struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud);
 
 #endif

@@ -527,7 +527,7 @@ static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
     struct m2a_amqp_out *ao = ctx;
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, confirmed, 1);
     if (slot->sent_us)
-        m2a_latency_observe(ao->stats->routes, ao->frame_us - slot->sent_us);
+        m2a_route_stats_observe_latency(ao->stats->routes, ao->frame_us - slot->sent_us);
 }
 
 /* The dead letter dle takes the place of the record in slot. */

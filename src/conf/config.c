@@ -1098,11 +1098,11 @@ static int route_check(struct ctx *c, const struct section *sec, yaml_node_t *ma
         return fail(c, at(found_of(sec, found, "topic")), "%s.topic: %s", path,
                     msg[0] ? msg : "invalid topic filter");
     int ncap = m2a_topic_filter_wildcards(r->topic);
-    if (r->routing_key && m2a_template_check(r->routing_key, ncap, msg, sizeof(msg)))
+    if (r->routing_key && m2a_routes_template_check(r->routing_key, ncap, msg, sizeof(msg)))
         return fail(c, at(found_of(sec, found, "routing_key")), "%s.routing_key: %s", path,
                     msg[0] ? msg : "invalid template");
     for (size_t i = 0; i < r->nheaders; i++)
-        if (m2a_template_check(r->headers[i].value, ncap, msg, sizeof(msg)))
+        if (m2a_routes_template_check(r->headers[i].value, ncap, msg, sizeof(msg)))
             return fail(c, r->headers[i].mark, "%s.headers.%.60s: %s", path, r->headers[i].key,
                         msg[0] ? msg : "invalid template");
     const struct m2a_conf_exchange *e = find_exchange(c, r->exchange, &ok);

@@ -65,7 +65,7 @@ struct m2a_routes {
     size_t by_id_size;
 };
 
-struct m2a_route_scratch {
+struct m2a_routes_scratch {
     struct m2a_buf key;
     struct m2a_buf hvals; /* all header values of one envelope, back to back */
     struct m2a_header *headers;
@@ -177,7 +177,7 @@ static void tmpl_free(struct tmpl *t)
     free(t->lit);
 }
 
-int m2a_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen)
+int m2a_routes_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen)
 {
     if (!tmpl) {
         set_err(err, errlen, "template is missing");
@@ -431,12 +431,12 @@ const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i)
 
 /* --- mapping --- */
 
-struct m2a_route_scratch *m2a_route_scratch_new(void)
+struct m2a_routes_scratch *m2a_routes_scratch_new(void)
 {
-    return xcalloc(1, sizeof(struct m2a_route_scratch));
+    return xcalloc(1, sizeof(struct m2a_routes_scratch));
 }
 
-void m2a_route_scratch_free(struct m2a_route_scratch *s)
+void m2a_routes_scratch_free(struct m2a_routes_scratch *s)
 {
     if (!s)
         return;
@@ -453,7 +453,7 @@ static struct m2a_str str_of(const char *s)
 
 /* Fills env for route r; returns 0 or M2A_ERR_KEY_TOO_LONG. */
 static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
-                   const struct m2a_captures *caps, struct m2a_route_scratch *s,
+                   const struct m2a_captures *caps, struct m2a_routes_scratch *s,
                    struct m2a_envelope *env)
 {
     int rc = 0;
@@ -507,7 +507,7 @@ static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
 }
 
 size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
-                      struct m2a_route_scratch *scratch, m2a_route_cb cb, void *ud)
+                      struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud)
 {
     size_t matched = 0;
     struct m2a_captures caps;

@@ -64,7 +64,7 @@ struct m2a_mqtt_in {
     pthread_t thread;
     atomic_bool stop;
     atomic_bool in_connect; /* inside libmosquitto's blocking connect: stop signals it */
-    struct m2a_route_scratch *scratch;
+    struct m2a_routes_scratch *scratch;
     /* The generation this thread runs (a reference of its own) and its
      * routes; a reload hands over the next one through `pending` (taken
      * with an atomic exchange, between two read batches). */
@@ -911,7 +911,7 @@ static void free_mi(struct m2a_mqtt_in *mi)
     free_subs(mi->unsubs, mi->nunsubs);
     m2a_generation_unref(atomic_exchange(&mi->pending, NULL));
     m2a_generation_unref(mi->gen);
-    m2a_route_scratch_free(mi->scratch);
+    m2a_routes_scratch_free(mi->scratch);
     m2a_policy_free(mi->policy);
     SSL_CTX_free(mi->ssl_ctx);
     free(mi);
@@ -932,7 +932,7 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
                                         &mi->rl_pause, &mi->rl_resume,  &mi->rl_drop};
     for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
         *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_INTERVAL_MS);
-    mi->scratch = m2a_route_scratch_new();
+    mi->scratch = m2a_routes_scratch_new();
     mi->policy = m2a_policy_new(&(struct m2a_policy_opts){
         .stats = opts->stats, .component = COMPONENT, .log_interval_ms = LOG_INTERVAL_MS});
     const struct m2a_conf_mqtt *c = opts->conf;

@@ -174,7 +174,7 @@ size_t m2a_route_stats_count(const struct m2a_route_stats *rs)
     return n < M2A_ROUTE_STATS_MAX ? n : M2A_ROUTE_STATS_MAX;
 }
 
-void m2a_latency_observe(struct m2a_route_stats *rs, uint64_t us)
+void m2a_route_stats_observe_latency(struct m2a_route_stats *rs, uint64_t us)
 {
     if (!rs)
         return;
@@ -186,7 +186,7 @@ void m2a_latency_observe(struct m2a_route_stats *rs, uint64_t us)
     atomic_fetch_add_explicit(&rs->lat_sum_us, us, memory_order_relaxed);
 }
 
-void m2a_latency_get(const struct m2a_route_stats *rs, struct m2a_latency_snapshot *out)
+void m2a_route_stats_latency(const struct m2a_route_stats *rs, struct m2a_latency_snapshot *out)
 {
     memset(out, 0, sizeof(*out));
     if (!rs)

@@ -114,9 +114,9 @@ START_TEST(histogram_is_cumulative_and_counts_match)
 {
     struct fixture f;
     fixture_init(&f);
-    m2a_latency_observe(f.st.routes, 400);     /* le 0.0005 */
-    m2a_latency_observe(f.st.routes, 2000);    /* le 0.0025 */
-    m2a_latency_observe(f.st.routes, 2000000); /* le 2.5 */
+    m2a_route_stats_observe_latency(f.st.routes, 400);     /* le 0.0005 */
+    m2a_route_stats_observe_latency(f.st.routes, 2000);    /* le 0.0025 */
+    m2a_route_stats_observe_latency(f.st.routes, 2000000); /* le 2.5 */
     char *t = render(&f);
     assert_line(t, "mqtt2amqp_confirm_latency_seconds_bucket{le=\"0.0005\"} 1");
     assert_line(t, "mqtt2amqp_confirm_latency_seconds_bucket{le=\"0.001\"} 1");

@@ -116,13 +116,13 @@ END_TEST
 START_TEST(latency_lands_in_the_first_bucket_that_holds_it)
 {
     struct m2a_route_stats *rs = m2a_route_stats_new();
-    m2a_latency_observe(rs, 500);      /* 0.0005 s: on the first bound, le is inclusive */
-    m2a_latency_observe(rs, 501);      /* next bucket */
-    m2a_latency_observe(rs, 3000);     /* 0.003 -> le 0.005 */
-    m2a_latency_observe(rs, 60000000); /* 60 s -> +Inf */
-    m2a_latency_observe(NULL, 1);      /* no-op */
+    m2a_route_stats_observe_latency(rs, 500);  /* 0.0005 s: on the first bound, le is inclusive */
+    m2a_route_stats_observe_latency(rs, 501);  /* next bucket */
+    m2a_route_stats_observe_latency(rs, 3000); /* 0.003 -> le 0.005 */
+    m2a_route_stats_observe_latency(rs, 60000000); /* 60 s -> +Inf */
+    m2a_route_stats_observe_latency(NULL, 1);      /* no-op */
     struct m2a_latency_snapshot l;
-    m2a_latency_get(rs, &l);
+    m2a_route_stats_latency(rs, &l);
     ck_assert_uint_eq(l.bucket[0], 1);
     ck_assert_uint_eq(l.bucket[1], 1);
     ck_assert_uint_eq(l.bucket[3], 1);
