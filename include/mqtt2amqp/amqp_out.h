@@ -1,14 +1,16 @@
 /* amqp_out.h - the AMQP side: one thread that owns the rabbitmq-c
- * connection, the confirm window and the spool reader.
+ * connection, the confirm window, the spool reader and a reference to the
+ * generation it runs.
  *
- * It connects (advertising connection.blocked), declares the topology,
- * enables publisher confirms and publishes spool records with a window of
- * at most confirm_window unconfirmed messages. basic.ack advances the
- * spool's committed position over the contiguous confirmed prefix;
- * basic.nack re-publishes with backoff; basic.return is counted and logged.
- * Heartbeats are serviced even when idle. On any connection error it
- * reconnects with backoff and jitter and replays every unconfirmed record.
- * It never blocks the MQTT side: they share only the spool. */
+ * It connects (advertising connection.blocked), declares its generation's
+ * topology, enables publisher confirms and publishes spool records with a
+ * window of at most confirm_window unconfirmed messages. basic.ack advances
+ * the spool's committed position over the contiguous confirmed prefix;
+ * basic.nack re-publishes with backoff; a nack, a basic.return, an expired
+ * or unpublishable record go through the undeliverable-message policy
+ * (policy.h). Heartbeats are serviced even when idle. On any connection
+ * error it reconnects with backoff and jitter and replays every unconfirmed
+ * record. It never blocks the MQTT side: they share only the spool. */
 #ifndef MQTT2AMQP_AMQP_OUT_H
 #define MQTT2AMQP_AMQP_OUT_H
 

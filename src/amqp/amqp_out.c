@@ -3,9 +3,11 @@
  *
  * Thread ownership: the AMQP thread owns the rabbitmq-c connection (never
  * shared: rabbitmq-c is not thread-safe), the confirm window and the spool
- * reader. start/stop run on the caller's thread and touch only the stop
- * flag, the wake eventfd and, as a last resort when the thread is stuck in
- * a blocking library call, shutdown() of the socket under `mu`.
+ * reader, and holds a reference to the generation it runs. start, stop and
+ * offer run on the caller's thread and touch only the stop flag, the
+ * offered generation (an atomic pointer), the wake eventfd and, as a last
+ * resort when the thread is stuck in a blocking library call, shutdown() of
+ * the socket under `mu`.
  *
  * The loop: connect (advertising connection.blocked and friends), declare
  * the topology, confirm.select, then alternate between reading frames
@@ -479,9 +481,9 @@ static void teardown(struct m2a_amqp_out *ao, bool polite, bool channel_open)
     publish_sockfd(ao, -1); /* before the fd is closed: stop() must not shut a reused fd */
     amqp_destroy_connection(ao->conn);
     ao->conn = NULL;
-    M2A_STAT_SET(ao->stats, amqp_connected, 0);
+    M2A_STAT_SET(ao->stats, amqp_connected, false);
     if (ao->blocked)
-        M2A_STAT_SET(ao->stats, amqp_blocked, 0);
+        M2A_STAT_SET(ao->stats, amqp_blocked, false);
     ao->blocked = false;
     ao->return_state = RETURN_NONE;
     ao->want_write = false;
@@ -717,14 +719,14 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
     case AMQP_CONNECTION_BLOCKED_METHOD: {
         const amqp_connection_blocked_t *b = m->decoded;
         ao->blocked = true;
-        M2A_STAT_SET(ao->stats, amqp_blocked, 1);
+        M2A_STAT_SET(ao->stats, amqp_blocked, true);
         m2a_warn(COMPONENT, "connection blocked by broker: %.*s; publishing paused",
                  (int)b->reason.len, (const char *)b->reason.bytes);
         return 0;
     }
     case AMQP_CONNECTION_UNBLOCKED_METHOD:
         ao->blocked = false;
-        M2A_STAT_SET(ao->stats, amqp_blocked, 0);
+        M2A_STAT_SET(ao->stats, amqp_blocked, false);
         m2a_info(COMPONENT, "connection unblocked; publishing resumed");
         return 0;
     case AMQP_CHANNEL_CLOSE_METHOD: {
@@ -1222,7 +1224,7 @@ static void *thread_main(void *arg)
         }
         if (ao->nconnects++ > 0)
             M2A_STAT_ADD(ao->stats, amqp_reconnects, 1);
-        M2A_STAT_SET(ao->stats, amqp_connected, 1);
+        M2A_STAT_SET(ao->stats, amqp_connected, true);
         ao->connected_ms = ao->last_rx_ms = m2a_now_ms();
         m2a_info(COMPONENT,
                  "connected to %s:%d vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "

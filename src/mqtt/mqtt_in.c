@@ -1,8 +1,10 @@
 /* mqtt_in.c - the MQTT side of the bridge: subscribe, map, spool, acknowledge.
  *
  * Threads: one thread (started here, "m2a-mqtt") owns the libmosquitto
- * handle, the route scratch and the spool writer (append, flush, tick). It
- * shares only the counters (atomics) and the stop flag with other threads.
+ * handle, the route scratch, the spool writer (append, flush, tick) and a
+ * reference to the generation it maps through. It shares only the counters
+ * (atomics), the stop flag and the next generation's mailbox (an atomic
+ * pointer) with other threads.
  *
  * Why the loop looks like this: libmosquitto has no manual-ack API; it queues
  * the PUBACK of a QoS 1 message around on_message. In external-thread mode
@@ -158,7 +160,7 @@ static void update_pause(struct m2a_mqtt_in *mi)
     uint64_t high = max - max / 10, low = max - max / 5;
     if (!mi->paused && ss.bytes >= high) {
         mi->paused = true;
-        M2A_STAT_SET(mi->o.stats, mqtt_paused, 1);
+        M2A_STAT_SET(mi->o.stats, mqtt_paused, true);
         if (m2a_ratelimit_ok(&mi->rl_pause, &sup))
             m2a_warn(COMPONENT,
                      "spool holds %" PRIu64 " of %" PRIu64 " bytes (>= 90%%): pausing MQTT reads; "
@@ -167,7 +169,7 @@ static void update_pause(struct m2a_mqtt_in *mi)
                      ss.bytes, max, sup);
     } else if (mi->paused && ss.bytes < low) {
         mi->paused = false;
-        M2A_STAT_SET(mi->o.stats, mqtt_paused, 0);
+        M2A_STAT_SET(mi->o.stats, mqtt_paused, false);
         if (m2a_ratelimit_ok(&mi->rl_resume, &sup))
             m2a_info(COMPONENT,
                      "spool down to %" PRIu64 " of %" PRIu64 " bytes (< 80%%): resuming MQTT "
@@ -323,7 +325,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
     mi->connack_ok = true;
     if (mi->nconnacks++ > 0)
         M2A_STAT_ADD(mi->o.stats, mqtt_reconnects, 1);
-    M2A_STAT_SET(mi->o.stats, mqtt_connected, 1);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, true);
     if (!mi->spool_failing)
         m2a_backoff_reset(&mi->backoff);
     mi->rl_connect.next_ms = 0; /* the next failure is news again */
@@ -518,7 +520,7 @@ static void drop_connection(struct m2a_mqtt_in *mi, int rc, bool quiet)
     mosquitto_destroy(mi->mosq); /* closes the socket; queued packets die with it */
     mi->mosq = NULL;
     mi->connack_ok = false;
-    M2A_STAT_SET(mi->o.stats, mqtt_connected, 0);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, false);
     mi->next_attempt_ms = m2a_now_ms() + m2a_backoff_next(&mi->backoff);
 }
 
@@ -857,7 +859,7 @@ static void shutdown_connection(struct m2a_mqtt_in *mi)
     }
     mosquitto_destroy(mi->mosq);
     mi->mosq = NULL;
-    M2A_STAT_SET(mi->o.stats, mqtt_connected, 0);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, false);
 }
 
 static void *run(void *arg)
