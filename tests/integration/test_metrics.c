@@ -149,6 +149,49 @@ static int wait_status(int port, const char *path, int want, int timeout_ms)
     return th_poll_until(status_is, &w, timeout_ms);
 }
 
+/* Issue 14: a live scrape passes `promtool check metrics` (Debian's
+ * prometheus package), and every metric name the shipped alerting rules
+ * and Grafana dashboard use is in it. */
+static void check_scrape_with_promtool_and_shipped_names(const char *body)
+{
+    const char *argv[] = {"promtool", "check", "metrics", NULL};
+    struct th_run_result r;
+    ck_assert_int_eq(th_run(argv, body, 30000, &r), 0);
+    if (r.exit_code != 0)
+        fprintf(stderr,
+                "promtool check metrics (exit %d; 127: not installed, see "
+                "scripts/deps.sh):\n%s%s\n",
+                r.exit_code, r.out, r.err);
+    ck_assert_int_eq(r.exit_code, 0);
+    th_run_result_free(&r);
+
+    static const char *const files[] = {M2A_SOURCE_DIR "/config/prometheus-alerts.yml",
+                                        M2A_SOURCE_DIR "/config/grafana-dashboard.json"};
+    for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+        char *text = th_read_file(files[f], NULL);
+        ck_assert_ptr_nonnull(text);
+        int names = 0;
+        for (const char *p = strstr(text, "mqtt2amqp_"); p; p = strstr(p, "mqtt2amqp_")) {
+            size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_");
+            char name[128];
+            ck_assert_uint_lt(n, sizeof(name));
+            memcpy(name, p, n);
+            name[n] = '\0';
+            p += n;
+            /* a series line starts with the name, then '{' or ' ' */
+            bool found = false;
+            for (const char *l = body; l && *l && !found; l = strchr(l, '\n'), l = l ? l + 1 : l)
+                found = strncmp(l, name, n) == 0 && (l[n] == '{' || l[n] == ' ');
+            if (!found)
+                fprintf(stderr, "%s uses %s, which /metrics does not serve\n", files[f], name);
+            ck_assert(found);
+            names++;
+        }
+        ck_assert_int_gt(names, 10);
+        free(text);
+    }
+}
+
 START_TEST(counters_grow_during_traffic_and_equal_deliveries_after)
 {
     struct setup s = {0};
@@ -214,6 +257,7 @@ START_TEST(counters_grow_during_traffic_and_equal_deliveries_after)
     ck_assert_int_eq((long)th_metric(m, "mqtt2amqp_connected{side=\"mqtt\"}"), 1);
     ck_assert_int_eq((long)th_metric(m, "mqtt2amqp_connected{side=\"amqp\"}"), 1);
     ck_assert_int_eq((long)th_metric(m, "mqtt2amqp_reconnects_total{side=\"amqp\"}"), 0);
+    check_scrape_with_promtool_and_shipped_names(m);
     free(m);
     ck_assert_int_eq(wait_metric(s.http_port, "mqtt2amqp_spool_messages", 0, 1000), 0);
     ck_assert_int_eq((long)metric(s.http_port, "mqtt2amqp_spool_messages"), 0);
