@@ -21,6 +21,10 @@ PACKAGES=(
     iproute2                                   # ss: free-port probing in test-rabbitmq.sh
     clang-14 libclang-rt-14-dev                # libFuzzer targets (scripts/fuzz.sh)
     docker-compose                             # validates docker/docker-compose.yml (no engine)
+    scdoc                                      # builds the man page (man/mqtt2amqp.8.scd)
+    dpkg-dev lintian                           # cpack -G DEB (dpkg-shlibdeps), its lint
+    prometheus                                 # promtool: alerting rules, live /metrics
+    curl                                       # the README's "Try it in one minute"
 )
 
 missing=()
