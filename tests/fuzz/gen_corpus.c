@@ -6,7 +6,6 @@
  *   gen_corpus SOURCE_DIR OUT_DIR      (scripts/fuzz.sh corpus runs it)
  *
  * Output is deterministic: same code, same bytes. Single-threaded. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -16,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/util.h"
@@ -145,20 +145,6 @@ static void envelopes(struct m2a_envelope env[2], struct m2a_header *hdr)
     };
 }
 
-/* Removes what the spool left in dir (no subdirectories). */
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL)
-            if (e->d_name[0] != '.')
-                unlinkat(dirfd(d), e->d_name, 0);
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 /* Records 1, 50, 5 | 10, 11, 12 with zero CRCs (flag 1 fixes them), split
  * in two segments named 1 and 10 (flag 2): seq 50 belongs to the second
  * segment, damage the reader once mishandled (test_regressions.c). */
@@ -197,9 +183,7 @@ static void gen_spool(void)
         m2a_buf_free(&b);
     }
 
-    char dir[] = "/tmp/m2a-gen-corpus-XXXXXX";
-    if (!mkdtemp(dir))
-        die("mkdtemp");
+    char *dir = th_tmpdir_new("gen-corpus");
     struct m2a_spool_opts o = {
         .dir = dir, .max_bytes = 1u << 20, .segment_bytes = 1u << 20, .fsync = M2A_FSYNC_NEVER};
     struct m2a_spool *s = NULL;
@@ -224,7 +208,8 @@ static void gen_spool(void)
     unsigned char seg[4096];
     size_t n = fread(seg, 1, sizeof(seg), f);
     fclose(f);
-    rm_rf(dir);
+    th_rmtree(dir);
+    free(dir);
     /* flags: 1 fix CRCs, 2 two segments, 4 name by first record,
      * 8 checkpoint, 16 tiny segments */
     misnumbered(&env[1]);

@@ -54,13 +54,8 @@ static void setup_start(struct setup *s, const char *name)
     ck_assert_int_eq(th_bridge_config(s->b, yaml), 0);
     free(yaml);
     s->queue = xasprintf("it.reload.%s", name);
-    s->c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    s->c = th_amqp_consumer(th_rabbit_port(), s->queue, s->queue, "#");
     ck_assert_ptr_nonnull(s->c);
-    ck_assert_int_eq(th_amqp_declare_exchange(s->c, s->queue, "topic", true), 0);
-    ck_assert_int_eq(th_amqp_declare(s->c, s->queue, true, false), 0);
-    ck_assert_int_eq(th_amqp_bind(s->c, s->queue, s->queue, "#"), 0);
-    ck_assert_int_eq(th_amqp_purge(s->c, s->queue), 0);
-    ck_assert_int_eq(th_amqp_consume(s->c, s->queue), 0);
     ck_assert_int_eq(th_bridge_start_ready(s->b, 60000), 0);
 }
 
@@ -72,28 +67,6 @@ static void setup_free(struct setup *s)
     free(s->queue);
 }
 
-struct count_wait {
-    struct th_bridge *b;
-    const char *needle;
-    int n;
-};
-
-static bool count_reached(void *arg)
-{
-    struct count_wait *w = arg;
-    return th_proc_log_count(&w->b->proc, w->needle) >= w->n;
-}
-
-/* Waits until this run's log holds needle at least n times. */
-static int wait_count(struct th_bridge *b, const char *needle, int n, int timeout_ms)
-{
-    struct count_wait w = {b, needle, n};
-    int rc = th_poll_until(count_reached, &w, timeout_ms);
-    if (rc != 0)
-        th_dump_tail("bridge", b->proc.log_path, 30);
-    return rc;
-}
-
 /* 1-based number of the line of text holding needle (0: none). */
 static int line_of(const char *text, const char *needle)
 {
@@ -102,14 +75,6 @@ static int line_of(const char *text, const char *needle)
     for (const char *p = text; at && p < at; p++)
         line += *p == '\n';
     return at ? line : 0;
-}
-
-static void stop_bridge(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
 }
 
 /* Publishes seqs [first, first+n) on topics and checks they all reach c. */
@@ -129,9 +94,7 @@ static void publish_and_collect(struct setup *s, struct th_amqp *c, const char *
     th_amqp_drain(c, &got, 300);
     struct th_delivery d = th_check_msgs(0, n, &got);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
+    TH_ASSERT_EXACT(d);
     th_msgs_free(&got);
 }
 
@@ -194,14 +157,12 @@ START_TEST(reload_under_traffic_adds_a_route_to_a_new_queue_losing_nothing)
     fprintf(stderr, "reload: original queue across the reload: sent=%ld lost=%ld dup=%ld\n", n,
             d.lost, d.duplicated);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
+    TH_ASSERT_EXACT(d);
     /* one connection each side all along: the reload reconnected nothing */
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "mqtt: connected to"), 1);
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "amqp: connected to"), 1);
     th_msgs_free(&got);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_amqp_delete(cn, "it.reload.new");
     th_amqp_free(cn);
     setup_free(&s);
@@ -235,7 +196,7 @@ START_TEST(bad_config_is_refused_with_its_position_and_the_old_one_keeps_running
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "reload applied"), 0);
     /* The old routes still run. */
     publish_and_collect(&s, s.c, load_topics, 2, 1000);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -261,9 +222,9 @@ START_TEST(topology_refused_by_rabbitmq_keeps_the_old_configuration)
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "reload applied"), 0);
     /* The refusal closed the channel: the AMQP side reconnects with the old
      * topology and delivery goes on. */
-    ck_assert_int_eq(wait_count(s.b, "amqp: connected to", 2, 30000), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 2, 30000), 0);
     publish_and_collect(&s, s.c, load_topics, 2, 1000);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_amqp_delete(c2, "it.reload.refused.q");
     th_amqp_free(c2);
     setup_free(&s);

@@ -14,34 +14,17 @@
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
 #include "check_main.h"
+#include "config_check.h"
 
 /* The one route every test needs: a config without routes is an error. */
 #define ROUTE "routes:\n  - {name: r, topic: a/b, exchange: amq.topic}\n"
 
+/* For the tests that call the loader themselves. */
 static char err[1024];
 
-static struct m2a_config *load(const char *yaml)
-{
-    struct m2a_config *cfg = NULL;
-    int rc = m2a_config_load_buffer("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == 0, "unexpected error: %s", err);
-    ck_assert_ptr_nonnull(cfg);
-    return cfg;
-}
-
-/* Asserts that yaml fails with M2A_ERR_CONFIG, that the message starts with
- * prefix ("t.yaml:L:C: ") and contains fragment (if not NULL). */
-static void refuse(const char *yaml, const char *prefix, const char *fragment)
-{
-    struct m2a_config *cfg = (struct m2a_config *)&cfg;
-    err[0] = 'x';
-    int rc = m2a_config_load_buffer("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == M2A_ERR_CONFIG, "rc %d for:\n%s\nerr: %s", rc, yaml, err);
-    ck_assert_ptr_null(cfg);
-    ck_assert_msg(!strncmp(err, prefix, strlen(prefix)), "got '%s', want prefix '%s'", err, prefix);
-    if (fragment)
-        ck_assert_msg(strstr(err, fragment), "got '%s', want '%s' in it", err, fragment);
-}
+/* load() and refuse() on "t.yaml": tests/support/config_check.h. */
+#define load   th_config_load
+#define refuse th_config_refuse
 
 static char *write_temp(const char *content)
 {
@@ -447,9 +430,10 @@ START_TEST(password_and_password_file_together_is_an_error)
     char *path = write_temp("fromfile\n");
     char yaml[512];
     snprintf(yaml, sizeof(yaml), "amqp:\n  password: hunter2\n  password_file: %s\n" ROUTE, path);
-    refuse(yaml, "t.yaml:3:18: amqp: password and password_file are mutually exclusive", NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
-    ck_assert_ptr_null(strstr(err, "fromfile"));
+    const char *e =
+        refuse(yaml, "t.yaml:3:18: amqp: password and password_file are mutually exclusive", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
+    ck_assert_ptr_null(strstr(e, "fromfile"));
     snprintf(yaml, sizeof(yaml),
              "mqtt:\n  password_file: %s\n  username: u\n  password: hunter2\n" ROUTE, path);
     refuse(yaml, "t.yaml:2:18: mqtt: password and password_file", NULL);
@@ -470,15 +454,15 @@ END_TEST
 START_TEST(secrets_never_appear_in_errors)
 {
     unsetenv("M2A_T_UNSET");
-    refuse("amqp:\n  password: [hunter2]\n" ROUTE, "t.yaml:2:13: amqp.password: expected a string",
-           NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
-    refuse("amqp:\n  password: hunter2${M2A_T_UNSET}\n" ROUTE,
-           "t.yaml:2:20: amqp.password: ", NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
-    refuse("mqtt:\n  protocol: 311\n  password: hunter2\n" ROUTE,
-           "t.yaml:3:13: mqtt: with protocol 311 a password needs a username", NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
+    const char *e = refuse("amqp:\n  password: [hunter2]\n" ROUTE,
+                           "t.yaml:2:13: amqp.password: expected a string", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
+    e = refuse("amqp:\n  password: hunter2${M2A_T_UNSET}\n" ROUTE,
+               "t.yaml:2:20: amqp.password: ", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
+    e = refuse("mqtt:\n  protocol: 311\n  password: hunter2\n" ROUTE,
+               "t.yaml:3:13: mqtt: with protocol 311 a password needs a username", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
 }
 END_TEST
 

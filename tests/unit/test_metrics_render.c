@@ -12,9 +12,10 @@
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/spool.h"
 #include "check_main.h"
+#include "files.h"
 
 struct fixture {
-    char dir[64];
+    char *dir;
     struct m2a_spool *spool;
     struct m2a_stats st;
     _Atomic uint64_t beat;
@@ -24,8 +25,7 @@ struct fixture {
 static void fixture_init(struct fixture *f)
 {
     memset(f, 0, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/m2a-metrics-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(f->dir));
+    f->dir = th_tmpdir_new("metrics");
     char err[256];
     struct m2a_spool_opts so = {
         .dir = f->dir, .max_bytes = 1 << 20, .segment_bytes = 64 << 10, .fsync = M2A_FSYNC_NEVER};
@@ -42,9 +42,8 @@ static void fixture_free(struct fixture *f)
 {
     m2a_spool_close(f->spool);
     m2a_route_stats_free(f->st.routes);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_eq(th_rmtree(f->dir), 0);
+    free(f->dir);
 }
 
 static char *render(struct fixture *f)

@@ -10,7 +10,6 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -27,7 +26,9 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "files.h"
 
 #define REC_HDR 20 /* the spool's record header, for offsets into segments */
 
@@ -43,39 +44,31 @@
 /* One directory for the run (removed by the unchecked teardown, which runs
  * in check's parent process even when a test fails and its child exits
  * early), and in it one mkdtemp() directory per test. */
-static char suitedir[64];
-static char tmpdir[96];
-static char spooldir[128];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+static char *suitedir, *tmpdir, *spooldir;
 
 static void suite_setup(void)
 {
-    strcpy(suitedir, "/tmp/m2a-spool-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(suitedir));
+    suitedir = th_tmpdir_new("spool");
 }
 
 static void suite_teardown(void)
 {
-    nftw(suitedir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(suitedir);
+    free(suitedir);
 }
 
 static void setup(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "%s/t-XXXXXX", suitedir);
+    tmpdir = xasprintf("%s/t-XXXXXX", suitedir);
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    snprintf(spooldir, sizeof(spooldir), "%s/spool", tmpdir);
+    spooldir = xasprintf("%s/spool", tmpdir);
 }
 
 static void teardown(void)
 {
-    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(tmpdir);
+    free(tmpdir);
+    free(spooldir);
 }
 
 static const struct m2a_header test_headers[] = {{{"x-src", 5}, {"unit", 4}}};

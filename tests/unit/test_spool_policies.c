@@ -6,7 +6,6 @@
  * Every record's body names its sequence number, so every read is checked
  * against the seq it claims; loops count mismatches and assert once. */
 #include <check.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,29 +17,23 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "files.h"
 
-static char tmpdir[64];
-static char spooldir[96];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+static char *tmpdir, *spooldir;
 
 static void setup(void)
 {
-    strcpy(tmpdir, "/tmp/m2a-spool-pol-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    snprintf(spooldir, sizeof(spooldir), "%s/spool", tmpdir);
+    tmpdir = th_tmpdir_new("spool-pol");
+    spooldir = xasprintf("%s/spool", tmpdir);
 }
 
 static void teardown(void)
 {
-    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(tmpdir);
+    free(tmpdir);
+    free(spooldir);
 }
 
 static struct m2a_spool *open_spool(uint64_t max_bytes, enum m2a_overflow overflow)
