@@ -2,8 +2,14 @@
  * conf_bind.c walks to fill struct m2a_config, and the rules that span
  * several keys.
  *
- * This file is the only validator of the tree: ranges, routes and bindings
- * against the declared exchanges, templates against the topic filters.
+ * This file is the only validator of the tree. Whatever would make the
+ * bridge refuse to start, or fail every time it connects, because of its
+ * configuration is refused here, at load, with the key's file:line:column:
+ * ranges; names that travel as AMQP short strings (255 bytes: exchanges,
+ * queues, routing keys, header and argument names, content type, vhost) or
+ * as MQTT strings (client id, user name, password, $share prefix); routes
+ * and bindings against the declared exchanges. So the modules reading the
+ * struct only assert that its pointers are set.
  *
  * A new key is one table line (plus a check function for a rule of its
  * own); a new list of sections is one line plus its table. Options are
@@ -21,13 +27,17 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <mosquitto.h>
+
 #include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
 
-#define MSG_LEN 256
+#define MSG_LEN         256
+#define SHARE_PREFIX    "$share/"
+#define LISTEN_HOST_MAX 255 /* what metrics.c can hold of "HOST:PORT" */
 
 /* ---- value checks ------------------------------------------------------- */
 
@@ -46,19 +56,36 @@ static int check_listen(const char *s, char *msg, size_t msglen)
     const char *colon = strrchr(s, ':');
     char *end = NULL;
     long port = colon ? strtol(colon + 1, &end, 10) : 0;
-    if (!colon || colon == s || !colon[1] || *end || port < 1 || port > 65535) {
+    size_t hlen = colon ? (size_t)(colon - s) : 0;
+    if (hlen >= 2 && s[0] == '[' && s[hlen - 1] == ']')
+        hlen -= 2;
+    if (!colon || hlen == 0 || hlen > LISTEN_HOST_MAX || !colon[1] || *end || port < 1 ||
+        port > 65535) {
         snprintf(msg, msglen, "'%.60s' is not HOST:PORT (e.g. 127.0.0.1:9464)", s);
         return -1;
     }
     return 0;
 }
 
+/* What libmosquitto accepts as a client id or user name (mosquitto_new and
+ * mosquitto_username_pw_set refuse anything else): UTF-8 without control
+ * characters or non-characters. */
+static int check_mqtt_string(const char *s, char *msg, size_t msglen)
+{
+    if (mosquitto_validate_utf8(s, (int)strlen(s)) == MOSQ_ERR_SUCCESS)
+        return 0;
+    snprintf(msg, msglen,
+             "is not an MQTT string: UTF-8 without control characters or non-characters");
+    return -1;
+}
+
 static int check_share_group(const char *s, char *msg, size_t msglen)
 {
-    if (!strpbrk(s, "/+#"))
-        return 0;
-    snprintf(msg, msglen, "'%.40s' must not contain '/', '+' or '#'", s);
-    return -1;
+    if (strpbrk(s, "/+#")) {
+        snprintf(msg, msglen, "'%.40s' must not contain '/', '+' or '#'", s);
+        return -1;
+    }
+    return check_mqtt_string(s, msg, msglen);
 }
 
 static int check_exchange_type(const char *s, char *msg, size_t msglen)
@@ -227,12 +254,34 @@ static int binding_check(const struct m2a_bind_scope *s, void *base)
     return check_exchange(s, b->exchange, false);
 }
 
+/* The bytes a routing key template gives whatever the message: its text
+ * outside placeholders ("{{" and "}}" give one brace each). The template
+ * has been checked, so every placeholder is closed. */
+static size_t template_fixed_len(const char *t)
+{
+    size_t n = 0;
+    while (*t) {
+        if (*t == '{' && t[1] != '{') {
+            t = strchr(t, '}') + 1;
+            continue;
+        }
+        t += (*t == '{' || *t == '}') && t[1] == *t ? 2 : 1;
+        n++;
+    }
+    return n;
+}
+
 static int route_templates_check(const struct m2a_bind_scope *s, const struct m2a_conf_route *r)
 {
     char msg[MSG_LEN] = "";
     int ncap = m2a_topic_filter_wildcards(r->topic);
     if (r->routing_key && m2a_template_check(r->routing_key, ncap, msg, sizeof(msg)))
         return m2a_bind_fail_key(s, "routing_key", "%s", msg[0] ? msg : "invalid template");
+    if (r->routing_key && template_fixed_len(r->routing_key) > M2A_AMQP_SHORTSTR_MAX)
+        return m2a_bind_fail_key(s, "routing_key",
+                                 "its fixed text alone is %zu bytes, more than the %d a routing "
+                                 "key may have",
+                                 template_fixed_len(r->routing_key), M2A_AMQP_SHORTSTR_MAX);
     for (size_t i = 0; i < r->nheaders; i++)
         if (m2a_template_check(r->headers[i].value, ncap, msg, sizeof(msg)))
             return m2a_bind_fail(s, r->headers[i].mark, "%s.headers.%.60s: %s", m2a_bind_path(s),
@@ -244,10 +293,18 @@ static int route_check(const struct m2a_bind_scope *s, void *base)
 {
     struct m2a_conf_route *r = base;
     const struct m2a_config *cfg = config_of(s);
+    const char *group = cfg->mqtt.share_group;
     char msg[MSG_LEN] = "";
     int rc;
     if (m2a_topic_filter_validate(r->topic, msg, sizeof(msg)))
         return m2a_bind_fail_key(s, "topic", "%s", msg[0] ? msg : "invalid topic filter");
+    /* the subscription is "$share/GROUP/" + the filter, one MQTT string */
+    size_t sub_len = group ? strlen(SHARE_PREFIX) + strlen(group) + 1 + strlen(r->topic) : 0;
+    if (sub_len > M2A_MQTT_STRING_MAX)
+        return m2a_bind_fail_key(s, "topic",
+                                 "with mqtt.share_group the subscription is %zu bytes, more than "
+                                 "the %d of an MQTT string",
+                                 sub_len, M2A_MQTT_STRING_MAX);
     if ((rc = route_templates_check(s, r)) || (rc = check_exchange(s, r->exchange, true)))
         return rc;
     /* The default says dead_letter too, but means "dropped" without the
@@ -283,6 +340,8 @@ static int top_check(const struct m2a_bind_scope *s, void *base)
 #define DAY_MS ((int64_t)86400 * 1000)
 #define REQ    (M2A_BIND_REQUIRED | M2A_BIND_NONEMPTY)
 #define RO     (M2A_BIND_NULLABLE | M2A_BIND_NONEMPTY) /* optional, but not "" when given */
+#define SHORT  .max = M2A_AMQP_SHORTSTR_MAX
+#define MQTTS  .max = M2A_MQTT_STRING_MAX
 
 #define T struct m2a_conf_tls
 static const struct m2a_bind_opt tls_opts[] = {
@@ -303,21 +362,22 @@ static const struct m2a_bind_opt mqtt_opts[] = {
     M2A_BIND_STR(T, "host", host, "127.0.0.1", M2A_BIND_NONEMPTY, "MQTT broker host"),
     M2A_BIND_INT(T, "port", port, "1883", 1, 65535, "MQTT broker TCP port"),
     M2A_BIND_STR(T, "client_id", client_id, "mqtt2amqp", M2A_BIND_NONEMPTY,
-                 "fixed client id of the session"),
+                 "fixed client id of the session", MQTTS, .check = check_mqtt_string),
     M2A_BIND_BOOL(T, "clean_session", clean_session, "false", "false keeps a persistent session"),
     M2A_BIND_INT(T, "keepalive", keepalive, "30", 5, 65535, "seconds between MQTT pings"),
     M2A_BIND_ENUM(T, "protocol", protocol, "5",
                   M2A_BIND_CHOICES({"311", M2A_MQTT_V311}, {"5", M2A_MQTT_V5}),
                   "MQTT version: 311 or 5"),
-    M2A_BIND_STR(T, "username", username, NULL, M2A_BIND_NULLABLE, "MQTT user name"),
+    M2A_BIND_STR(T, "username", username, NULL, M2A_BIND_NULLABLE, "MQTT user name", MQTTS,
+                 .check = check_mqtt_string),
     M2A_BIND_STR(T, "password", password, NULL, M2A_BIND_NULLABLE | M2A_BIND_SECRET,
-                 "MQTT password"),
-    M2A_BIND_SECRET_FILE(T, "password_file", password, "file holding the MQTT password"),
+                 "MQTT password", MQTTS),
+    M2A_BIND_SECRET_FILE(T, "password_file", password, "file holding the MQTT password", MQTTS),
     M2A_BIND_INT(T, "receive_maximum", receive_maximum, "65535", 1, 65535,
                  "MQTT 5 in-flight messages the broker may send"),
     M2A_BIND_U32(T, "session_expiry", session_expiry, "604800", 0, UINT32_MAX,
                  "MQTT 5 session expiry interval, seconds"),
-    M2A_BIND_STR(T, "share_group", share_group, NULL, RO, "subscribe as $share/GROUP/filter",
+    M2A_BIND_STR(T, "share_group", share_group, NULL, RO, "subscribe as $share/GROUP/filter", MQTTS,
                  .check = check_share_group),
     M2A_BIND_INT(T, "reconnect_min_ms", reconnect_min_ms, "100", 1, MS_MAX,
                  "first reconnect delay, ms"),
@@ -330,14 +390,14 @@ static const struct m2a_bind_section mqtt_section = {M2A_BIND_OPTS(mqtt_opts), .
 
 #define T struct m2a_conf_exchange
 static const struct m2a_bind_opt exchange_opts[] = {
-    M2A_BIND_STR(T, "name", name, NULL, REQ, "exchange name, an AMQP short string",
+    M2A_BIND_STR(T, "name", name, NULL, REQ, "exchange name, an AMQP short string", SHORT,
                  .check = check_not_reserved, .unique = "exchange", .unique_verb = "declared"),
-    M2A_BIND_STR(T, "type", type, "topic", M2A_BIND_NONEMPTY, "exchange type",
+    M2A_BIND_STR(T, "type", type, "topic", M2A_BIND_NONEMPTY, "exchange type", SHORT,
                  .check = check_exchange_type),
     M2A_BIND_BOOL(T, "durable", durable, "true", "survives a broker restart"),
     M2A_BIND_BOOL(T, "auto_delete", auto_delete, "false", "deleted when its last binding goes"),
     M2A_BIND_BOOL(T, "internal", internal, "false", "only other exchanges may publish to it"),
-    M2A_BIND_ARGS(T, "arguments", args, nargs, "argument names: AMQP short strings"),
+    M2A_BIND_ARGS(T, "arguments", args, nargs, "argument names: AMQP short strings", SHORT),
 };
 static const struct m2a_bind_section exchange_section = {M2A_BIND_ITEMS(T, exchange_opts, mark)};
 #undef T
@@ -345,9 +405,9 @@ static const struct m2a_bind_section exchange_section = {M2A_BIND_ITEMS(T, excha
 #define T struct m2a_conf_binding
 static const struct m2a_bind_opt binding_opts[] = {
     M2A_BIND_STR(T, "exchange", exchange, NULL, M2A_BIND_REQUIRED,
-                 "exchange name, an AMQP short string"),
-    M2A_BIND_STR(T, "routing_key", routing_key, "#", 0, "binding key, an AMQP short string"),
-    M2A_BIND_ARGS(T, "arguments", args, nargs, "argument names: AMQP short strings"),
+                 "exchange name, an AMQP short string", SHORT),
+    M2A_BIND_STR(T, "routing_key", routing_key, "#", 0, "binding key, an AMQP short string", SHORT),
+    M2A_BIND_ARGS(T, "arguments", args, nargs, "argument names: AMQP short strings", SHORT),
 };
 static const struct m2a_bind_section binding_section = {M2A_BIND_ITEMS(T, binding_opts, mark),
                                                         .check = binding_check};
@@ -355,12 +415,12 @@ static const struct m2a_bind_section binding_section = {M2A_BIND_ITEMS(T, bindin
 
 #define T struct m2a_conf_queue
 static const struct m2a_bind_opt queue_opts[] = {
-    M2A_BIND_STR(T, "name", name, NULL, REQ, "queue name, an AMQP short string",
+    M2A_BIND_STR(T, "name", name, NULL, REQ, "queue name, an AMQP short string", SHORT,
                  .check = check_not_reserved, .unique = "queue", .unique_verb = "declared"),
     M2A_BIND_BOOL(T, "durable", durable, "true", "survives a broker restart"),
     M2A_BIND_BOOL(T, "exclusive", exclusive, "false", "used by one connection only"),
     M2A_BIND_BOOL(T, "auto_delete", auto_delete, "false", "deleted when its last consumer goes"),
-    M2A_BIND_ARGS(T, "arguments", args, nargs, "argument names: AMQP short strings"),
+    M2A_BIND_ARGS(T, "arguments", args, nargs, "argument names: AMQP short strings", SHORT),
     M2A_BIND_LIST(T, "bindings", bindings, nbindings, binding_section, "what the queue receives"),
 };
 static const struct m2a_bind_section queue_section = {M2A_BIND_ITEMS(T, queue_opts, mark),
@@ -378,7 +438,8 @@ static const struct m2a_bind_section topology_section = {M2A_BIND_OPTS(topology_
 static const struct m2a_bind_opt amqp_opts[] = {
     M2A_BIND_STR(T, "host", host, "127.0.0.1", M2A_BIND_NONEMPTY, "RabbitMQ host"),
     M2A_BIND_INT(T, "port", port, "5672", 1, 65535, "RabbitMQ TCP port"),
-    M2A_BIND_STR(T, "vhost", vhost, "/", M2A_BIND_NONEMPTY, "virtual host, an AMQP short string"),
+    M2A_BIND_STR(T, "vhost", vhost, "/", M2A_BIND_NONEMPTY, "virtual host, an AMQP short string",
+                 SHORT),
     M2A_BIND_STR(T, "username", username, "guest", M2A_BIND_NONEMPTY, "AMQP user name"),
     M2A_BIND_STR(T, "password", password, "guest", M2A_BIND_SECRET, "AMQP password"),
     M2A_BIND_SECRET_FILE(T, "password_file", password, "file holding the AMQP password"),
@@ -423,7 +484,7 @@ static const struct m2a_bind_section spool_section = {M2A_BIND_OPTS(spool_opts),
 #define T struct m2a_conf_dead_letter
 static const struct m2a_bind_opt dead_letter_opts[] = {
     M2A_BIND_STR(T, "exchange", exchange, NULL, M2A_BIND_REQUIRED,
-                 "exchange name, an AMQP short string"),
+                 "exchange name, an AMQP short string", SHORT),
     M2A_BIND_STR(T, "routing_key", routing_key, "{route}", 0, "template of {route} and {reason}",
                  .check = m2a_dl_key_check),
     M2A_BIND_INT(T, "max_retries", max_retries, "10", 0, 1000000,
@@ -436,14 +497,15 @@ static const struct m2a_bind_section dead_letter_section = {
 
 #define T struct m2a_conf_route
 static const struct m2a_bind_opt route_opts[] = {
-    M2A_BIND_STR(T, "name", name, NULL, REQ, "route name", .unique = "route name"),
+    M2A_BIND_STR(T, "name", name, NULL, REQ, "route name", SHORT, .unique = "route name"),
     M2A_BIND_STR(T, "topic", topic, NULL, REQ, "MQTT topic filter"),
     M2A_BIND_STR(T, "exchange", exchange, NULL, M2A_BIND_REQUIRED,
-                 "exchange name, an AMQP short string"),
+                 "exchange name, an AMQP short string", SHORT),
     M2A_BIND_STR(T, "routing_key", routing_key, NULL, RO, "routing key template"),
     M2A_BIND_BOOL(T, "persistent", persistent, "true", "delivery mode 2"),
-    M2A_BIND_STR(T, "content_type", content_type, NULL, RO, "content_type, an AMQP short string"),
-    M2A_BIND_MAP(T, "headers", headers, nheaders, "header names: AMQP short strings"),
+    M2A_BIND_STR(T, "content_type", content_type, NULL, RO, "content_type, an AMQP short string",
+                 SHORT),
+    M2A_BIND_MAP(T, "headers", headers, nheaders, "header names: AMQP short strings", SHORT),
     M2A_BIND_BOOL(T, "continue", cont, "false", "keep matching later routes"),
     M2A_BIND_ENUM(T, "unroutable", unroutable, "dead_letter",
                   M2A_BIND_CHOICES({"dead_letter", M2A_UNROUTABLE_DEAD_LETTER},
