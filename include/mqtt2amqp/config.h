@@ -4,13 +4,15 @@
  * m2a_config_load() reads a YAML file through the option tables of
  * config.c (bound by conf_bind.c) and returns an immutable struct
  * m2a_config. The schema is the only validator of the tree: what loads has
- * passed every check the bridge makes of its configuration (ranges, names
- * that must fit the AMQP and MQTT wire formats, routes against the declared
- * exchanges, templates against the topic filters), so the modules that read
- * it only assert that pointers are set. Every error (invalid YAML, unknown or duplicate key, wrong
- * type, value out of range, bad topic filter or template, a route naming an undeclared exchange) is
- * reported as "FILE:LINE:COLUMN: message" (1-based) in the caller's buffer. String values expand
- * ${VAR} and ${VAR:-default} from the environment; "password_file" reads a secret from a file
+ * passed every check the bridge makes of its configuration at start (ranges,
+ * names that must fit the AMQP and MQTT wire formats, routes against the
+ * declared exchanges, TLS files that OpenSSL loads and a key that matches
+ * its certificate), so the modules that read it only assert that pointers
+ * are set. Every error (invalid YAML, unknown or duplicate key, wrong type,
+ * value out of range, bad topic filter or template, a route naming an
+ * undeclared exchange) is reported as "FILE:LINE:COLUMN: message" (1-based)
+ * in the caller's buffer. String values expand ${VAR} and ${VAR:-default}
+ * from the environment; "password_file" reads a secret from a file
  * (trailing newline stripped). Secrets are never part of an error message. */
 #ifndef MQTT2AMQP_CONFIG_H
 #define MQTT2AMQP_CONFIG_H

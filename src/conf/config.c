@@ -8,8 +8,11 @@
  * ranges; names that travel as AMQP short strings (255 bytes: exchanges,
  * queues, routing keys, header and argument names, content type, vhost) or
  * as MQTT strings (client id, user name, password, $share prefix); routes
- * and bindings against the declared exchanges. So the modules reading the
- * struct only assert that its pointers are set.
+ * and bindings against the declared exchanges; and the TLS files, loaded by
+ * the same tls.c code that builds the connections' contexts (a CA OpenSSL
+ * cannot read, a key that does not match its certificate). So `--check`,
+ * the start and a reload refuse exactly the same files, and the modules
+ * reading the struct only assert that its pointers are set.
  *
  * A new key is one table line (plus a check function for a rule of its
  * own); a new list of sections is one line plus its table. Options are
@@ -25,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mosquitto.h>
@@ -32,6 +36,7 @@
 #include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/routes.h"
+#include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
 
@@ -41,11 +46,18 @@
 
 /* ---- value checks ------------------------------------------------------- */
 
-static int check_readable(const char *s, char *msg, size_t msglen)
+/* A TLS file: readable, and a regular file, since OpenSSL reads it at load
+ * (a FIFO would block the load until a writer came). */
+static int check_tls_file(const char *s, char *msg, size_t msglen)
 {
-    if (access(s, R_OK) == 0)
+    struct stat st;
+    if (access(s, R_OK) != 0 || stat(s, &st) != 0) {
+        snprintf(msg, msglen, "cannot read '%.100s': %s", s, strerror(errno));
+        return -1;
+    }
+    if (S_ISREG(st.st_mode))
         return 0;
-    snprintf(msg, msglen, "cannot read '%.100s': %s", s, strerror(errno));
+    snprintf(msg, msglen, "'%.100s' is not a regular file", s);
     return -1;
 }
 
@@ -162,7 +174,21 @@ static int check_exchange(const struct m2a_bind_scope *s, const char *name, bool
                              name);
 }
 
-/* What the two client sections share. */
+/* The TLS files are loaded here by the code the connections use
+ * (m2a_tls_ctx_new), so what it refuses fails the load, not each connect. */
+static int check_tls(const struct m2a_bind_scope *s, const struct m2a_conf_tls *t, const char *host)
+{
+    char why[512];
+    if (!t->enabled)
+        return 0;
+    SSL_CTX *ctx = m2a_tls_ctx_new(t, host, why, sizeof(why));
+    if (!ctx)
+        return m2a_bind_fail_key(s, "tls", "%s", why);
+    SSL_CTX_free(ctx);
+    return 0;
+}
+
+/* What the two client sections share, but TLS: checked last, it reads files. */
 static int check_client(const struct m2a_bind_scope *s, int min_ms, int max_ms)
 {
     const char *path = m2a_bind_path(s);
@@ -186,13 +212,14 @@ static int mqtt_check(const struct m2a_bind_scope *s, void *base)
     if (m->protocol == M2A_MQTT_V311 && m->password && !m->username)
         return m2a_bind_fail(s, m2a_bind_at(s, "password", "password_file", NULL),
                              "%s: with protocol 311 a password needs a username", m2a_bind_path(s));
-    return 0;
+    return check_tls(s, &m->tls, m->host);
 }
 
 static int amqp_check(const struct m2a_bind_scope *s, void *base)
 {
     struct m2a_conf_amqp *a = base;
-    return check_client(s, a->reconnect_min_ms, a->reconnect_max_ms);
+    int rc = check_client(s, a->reconnect_min_ms, a->reconnect_max_ms);
+    return rc ? rc : check_tls(s, &a->tls, a->host);
 }
 
 static int tls_check(const struct m2a_bind_scope *s, void *base)
@@ -345,11 +372,11 @@ static int top_check(const struct m2a_bind_scope *s, void *base)
 
 #define T struct m2a_conf_tls
 static const struct m2a_bind_opt tls_opts[] = {
-    M2A_BIND_STR(T, "ca_file", ca_file, NULL, RO, "CA certificates, PEM", .check = check_readable),
+    M2A_BIND_STR(T, "ca_file", ca_file, NULL, RO, "CA certificates, PEM", .check = check_tls_file),
     M2A_BIND_STR(T, "cert_file", cert_file, NULL, RO, "client certificate, PEM",
-                 .check = check_readable),
+                 .check = check_tls_file),
     M2A_BIND_STR(T, "key_file", key_file, NULL, RO, "client private key, PEM",
-                 .check = check_readable),
+                 .check = check_tls_file),
     M2A_BIND_BOOL(T, "verify_hostname", verify_hostname, "true",
                   "check the server certificate's name"),
 };
