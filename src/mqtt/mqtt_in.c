@@ -918,23 +918,12 @@ static void *run(void *arg)
 
 /* --- public ---------------------------------------------------------------------- */
 
+/* The config was validated when it was loaded (config.c): only pointers. */
 static int check_conf(const struct m2a_mqtt_in_opts *o, char *err, size_t errlen)
 {
-    const struct m2a_conf_mqtt *c = o->conf;
-    if (!c || !o->routes || !o->spool || !o->stats)
-        snprintf(err, errlen, "missing conf, routes, spool or stats");
-    else if (!c->host || c->port < 1 || c->port > 65535)
-        snprintf(err, errlen, "invalid MQTT host or port");
-    else if (c->protocol != 5 && c->protocol != 311)
-        snprintf(err, errlen, "MQTT protocol must be 5 or 311, not %d", c->protocol);
-    else if (c->keepalive < 5 || c->keepalive > 65535)
-        snprintf(err, errlen, "keepalive must be 5..65535 s, not %d", c->keepalive);
-    else if (c->protocol == 311 && c->password && !c->username)
-        snprintf(err, errlen, "MQTT 3.1.1 does not allow a password without a username");
-    else if (!c->client_id && !c->clean_session)
-        snprintf(err, errlen, "a persistent session needs a client_id");
-    else
+    if (o->conf && o->routes && o->spool && o->stats)
         return 0;
+    snprintf(err, errlen, "missing conf, routes, spool or stats");
     return M2A_ERR_ARG;
 }
 

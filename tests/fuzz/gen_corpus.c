@@ -91,6 +91,17 @@ static void gen_config(const char *src)
     };
     for (size_t i = 0; i < sizeof(seeds) / sizeof(*seeds); i++)
         put("fuzz_config", seeds[i].name, seeds[i].text, strlen(seeds[i].text));
+
+    /* names at the 255 bytes of an AMQP short string: one more is refused */
+    char name[256];
+    memset(name, 'n', 255);
+    name[255] = '\0';
+    char *text = xasprintf("amqp:\n  topology:\n    exchanges: [{name: %s}]\n"
+                           "dead_letter:\n  exchange: %s\n"
+                           "routes:\n  - {name: %s, topic: a, exchange: %s, content_type: %s}\n",
+                           name, name, name, name, name);
+    put("fuzz_config", "long-names.yaml", text, strlen(text));
+    free(text);
 }
 
 static void gen_routes(void)
