@@ -26,17 +26,20 @@
  * between publishes, since the loop polls m2a_spool_maint_fd in every state
  * and calls m2a_spool_maintain every turn. The reader serves nothing while
  * it is inside a blocking call; in the AMQP thread (amqp_out.c) those are:
- * connecting (TCP connect up to CONNECT_TIMEOUT_S = 5 s, then the AMQP
- * handshake up to 5 s, then channel.open, each topology declaration and
- * confirm.select up to RPC_TIMEOUT_S = 10 s each when the broker accepts the
- * connection but does not answer), a topology declaration for a reload on a
- * live connection (10 s each), a polite close (CLOSE_TIMEOUT_MS = 1 s), and
- * a publish into a socket that takes nothing (two heartbeat intervals, or
- * SEND_STALL_MS = 30 s without heartbeats). The worst case is the sum for
- * one connect attempt: 5 + 5 + 10 x (2 + exchanges + queues + bindings) s;
- * the usual case, a broker that is down or refuses, is immediate, and a
- * host that drops packets costs 5 s per attempt. Nothing is lost while the
- * writer waits: the MQTT thread holds its batch and its PUBACKs. */
+ *  - a connect attempt: TCP connect, and over TLS the TLS handshake,
+ *    together up to CONNECT_TIMEOUT_S = 5 s; the AMQP handshake up to 5 s;
+ *    channel.open, each topology declaration and confirm.select up to
+ *    RPC_TIMEOUT_S = 10 s each when the broker accepts but does not answer:
+ *    5 + 5 + 10 x (2 + exchanges + queues + bindings) s at worst. A broker
+ *    that is down or refuses costs nothing, a host that drops packets 5 s.
+ *  - a reload's topology declarations on a live connection (10 s each);
+ *  - a polite close (CLOSE_TIMEOUT_MS = 1 s);
+ *  - a publish into a socket that takes nothing: on plain TCP up to two
+ *    heartbeat intervals (60 s with the default 30 s heartbeat; 30 s
+ *    without heartbeats), over TLS without a deadline (rabbitmq-c's own
+ *    send) until the broker reads or the connection fails.
+ * Nothing is lost while the writer waits: the MQTT thread holds its batch
+ * and its PUBACKs, and the broker keeps queueing in the session. */
 #ifndef MQTT2AMQP_SPOOL_H
 #define MQTT2AMQP_SPOOL_H
 
