@@ -1044,6 +1044,18 @@ static int publish_some(struct m2a_amqp_out *ao)
     return flush_frames(ao);
 }
 
+/* The spool's housekeeping belongs to this thread (checkpoint, deleting
+ * segments, the MQTT thread's requests for room): every turn, in every
+ * state, or the MQTT side waits. */
+static void maintain_spool(struct m2a_amqp_out *ao)
+{
+    int rc = m2a_spool_maintain(ao->spool);
+    uint64_t sup;
+    if (rc != 0 && m2a_ratelimit_ok(&ao->rl_spool, &sup))
+        m2a_error(COMPONENT, "spool housekeeping: %s (%" PRIu64 " similar suppressed)",
+                  m2a_strerror(rc), sup);
+}
+
 static void commit_confirmed(struct m2a_amqp_out *ao)
 {
     uint64_t seq;
@@ -1083,13 +1095,14 @@ static int poll_timeout(struct m2a_amqp_out *ao, uint64_t now)
 static void wait_events(struct m2a_amqp_out *ao)
 {
     uint64_t now = m2a_now_ms();
-    struct pollfd p[3] = {
+    struct pollfd p[4] = {
         {.fd = amqp_get_sockfd(ao->conn), .events = POLLIN | (ao->want_write ? POLLOUT : 0)},
         {.fd = ao->wake_fd, .events = POLLIN},
+        {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}, /* cleared by maintain_spool */
         {.fd = m2a_spool_notify_fd(ao->spool), .events = POLLIN},
     };
     /* Spool news matters only if we would read it now. */
-    nfds_t n = (!ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw)) ? 3 : 2;
+    nfds_t n = (!ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw)) ? 4 : 3;
     int rc = poll(p, n, poll_timeout(ao, now));
     if (rc <= 0)
         return; /* timeout or EINTR: the loop re-checks everything */
@@ -1100,7 +1113,7 @@ static void wait_events(struct m2a_amqp_out *ao)
         uint64_t v;
         (void)!read(ao->wake_fd, &v, sizeof(v));
     }
-    if (n == 3 && (p[2].revents & POLLIN))
+    if (n == 4 && (p[3].revents & POLLIN))
         m2a_spool_notify_clear(ao->spool);
 }
 
@@ -1116,6 +1129,7 @@ static int session(struct m2a_amqp_out *ao)
         if ((end = apply_reload(ao, true)) != 0)
             return end;
         commit_confirmed(ao);
+        maintain_spool(ao);
         if (stopping(ao)) {
             if (m2a_cwin_count(ao->cw) == 0)
                 return END_STOPPED;
@@ -1182,16 +1196,20 @@ static int apply_reload(struct m2a_amqp_out *ao, bool connected)
     return rc == M2A_ERR_AMQP ? END_CHANNEL : END_LOST;
 }
 
-/* Sleeps ms, or less if stop() is called; takes a reload meanwhile. */
+/* Sleeps ms, or less if stop() is called; takes a reload meanwhile, and
+ * keeps up the spool's housekeeping. */
 static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
 {
-    struct pollfd p = {.fd = ao->wake_fd, .events = POLLIN};
+    struct pollfd p[2] = {{.fd = ao->wake_fd, .events = POLLIN},
+                          {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}};
     uint64_t until = m2a_now_ms() + ms;
     while (!stopping(ao)) {
+        maintain_spool(ao);
         uint64_t now = m2a_now_ms();
         if (now >= until)
             return;
-        if (poll(&p, 1, (int)(until - now)) > 0 && atomic_load(&ao->rl_pending)) {
+        uint64_t t = until - now < POLL_MAX_MS ? until - now : POLL_MAX_MS;
+        if (poll(p, 2, (int)t) > 0 && (p[0].revents & POLLIN) && atomic_load(&ao->rl_pending)) {
             uint64_t v;
             (void)!read(ao->wake_fd, &v, sizeof(v)); /* else the next poll spins */
             apply_reload(ao, false);
@@ -1208,6 +1226,7 @@ static void *thread_main(void *arg)
         ao->progress = false;
         ao->refused = false;
         apply_reload(ao, false);
+        maintain_spool(ao); /* not served while connect_broker blocks: see spool.h */
         int rc = connect_broker(ao);
         if (rc != 0) {
             /* A channel-level failure (topology) leaves the connection usable. */
@@ -1289,9 +1308,9 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     ao->nroutes = opts->routes ? opts->nroutes : 0;
     ao->max_age_ms = opts->max_age_ms;
     ao->dl_scratch = m2a_dl_scratch_new();
-    struct m2a_ratelimit *limiters[] = {&ao->rl_nack, &ao->rl_spool, &ao->rl_drop, &ao->rl_dead,
-                                        &ao->rl_expired, &ao->rl_return[0], &ao->rl_return[1],
-                                        &ao->rl_return[2]};
+    struct m2a_ratelimit *limiters[] = {&ao->rl_nack,      &ao->rl_spool,    &ao->rl_drop,
+                                        &ao->rl_dead,      &ao->rl_expired,  &ao->rl_return[0],
+                                        &ao->rl_return[1], &ao->rl_return[2]};
     for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
         *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);

@@ -21,9 +21,10 @@
  *  - after committing everything and closing, a second open finds nothing
  *    to replay and no torn tail, and reads nothing.
  *
- * The spool lives in one temp dir per process (th_tmpdir_new; scripts/fuzz.sh
- * puts it on /dev/shm, so fsync costs nothing), emptied before each input
- * and removed at exit.
+ * The layout comes from spool_format.h, the one the spool uses. The spool
+ * lives in one temp dir per process (th_tmpdir_new; scripts/fuzz.sh puts it
+ * on /dev/shm, so fsync costs nothing), emptied before each input and
+ * removed at exit.
  * Single-threaded (libFuzzer's thread). */
 #include <stdbool.h>
 #include <string.h>
@@ -33,15 +34,13 @@
 #include "files.h"
 #include "fuzz.h"
 #include "mqtt2amqp/bytes.h"
-#include "mqtt2amqp/crc32c.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
 
-/* The on-disk record layout, from src/spool/spool.c's opening comment. */
-#define REC_MAGIC 0x5251324du
-#define REC_HDR   20
+#define REC_HDR   M2A_SPOOL_RECORD_HEADER
 #define MAX_READS 100000
 
 static char *g_dir;
@@ -77,8 +76,8 @@ static void write_file(const char *name, const void *p, size_t n)
 
 static void write_segment(uint64_t first, const uint8_t *p, size_t n)
 {
-    char name[32];
-    snprintf(name, sizeof(name), "%020llu.seg", (unsigned long long)first);
+    char name[M2A_SPOOL_NAME_MAX];
+    m2a_spool_format_segment_name(name, sizeof(name), first);
     write_file(name, p, n);
 }
 
@@ -103,7 +102,7 @@ static size_t frame_records(uint8_t *p, size_t n, bool fix, size_t off[2], uint6
     size_t offs[64];
     while (pos + REC_HDR <= n) {
         uint32_t len = m2a_get_le32(p + pos + 4);
-        if (m2a_get_le32(p + pos) != REC_MAGIC || len > n - pos - REC_HDR) {
+        if (m2a_get_le32(p + pos) != M2A_SPOOL_RECORD_MAGIC || len > n - pos - REC_HDR) {
             pos++;
             continue;
         }
@@ -111,9 +110,8 @@ static size_t frame_records(uint8_t *p, size_t n, bool fix, size_t off[2], uint6
             /* CRC-valid records come from the spool itself, whose sequence
              * numbers never get near 2^63 (centuries at a million a second):
              * keep the ones made valid here in that range too. */
-            p[pos + 19] &= 0x7f;
-            uint32_t crc = m2a_crc32c(0, p + pos + 4, 4);
-            m2a_put_le32(p + pos + 8, m2a_crc32c(crc, p + pos + 12, 8 + (size_t)len));
+            uint64_t sq = m2a_get_le64(p + pos + 12) & INT64_MAX;
+            m2a_spool_format_record_header(p + pos, len, sq);
         }
         if (count < 2) {
             off[count] = pos;
@@ -130,13 +128,10 @@ static size_t frame_records(uint8_t *p, size_t n, bool fix, size_t off[2], uint6
 
 static void checkpoint(uint64_t seq)
 {
-    uint8_t b[20];
-    seq &= INT64_MAX; /* as for records: the spool never wrote more */
-    m2a_put_le32(b, 0x4b43324du);
-    m2a_put_le32(b + 4, 1);
-    m2a_put_le64(b + 8, seq);
-    m2a_put_le32(b + 16, m2a_crc32c(0, b, 16));
-    write_file("checkpoint", b, sizeof(b));
+    uint8_t b[M2A_SPOOL_CHECKPOINT_SIZE];
+    /* as for records: the spool never wrote more */
+    m2a_spool_format_checkpoint_encode(b, seq & INT64_MAX);
+    write_file(M2A_SPOOL_CHECKPOINT_FILE, b, sizeof(b));
 }
 
 static struct m2a_spool *open_spool(unsigned flags, struct m2a_spool_recovery *rec)

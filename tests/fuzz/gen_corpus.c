@@ -18,6 +18,7 @@
 #include "files.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
 
 static const char *g_out;
@@ -162,21 +163,17 @@ static void envelopes(struct m2a_envelope env[2], struct m2a_header *hdr)
 static void misnumbered(const struct m2a_envelope *env)
 {
     static const uint64_t seqs[] = {1, 50, 5, 10, 11, 12};
-    struct m2a_buf payload = {0}, b = {0};
-    m2a_envelope_encode(env, &payload);
+    struct m2a_buf b = {0};
     for (size_t i = 0; i < sizeof(seqs) / sizeof(*seqs); i++) {
-        unsigned char h[20] = {0};
-        for (int k = 0; k < 4; k++) {
-            h[k] = (unsigned char)(0x5251324du >> (8 * k));
-            h[4 + k] = (unsigned char)(payload.len >> (8 * k));
-        }
-        for (int k = 0; k < 8; k++)
-            h[12 + k] = (unsigned char)(seqs[i] >> (8 * k));
-        m2a_buf_append(&b, h, sizeof(h));
-        m2a_buf_append(&b, payload.data, payload.len);
+        size_t start = b.len;
+        m2a_buf_reserve(&b, M2A_SPOOL_RECORD_HEADER);
+        b.len += M2A_SPOOL_RECORD_HEADER;
+        m2a_envelope_encode(env, &b);
+        unsigned char *h = b.data + start;
+        m2a_spool_format_record_header(h, b.len - start - M2A_SPOOL_RECORD_HEADER, seqs[i]);
+        memset(h + 8, 0, 4); /* the CRC */
     }
     put_flagged("fuzz_spool_record", "segment-misnumbered", 0x01 | 0x02, b.data, b.len);
-    m2a_buf_free(&payload);
     m2a_buf_free(&b);
 }
 
@@ -211,8 +208,9 @@ static void gen_spool(void)
         die("flush");
     m2a_spool_close(s);
 
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%020d.seg", dir, 1);
+    char name[M2A_SPOOL_NAME_MAX], path[1024];
+    m2a_spool_format_segment_name(name, sizeof(name), 1);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
     FILE *f = fopen(path, "rb");
     if (!f)
         die(path);

@@ -7,10 +7,10 @@
 #include <string.h>
 
 #include "mqtt2amqp/config.h"
-#include "mqtt2amqp/crc32c.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/spool_format.h"
 #include "check_main.h"
 #include "config_check.h"
 #include "files.h"
@@ -43,8 +43,8 @@ START_TEST(test_yaml_error_at_end_of_input_points_into_the_file)
 }
 END_TEST
 
-/* Appends a CRC-valid spool record (layout: src/spool/spool.c's opening comment)
- * holding a small envelope to b. */
+/* Appends a CRC-valid spool record (layout: spool_format.h) holding a
+ * small envelope to b. */
 static void put_record(struct m2a_buf *b, uint64_t seq)
 {
     struct m2a_envelope env = {.route = {"r", 1},
@@ -53,24 +53,11 @@ static void put_record(struct m2a_buf *b, uint64_t seq)
                                .topic = {"t", 1},
                                .qos = 1,
                                .body = {"x", 1}};
-    struct m2a_buf payload = {0};
-    m2a_envelope_encode(&env, &payload);
-    unsigned char h[20];
-    uint32_t len = (uint32_t)payload.len;
-    for (int i = 0; i < 4; i++) {
-        h[i] = (unsigned char)(0x5251324du >> (8 * i));
-        h[4 + i] = (unsigned char)(len >> (8 * i));
-    }
-    for (int i = 0; i < 8; i++)
-        h[12 + i] = (unsigned char)(seq >> (8 * i));
-    uint32_t crc = m2a_crc32c(0, h + 4, 4);
-    crc = m2a_crc32c(crc, h + 12, 8);
-    crc = m2a_crc32c(crc, payload.data, payload.len);
-    for (int i = 0; i < 4; i++)
-        h[8 + i] = (unsigned char)(crc >> (8 * i));
-    m2a_buf_append(b, h, sizeof(h));
-    m2a_buf_append(b, payload.data, payload.len);
-    m2a_buf_free(&payload);
+    size_t start = b->len;
+    m2a_buf_reserve(b, M2A_SPOOL_RECORD_HEADER);
+    b->len += M2A_SPOOL_RECORD_HEADER;
+    m2a_envelope_encode(&env, b);
+    m2a_spool_format_record_header(b->data + start, b->len - start - M2A_SPOOL_RECORD_HEADER, seq);
 }
 
 static void write_segment(const char *dir, uint64_t first, const uint64_t *seqs, size_t n)
@@ -78,8 +65,9 @@ static void write_segment(const char *dir, uint64_t first, const uint64_t *seqs,
     struct m2a_buf b = {0};
     for (size_t i = 0; i < n; i++)
         put_record(&b, seqs[i]);
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%020llu.seg", dir, (unsigned long long)first);
+    char name[M2A_SPOOL_NAME_MAX], path[512];
+    m2a_spool_format_segment_name(name, sizeof(name), first);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
     ck_assert_int_eq(th_write_bytes(path, b.data, b.len), 0);
     m2a_buf_free(&b);
 }
