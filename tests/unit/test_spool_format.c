@@ -6,7 +6,6 @@
  * today's spool opens that directory and replays records 2 and 3. */
 #include <check.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,7 @@
 #include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "files.h"
 
 #define HDR M2A_SPOOL_RECORD_HEADER
 
@@ -49,27 +49,19 @@ static const unsigned char golden_ckpt[] = {
 
 static const char golden_id[] = "c3b4312b21bfac8f\n";
 
-static char tmpdir[64];
-static char spooldir[96];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+static char *tmpdir;
+static char spooldir[512];
 
 static void setup(void)
 {
-    strcpy(tmpdir, "/tmp/m2a-spool-format-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    tmpdir = th_tmpdir_new("spool-format");
     snprintf(spooldir, sizeof(spooldir), "%s/spool", tmpdir);
 }
 
 static void teardown(void)
 {
-    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(tmpdir);
+    free(tmpdir);
 }
 
 static const struct m2a_header hdrs[] = {{{"x-a", 3}, {"b", 1}}};
@@ -92,7 +84,7 @@ static struct m2a_envelope golden(char *buf, size_t len, uint64_t n)
 
 static void put_file(const char *name, const void *p, size_t n)
 {
-    char path[256];
+    char path[1024];
     snprintf(path, sizeof(path), "%s/%s", spooldir, name);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     ck_assert_int_ge(fd, 0);
@@ -102,7 +94,7 @@ static void put_file(const char *name, const void *p, size_t n)
 
 static void get_file(const char *name, struct m2a_buf *b)
 {
-    char path[256];
+    char path[1024];
     snprintf(path, sizeof(path), "%s/%s", spooldir, name);
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "%s missing", name);

@@ -11,7 +11,6 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -28,6 +27,7 @@
 #include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "files.h"
 
 /* --- the recorder --- */
 
@@ -192,21 +192,12 @@ static const struct m2a_spool_io recorder = {
 
 /* --- fixtures and helpers --- */
 
-static char tmpdir[64];
-static char spooldir[96];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+static char *tmpdir;
+static char spooldir[512];
 
 static void setup(void)
 {
-    strcpy(tmpdir, "/tmp/m2a-spool-io-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    tmpdir = th_tmpdir_new("spool-io");
     snprintf(spooldir, sizeof(spooldir), "%s/spool", tmpdir);
     rec_clear();
 }
@@ -214,7 +205,8 @@ static void setup(void)
 static void teardown(void)
 {
     rec_clear();
-    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(tmpdir);
+    free(tmpdir);
 }
 
 static struct m2a_spool *open_spool(uint64_t max_bytes, uint64_t segment_bytes,
@@ -519,7 +511,7 @@ static void m_apply(struct model *m, const struct call *c, int dirfd)
 static void check_model(struct model *m)
 {
     size_t seen = 0;
-    char path[256];
+    char path[1024];
     for (size_t i = 0; i < m->n; i++) {
         snprintf(path, sizeof(path), "%s/%s", spooldir, m->e[i].name);
         FILE *f = fopen(path, "rb");
@@ -568,12 +560,12 @@ static void replay_and_check(void)
  * cut it off through the seam. */
 static void tear_last_segment(void)
 {
-    char cmd[256], name[64] = "";
+    char cmd[1024], name[64] = "";
     snprintf(cmd, sizeof(cmd), "ls %s | grep 'seg$' | tail -1", spooldir);
     FILE *p = popen(cmd, "r");
     ck_assert_int_eq(fscanf(p, "%63s", name), 1);
     pclose(p);
-    char path[256];
+    char path[1024];
     snprintf(path, sizeof(path), "%s/%s", spooldir, name);
     struct stat sb;
     ck_assert_int_eq(stat(path, &sb), 0);
