@@ -117,9 +117,19 @@ static const char *where(const char *path)
     return path[0] ? path : "top level";
 }
 
+/* dst (PATH_LEN bytes, not path) = "path.key"; a longer path is cut: it
+ * only names the key in messages. */
 static void join(char *dst, const char *path, const char *key)
 {
-    snprintf(dst, PATH_LEN, "%s%s%s", path, path[0] ? "." : "", key);
+    struct m2a_buf b = {0};
+    m2a_buf_append_str(&b, path);
+    if (path[0])
+        m2a_buf_append_char(&b, '.');
+    m2a_buf_append_str(&b, key);
+    size_t n = b.len < PATH_LEN ? b.len : PATH_LEN - 1;
+    memcpy(dst, b.data, n);
+    dst[n] = '\0';
+    m2a_buf_free(&b);
 }
 
 /* "'abc'" or "'abcd...'" for a value quoted in a message. */
