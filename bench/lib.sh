@@ -6,6 +6,11 @@
 # Callers set ROOT and BUILD first, then call bench_build and bench_init.
 # shellcheck shell=bash disable=SC2034 # variables set here are used by the callers
 
+# Processes, ports, Mosquitto and RabbitMQ: the same code as scripts/run.sh
+# and the tests.
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
 T0=$SECONDS
 say() {
     printf '[bench %4ds] %s\n' $((SECONDS - T0)) "$*" >&2
@@ -43,10 +48,8 @@ bench_init() {
     say "starting RabbitMQ"
     rabbit start || die "RabbitMQ did not start: $(tail -n 20 "$TMP/rabbitmq.log")"
     # Only what we need from the env file: it also sets HOME and friends for rabbitmqctl.
-    # shellcheck disable=SC1091
-    AMQP_PORT=$(. "$RABBIT_DIR/env" && echo "$AMQP_PORT")
-    # shellcheck disable=SC1091
-    RABBIT_PID=$(. "$RABBIT_DIR/env" && echo "$SERVER_PID")
+    AMQP_PORT=$(sed -n 's/^AMQP_PORT=//p' "$RABBIT_DIR/env")
+    RABBIT_PID=$(sed -n 's/^SERVER_PID=//p' "$RABBIT_DIR/env")
     say "RabbitMQ on 127.0.0.1:$AMQP_PORT (pid $RABBIT_PID)"
 }
 
@@ -54,21 +57,12 @@ MOSQ_PID="" BRIDGE_PID="" CONS_PID="" GEN_PID="" PERF_PID="" FG_PID=""
 BRIDGE_WRAP=() # e.g. (env LD_PRELOAD=...) or (valgrind --tool=callgrind ...)
 
 alive() {
-    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null &&
-        [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
+    m2a_alive "$@"
 }
 
 # stop_pid PID SIGNAL SECONDS: signal, wait (we are the parent), SIGKILL at the deadline.
 stop_pid() {
-    local pid=$1 sig=$2 end=$((SECONDS + $3))
-    [ -n "$pid" ] || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    while alive "$pid" && [ $SECONDS -lt "$end" ]; do sleep 0.1; done
-    if alive "$pid"; then
-        say "pid $pid still alive after SIG$sig: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    m2a_stop_pid "$@"
 }
 
 cleanup() {
@@ -77,7 +71,7 @@ cleanup() {
     for pid in "$PERF_PID" "$FG_PID" "$GEN_PID" "$CONS_PID" "$BRIDGE_PID" "$MOSQ_PID"; do
         alive "$pid" && stop_pid "$pid" TERM 15
     done
-    "$ROOT/scripts/test-rabbitmq.sh" stop "$RABBIT_DIR" >/dev/null 2>&1 || true
+    m2a_rabbit stop "$RABBIT_DIR" >/dev/null 2>&1 || true
     if [ "$KEEP" = 1 ] || [ $rc -ne 0 ]; then
         say "logs and configs kept in $TMP"
     else
@@ -97,21 +91,6 @@ fg_run() {
     wait "$FG_PID" || rc=$?
     FG_PID=""
     return $rc
-}
-
-port_in_use() {
-    [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]
-}
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        port_in_use "$p" || {
-            echo "$p"
-            return 0
-        }
-    done
-    die "no free port"
 }
 
 # wait_for FILE REGEX SECONDS PID: until a line of FILE matches, PID dies, or the deadline.
@@ -145,32 +124,17 @@ div() { # A / B with 2 decimals, or -
 }
 
 rabbit() {
-    "$ROOT/scripts/test-rabbitmq.sh" "$1" "$RABBIT_DIR" >>"$TMP/rabbitmq.log" 2>&1
+    m2a_rabbit "$1" "$RABBIT_DIR" >>"$TMP/rabbitmq.log" 2>&1
 }
 
+# A fresh Mosquitto from the shipped config on a free port (MOSQ_PORT, MOSQ_PID).
 mosq_start() { # NAME
     local dir=$TMP/$1/mosquitto
-    mkdir -p "$dir/data"
-    MOSQ_PORT=$(free_port)
-    # The shipped file, with what must differ per run rewritten (like tests/support/harness.c).
-    sed -e "s|^[[:space:]]*listener .*|listener $MOSQ_PORT 127.0.0.1|" \
-        -e "s|^[[:space:]]*persistence_location .*|persistence_location $dir/data/|" \
-        -e 's|^[[:space:]]*\(user\|pid_file\)[[:space:]]|# (bench) &|' \
-        "$ROOT/docker/mosquitto/mosquitto.conf" >"$dir/mosquitto.conf"
-    [ "$(id -u)" != 0 ] || echo "user root" >>"$dir/mosquitto.conf"
-    mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
-    MOSQ_PID=$!
-    local end=$((SECONDS + 15))
-    until port_in_use "$MOSQ_PORT"; do
-        alive "$MOSQ_PID" || die "mosquitto exited: $(tail -n 5 "$dir/mosquitto.log")"
-        [ $SECONDS -lt $end ] || die "mosquitto not listening on $MOSQ_PORT"
-        sleep 0.05
-    done
+    m2a_mosquitto_start "$dir" || die "Mosquitto did not start (log $dir/mosquitto.log)"
 }
 
 mosq_stop() {
-    stop_pid "$MOSQ_PID" TERM 30
-    MOSQ_PID=""
+    m2a_mosquitto_stop
 }
 
 # bridge_start NAME FSYNC: config, spool and log under $TMP/NAME; waits until it subscribed

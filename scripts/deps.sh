@@ -18,9 +18,13 @@ PACKAGES=(
     check libsubunit-dev                       # unit tests
     mosquitto mosquitto-clients                # MQTT broker for tests and scripts/run.sh
     rabbitmq-server amqp-tools                 # AMQP broker (and epmd) for tests and run.sh
-    iproute2                                   # ss: free-port probing in test-rabbitmq.sh
+    iproute2                                   # ss: free-port probing in scripts/lib.sh
     clang-14 libclang-rt-14-dev                # libFuzzer targets (scripts/fuzz.sh)
     docker-compose                             # validates docker/docker-compose.yml (no engine)
+    scdoc                                      # builds the man page (man/mqtt2amqp.8.scd)
+    dpkg-dev lintian                           # cpack -G DEB (dpkg-shlibdeps), its lint
+    prometheus                                 # promtool: alerting rules, live /metrics
+    curl                                       # the README's "Try it in one minute"
 )
 
 missing=()

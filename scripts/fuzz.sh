@@ -46,7 +46,7 @@ build() {
 run() {
     local t=$1 secs=$2 work rc=0 t0=$SECONDS
     # On /dev/shm when there is one: the spool target writes and fsyncs
-    # files for every input (M2A_FUZZ_TMPDIR: its spool dir goes there too).
+    # files for every input (M2A_TEST_TMPDIR: its spool dir goes there too).
     local base=${TMPDIR:-/tmp}
     [ -d /dev/shm ] && [ -w /dev/shm ] && base=/dev/shm
     work=$(mktemp -d "$base/m2a-fuzz-$t.XXXXXX")
@@ -57,7 +57,7 @@ run() {
     [ -f "$ROOT/tests/fuzz/$t.dict" ] && args+=(-dict="$ROOT/tests/fuzz/$t.dict")
     echo "==> fuzz $t for $secs s (work dir $work)"
     touch "$work/stamp"
-    M2A_FUZZ_TMPDIR=$work "$BUILD/tests/fuzz/$t" "${args[@]}" "${EXTRA[@]}" "$work/corpus" \
+    M2A_TEST_TMPDIR=$work "$BUILD/tests/fuzz/$t" "${args[@]}" "${EXTRA[@]}" "$work/corpus" \
         </dev/null >"$work/log" 2>&1 || rc=$?
     local last execs eps
     last=$(grep -E '^#[0-9]+' "$work/log" | tail -n 1 || true)

@@ -56,17 +56,12 @@ if [ -n "$CONFIG" ]; then
     exec "$BIN" -c "$CONFIG" "${EXTRA[@]}"
 fi
 
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 RUN=$ROOT/.run
 MOSQ_DIR=$RUN/mosquitto
 RABBIT_DIR=$RUN/rabbitmq
-mkdir -p "$MOSQ_DIR/data" "$RUN/spool"
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-alive() {
-    [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
-}
+mkdir -p "$RUN/spool"
 
 MOSQ_PID=""
 BRIDGE_PID=""
@@ -75,68 +70,30 @@ RABBIT_STARTED=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if alive "$BRIDGE_PID"; then
-        kill -TERM "$BRIDGE_PID" 2>/dev/null || true
-        wait "$BRIDGE_PID" 2>/dev/null || true
-    fi
-    if alive "$MOSQ_PID"; then
+    m2a_stop_pid "$BRIDGE_PID" TERM 60
+    if m2a_alive "$MOSQ_PID"; then
         say "stopping Mosquitto (pid $MOSQ_PID)"
-        kill -TERM "$MOSQ_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do alive "$MOSQ_PID" || break; sleep 0.1; done
-        alive "$MOSQ_PID" && kill -KILL "$MOSQ_PID" 2>/dev/null
     fi
-    rm -f "$MOSQ_DIR/mosquitto.pid"
+    m2a_mosquitto_stop "$MOSQ_DIR"
     if [ "$RABBIT_STARTED" = 1 ]; then
         say "stopping RabbitMQ"
-        scripts/test-rabbitmq.sh stop "$RABBIT_DIR" || true
+        m2a_rabbit stop "$RABBIT_DIR" || true
     fi
     exit "$rc"
 }
 trap cleanup EXIT
 # Forward a stop request to the bridge and let it shut down gracefully; the
 # EXIT trap then stops the brokers.
-trap 'say "stopping the bridge"; alive "$BRIDGE_PID" && kill -TERM "$BRIDGE_PID"' INT TERM
+trap 'say "stopping the bridge"; m2a_alive "$BRIDGE_PID" && kill -TERM "$BRIDGE_PID"' INT TERM
 
-# A Mosquitto left behind by an earlier run of this script (we only ever
-# kill the pid we recorded ourselves).
-if [ -f "$MOSQ_DIR/mosquitto.pid" ] && alive "$(cat "$MOSQ_DIR/mosquitto.pid")"; then
-    kill -TERM "$(cat "$MOSQ_DIR/mosquitto.pid")" || true
-fi
-
-MQTT_PORT=1883
-if port_open $MQTT_PORT; then
-    MQTT_PORT=""
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 12000))
-        port_open $p || { MQTT_PORT=$p; break; }
-    done
-    [ -n "$MQTT_PORT" ] || { say "no free port for Mosquitto"; exit 1; }
-fi
-# The shipped config, with the listener and data dir made local.
-{
-    sed -e "s|^[[:space:]]*listener[[:space:]].*|listener $MQTT_PORT 127.0.0.1|" \
-        -e "s|^[[:space:]]*persistence_location[[:space:]].*|persistence_location $MOSQ_DIR/data/|" \
-        docker/mosquitto/mosquitto.conf
-    # As root Mosquitto would drop to the mosquitto user, who cannot write .run/.
-    [ "$(id -u)" = 0 ] && echo "user root"
-} >"$MOSQ_DIR/mosquitto.conf"
-setsid mosquitto -c "$MOSQ_DIR/mosquitto.conf" </dev/null >>"$MOSQ_DIR/mosquitto.log" 2>&1 &
-MOSQ_PID=$!
-echo "$MOSQ_PID" >"$MOSQ_DIR/mosquitto.pid"
-for _ in $(seq 1 150); do
-    port_open "$MQTT_PORT" && break
-    alive "$MOSQ_PID" || break
-    sleep 0.1
-done
-if ! port_open "$MQTT_PORT"; then
-    tail -n 20 "$MOSQ_DIR/mosquitto.log" >&2
-    say "Mosquitto did not start"
-    exit 1
-fi
+# Port 1883 if free. A Mosquitto left behind by an earlier run of this
+# script is stopped first (by the pid it recorded).
+m2a_mosquitto_start "$MOSQ_DIR" 1883 || { say "Mosquitto did not start"; exit 1; }
+MQTT_PORT=$MOSQ_PORT
 say "Mosquitto on 127.0.0.1:$MQTT_PORT (pid $MOSQ_PID, log $MOSQ_DIR/mosquitto.log)"
 
 RABBIT_STARTED=1
-M2A_RABBIT_AMQP_PORT=5672 scripts/test-rabbitmq.sh start "$RABBIT_DIR"
+M2A_RABBIT_AMQP_PORT=5672 m2a_rabbit start "$RABBIT_DIR"
 AMQP_PORT=$(sed -n 's/^AMQP_PORT=//p' "$RABBIT_DIR/env")
 say "RabbitMQ on 127.0.0.1:$AMQP_PORT (logs $RABBIT_DIR/log; rabbitmqctl: scripts/test-rabbitmq.sh ctl $RABBIT_DIR ARGS)"
 
@@ -146,7 +103,7 @@ say "running $BIN -c config/mqtt2amqp.yaml (MQTT_PORT=$MQTT_PORT AMQP_PORT=$AMQP
 BRIDGE_PID=$!
 # wait returns early when a trapped signal arrives: wait again until the
 # bridge is gone, then once more for its saved exit status.
-while alive "$BRIDGE_PID"; do
+while m2a_alive "$BRIDGE_PID"; do
     wait "$BRIDGE_PID" || true
 done
 rc=0

@@ -1,13 +1,19 @@
-/* config.h - the configuration file: schema, loading and validation.
+/* config.h - mqtt2amqp's configuration: the struct every module reads, and
+ * the schema that fills it (config.c).
  *
- * m2a_config_load() reads a YAML file (libyaml document API) against a
- * table of options and returns an immutable struct m2a_config. Every error
- * (invalid YAML, unknown or duplicate key, wrong type, value out of range,
- * bad topic filter or template, a route naming an undeclared exchange) is
- * reported as "FILE:LINE:COLUMN: message" (1-based) in the caller's buffer.
- * String values expand ${VAR} and ${VAR:-default} from the environment;
- * "password_file" reads a secret from a file (trailing newline stripped).
- * Secrets are never part of an error message. */
+ * m2a_config_load() reads a YAML file through the option tables of
+ * config.c (bound by conf_bind.c) and returns an immutable struct
+ * m2a_config. The schema is the only validator of the tree: what loads has
+ * passed every check the bridge makes of its configuration at start (ranges,
+ * names that must fit the AMQP and MQTT wire formats, routes against the
+ * declared exchanges, TLS files that OpenSSL loads and a key that matches
+ * its certificate), so the modules that read it only assert that pointers
+ * are set. Every error (invalid YAML, unknown or duplicate key, wrong type,
+ * value out of range, bad topic filter or template, a route naming an
+ * undeclared exchange) is reported as "FILE:LINE:COLUMN: message" (1-based)
+ * in the caller's buffer. String values expand ${VAR} and ${VAR:-default}
+ * from the environment; "password_file" reads a secret from a file
+ * (trailing newline stripped). Secrets are never part of an error message. */
 #ifndef MQTT2AMQP_CONFIG_H
 #define MQTT2AMQP_CONFIG_H
 
@@ -15,28 +21,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A position in the config file, 1-based, for messages after loading. */
-struct m2a_conf_mark {
-    int line;
-    int column;
-};
+#include "mqtt2amqp/conf_bind.h"
+#include "mqtt2amqp/log.h"
 
-enum m2a_arg_type { M2A_ARG_STRING, M2A_ARG_INT, M2A_ARG_BOOL };
-
-/* An AMQP table entry (queue / exchange / binding arguments). */
-struct m2a_conf_arg {
-    char *key;
-    enum m2a_arg_type type;
-    char *str;   /* M2A_ARG_STRING */
-    int64_t num; /* M2A_ARG_INT */
-    bool flag;   /* M2A_ARG_BOOL */
-};
-
-struct m2a_conf_kv {
-    char *key;
-    char *value;
-    struct m2a_conf_mark mark; /* where the value is */
-};
+/* The longest AMQP short string: exchange, queue, routing key, header and
+ * argument names, content type, vhost. */
+#define M2A_AMQP_SHORTSTR_MAX 255
+/* The longest MQTT string: client id, user name, password, topic filter. */
+#define M2A_MQTT_STRING_MAX 65535
 
 struct m2a_conf_tls {
     bool enabled; /* true when the tls section is present */
@@ -46,20 +38,23 @@ struct m2a_conf_tls {
     bool verify_hostname; /* default true */
 };
 
+/* The MQTT protocol version, named by the number users write. */
+enum m2a_mqtt_protocol { M2A_MQTT_V311 = 311, M2A_MQTT_V5 = 5 };
+
 struct m2a_conf_mqtt {
-    char *host;              /* default "127.0.0.1" */
-    int port;                /* default 1883 */
-    char *client_id;         /* default "mqtt2amqp" */
-    bool clean_session;      /* default false */
-    int keepalive;           /* seconds, default 30, 5..65535 */
-    int protocol;            /* 311 or 5, default 5 */
-    char *username;          /* NULL when not set */
-    char *password;          /* NULL when not set; secret */
-    int receive_maximum;     /* MQTT 5 only, default 65535, 1..65535 */
-    uint32_t session_expiry; /* seconds, MQTT 5 only, default 604800 (7 days) */
-    char *share_group;       /* NULL or a $share group name */
-    int reconnect_min_ms;    /* default 100 */
-    int reconnect_max_ms;    /* default 30000 */
+    char *host;                      /* default "127.0.0.1" */
+    int port;                        /* default 1883 */
+    char *client_id;                 /* default "mqtt2amqp" */
+    bool clean_session;              /* default false */
+    int keepalive;                   /* seconds, default 30, 5..65535 */
+    enum m2a_mqtt_protocol protocol; /* default 5 */
+    char *username;                  /* NULL when not set */
+    char *password;                  /* NULL when not set; secret */
+    int receive_maximum;             /* MQTT 5 only, default 65535, 1..65535 */
+    uint32_t session_expiry;         /* seconds, MQTT 5 only, default 604800 (7 days) */
+    char *share_group;               /* NULL or a $share group name */
+    int reconnect_min_ms;            /* default 100 */
+    int reconnect_max_ms;            /* default 30000 */
     struct m2a_conf_tls tls;
 };
 
@@ -94,27 +89,27 @@ struct m2a_conf_queue {
     struct m2a_conf_mark mark;
 };
 
+/* Which x-mqtt-* headers a published message carries: all three
+ * (x-mqtt-topic, x-mqtt-qos, x-mqtt-retain), the topic alone, or none. */
+enum m2a_mqtt_headers { M2A_MQTT_HEADERS_ALL, M2A_MQTT_HEADERS_TOPIC, M2A_MQTT_HEADERS_NONE };
+
 struct m2a_conf_amqp {
-    char *host;           /* default "127.0.0.1" */
-    int port;             /* default 5672 */
-    char *vhost;          /* default "/" */
-    char *username;       /* default "guest" */
-    char *password;       /* default "guest"; secret */
-    int heartbeat;        /* seconds, default 30, 0..3600 */
-    int confirm_window;   /* default 1000, 1..65535 */
-    int reconnect_min_ms; /* default 100 */
-    int reconnect_max_ms; /* default 30000 */
-    int mqtt_headers;     /* enum m2a_mqtt_headers, default all */
+    char *host;                         /* default "127.0.0.1" */
+    int port;                           /* default 5672 */
+    char *vhost;                        /* default "/" */
+    char *username;                     /* default "guest" */
+    char *password;                     /* default "guest"; secret */
+    int heartbeat;                      /* seconds, default 30, 0..3600 */
+    int confirm_window;                 /* default 1000, 1..65535 */
+    int reconnect_min_ms;               /* default 100 */
+    int reconnect_max_ms;               /* default 30000 */
+    enum m2a_mqtt_headers mqtt_headers; /* default all */
     struct m2a_conf_tls tls;
     size_t nexchanges;
     struct m2a_conf_exchange *exchanges;
     size_t nqueues;
     struct m2a_conf_queue *queues;
 };
-
-/* Which x-mqtt-* headers a published message carries: all three
- * (x-mqtt-topic, x-mqtt-qos, x-mqtt-retain), the topic alone, or none. */
-enum m2a_mqtt_headers { M2A_MQTT_HEADERS_ALL, M2A_MQTT_HEADERS_TOPIC, M2A_MQTT_HEADERS_NONE };
 
 enum m2a_fsync_policy { M2A_FSYNC_BATCH, M2A_FSYNC_INTERVAL, M2A_FSYNC_NEVER };
 
@@ -170,9 +165,9 @@ struct m2a_conf_metrics {
 };
 
 struct m2a_conf_log {
-    int level;          /* enum m2a_log_level, default info */
-    int format;         /* enum m2a_log_format, default text */
-    int stats_interval; /* seconds, default 30, 0 disables */
+    enum m2a_log_level level;   /* default info */
+    enum m2a_log_format format; /* default text */
+    int stats_interval;         /* seconds, default 30, 0 disables */
 };
 
 struct m2a_config {

@@ -26,6 +26,12 @@
 
 #define M2A_HEALTH_STALL_MS 10000
 
+/* The HTTP server's connection limit (the README's Health endpoints say
+ * it), lowered so that M2A_METRICS_FD_RESERVE descriptors of RLIMIT_NOFILE
+ * stay for the spool, the brokers' sockets and TLS files. */
+#define M2A_METRICS_MAX_CONNECTIONS 512
+#define M2A_METRICS_FD_RESERVE      128
+
 /* Borrowed pointers: all must outlive the m2a_metrics. */
 struct m2a_metrics_opts {
     const char *listen;      /* "HOST:PORT", HOST a name or address ([v6] in brackets) */
@@ -43,6 +49,12 @@ int m2a_metrics_start(const struct m2a_metrics_opts *opts, struct m2a_metrics **
                       size_t errlen);
 /* Stops serving and closes the socket. NULL is a no-op. */
 void m2a_metrics_stop(struct m2a_metrics *m);
+
+/* The connection limit for an open-file limit of nofile (UINT64_MAX: none):
+ * M2A_METRICS_MAX_CONNECTIONS when it leaves M2A_METRICS_FD_RESERVE spare,
+ * else what does, and a quarter of nofile (at least 4) when even that
+ * cannot be had. */
+unsigned m2a_metrics_connection_limit(uint64_t nofile);
 
 /* Any thread: appends the Prometheus text exposition (format 0.0.4). */
 void m2a_metrics_render(const struct m2a_metrics_opts *opts, struct m2a_buf *out);

@@ -29,7 +29,8 @@
 SSL_CTX *m2a_tls_ctx_new(const struct m2a_conf_tls *t, const char *host, char *err, size_t errlen);
 
 /* Configures an existing client context: CA file (or the system store when
- * none is given), client certificate and key (both or neither), peer
+ * none is given), client certificate and key (both or neither: config.c
+ * guarantees it), peer
  * verification with the recording callback, and, when t->verify_hostname,
  * the name host must match. Returns 0, or M2A_ERR_CONFIG with a sentence
  * naming the file and OpenSSL's reason in err. */

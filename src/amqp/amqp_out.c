@@ -1038,6 +1038,18 @@ static int publish_some(struct m2a_amqp_out *ao)
     return flush_frames(ao);
 }
 
+/* The spool's housekeeping belongs to this thread (checkpoint, deleting
+ * segments, the MQTT thread's requests for room): every turn, in every
+ * state, or the MQTT side waits. */
+static void maintain_spool(struct m2a_amqp_out *ao)
+{
+    int rc = m2a_spool_maintain(ao->spool);
+    uint64_t sup;
+    if (rc != 0 && m2a_ratelimit_ok(&ao->rl_spool, &sup))
+        m2a_error(COMPONENT, "spool housekeeping: %s (%" PRIu64 " similar suppressed)",
+                  m2a_strerror(rc), sup);
+}
+
 static void commit_confirmed(struct m2a_amqp_out *ao)
 {
     uint64_t seq;
@@ -1077,13 +1089,14 @@ static int poll_timeout(struct m2a_amqp_out *ao, uint64_t now)
 static void wait_events(struct m2a_amqp_out *ao)
 {
     uint64_t now = m2a_now_ms();
-    struct pollfd p[3] = {
+    struct pollfd p[4] = {
         {.fd = amqp_get_sockfd(ao->conn), .events = POLLIN | (ao->want_write ? POLLOUT : 0)},
         {.fd = ao->wake_fd, .events = POLLIN},
+        {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}, /* cleared by maintain_spool */
         {.fd = m2a_spool_notify_fd(ao->spool), .events = POLLIN},
     };
     /* Spool news matters only if we would read it now. */
-    nfds_t n = (!ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw)) ? 3 : 2;
+    nfds_t n = (!ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw)) ? 4 : 3;
     int rc = poll(p, n, poll_timeout(ao, now));
     if (rc <= 0)
         return; /* timeout or EINTR: the loop re-checks everything */
@@ -1094,7 +1107,7 @@ static void wait_events(struct m2a_amqp_out *ao)
         uint64_t v;
         (void)!read(ao->wake_fd, &v, sizeof(v));
     }
-    if (n == 3 && (p[2].revents & POLLIN))
+    if (n == 4 && (p[3].revents & POLLIN))
         m2a_spool_notify_clear(ao->spool);
 }
 
@@ -1110,6 +1123,7 @@ static int session(struct m2a_amqp_out *ao)
         if ((end = adopt_offer(ao, true)) != 0)
             return end;
         commit_confirmed(ao);
+        maintain_spool(ao);
         if (stopping(ao)) {
             if (m2a_cwin_count(ao->cw) == 0)
                 return END_STOPPED;
@@ -1176,21 +1190,24 @@ static int adopt_offer(struct m2a_amqp_out *ao, bool connected)
 }
 
 /* Sleeps ms, or less if stop() is called; takes an offered generation
- * meanwhile. A wake-up only interrupts the wait: what it was for (stop, an
- * offer) is in the flags checked each time round, so the eventfd is always
- * drained. Leaving it readable because the offer it announced had already
- * been taken elsewhere (by the session loop, just before the session
+ * meanwhile, and keeps up the spool's housekeeping. A wake-up only
+ * interrupts the wait: what it was for (stop, an offer) is in the flags
+ * checked each time round, so the eventfd is always drained. Leaving it readable because the offer
+ * it announced had already been taken elsewhere (by the session loop, just before the session
  * ended) made every poll return at once: a spin for the whole delay. */
 static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
 {
-    struct pollfd p = {.fd = ao->wake_fd, .events = POLLIN};
+    struct pollfd p[2] = {{.fd = ao->wake_fd, .events = POLLIN},
+                          {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}};
     uint64_t until = m2a_now_ms() + ms;
     while (!stopping(ao)) {
         adopt_offer(ao, false);
+        maintain_spool(ao);
         uint64_t now = m2a_now_ms();
         if (now >= until)
             return;
-        if (poll(&p, 1, (int)(until - now)) > 0) {
+        uint64_t t = until - now < POLL_MAX_MS ? until - now : POLL_MAX_MS;
+        if (poll(p, 2, (int)t) > 0 && (p[0].revents & POLLIN)) {
             uint64_t v;
             (void)!read(ao->wake_fd, &v, sizeof(v));
         }
@@ -1206,6 +1223,7 @@ static void *thread_main(void *arg)
         ao->progress = false;
         ao->refused = false;
         adopt_offer(ao, false);
+        maintain_spool(ao); /* not served while connect_broker blocks: see spool.h */
         int rc = connect_broker(ao);
         if (rc != 0) {
             /* A channel-level failure (topology) leaves the connection usable. */
@@ -1259,49 +1277,12 @@ static void *thread_main(void *arg)
 /* ------------------------------------------------------------------ */
 /* Public API (caller's thread)                                        */
 
+/* The config was validated when it was loaded (config.c): only pointers. */
 static int validate(const struct m2a_amqp_out_opts *o, char *err, size_t errlen)
 {
-    const struct m2a_conf_amqp *c = o ? o->conf : NULL;
-    const char *why = NULL;
-    if (!o || !c || !o->generation || !o->spool || !o->stats)
-        why = "missing configuration, generation, spool or stats";
-    else if (!c->host || !*c->host)
-        why = "amqp.host is empty";
-    else if (c->port < 1 || c->port > 65535)
-        why = "amqp.port must be 1..65535";
-    else if (!c->vhost || !c->username || !c->password)
-        why = "amqp.vhost, username and password must be set";
-    else if (c->heartbeat < 0 || c->heartbeat > 3600)
-        why = "amqp.heartbeat must be 0..3600";
-    else if (c->confirm_window < 1 || c->confirm_window > 65535)
-        why = "amqp.confirm_window must be 1..65535";
-    else if (c->reconnect_min_ms < 1 || c->reconnect_max_ms < c->reconnect_min_ms)
-        why = "amqp.reconnect_min_ms must be >= 1 and <= reconnect_max_ms";
-    else if (c->tls.enabled && (!c->tls.cert_file) != (!c->tls.key_file))
-        why = "amqp.tls needs both cert_file and key_file, or neither";
-    if (!why && c->tls.enabled) {
-        /* Bad TLS files fail the start, not a log line per reconnect. */
-        char tls[512];
-        SSL_CTX *ctx = m2a_tls_ctx_new(&c->tls, c->host, tls, sizeof(tls));
-        if (!ctx) {
-            snprintf(err, errlen, "amqp TLS: %s", tls);
-            return M2A_ERR_CONFIG;
-        }
-        SSL_CTX_free(ctx);
-    }
-    for (size_t i = 0; !why && c && i < c->nexchanges; i++)
-        if (!c->exchanges[i].name)
-            why = "an exchange has no name";
-    for (size_t i = 0; !why && c && i < c->nqueues; i++) {
-        if (!c->queues[i].name)
-            why = "a queue has no name";
-        for (size_t j = 0; !why && j < c->queues[i].nbindings; j++)
-            if (!c->queues[i].bindings[j].exchange)
-                why = "a binding has no exchange";
-    }
-    if (!why)
+    if (o && o->conf && o->generation && o->spool && o->stats)
         return 0;
-    snprintf(err, errlen, "%s", why);
+    snprintf(err, errlen, "missing configuration, generation, spool or stats");
     return M2A_ERR_ARG;
 }
 

@@ -84,6 +84,7 @@ struct m2a_mqtt_in {
     SSL_CTX *ssl_ctx; /* NULL without tls; each handle takes a reference */
     uint64_t next_attempt_ms;
     bool paused;
+    bool flush_wait;    /* the last batch waits in the spool for room: no reads, no PUBACKs */
     bool spool_failing; /* last connection ended on a spool error: keep backing off */
     uint64_t nconnacks; /* successful CONNACKs over the lifetime */
 
@@ -152,7 +153,8 @@ static const char *connack_reason(const struct m2a_mqtt_in *mi, int rc)
 static void update_pause(struct m2a_mqtt_in *mi)
 {
     uint64_t max = mi->o.spool_max_bytes, sup;
-    /* drop_oldest makes room by discarding instead: reading never pauses. */
+    /* drop_oldest makes room by discarding instead: reading pauses only
+     * while a batch waits for the discard (wait_room). */
     if (max == 0 || mi->o.spool_overflow == M2A_OVERFLOW_DROP_OLDEST)
         return;
     struct m2a_spool_stats ss;
@@ -635,8 +637,9 @@ static void cork(int fd, int on)
     (void)setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
 }
 
-/* overflow drop_oldest: the spool discarded records to make room (in an
- * append); they count as dropped, and a rate-limited line says how many.
+/* overflow drop_oldest: the spool discarded records to make room (on the
+ * AMQP thread, asked by our appends and flushes); they count as dropped,
+ * and a rate-limited line says how many.
  * Called after every batch and every loop turn, so a last burst of discards
  * is logged within LOG_INTERVAL_MS too. */
 static void count_spool_drops(struct m2a_mqtt_in *mi)
@@ -724,7 +727,8 @@ static bool read_batch(struct m2a_mqtt_in *mi)
     if (mi->batch_appended > 0) {
         mi->last_flush_us = m2a_now_us();
         int frc = m2a_spool_flush(mi->o.spool);
-        if (frc != 0 && mi->batch_err == 0)
+        mi->flush_wait = frc == M2A_ERR_FULL; /* kept: see wait_room */
+        if (frc != 0 && !mi->flush_wait && mi->batch_err == 0)
             mi->batch_err = frc;
         if (frc == 0 && mi->spool_failing && mi->batch_err == 0) {
             mi->spool_failing = false;
@@ -766,9 +770,10 @@ static void turn_connected(struct m2a_mqtt_in *mi)
         drop_connection(mi, MOSQ_ERR_CONN_LOST, false);
         return;
     }
-    /* Every PUBACK queued now belongs to a message whose batch was flushed. */
+    /* Every PUBACK queued now belongs to a message whose batch was flushed,
+     * unless the batch waits for room. */
     int rc = MOSQ_ERR_SUCCESS;
-    if (mosquitto_want_write(mi->mosq)) {
+    if (mosquitto_want_write(mi->mosq) && !mi->flush_wait) {
         bool corked = mi->batch_msgs >= CORK_MIN;
         if (corked)
             cork(fd, 1);
@@ -780,6 +785,22 @@ static void turn_connected(struct m2a_mqtt_in *mi)
         rc = mosquitto_loop_misc(mi->mosq);
     if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(mi->mosq) < 0)
         drop_connection(mi, rc, false);
+}
+
+/* The last batch did not fit (overflow drop_oldest: m2a_spool_flush kept
+ * it and asked the AMQP thread to discard). Nothing is read and no PUBACK
+ * leaves until it is flushed: one AMQP turn as a rule (spool.h states the
+ * worst case). A failed flush ends the connection unacknowledged. */
+static void wait_room(struct m2a_mqtt_in *mi)
+{
+    struct pollfd p = {.fd = m2a_spool_room_fd(mi->o.spool), .events = POLLIN};
+    poll(&p, 1, LOOP_TIMEOUT_MS);
+    int rc = m2a_spool_flush(mi->o.spool);
+    if (rc == M2A_ERR_FULL)
+        return;
+    mi->flush_wait = false;
+    if (rc != 0 && mi->mosq)
+        spool_failed(mi, rc);
 }
 
 static void turn_disconnected(struct m2a_mqtt_in *mi)
@@ -841,7 +862,10 @@ static void shutdown_connection(struct m2a_mqtt_in *mi)
 {
     if (!mi->mosq)
         return;
-    if (mi->connack_ok) {
+    /* A batch still waiting for room was never acknowledged: none of its
+     * PUBACKs may leave, so neither a drain nor a DISCONNECT. */
+    bool unflushed = mi->flush_wait && m2a_spool_flush(mi->o.spool) != 0;
+    if (mi->connack_ok && !unflushed) {
         uint64_t deadline = m2a_now_ms() + STOP_DRAIN_MS;
         while (mosquitto_want_write(mi->mosq) && mosquitto_socket(mi->mosq) >= 0) {
             uint64_t now = m2a_now_ms();
@@ -871,7 +895,9 @@ static void *run(void *arg)
         adopt_generation(mi);
         update_pause(mi);
         count_spool_drops(mi);
-        if (mi->mosq)
+        if (mi->flush_wait)
+            wait_room(mi);
+        else if (mi->mosq)
             turn_connected(mi);
         else
             turn_disconnected(mi);
@@ -886,23 +912,12 @@ static void *run(void *arg)
 
 /* --- public ---------------------------------------------------------------------- */
 
+/* The config was validated when it was loaded (config.c): only pointers. */
 static int check_conf(const struct m2a_mqtt_in_opts *o, char *err, size_t errlen)
 {
-    const struct m2a_conf_mqtt *c = o->conf;
-    if (!c || !o->generation || !o->spool || !o->stats)
-        snprintf(err, errlen, "missing conf, generation, spool or stats");
-    else if (!c->host || c->port < 1 || c->port > 65535)
-        snprintf(err, errlen, "invalid MQTT host or port");
-    else if (c->protocol != 5 && c->protocol != 311)
-        snprintf(err, errlen, "MQTT protocol must be 5 or 311, not %d", c->protocol);
-    else if (c->keepalive < 5 || c->keepalive > 65535)
-        snprintf(err, errlen, "keepalive must be 5..65535 s, not %d", c->keepalive);
-    else if (c->protocol == 311 && c->password && !c->username)
-        snprintf(err, errlen, "MQTT 3.1.1 does not allow a password without a username");
-    else if (!c->client_id && !c->clean_session)
-        snprintf(err, errlen, "a persistent session needs a client_id");
-    else
+    if (o->conf && o->generation && o->spool && o->stats)
         return 0;
+    snprintf(err, errlen, "missing conf, generation, spool or stats");
     return M2A_ERR_ARG;
 }
 

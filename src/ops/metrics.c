@@ -1,11 +1,21 @@
 /* metrics.c - /metrics, /healthz and /readyz over libmicrohttpd; see
  * metrics.h.
  *
- * Threads: libmicrohttpd's internal polling thread answers every request
+ * Threads: libmicrohttpd's internal epoll thread answers every request
  * (one at a time) and only reads: relaxed atomics, the spool's stats under
  * its lock, the route registry (lock-free). start/stop run on the main
  * thread. We bind the listening socket ourselves so a taken port fails the
- * start with errno's sentence. */
+ * start with errno's sentence. libmicrohttpd's own messages go through our
+ * log, rate-limited by one limiter per thread that emits them.
+ *
+ * Slow clients (issue 9): libmicrohttpd times a connection out only after
+ * IDLE_TIMEOUT_S without a byte, so a client that trickles a header line
+ * every few seconds keeps its slot for as long as it likes; 32 of them used
+ * to take every slot and fail the health probes. The defence is room that
+ * costs little: one epoll thread, up to M2A_METRICS_MAX_CONNECTIONS
+ * connections (fewer when RLIMIT_NOFILE would not leave the bridge its own
+ * descriptors), half of them at most from one address, 16 KiB of buffer
+ * each. */
 #include "mqtt2amqp/metrics.h"
 
 #include <errno.h>
@@ -16,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,11 +34,14 @@
 
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 
 #define COMPONENT       "metrics"
-#define MAX_CONNECTIONS 32
-#define CONN_TIMEOUT_S  10
+#define IDLE_TIMEOUT_S  5
+#define CONN_MEMORY     (16 * 1024) /* per connection: request headers and reply head */
+#define LISTEN_BACKLOG  128
+#define LOG_INTERVAL_MS 10000
 
 struct m2a_metrics {
     struct m2a_metrics_opts o;
@@ -267,15 +281,36 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     return text(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n");
 }
 
+/* libmicrohttpd's messages (a client that went away mid-request, a
+ * refused connection...) come once per connection: a slow or hostile client
+ * would flood the log. At most one line per LOG_INTERVAL_MS per thread
+ * (the epoll thread, and the main thread during start and stop), saying
+ * how many were swallowed. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
+    static _Thread_local struct m2a_ratelimit rl = M2A_RATELIMIT_INIT(LOG_INTERVAL_MS);
+    uint64_t sup;
+    if (!m2a_ratelimit_ok(&rl, &sup))
+        return;
     char line[512];
     vsnprintf(line, sizeof(line), fmt, ap);
     size_t n = strlen(line);
     while (n && line[n - 1] == '\n')
         line[--n] = '\0';
-    m2a_warn(COMPONENT, "%s", line);
+    if (sup)
+        m2a_warn(COMPONENT, "%s (%" PRIu64 " more HTTP server messages not logged)", line, sup);
+    else
+        m2a_warn(COMPONENT, "%s", line);
+}
+
+unsigned m2a_metrics_connection_limit(uint64_t nofile)
+{
+    if (nofile >= (uint64_t)M2A_METRICS_MAX_CONNECTIONS + M2A_METRICS_FD_RESERVE)
+        return M2A_METRICS_MAX_CONNECTIONS;
+    if (nofile >= 2 * (uint64_t)M2A_METRICS_FD_RESERVE)
+        return (unsigned)(nofile - M2A_METRICS_FD_RESERVE);
+    return nofile >= 16 ? (unsigned)(nofile / 4) : 4;
 }
 
 /* A listening socket on "HOST:PORT"; -1 with a sentence in err. */
@@ -307,7 +342,7 @@ static int listen_on(const char *spec, bool *v6, char *err, size_t errlen)
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", spec, strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -329,14 +364,29 @@ int m2a_metrics_start(const struct m2a_metrics_opts *opts, struct m2a_metrics **
     int fd = listen_on(opts->listen, &v6, err, errlen);
     if (fd < 0)
         return M2A_ERR_IO;
+    struct rlimit rl = {0};
+    uint64_t nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                          ? (uint64_t)rl.rlim_cur
+                          : UINT64_MAX;
+    unsigned limit = m2a_metrics_connection_limit(nofile);
+    if (limit < M2A_METRICS_MAX_CONNECTIONS)
+        m2a_warn(COMPONENT,
+                 "the open-file limit (%" PRIu64 ") allows the HTTP server only %u connections "
+                 "instead of %u: raise it (LimitNOFILE=, ulimit -n) to %u or more",
+                 nofile, limit, M2A_METRICS_MAX_CONNECTIONS,
+                 M2A_METRICS_MAX_CONNECTIONS + M2A_METRICS_FD_RESERVE);
     struct m2a_metrics *m = xcalloc(1, sizeof(*m));
     m->o = *opts;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG |
-                     (v6 ? MHD_USE_IPv6 : 0);
-    m->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, handle, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-        MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNECTIONS,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONN_TIMEOUT_S, MHD_OPTION_END);
+    unsigned flags =
+        (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL_INTERNAL_THREAD
+                                                                : MHD_USE_POLL_INTERNAL_THREAD) |
+        MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+    m->daemon =
+        MHD_start_daemon(flags, 0, NULL, NULL, handle, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                         MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_CONNECTION_LIMIT, limit,
+                         MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
+                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY, MHD_OPTION_END);
     if (!m->daemon) {
         snprintf(err, errlen, "cannot start the HTTP server on %s", opts->listen);
         close(fd);

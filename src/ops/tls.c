@@ -176,10 +176,6 @@ int m2a_tls_ctx_setup(SSL_CTX *ctx, const struct m2a_conf_tls *t, const char *ho
                  ssl_reason(why, sizeof(why)));
         return M2A_ERR_CONFIG;
     }
-    if ((t->cert_file == NULL) != (t->key_file == NULL)) {
-        snprintf(err, errlen, "tls needs both cert_file and key_file, or neither");
-        return M2A_ERR_CONFIG;
-    }
     if (t->cert_file) {
         if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1) {
             snprintf(err, errlen, "cannot load tls.cert_file %s: %s", t->cert_file,

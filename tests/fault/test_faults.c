@@ -38,6 +38,7 @@
 #include "flow.h"
 #include "harness.h"
 #include "proxy.h"
+#include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
 #include "check_main.h"
@@ -78,19 +79,13 @@ struct pflow {
     pthread_t thread;
 };
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void *pflow_main(void *arg)
 {
     struct pflow *f = arg;
     while (!atomic_load(&f->stop) && atomic_load(&f->next) < f->max) {
         if (atomic_load(&f->hold)) {
             atomic_store(&f->holding, true);
-            sleep_ms(PACE_MS);
+            th_sleep_ms(PACE_MS);
             continue;
         }
         atomic_store(&f->holding, false);
@@ -114,7 +109,7 @@ static void *pflow_main(void *arg)
                 atomic_store(&f->failed, true);
                 break;
             }
-            sleep_ms(PACE_MS);
+            th_sleep_ms(PACE_MS);
             continue;
         }
         if (acked < n) {
@@ -137,7 +132,7 @@ static void *pflow_main(void *arg)
         atomic_store(&f->next, first + n);
         uint64_t spent = m2a_now_ms() - t0;
         if (spent < PACE_MS)
-            sleep_ms((int)(PACE_MS - spent)); /* pacing, not synchronisation */
+            th_sleep_ms((int)(PACE_MS - spent)); /* pacing, not synchronisation */
     }
     return NULL;
 }
@@ -374,13 +369,8 @@ static void setup_start(struct setup *s, const char *name, const struct opts *o)
     ck_assert_int_eq(th_bridge_config(s->b, yaml), 0);
     free(yaml);
     s->queue = xasprintf("ft.%s", name);
-    s->c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    s->c = th_amqp_consumer(th_rabbit_port(), s->queue, s->queue, "#");
     ck_assert_ptr_nonnull(s->c);
-    ck_assert_int_eq(th_amqp_declare_exchange(s->c, s->queue, "topic", true), 0);
-    ck_assert_int_eq(th_amqp_declare(s->c, s->queue, true, false), 0);
-    ck_assert_int_eq(th_amqp_bind(s->c, s->queue, s->queue, "#"), 0);
-    ck_assert_int_eq(th_amqp_purge(s->c, s->queue), 0);
-    ck_assert_int_eq(th_amqp_consume(s->c, s->queue), 0);
     ck_assert_int_eq(th_bridge_start_ready(s->b, WAIT_MS), 0);
 }
 
@@ -402,22 +392,10 @@ static void consume_for(struct setup *s, int ms)
     th_amqp_collect_reconnecting(&s->c, s->queue, &s->got, SIZE_MAX, ms);
 }
 
-static size_t distinct(const struct th_msgs *ms)
-{
-    struct fres r;
-    long max = -1;
-    for (size_t i = 0; i < ms->n; i++)
-        if (ms->v[i].seq > max)
-            max = ms->v[i].seq;
-    struct pflow none = {0};
-    r = check_flow(&none, max + 1, ms, false);
-    return (size_t)r.delivered;
-}
-
 /* Waits until `more` seqs beyond those held now were delivered. */
 static int delivered_more(struct setup *s, size_t more)
 {
-    return th_amqp_collect_reconnecting(&s->c, s->queue, &s->got, distinct(&s->got) + more,
+    return th_amqp_collect_reconnecting(&s->c, s->queue, &s->got, th_msgs_distinct(&s->got) + more,
                                         WAIT_MS);
 }
 
@@ -442,42 +420,9 @@ static struct fres collect_all(struct setup *s, long n, long may_lose)
     return check_flow(&s->f, n, &s->got, true);
 }
 
-struct log_wait {
-    struct th_bridge *b;
-    const char *needle;
-    int n;
-};
-
-static bool log_reached(void *arg)
-{
-    struct log_wait *w = arg;
-    return th_proc_log_count(&w->b->proc, w->needle) >= w->n;
-}
-
-/* Waits until needle occurs at least n times in this run's bridge log. */
-static int wait_log_count(struct th_bridge *b, const char *needle, int n, int timeout_ms)
-{
-    struct log_wait w = {b, needle, n};
-    int rc = th_poll_until(log_reached, &w, timeout_ms);
-    if (rc != 0) {
-        fprintf(stderr, "fault: '%s' seen %d times, wanted %d\n", needle,
-                th_proc_log_count(&b->proc, needle), n);
-        th_dump_tail("bridge", b->proc.log_path, 30);
-    }
-    return rc;
-}
-
 static int log_count(struct setup *s, const char *needle)
 {
     return th_proc_log_count(&s->b->proc, needle);
-}
-
-static void stop_bridge_gracefully(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
 }
 
 /* Stops traffic (after `tail` more messages got through), collects, checks. */
@@ -538,7 +483,7 @@ START_TEST(bridge_sigkill_at_random_moments)
     table_row("bridge SIGKILL (random moment)", NKILLS, &r,
               "seed %u; delays 0..%d ms; %d kills during start-up", seed, max_delay, early);
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -563,14 +508,14 @@ START_TEST(rabbitmq_sigkill_and_restart)
         ck_assert_int_eq(pflow_wait_more(&s.f, 1000), 0);
         ck_assert_int_eq(th_rabbit_do("restart"), 0);
         during += atomic_load(&s.f.next) - at_kill;
-        ck_assert_int_eq(wait_log_count(s.b, "amqp: connected to", k + 1, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", k + 1, WAIT_MS), 0);
     }
     long n;
     struct fres r = finish_flow(&s, 1000, &n);
     table_row("RabbitMQ SIGKILL + restart", iters, &r,
               "durable classic queue, persistent; %ld published while RabbitMQ was down", during);
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -592,7 +537,7 @@ START_TEST(mosquitto_restart_with_persistence)
         ck_assert_int_eq(delivered_more(&s, 500), 0);
         bool bridge_away = k == iters;
         if (bridge_away) {
-            stop_bridge_gracefully(s.b);
+            ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
             long at = atomic_load(&s.f.next);
             ck_assert_int_eq(pflow_wait_more(&s.f, 1000), 0);
             queued = atomic_load(&s.f.next) - at;
@@ -603,7 +548,7 @@ START_TEST(mosquitto_restart_with_persistence)
             ck_assert_int_eq(th_bridge_start(s.b, NULL), 0);
         /* The session survived: the broker says so on the next CONNACK. */
         int want = bridge_away ? 1 : k;
-        ck_assert_int_eq(wait_log_count(s.b, "session present: yes", want, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s.b, "session present: yes", want, WAIT_MS), 0);
         ck_assert_int_eq(log_count(&s, "session present: no"), bridge_away ? 0 : 1);
     }
     long n;
@@ -612,7 +557,7 @@ START_TEST(mosquitto_restart_with_persistence)
               "session kept; %ld queued while bridge away; %ld in-doubt publishes (%ld arrived)",
               queued, r.amb, r.amb_delivered);
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -639,13 +584,13 @@ static void cut_link_loop(struct setup *s, struct th_proxy *px, int iters, const
         ck_assert_int_eq(delivered_more(s, 500), 0);
         long refused = th_proxy_refused(px);
         ck_assert_int_eq(th_proxy_cut(px), 0);
-        ck_assert_int_eq(wait_log_count(s->b, down, k, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s->b, down, k, WAIT_MS), 0);
         ck_assert_int_eq(pflow_wait_more(&s->f, 1000), 0);
         /* The bridge keeps trying while the link is down. */
         struct refused_wait w = {px, refused};
         ck_assert_int_eq(th_poll_until(refused_more, &w, WAIT_MS), 0);
         ck_assert_int_eq(th_proxy_restore(px), 0);
-        ck_assert_int_eq(wait_log_count(s->b, up, k + 1, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s->b, up, k + 1, WAIT_MS), 0);
     }
 }
 
@@ -659,13 +604,13 @@ static long halfopen_loop(struct setup *s, struct th_proxy *px, int iters, const
         ck_assert_int_eq(delivered_more(s, 500), 0);
         uint64_t t0 = m2a_now_ms();
         ck_assert_int_eq(th_proxy_blackhole(px), 0);
-        ck_assert_int_eq(wait_log_count(s->b, detect, k, (int)bound_ms), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s->b, detect, k, (int)bound_ms), 0);
         long took = (long)(m2a_now_ms() - t0);
         fprintf(stderr, "half-open %d/%d: detected after %ld ms\n", k, iters, took);
         if (took > worst)
             worst = took;
         ck_assert_int_eq(th_proxy_resume(px), 0);
-        ck_assert_int_eq(wait_log_count(s->b, up, k + 1, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s->b, up, k + 1, WAIT_MS), 0);
     }
     return worst;
 }
@@ -685,7 +630,7 @@ START_TEST(mqtt_link_cut_and_restored)
     struct fres r = finish_flow(&s, 1000, &n);
     table_row("link bridge<->Mosquitto cut", iters, &r, "RST, new connections refused while cut");
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -708,7 +653,7 @@ START_TEST(mqtt_link_half_open)
     table_row("link bridge<->Mosquitto half-open", iters, &r,
               "keepalive %d s: detected in <= %.1f s", KEEPALIVE_S, (double)worst / 1000.0);
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -725,7 +670,7 @@ START_TEST(amqp_link_cut_and_restored)
     struct fres r = finish_flow(&s, 1000, &n);
     table_row("link bridge<->RabbitMQ cut", iters, &r, "RST, new connections refused while cut");
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -744,7 +689,7 @@ START_TEST(amqp_link_half_open)
     table_row("link bridge<->RabbitMQ half-open", iters, &r,
               "heartbeat %d s: detected in <= %.1f s", HEARTBEAT_S, (double)worst / 1000.0);
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -790,7 +735,7 @@ START_TEST(spool_full_under_block)
         int paused = log_count(&s, "mqtt_paused=1");
         ck_assert_int_eq(th_rabbit_do("stop_app"), 0);
         /* The spool fills to its high-water mark and MQTT reads stop ... */
-        ck_assert_int_eq(wait_log_count(s.b, "mqtt_paused=1", paused + 1, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s.b, "mqtt_paused=1", paused + 1, WAIT_MS), 0);
         long at = atomic_load(&s.f.next);
         /* ... while Mosquitto keeps queueing in the bridge's session. */
         ck_assert_int_eq(pflow_wait_more(&s.f, 2000), 0);
@@ -800,7 +745,7 @@ START_TEST(spool_full_under_block)
             peak = bytes;
         ck_assert_uint_le(bytes, SPOOL_MAX);
         ck_assert_int_eq(th_rabbit_do("start_app"), 0);
-        ck_assert_int_eq(wait_log_count(s.b, "amqp: connected to", k + 1, WAIT_MS), 0);
+        ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", k + 1, WAIT_MS), 0);
     }
     long n;
     struct fres r = finish_flow(&s, 1000, &n);
@@ -808,7 +753,7 @@ START_TEST(spool_full_under_block)
               "max_bytes 256KiB (peak %" PRIu64 " B on disk); %ld published while paused", peak,
               held);
     assert_nothing_lost(&r);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -832,11 +777,6 @@ struct srecs {
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static uint32_t le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static void srecs_free(struct srecs *r)
@@ -872,8 +812,8 @@ static struct srecs spool_scan(const char *dir)
         size_t size = 0;
         unsigned char *m = (unsigned char *)th_read_file(path, &size);
         size_t pos = 0;
-        while (m && pos + REC_HDR <= size && le32(m + pos) == REC_MAGIC) {
-            uint32_t len = le32(m + pos + 4);
+        while (m && pos + REC_HDR <= size && m2a_get_le32(m + pos) == REC_MAGIC) {
+            uint32_t len = m2a_get_le32(m + pos + 4);
             if (pos + REC_HDR + len > size)
                 break;
             if (r.n == cap) {
@@ -885,7 +825,7 @@ static struct srecs spool_scan(const char *dir)
             x->off = pos;
             x->len = len;
             x->size = REC_HDR + len;
-            x->seq = (uint64_t)le32(m + pos + 12) | (uint64_t)le32(m + pos + 16) << 32;
+            x->seq = m2a_get_le64(m + pos + 12);
             x->body_seq = -1;
             const unsigned char *q = memmem(m + pos + REC_HDR, len, "seq=", 4);
             if (q)
@@ -988,7 +928,7 @@ START_TEST(corrupted_segment_is_quarantined)
     th_amqp_free(s.c);
     s.c = NULL;
     ck_assert_int_eq(th_rabbit_do("stop_app"), 0);
-    ck_assert_int_eq(wait_log_count(s.b, "amqp: disconnected from", 1, WAIT_MS), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: disconnected from", 1, WAIT_MS), 0);
     long lo = atomic_load(&s.f.next);
     ck_assert_int_eq(pflow_wait_more(&s.f, 2000), 0);
     long n = pflow_stop(&s.f);
@@ -1051,51 +991,35 @@ START_TEST(corrupted_segment_is_quarantined)
     ck_assert_int_eq(r.unexpected, 0);
     ck_assert_int_eq(r.lost, expect_lost);
     ck_assert(exact);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
 
 /* ---- RabbitMQ memory alarm --------------------------------------------- */
 
-static void set_watermark(const char *value)
-{
-    const char *args[] = {"set_vm_memory_high_watermark", value, NULL};
-    struct th_run_result r;
-    if (th_rabbit_ctl(args, &r) != 0)
-        fprintf(stderr, "set_vm_memory_high_watermark %s: exit %d\n%s%s", value, r.exit_code, r.out,
-                r.err);
-    th_run_result_free(&r);
-}
-
-/* Also at exit of the case's process, so a failed assert never leaves the
- * node blocking publishers (the RabbitMQ restart case resets it too). */
-static void restore_watermark(void)
-{
-    set_watermark("0.4");
-}
-
 START_TEST(rabbitmq_memory_alarm_blocks_the_connection)
 {
     struct setup s;
     struct opts o = {.keepalive = KEEPALIVE_S};
     setup_start(&s, "memalarm", &o);
-    atexit(restore_watermark);
+    atexit(th_rabbit_restore_watermark);
     pflow_start(&s.f, s.mq->port, false, 400000);
     const int iters = 2;
     long during = 0;
     for (int k = 1; k <= iters; k++) {
         ck_assert_int_eq(delivered_more(&s, 500), 0);
-        set_watermark("0");
-        ck_assert_int_eq(wait_log_count(s.b, "connection blocked by broker", k, WAIT_MS), 0);
+        th_rabbit_set_watermark("0");
+        ck_assert_int_eq(th_bridge_wait_log_count(s.b, "connection blocked by broker", k, WAIT_MS),
+                         0);
         long at = atomic_load(&s.f.next);
         /* Blocked: MQTT keeps flowing into the spool, longer than one MQTT
          * keepalive, and the session must stay up. */
         ck_assert_int_eq(pflow_wait_more(&s.f, 3 * KEEPALIVE_S * 1000 / 2 * PACE_CHUNK / PACE_MS),
                          0);
         during += atomic_load(&s.f.next) - at;
-        restore_watermark();
-        ck_assert_int_eq(wait_log_count(s.b, "connection unblocked", k, WAIT_MS), 0);
+        th_rabbit_restore_watermark();
+        ck_assert_int_eq(th_bridge_wait_log_count(s.b, "connection unblocked", k, WAIT_MS), 0);
     }
     long n;
     struct fres r = finish_flow(&s, 1000, &n);
@@ -1107,33 +1031,19 @@ START_TEST(rabbitmq_memory_alarm_blocks_the_connection)
     assert_nothing_lost(&r);
     ck_assert_int_eq(mqtt_drops, 0);
     ck_assert_int_eq(amqp_drops, 0);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
 
 /* ---- spool full under drop_oldest -------------------------------------- */
 
-/* The last value of `name=` in this run's stats lines, -1 if none. */
-static long last_stat(struct th_bridge *b, const char *name)
-{
-    char *log = th_read_file(b->proc.log_path, NULL);
-    char *key = xasprintf(" %s=", name);
-    long v = -1;
-    for (const char *p = log ? log + b->proc.log_start : NULL; p && (p = strstr(p, key));
-         p += strlen(key))
-        v = strtol(p + strlen(key), NULL, 10);
-    free(key);
-    free(log);
-    return v;
-}
-
 /* Waits for a stats line, written after this call, that shows an empty
  * backlog: everything spooled so far is confirmed. */
 static int wait_backlog_empty(struct setup *s)
 {
     int seen = log_count(s, " spool_messages=0 ");
-    return wait_log_count(s->b, " spool_messages=0 ", seen + 1, WAIT_MS);
+    return th_bridge_wait_log_count(s->b, " spool_messages=0 ", seen + 1, WAIT_MS);
 }
 
 START_TEST(spool_full_under_drop_oldest)
@@ -1152,19 +1062,20 @@ START_TEST(spool_full_under_drop_oldest)
     ck_assert_int_eq(th_amqp_collect(s.c, &s.got, (size_t)cut_at, WAIT_MS), 0);
     ck_assert_int_eq(wait_backlog_empty(&s), 0);
     ck_assert_int_eq(th_proxy_cut(s.ap), 0);
-    ck_assert_int_eq(wait_log_count(s.b, "amqp: disconnected from", 1, WAIT_MS), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: disconnected from", 1, WAIT_MS), 0);
     ck_assert_int_eq(pflow_hold(&s.f, false), 0);
     /* Traffic flows into a spool that cannot drain: the oldest go. */
     ck_assert_int_eq(
-        wait_log_count(s.b, "spool full (overflow: drop_oldest): discarded", 1, WAIT_MS), 0);
+        th_bridge_wait_log_count(s.b, "spool full (overflow: drop_oldest): discarded", 1, WAIT_MS),
+        0);
     ck_assert_int_eq(pflow_wait_more(&s.f, 2000), 0);
     ck_assert_int_eq(th_proxy_restore(s.ap), 0);
-    ck_assert_int_eq(wait_log_count(s.b, "amqp: connected to", 2, WAIT_MS), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 2, WAIT_MS), 0);
     ck_assert_int_eq(pflow_wait_more(&s.f, 1000), 0);
     long n = pflow_stop(&s.f);
     ck_assert(!atomic_load(&s.f.failed));
     ck_assert_int_eq(wait_backlog_empty(&s), 0); /* no more drops from here */
-    long dropped = last_stat(s.b, "dropped");
+    long dropped = th_bridge_stat(s.b, "dropped");
     struct fres r = collect_all(&s, n, dropped);
     bool oldest = r.lost == 0 || (r.lost_min == cut_at && r.lost_max - r.lost_min + 1 == r.lost);
     table_row("spool full, overflow drop_oldest", 1, &r,
@@ -1176,7 +1087,7 @@ START_TEST(spool_full_under_drop_oldest)
     ck_assert_int_eq(r.lost, dropped);
     ck_assert(oldest);
     ck_assert_int_eq(log_count(&s, "pausing MQTT reads"), 0);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -1194,7 +1105,7 @@ START_TEST(sigterm_during_traffic)
     long kept = 0;
     for (int k = 1; k <= iters; k++) {
         consume_for(&s, 300 + (int)(rand_r(&rng) % 1200u));
-        stop_bridge_gracefully(s.b);
+        ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
         ck_assert_int_eq(th_bridge_wait_log(s.b, "unconfirmed messages kept", 1000), 0);
         char *log = th_read_file(s.b->proc.log_path, NULL);
         const char *p = log ? strstr(log + s.b->proc.log_start, "stopped; ") : NULL;
@@ -1213,7 +1124,7 @@ START_TEST(sigterm_during_traffic)
      * confirms: nothing arrives twice (regression: Mosquitto used to see an
      * RST and drop the last batches' PUBACKs; mqtt_in.c disconnect_and_drain). */
     ck_assert_int_eq(r.duplicated, 0);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST

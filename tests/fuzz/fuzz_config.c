@@ -8,7 +8,9 @@
  *    name and a 1-based position inside the input;
  *  - a config the loader accepts compiles into a route table (the loader
  *    promises to reject bad filters and templates itself, with a position,
- *    so the bridge never fails later with a message that has none).
+ *    so the bridge never fails later with a message that has none);
+ *  - every name it accepts that travels as an AMQP short string fits one
+ *    (255 bytes): the envelope encoder aborts on a longer one (issue 9).
  *
  * Single-threaded (libFuzzer's thread). */
 #include <stdbool.h>
@@ -43,6 +45,36 @@ static void check_error(const uint8_t *data, size_t size, const char *err)
     FUZZ_CHECK(err[used] != '\0', "error with an empty message: \"%s\"", err);
 }
 
+static void check_short(const char *s, const char *what)
+{
+    FUZZ_CHECK(!s || strlen(s) <= M2A_AMQP_SHORTSTR_MAX, "%s of %zu bytes accepted", what,
+               strlen(s));
+}
+
+static void check_short_strings(const struct m2a_config *cfg)
+{
+    const struct m2a_conf_amqp *a = &cfg->amqp;
+    check_short(a->vhost, "vhost");
+    check_short(cfg->dead_letter.exchange, "dead_letter.exchange");
+    for (size_t i = 0; i < a->nexchanges; i++) {
+        check_short(a->exchanges[i].name, "exchange name");
+        check_short(a->exchanges[i].type, "exchange type");
+    }
+    for (size_t i = 0; i < a->nqueues; i++) {
+        check_short(a->queues[i].name, "queue name");
+        for (size_t j = 0; j < a->queues[i].nbindings; j++)
+            check_short(a->queues[i].bindings[j].routing_key, "binding key");
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct m2a_conf_route *r = &cfg->routes[i];
+        check_short(r->name, "route name");
+        check_short(r->exchange, "route exchange");
+        check_short(r->content_type, "content_type");
+        for (size_t j = 0; j < r->nheaders; j++)
+            check_short(r->headers[j].key, "header name");
+    }
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -68,6 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     FUZZ_CHECK(cfg != NULL, "success without a config");
+    check_short_strings(cfg);
     struct m2a_routes *rt = NULL;
     char cerr[512] = "";
     rc = m2a_routes_compile(cfg, NULL, &rt, cerr, sizeof(cerr));

@@ -21,80 +21,48 @@
  *  - after committing everything and closing, a second open finds nothing
  *    to replay and no torn tail, and reads nothing.
  *
- * The spool lives in one directory per process (on /dev/shm when present,
- * so fsync costs nothing), emptied before each input and removed at exit.
+ * The layout comes from spool_format.h, the one the spool uses. The spool
+ * lives in one temp dir per process (th_tmpdir_new; scripts/fuzz.sh puts it
+ * on /dev/shm, so fsync costs nothing), emptied before each input and
+ * removed at exit.
  * Single-threaded (libFuzzer's thread). */
-#include <dirent.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "fuzz.h"
-#include "mqtt2amqp/crc32c.h"
+#include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
 
-/* The on-disk record layout, from src/spool/spool.c's opening comment. */
-#define REC_MAGIC 0x5251324du
-#define REC_HDR   20
+#define REC_HDR   M2A_SPOOL_RECORD_HEADER
 #define MAX_READS 100000
 
-static char g_dir[256];
+static char *g_dir;
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
+/* Before each input: an empty spool dir. */
 static void clean_dir(void)
 {
-    DIR *d = opendir(g_dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            unlinkat(dirfd(d), e->d_name, 0);
-    closedir(d);
+    th_rmtree(g_dir);
+    FUZZ_CHECK(mkdir(g_dir, 0700) == 0, "cannot create %s", g_dir);
 }
 
 static void remove_dir(void)
 {
-    clean_dir();
-    rmdir(g_dir);
+    th_rmtree(g_dir);
+    free(g_dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    const char *base = getenv("M2A_FUZZ_TMPDIR");
-    struct stat sb;
-    if (!base)
-        base = stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) ? "/dev/shm" : "/tmp";
-    snprintf(g_dir, sizeof(g_dir), "%s/m2a-fuzz-spool-%ld", base, (long)getpid());
-    mkdir(g_dir, 0700);
+    g_dir = th_tmpdir_new("fuzz-spool");
     atexit(remove_dir);
     return 0;
 }
@@ -103,16 +71,13 @@ static void write_file(const char *name, const void *p, size_t n)
 {
     char path[512];
     snprintf(path, sizeof(path), "%s/%s", g_dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    FUZZ_CHECK(fd >= 0, "cannot create %s", path);
-    FUZZ_CHECK(n == 0 || write(fd, p, n) == (ssize_t)n, "cannot write %s", path);
-    close(fd);
+    FUZZ_CHECK(th_write_bytes(path, p, n) == 0, "cannot write %s", path);
 }
 
 static void write_segment(uint64_t first, const uint8_t *p, size_t n)
 {
-    char name[32];
-    snprintf(name, sizeof(name), "%020llu.seg", (unsigned long long)first);
+    char name[M2A_SPOOL_NAME_MAX];
+    m2a_spool_format_segment_name(name, sizeof(name), first);
     write_file(name, p, n);
 }
 
@@ -144,8 +109,8 @@ static size_t frame_records(uint8_t *p, size_t n, bool fix, size_t off[2], uint6
     size_t count = 0, pos = 0;
     size_t offs[64];
     while (pos + REC_HDR <= n) {
-        uint32_t len = get32(p + pos + 4);
-        if (get32(p + pos) != REC_MAGIC || len > n - pos - REC_HDR) {
+        uint32_t len = m2a_get_le32(p + pos + 4);
+        if (m2a_get_le32(p + pos) != M2A_SPOOL_RECORD_MAGIC || len > n - pos - REC_HDR) {
             pos++;
             continue;
         }
@@ -153,13 +118,12 @@ static size_t frame_records(uint8_t *p, size_t n, bool fix, size_t off[2], uint6
             /* CRC-valid records come from the spool itself, whose sequence
              * numbers never get near 2^63 (centuries at a million a second):
              * keep the ones made valid here in that range too. */
-            p[pos + 19] &= 0x7f;
-            uint32_t crc = m2a_crc32c(0, p + pos + 4, 4);
-            put32(p + pos + 8, m2a_crc32c(crc, p + pos + 12, 8 + (size_t)len));
+            uint64_t sq = m2a_get_le64(p + pos + 12) & INT64_MAX;
+            m2a_spool_format_record_header(p + pos, len, sq);
         }
         if (count < 2) {
             off[count] = pos;
-            seq[count] = get64(p + pos + 12);
+            seq[count] = m2a_get_le64(p + pos + 12);
         }
         if (count < 64)
             offs[count] = pos;
@@ -172,13 +136,10 @@ static size_t frame_records(uint8_t *p, size_t n, bool fix, size_t off[2], uint6
 
 static void checkpoint(uint64_t seq)
 {
-    uint8_t b[20];
-    seq &= INT64_MAX; /* as for records: the spool never wrote more */
-    put32(b, 0x4b43324du);
-    put32(b + 4, 1);
-    put64(b + 8, seq);
-    put32(b + 16, m2a_crc32c(0, b, 16));
-    write_file("checkpoint", b, sizeof(b));
+    uint8_t b[M2A_SPOOL_CHECKPOINT_SIZE];
+    /* as for records: the spool never wrote more */
+    m2a_spool_format_checkpoint_encode(b, seq & INT64_MAX);
+    write_file(M2A_SPOOL_CHECKPOINT_FILE, b, sizeof(b));
 }
 
 static struct m2a_spool *open_spool(unsigned flags, struct m2a_spool_recovery *rec)
@@ -259,7 +220,7 @@ static void check_spool(unsigned flags, uint8_t *p, size_t n, struct m2a_header 
     uint64_t s0 = nrec > 0 ? seq[0] & INT64_MAX : 0;
     uint64_t first = (flags & 4) && s0 > 0 ? s0 : 1;
     if ((flags & 2) && nrec >= 2) {
-        uint64_t second = get64(p + mid + 12) & INT64_MAX;
+        uint64_t second = m2a_get_le64(p + mid + 12) & INT64_MAX;
         write_segment(first, p, mid);
         write_segment(second > first ? second : first + 1, p + mid, n - mid);
     } else {

@@ -6,7 +6,6 @@
  *   gen_corpus SOURCE_DIR OUT_DIR      (scripts/fuzz.sh corpus runs it)
  *
  * Output is deterministic: same code, same bytes. Single-threaded. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -16,8 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
 
 static const char *g_out;
@@ -91,6 +92,17 @@ static void gen_config(const char *src)
     };
     for (size_t i = 0; i < sizeof(seeds) / sizeof(*seeds); i++)
         put("fuzz_config", seeds[i].name, seeds[i].text, strlen(seeds[i].text));
+
+    /* names at the 255 bytes of an AMQP short string: one more is refused */
+    char name[256];
+    memset(name, 'n', 255);
+    name[255] = '\0';
+    char *text = xasprintf("amqp:\n  topology:\n    exchanges: [{name: %s}]\n"
+                           "dead_letter:\n  exchange: %s\n"
+                           "routes:\n  - {name: %s, topic: a, exchange: %s, content_type: %s}\n",
+                           name, name, name, name, name);
+    put("fuzz_config", "long-names.yaml", text, strlen(text));
+    free(text);
 }
 
 static void gen_routes(void)
@@ -145,41 +157,23 @@ static void envelopes(struct m2a_envelope env[2], struct m2a_header *hdr)
     };
 }
 
-/* Removes what the spool left in dir (no subdirectories). */
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL)
-            if (e->d_name[0] != '.')
-                unlinkat(dirfd(d), e->d_name, 0);
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 /* Records 1, 50, 5 | 10, 11, 12 with zero CRCs (flag 1 fixes them), split
  * in two segments named 1 and 10 (flag 2): seq 50 belongs to the second
  * segment, damage the reader once mishandled (test_regressions.c). */
 static void misnumbered(const struct m2a_envelope *env)
 {
     static const uint64_t seqs[] = {1, 50, 5, 10, 11, 12};
-    struct m2a_buf payload = {0}, b = {0};
-    m2a_envelope_encode(env, &payload);
+    struct m2a_buf b = {0};
     for (size_t i = 0; i < sizeof(seqs) / sizeof(*seqs); i++) {
-        unsigned char h[20] = {0};
-        for (int k = 0; k < 4; k++) {
-            h[k] = (unsigned char)(0x5251324du >> (8 * k));
-            h[4 + k] = (unsigned char)(payload.len >> (8 * k));
-        }
-        for (int k = 0; k < 8; k++)
-            h[12 + k] = (unsigned char)(seqs[i] >> (8 * k));
-        m2a_buf_append(&b, h, sizeof(h));
-        m2a_buf_append(&b, payload.data, payload.len);
+        size_t start = b.len;
+        m2a_buf_reserve(&b, M2A_SPOOL_RECORD_HEADER);
+        b.len += M2A_SPOOL_RECORD_HEADER;
+        m2a_envelope_encode(env, &b);
+        unsigned char *h = b.data + start;
+        m2a_spool_format_record_header(h, b.len - start - M2A_SPOOL_RECORD_HEADER, seqs[i]);
+        memset(h + 8, 0, 4); /* the CRC */
     }
     put_flagged("fuzz_spool_record", "segment-misnumbered", 0x01 | 0x02, b.data, b.len);
-    m2a_buf_free(&payload);
     m2a_buf_free(&b);
 }
 
@@ -197,9 +191,7 @@ static void gen_spool(void)
         m2a_buf_free(&b);
     }
 
-    char dir[] = "/tmp/m2a-gen-corpus-XXXXXX";
-    if (!mkdtemp(dir))
-        die("mkdtemp");
+    char *dir = th_tmpdir_new("gen-corpus");
     struct m2a_spool_opts o = {
         .dir = dir, .max_bytes = 1u << 20, .segment_bytes = 1u << 20, .fsync = M2A_FSYNC_NEVER};
     struct m2a_spool *s = NULL;
@@ -216,15 +208,17 @@ static void gen_spool(void)
         die("flush");
     m2a_spool_close(s);
 
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%020d.seg", dir, 1);
+    char name[M2A_SPOOL_NAME_MAX], path[1024];
+    m2a_spool_format_segment_name(name, sizeof(name), 1);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
     FILE *f = fopen(path, "rb");
     if (!f)
         die(path);
     unsigned char seg[4096];
     size_t n = fread(seg, 1, sizeof(seg), f);
     fclose(f);
-    rm_rf(dir);
+    th_rmtree(dir);
+    free(dir);
     /* flags: 1 fix CRCs, 2 two segments, 4 name by first record,
      * 8 checkpoint, 16 tiny segments */
     misnumbered(&env[1]);

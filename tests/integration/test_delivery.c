@@ -56,16 +56,9 @@ static void setup_start(struct setup *s, const char *name, enum th_mosq_conf mco
     char *yaml = config_for(name, "");
     ck_assert_int_eq(th_bridge_config(s->b, yaml), 0);
     free(yaml);
-    s->queue = xasprintf("it.%s", name);
-    char *exchange = xasprintf("it.%s", name);
-    s->c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    s->queue = xasprintf("it.%s", name); /* and the exchange */
+    s->c = th_amqp_consumer(th_rabbit_port(), s->queue, s->queue, "#");
     ck_assert_ptr_nonnull(s->c);
-    ck_assert_int_eq(th_amqp_declare_exchange(s->c, exchange, "topic", true), 0);
-    ck_assert_int_eq(th_amqp_declare(s->c, s->queue, true, false), 0);
-    ck_assert_int_eq(th_amqp_bind(s->c, s->queue, exchange, "#"), 0);
-    ck_assert_int_eq(th_amqp_purge(s->c, s->queue), 0);
-    ck_assert_int_eq(th_amqp_consume(s->c, s->queue), 0);
-    free(exchange);
     ck_assert_int_eq(th_bridge_start_ready(s->b, 60000), 0);
 }
 
@@ -75,14 +68,6 @@ static void setup_free(struct setup *s)
     th_bridge_free(s->b);
     th_mosq_free(s->mq);
     free(s->queue);
-}
-
-static void stop_bridge_gracefully(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
 }
 
 /* c) 100,000 QoS 1 messages as fast as a stock Mosquitto takes them. */
@@ -110,7 +95,7 @@ START_TEST(burst_of_100k_against_stock_mosquitto_arrives_complete)
     ck_assert_int_eq(d.unexpected, 0);
     /* no fault: no redelivery either */
     ck_assert_int_eq(d.duplicated, 0);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_msgs_free(&got);
     setup_free(&s);
 }
@@ -151,7 +136,7 @@ START_TEST(rabbitmq_stopped_10s_mid_stream_loses_nothing)
     ck_assert_int_eq(d.lost, 0);
     ck_assert_int_eq(d.unexpected, 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "amqp: connected to", 1000), 0);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_msgs_free(&got);
     setup_free(&s);
 }
@@ -186,7 +171,7 @@ START_TEST(bridge_sigkilled_mid_stream_loses_nothing)
     ck_assert_int_eq(rc, 0);
     ck_assert_int_eq(d.lost, 0);
     ck_assert_int_eq(d.unexpected, 0);
-    stop_bridge_gracefully(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_msgs_free(&got);
     setup_free(&s);
 }

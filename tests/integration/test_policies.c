@@ -27,51 +27,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* name=<n> in the bridge's last stats line (of any run), -1 if none yet. */
-static long last_stat(struct th_bridge *b, const char *name)
-{
-    char *log = th_read_file(b->proc.log_path, NULL);
-    if (!log)
-        return -1;
-    const char *line = NULL;
-    for (const char *p = log; (p = strstr(p, "stats: received=")) != NULL; p++)
-        line = p;
-    long v = -1;
-    if (line) {
-        const char *eol = strchr(line, '\n');
-        char key[64];
-        snprintf(key, sizeof(key), " %s=", name);
-        const char *k = strstr(line, key);
-        if (k && (!eol || k < eol))
-            v = strtol(strchr(k, '=') + 1, NULL, 10);
-    }
-    free(log);
-    return v;
-}
-
-struct stat_wait {
-    struct th_bridge *b;
-    const char *name;
-    long at_least;
-};
-
-static bool stat_reached(void *arg)
-{
-    struct stat_wait *w = arg;
-    return last_stat(w->b, w->name) >= w->at_least;
-}
-
-/* Waits until the bridge's stats line shows name >= at_least. */
-static int wait_stat(struct th_bridge *b, const char *name, long at_least, int timeout_ms)
-{
-    struct stat_wait w = {b, name, at_least};
-    int rc = th_poll_until(stat_reached, &w, timeout_ms);
-    if (rc != 0)
-        fprintf(stderr, "wait_stat: %s is %ld, wanted >= %ld\n", name, last_stat(b, name),
-                at_least);
-    return rc;
-}
-
 /* The first line of the bridge's log (all runs) holding needle, as a
  * NUL-terminated copy valid until the next call; NULL if none. */
 static const char *log_line(struct th_bridge *b, const char *needle)
@@ -89,14 +44,6 @@ static const char *log_line(struct th_bridge *b, const char *needle)
     snprintf(line, sizeof(line), "%.*s", (int)(eol ? eol - bol : (long)strlen(bol)), bol);
     free(log);
     return line;
-}
-
-static void stop_bridge(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
 }
 
 /* Which seqs of 0..n-1 a queue must hold. */
@@ -134,29 +81,6 @@ static struct th_delivery check_set(const char *label, const struct th_msgs *ms,
     fprintf(stderr, "delivery %s: sent=%ld received=%ld lost=%ld duplicated=%ld unexpected=%ld\n",
             label, d.sent, d.received, d.lost, d.duplicated, d.unexpected);
     return d;
-}
-
-static void assert_exact(struct th_delivery d)
-{
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
-}
-
-/* A consumer on its own connection: declares exchange (topic, durable) and
- * queue, binds, purges, consumes. exchange NULL: only consume. */
-static struct th_amqp *consumer(const char *queue, const char *exchange, const char *key)
-{
-    struct th_amqp *c = th_amqp_connect(th_rabbit_port(), 10000, false);
-    ck_assert_ptr_nonnull(c);
-    if (exchange) {
-        ck_assert_int_eq(th_amqp_declare_exchange(c, exchange, "topic", true), 0);
-        ck_assert_int_eq(th_amqp_declare(c, queue, true, false), 0);
-        ck_assert_int_eq(th_amqp_bind(c, queue, exchange, key), 0);
-        ck_assert_int_eq(th_amqp_purge(c, queue), 0);
-    }
-    ck_assert_int_eq(th_amqp_consume(c, queue), 0);
-    return c;
 }
 
 /* Expected header value on every message; counts the ones that differ. */
@@ -215,7 +139,9 @@ START_TEST(unroutable_dead_letter_drop_and_retry)
     const long n = 300;
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *dlq = consumer("it.pol.ret.dlq", "it.pol.ret.dlx", "#");
+    struct th_amqp *dlq =
+        th_amqp_consumer(th_rabbit_port(), "it.pol.ret.dlq", "it.pol.ret.dlx", "#");
+    ck_assert_ptr_nonnull(dlq);
     struct th_amqp *late = th_amqp_connect(th_rabbit_port(), 10000, false);
     ck_assert_ptr_nonnull(late);
     th_amqp_delete(late, "it.pol.ret.late"); /* never bound before the test binds it */
@@ -229,7 +155,7 @@ START_TEST(unroutable_dead_letter_drop_and_retry)
     struct th_msgs dead = {0};
     int rc = th_amqp_collect(dlq, &dead, (size_t)n / 3, 60000);
     /* retry: returned again and again while no queue is bound... */
-    ck_assert_int_eq(wait_stat(b, "returned", n + n / 3, 60000), 0);
+    ck_assert_int_eq(th_bridge_wait_stat(b, "returned", n + n / 3, 60000), 0);
     ck_assert_int_eq(th_bridge_wait_log(b, "retrying with backoff until a queue is bound", 1000),
                      0);
     /* ...and delivered once one is. */
@@ -238,14 +164,14 @@ START_TEST(unroutable_dead_letter_drop_and_retry)
     ck_assert_int_eq(th_amqp_consume(late, "it.pol.ret.late"), 0);
     struct th_msgs retried = {0};
     int rc2 = th_amqp_collect(late, &retried, (size_t)n / 3, 60000);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(dlq, &dead, 300);
     th_amqp_drain(late, &retried, 300);
 
     ck_assert_int_eq(rc, 0);
     ck_assert_int_eq(rc2, 0);
-    assert_exact(check_set("dead letters", &dead, n, want_mod, 30));
-    assert_exact(check_set("retried", &retried, n, want_mod, 32));
+    TH_ASSERT_EXACT(check_set("dead letters", &dead, n, want_mod, 30));
+    TH_ASSERT_EXACT(check_set("retried", &retried, n, want_mod, 32));
     long bad = header_mismatches(&dead, "x-death-reason", "returned") +
                header_mismatches(&dead, "x-original-route", "to-dl") +
                header_mismatches(&dead, "x-original-exchange", "it.pol.ret") +
@@ -255,9 +181,9 @@ START_TEST(unroutable_dead_letter_drop_and_retry)
     for (size_t i = 0; i < dead.n; i++)
         bad += strcmp(dead.v[i].routing_key, "dead.returned.to-dl") != 0;
     ck_assert_int_eq(bad, 0);
-    ck_assert_int_eq(last_stat(b, "dead_lettered"), n / 3);
-    ck_assert_int_eq(last_stat(b, "dropped"), n / 3);
-    ck_assert_int_ge(last_stat(b, "returned"), n + n / 3);
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), n / 3);
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), n / 3);
+    ck_assert_int_ge(th_bridge_stat(b, "returned"), n + n / 3);
     ck_assert_int_ge(th_proc_log_count(&b->proc, "dropped (unroutable: drop)"), 1);
 
     th_msgs_free(&dead);
@@ -294,8 +220,10 @@ START_TEST(routing_error_goes_to_the_dead_letter_exchange)
     const long n = 200;
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *ok = consumer("it.pol.rk.ok", "it.pol.rk", "k.#");
-    struct th_amqp *dlq = consumer("it.pol.rk.dlq", "it.pol.rk.dlx", "#");
+    struct th_amqp *ok = th_amqp_consumer(th_rabbit_port(), "it.pol.rk.ok", "it.pol.rk", "k.#");
+    ck_assert_ptr_nonnull(ok);
+    struct th_amqp *dlq = th_amqp_consumer(th_rabbit_port(), "it.pol.rk.dlq", "it.pol.rk.dlx", "#");
+    ck_assert_ptr_nonnull(dlq);
     struct th_bridge *b = th_bridge_new(mq);
     ck_assert_int_eq(th_bridge_config(b, rkey_yaml), 0);
     ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
@@ -304,14 +232,14 @@ START_TEST(routing_error_goes_to_the_dead_letter_exchange)
     struct th_msgs good = {0}, dead = {0};
     int rc1 = th_amqp_collect(ok, &good, (size_t)n / 2, 60000);
     int rc2 = th_amqp_collect(dlq, &dead, (size_t)n / 2, 60000);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(ok, &good, 300);
     th_amqp_drain(dlq, &dead, 300);
 
     ck_assert_int_eq(rc1, 0);
     ck_assert_int_eq(rc2, 0);
-    assert_exact(check_set("routed", &good, n, want_mod, 20));
-    assert_exact(check_set("routing errors", &dead, n, want_mod, 21));
+    TH_ASSERT_EXACT(check_set("routed", &good, n, want_mod, 20));
+    TH_ASSERT_EXACT(check_set("routing errors", &dead, n, want_mod, 21));
     long bad = header_mismatches(&dead, "x-death-reason", "routing_error") +
                header_mismatches(&dead, "x-original-route", "keyed") +
                header_mismatches(&dead, "x-original-exchange", "it.pol.rk") +
@@ -320,9 +248,9 @@ START_TEST(routing_error_goes_to_the_dead_letter_exchange)
     for (size_t i = 0; i < dead.n; i++)
         bad += strcmp(dead.v[i].routing_key, "keyed") != 0; /* default "{route}" */
     ck_assert_int_eq(bad, 0);
-    ck_assert_int_eq(last_stat(b, "route_errors"), n / 2);
-    ck_assert_int_eq(last_stat(b, "dead_lettered"), n / 2);
-    ck_assert_int_eq(last_stat(b, "dropped"), 0);
+    ck_assert_int_eq(th_bridge_stat(b, "route_errors"), n / 2);
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), n / 2);
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0);
 
     th_msgs_free(&good);
     th_msgs_free(&dead);
@@ -361,7 +289,9 @@ START_TEST(nacked_past_max_retries_goes_to_the_dead_letter_exchange)
     const long n = 60, cap = 10;
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *dlq = consumer("it.pol.nack.dlq", "it.pol.nack.dlx", "#");
+    struct th_amqp *dlq =
+        th_amqp_consumer(th_rabbit_port(), "it.pol.nack.dlq", "it.pol.nack.dlx", "#");
+    ck_assert_ptr_nonnull(dlq);
     struct th_amqp *small = th_amqp_connect(th_rabbit_port(), 10000, false);
     ck_assert_ptr_nonnull(small);
     th_amqp_delete(small, "it.pol.nack.small"); /* the bridge declares it, empty */
@@ -372,8 +302,8 @@ START_TEST(nacked_past_max_retries_goes_to_the_dead_letter_exchange)
     ck_assert_int_eq(publish(mq->port, topics, 1, 0, n, 50), n);
     struct th_msgs dead = {0}, kept = {0};
     int rc1 = th_amqp_collect(dlq, &dead, (size_t)(n - cap), 60000);
-    ck_assert_int_eq(wait_stat(b, "dead_lettered", n - cap, 10000), 0);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_wait_stat(b, "dead_lettered", n - cap, 10000), 0);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(dlq, &dead, 300);
     long in_small = th_amqp_count(small, "it.pol.nack.small");
     ck_assert_int_eq(th_amqp_consume(small, "it.pol.nack.small"), 0);
@@ -394,7 +324,7 @@ START_TEST(nacked_past_max_retries_goes_to_the_dead_letter_exchange)
     }
     struct th_delivery d = check_set("small + dead letters", &all, n, want_from, 0);
     free(all.v);
-    assert_exact(d);
+    TH_ASSERT_EXACT(d);
     ck_assert_int_eq((long)kept.n, cap);
     ck_assert_int_eq((long)dead.n, n - cap);
     long bad = header_mismatches(&dead, "x-death-reason", "max_retries") +
@@ -403,10 +333,10 @@ START_TEST(nacked_past_max_retries_goes_to_the_dead_letter_exchange)
                header_mismatches(&dead, "x-original-routing-key", "nack.a") +
                header_mismatches(&kept, "x-death-reason", NULL);
     ck_assert_int_eq(bad, 0);
-    ck_assert_int_eq(last_stat(b, "dead_lettered"), n - cap);
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), n - cap);
     /* Each rejected message: published 1 + max_retries times, nacked each time. */
-    ck_assert_int_eq(last_stat(b, "nacked"), (n - cap) * 3);
-    ck_assert_int_eq(last_stat(b, "dropped"), 0);
+    ck_assert_int_eq(th_bridge_stat(b, "nacked"), (n - cap) * 3);
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0);
     /* A nack names no queue; the log names what the bridge knows. */
     const char *nack_line = log_line(b, "of route small nacked by the broker");
     ck_assert_ptr_nonnull(nack_line);
@@ -467,8 +397,8 @@ START_TEST(a_nacked_dead_letter_is_retried_and_logged_as_an_error)
 
     int logged = th_bridge_wait_log(b, "dead letter ", 30000);
     /* retried, not given up: nacked again and again */
-    int again = wait_stat(b, "nacked", 4, 30000);
-    stop_bridge(b);
+    int again = th_bridge_wait_stat(b, "nacked", 4, 30000);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     ck_assert_int_eq(logged, 0);
     ck_assert_int_eq(again, 0);
     const char *l = log_line(b, "of route refused nacked by the broker");
@@ -480,8 +410,8 @@ START_TEST(a_nacked_dead_letter_is_retried_and_logged_as_an_error)
     ck_assert_ptr_nonnull(strstr(l, "of route refused nacked by the broker"));
     ck_assert_ptr_nonnull(strstr(l, "exchange 'it.pol.dnack.dlx', routing key 'refused'"));
     ck_assert_ptr_nonnull(strstr(l, "it is a dead letter: retrying in"));
-    ck_assert_int_eq(last_stat(b, "dead_lettered"), 1);
-    ck_assert_int_eq(last_stat(b, "dropped"), 0);
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), 1);
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0);
     /* unconfirmed, it stays in the spool */
     ck_assert_int_eq(th_proc_log_count(&b->proc, "1 unconfirmed messages kept"), 1);
 
@@ -516,7 +446,8 @@ START_TEST(drop_oldest_loses_exactly_the_counted_oldest)
     const long n = 1000;
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *c = consumer("it.pol.drop.q", "it.pol.drop", "#");
+    struct th_amqp *c = th_amqp_consumer(th_rabbit_port(), "it.pol.drop.q", "it.pol.drop", "#");
+    ck_assert_ptr_nonnull(c);
     struct th_bridge *b = th_bridge_new(mq);
     th_bridge_set(b, "AMQP_PORT", "%d", th_free_port()); /* nobody listens */
     ck_assert_int_eq(th_bridge_config(b, drop_yaml), 0);
@@ -524,9 +455,9 @@ START_TEST(drop_oldest_loses_exactly_the_counted_oldest)
     ck_assert_int_eq(th_bridge_wait_log(b, "mqtt: subscribed to", 60000), 0);
 
     ck_assert_int_eq(publish(mq->port, topics, 1, 0, n, 1000), n);
-    ck_assert_int_eq(wait_stat(b, "received", n, 60000), 0);
-    stop_bridge(b);
-    long dropped = last_stat(b, "dropped");
+    ck_assert_int_eq(th_bridge_wait_stat(b, "received", n, 60000), 0);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
+    long dropped = th_bridge_stat(b, "dropped");
     ck_assert_int_gt(dropped, 0);
     ck_assert_int_lt(dropped, n);
     ck_assert_int_ge(th_proc_log_count(&b->proc, "spool full (overflow: drop_oldest): discarded"),
@@ -538,14 +469,14 @@ START_TEST(drop_oldest_loses_exactly_the_counted_oldest)
     ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
     struct th_msgs got = {0};
     int rc = th_amqp_collect(c, &got, (size_t)(n - dropped), 60000);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(c, &got, 300);
     ck_assert_int_eq(rc, 0);
     fprintf(stderr, "drop_oldest: %ld of %ld dropped\n", dropped, n);
     /* exactly seqs dropped..n-1: the lost ones are the oldest, and as many
      * as were counted */
-    assert_exact(check_set("after drop_oldest", &got, n, want_from, dropped));
-    ck_assert_int_eq(last_stat(b, "dropped"), 0); /* nothing more on the second run */
+    TH_ASSERT_EXACT(check_set("after drop_oldest", &got, n, want_from, dropped));
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0); /* nothing more on the second run */
 
     th_msgs_free(&got);
     th_amqp_free(c);
@@ -586,16 +517,19 @@ START_TEST(records_older_than_max_age_expire_to_the_dead_letter_exchange)
     const long n = 100, fresh = 50;
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *q = consumer("it.pol.age.q", "it.pol.age", "#");
-    struct th_amqp *dlq = consumer("it.pol.age.dlq", "it.pol.age.dlx", "#");
+    struct th_amqp *q = th_amqp_consumer(th_rabbit_port(), "it.pol.age.q", "it.pol.age", "#");
+    ck_assert_ptr_nonnull(q);
+    struct th_amqp *dlq =
+        th_amqp_consumer(th_rabbit_port(), "it.pol.age.dlq", "it.pol.age.dlx", "#");
+    ck_assert_ptr_nonnull(dlq);
     struct th_bridge *b = th_bridge_new(mq);
     th_bridge_set(b, "AMQP_PORT", "%d", th_free_port()); /* nobody listens */
     ck_assert_int_eq(th_bridge_config(b, age_yaml), 0);
     ck_assert_int_eq(th_bridge_start(b, NULL), 0);
     ck_assert_int_eq(th_bridge_wait_log(b, "mqtt: subscribed to", 60000), 0);
     ck_assert_int_eq(publish(mq->port, topics, 1, 0, n, 50), n);
-    ck_assert_int_eq(wait_stat(b, "spooled", n, 60000), 0);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_wait_stat(b, "spooled", n, 60000), 0);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     /* The condition under test is the records' age itself. */
     struct clock_wait cw = {m2a_now_ms() + 5500};
     ck_assert_int_eq(th_poll_until(clock_passed, &cw, 10000), 0);
@@ -607,22 +541,22 @@ START_TEST(records_older_than_max_age_expire_to_the_dead_letter_exchange)
     int rc1 = th_amqp_collect(dlq, &dead, (size_t)n, 60000);
     ck_assert_int_eq(publish(mq->port, topics, 1, n, fresh, 50), fresh);
     int rc2 = th_amqp_collect(q, &live, (size_t)fresh, 60000);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(dlq, &dead, 300);
     th_amqp_drain(q, &live, 300);
 
     ck_assert_int_eq(rc1, 0);
     ck_assert_int_eq(rc2, 0);
-    assert_exact(check_set("expired", &dead, n, want_from, 0));
-    assert_exact(check_set("fresh", &live, n + fresh, want_from, n));
+    TH_ASSERT_EXACT(check_set("expired", &dead, n, want_from, 0));
+    TH_ASSERT_EXACT(check_set("fresh", &live, n + fresh, want_from, n));
     long bad = header_mismatches(&dead, "x-death-reason", "expired") +
                header_mismatches(&dead, "x-original-route", "aged") +
                header_mismatches(&dead, "x-original-routing-key", "age.a") +
                header_mismatches(&live, "x-death-reason", NULL);
     ck_assert_int_eq(bad, 0);
-    ck_assert_int_eq(last_stat(b, "expired"), n);
-    ck_assert_int_eq(last_stat(b, "dead_lettered"), n);
-    ck_assert_int_eq(last_stat(b, "dropped"), 0);
+    ck_assert_int_eq(th_bridge_stat(b, "expired"), n);
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), n);
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0);
 
     th_msgs_free(&dead);
     th_msgs_free(&live);
@@ -634,24 +568,6 @@ START_TEST(records_older_than_max_age_expire_to_the_dead_letter_exchange)
 END_TEST
 
 /* ---- RabbitMQ flow control: connection.blocked -------------------------- */
-
-static void set_watermark(const char *value)
-{
-    const char *args[] = {"set_vm_memory_high_watermark", value, NULL};
-    struct th_run_result r;
-    int rc = th_rabbit_ctl(args, &r);
-    if (rc != 0)
-        fprintf(stderr, "set_vm_memory_high_watermark %s: exit %d\n%s%s", value, r.exit_code, r.out,
-                r.err);
-    th_run_result_free(&r);
-}
-
-/* Runs in check's parent process after the test, even if it failed or was
- * killed: later tests must never run with publishing blocked. */
-static void restore_watermark(void)
-{
-    set_watermark("0.4");
-}
 
 static const char *const blocked_yaml =
     "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-pol-blocked, keepalive: 5}\n"
@@ -669,7 +585,8 @@ START_TEST(blocked_connection_pauses_publishing_and_loses_nothing)
     static const char *const topics[] = {"blk/a", "blk/b"};
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *c = consumer("it.pol.blk.q", "it.pol.blk", "#");
+    struct th_amqp *c = th_amqp_consumer(th_rabbit_port(), "it.pol.blk.q", "it.pol.blk", "#");
+    ck_assert_ptr_nonnull(c);
     struct th_bridge *b = th_bridge_new(mq);
     ck_assert_int_eq(th_bridge_config(b, blocked_yaml), 0);
     ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
@@ -679,7 +596,7 @@ START_TEST(blocked_connection_pauses_publishing_and_loses_nothing)
     struct th_msgs got = {0};
     ck_assert_int_eq(th_amqp_collect(c, &got, 1000, 60000), 0);
 
-    set_watermark("0");
+    th_rabbit_set_watermark("0");
     int blocked = th_bridge_wait_log(b, "connection blocked by broker", 30000);
     long at_block = atomic_load(&f.published);
     /* Blocked for at least 8 s, longer than 1.5 MQTT keepalives (5 s): the
@@ -687,7 +604,7 @@ START_TEST(blocked_connection_pauses_publishing_and_loses_nothing)
     struct clock_wait hold = {m2a_now_ms() + 8000};
     /* While blocked: MQTT keeps flowing into the spool... */
     int flowed = th_flow_wait_published(&f, at_block + 2000, 60000);
-    int backlog = wait_stat(b, "spool_messages", 1000, 30000);
+    int backlog = th_bridge_wait_stat(b, "spool_messages", 1000, 30000);
     /* ...and nothing reaches RabbitMQ's queues: after the publishes that were
      * already on the wire settle, two quiet seconds. */
     th_amqp_drain(c, &got, 1000);
@@ -697,7 +614,7 @@ START_TEST(blocked_connection_pauses_publishing_and_loses_nothing)
     int blocked_stat = th_bridge_wait_log(b, "amqp_blocked=1", 5000);
     ck_assert_int_eq(th_poll_until(clock_passed, &hold, 20000), 0);
     long stats_while_blocked = th_proc_log_count(&b->proc, "amqp_blocked=1");
-    restore_watermark();
+    th_rabbit_restore_watermark();
 
     ck_assert_int_eq(blocked, 0);
     ck_assert_int_eq(flowed, 0);
@@ -711,9 +628,9 @@ START_TEST(blocked_connection_pauses_publishing_and_loses_nothing)
     ck_assert(!atomic_load(&f.failed));
     int rc = th_amqp_collect(c, &got, (size_t)n, 120000);
     th_amqp_drain(c, &got, 300);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     ck_assert_int_eq(rc, 0);
-    assert_exact(check_set("blocked", &got, n, want_from, 0));
+    TH_ASSERT_EXACT(check_set("blocked", &got, n, want_from, 0));
     /* The MQTT session and the AMQP connection both stayed up throughout. */
     ck_assert_int_eq(th_proc_log_count(&b->proc, "mqtt: disconnected from"), 1); /* at stop */
     ck_assert_int_eq(th_proc_log_count(&b->proc, "mqtt: connection to"), 0);
@@ -792,7 +709,8 @@ START_TEST(disk_full_blocks_then_recovers_by_itself)
     const long n1 = 500, n2 = 1000;
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_amqp *c = consumer("it.pol.disk.q", "it.pol.disk", "#");
+    struct th_amqp *c = th_amqp_consumer(th_rabbit_port(), "it.pol.disk.q", "it.pol.disk", "#");
+    ck_assert_ptr_nonnull(c);
     struct th_bridge *b = th_bridge_new(mq);
     th_bridge_set(b, "FS_DIR", "%s", fs_dir);
     ck_assert_int_eq(th_bridge_config(b, disk_yaml), 0);
@@ -815,7 +733,7 @@ START_TEST(disk_full_blocks_then_recovers_by_itself)
     int back = th_bridge_wait_log(b, "spool: appends succeed again", 30000);
     int rc = th_amqp_collect(c, &got, (size_t)n2, 60000);
     th_amqp_drain(c, &got, 300);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     free(filler);
 
     ck_assert_int_eq(full, 0);
@@ -851,7 +769,7 @@ int main(void)
     suite_add_tcase(s, tc);
     TCase *blk = tcase_create("blocked");
     tcase_set_timeout(blk, 300);
-    tcase_add_unchecked_fixture(blk, NULL, restore_watermark);
+    tcase_add_unchecked_fixture(blk, NULL, th_rabbit_restore_watermark);
     tcase_add_test(blk, blocked_connection_pauses_publishing_and_loses_nothing);
     suite_add_tcase(s, blk);
     TCase *disk = tcase_create("disk_full");

@@ -63,13 +63,8 @@ static void setup_start(struct setup *s, const char *name)
     ck_assert_int_eq(th_bridge_config(s->b, yaml), 0);
     free(yaml);
     s->queue = xasprintf("it.reload.%s", name);
-    s->c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    s->c = th_amqp_consumer(th_rabbit_port(), s->queue, s->queue, "#");
     ck_assert_ptr_nonnull(s->c);
-    ck_assert_int_eq(th_amqp_declare_exchange(s->c, s->queue, "topic", true), 0);
-    ck_assert_int_eq(th_amqp_declare(s->c, s->queue, true, false), 0);
-    ck_assert_int_eq(th_amqp_bind(s->c, s->queue, s->queue, "#"), 0);
-    ck_assert_int_eq(th_amqp_purge(s->c, s->queue), 0);
-    ck_assert_int_eq(th_amqp_consume(s->c, s->queue), 0);
     ck_assert_int_eq(th_bridge_start_ready(s->b, 60000), 0);
 }
 
@@ -81,28 +76,6 @@ static void setup_free(struct setup *s)
     free(s->queue);
 }
 
-struct count_wait {
-    struct th_bridge *b;
-    const char *needle;
-    int n;
-};
-
-static bool count_reached(void *arg)
-{
-    struct count_wait *w = arg;
-    return th_proc_log_count(&w->b->proc, w->needle) >= w->n;
-}
-
-/* Waits until this run's log holds needle at least n times. */
-static int wait_count(struct th_bridge *b, const char *needle, int n, int timeout_ms)
-{
-    struct count_wait w = {b, needle, n};
-    int rc = th_poll_until(count_reached, &w, timeout_ms);
-    if (rc != 0)
-        th_dump_tail("bridge", b->proc.log_path, 30);
-    return rc;
-}
-
 /* 1-based number of the line of text holding needle (0: none). */
 static int line_of(const char *text, const char *needle)
 {
@@ -111,14 +84,6 @@ static int line_of(const char *text, const char *needle)
     for (const char *p = text; at && p < at; p++)
         line += *p == '\n';
     return at ? line : 0;
-}
-
-static void stop_bridge(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
 }
 
 /* Publishes seqs [first, first+n) on topics and checks they all reach c. */
@@ -138,9 +103,7 @@ static void publish_and_collect(struct setup *s, struct th_amqp *c, const char *
     th_amqp_drain(c, &got, 300);
     struct th_delivery d = th_check_msgs(0, n, &got);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
+    TH_ASSERT_EXACT(d);
     th_msgs_free(&got);
 }
 
@@ -203,14 +166,12 @@ START_TEST(reload_under_traffic_adds_a_route_to_a_new_queue_losing_nothing)
     fprintf(stderr, "reload: original queue across the reload: sent=%ld lost=%ld dup=%ld\n", n,
             d.lost, d.duplicated);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
+    TH_ASSERT_EXACT(d);
     /* one connection each side all along: the reload reconnected nothing */
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "mqtt: connected to"), 1);
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "amqp: connected to"), 1);
     th_msgs_free(&got);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_amqp_delete(cn, "it.reload.new");
     th_amqp_free(cn);
     setup_free(&s);
@@ -244,7 +205,7 @@ START_TEST(bad_config_is_refused_with_its_position_and_the_old_one_keeps_running
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "reload applied"), 0);
     /* The old routes still run. */
     publish_and_collect(&s, s.c, load_topics, 2, 1000);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -270,9 +231,9 @@ START_TEST(topology_refused_by_rabbitmq_keeps_the_old_configuration)
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "reload applied"), 0);
     /* The refusal closed the channel: the AMQP side reconnects with the old
      * topology and delivery goes on. */
-    ck_assert_int_eq(wait_count(s.b, "amqp: connected to", 2, 30000), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 2, 30000), 0);
     publish_and_collect(&s, s.c, load_topics, 2, 1000);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_amqp_delete(c2, "it.reload.refused.q");
     th_amqp_free(c2);
     setup_free(&s);
@@ -281,31 +242,13 @@ END_TEST
 
 /* ---- RabbitMQ blocking the connection ---------------------------------- */
 
-static void set_watermark(const char *value)
-{
-    const char *args[] = {"set_vm_memory_high_watermark", value, NULL};
-    struct th_run_result r;
-    int rc = th_rabbit_ctl(args, &r);
-    if (rc != 0)
-        fprintf(stderr, "set_vm_memory_high_watermark %s: exit %d\n%s%s", value, r.exit_code, r.out,
-                r.err);
-    th_run_result_free(&r);
-}
-
-/* Runs in check's parent process after the test, even if it failed or was
- * killed: later tests must never run with publishing blocked. */
-static void restore_watermark(void)
-{
-    set_watermark("0.4");
-}
-
 /* RabbitMQ blocks a connection when it publishes during a memory alarm:
  * raises the alarm and publishes until the bridge says it is blocked (for
  * the n-th time). */
 static void block(struct setup *s, int n)
 {
     static const char *const topics[] = {"reload/a"};
-    set_watermark("0");
+    th_rabbit_set_watermark("0");
     struct th_pub p = {.port = s->mq->port,
                        .topics = topics,
                        .ntopics = 1,
@@ -315,7 +258,7 @@ static void block(struct setup *s, int n)
                        .qos = 1,
                        .timeout_ms = 10000};
     ck_assert_int_eq(th_mqtt_publish(&p), 10);
-    ck_assert_int_eq(wait_count(s->b, "connection blocked by broker", n, 30000), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s->b, "connection blocked by broker", n, 30000), 0);
 }
 
 /* The test's configs stop within a second: a stop does not wait for
@@ -351,7 +294,7 @@ START_TEST(reloads_wait_for_a_blocked_rabbitmq_and_the_newest_wins)
                         "  - {name: new, topic: \"extra/#\", exchange: it.reload.blocked.new}\n");
     write_config(s.b, yaml);
     ck_assert_int_eq(th_bridge_signal(s.b, SIGHUP), 0);
-    ck_assert_int_eq(wait_count(s.b, "SIGHUP received", 1, 10000), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "SIGHUP received", 1, 10000), 0);
     yaml = config("blocked", "30", "info", ", {name: it.reload.blocked.new, type: topic}",
                   "      - {name: it.reload.blocked.new, bindings: "
                   "[{exchange: it.reload.blocked.new}]}\n",
@@ -365,7 +308,7 @@ START_TEST(reloads_wait_for_a_blocked_rabbitmq_and_the_newest_wins)
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "mqtt: routes reloaded"), 0);
 
     /* Unblocked: the newest is declared, then the MQTT side takes it. */
-    restore_watermark();
+    th_rabbit_restore_watermark();
     ck_assert_int_eq(th_bridge_wait_log(s.b, "connection unblocked", 30000), 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "bridge: reload applied: 3 routes", 30000), 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "mqtt: subscribed to more/#", 10000), 0);
@@ -373,7 +316,7 @@ START_TEST(reloads_wait_for_a_blocked_rabbitmq_and_the_newest_wins)
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "mqtt: routes reloaded"), 1);
     ck_assert_int_eq(th_amqp_consume(cn, "it.reload.blocked.new"), 0);
     publish_and_collect(&s, cn, extra, 1, 200);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_amqp_delete(cn, "it.reload.blocked.new");
     th_amqp_free(cn);
     setup_free(&s);
@@ -395,13 +338,13 @@ START_TEST(sigterm_during_a_reload_waiting_for_a_blocked_rabbitmq_exits_at_once)
     write_config(
         s.b, config("sigterm", "30", "info", "", "      - {name: it.reload.sigterm.more}\n", ""));
     ck_assert_int_eq(th_bridge_signal(s.b, SIGHUP), 0);
-    ck_assert_int_eq(wait_count(s.b, "SIGHUP received", 2, 10000), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "SIGHUP received", 2, 10000), 0);
     uint64_t t0 = m2a_now_ms();
     ck_assert_int_eq(th_bridge_signal(s.b, SIGTERM), 0);
     int code = -1;
     int exited = th_bridge_wait_exit(s.b, 10000, &code);
     uint64_t took = m2a_now_ms() - t0;
-    restore_watermark();
+    th_rabbit_restore_watermark();
     fprintf(stderr, "reload: SIGTERM during a blocked reload: exit after %" PRIu64 " ms\n", took);
     ck_assert_int_eq(exited, 0);
     ck_assert_int_eq(code, 0);
@@ -496,7 +439,7 @@ START_TEST(a_refused_reload_does_not_spin_through_the_reconnect_delay)
     ck_assert_int_eq(th_bridge_wait_log(s.b, "RabbitMQ refused the new topology", 30000), 0);
     long before = cpu_ticks(s.b->proc.pid);
     uint64_t t0 = m2a_now_ms();
-    ck_assert_int_eq(wait_count(s.b, "amqp: connected to", 3, 30000), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 3, 30000), 0);
     long spent = cpu_ticks(s.b->proc.pid) - before;
     uint64_t took = m2a_now_ms() - t0;
     long hz = sysconf(_SC_CLK_TCK);
@@ -504,7 +447,7 @@ START_TEST(a_refused_reload_does_not_spin_through_the_reconnect_delay)
             spent * 1000 / hz);
     ck_assert_int_ge(took, 2000); /* the delay happened: 3-6 s */
     ck_assert_int_lt(spent * 1000 / hz, (long)took / 10);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     th_amqp_delete(c2, "it.reload.spin.q");
     th_amqp_free(c2);
     th_proxy_free(px);
@@ -525,7 +468,7 @@ int main(void)
     suite_add_tcase(s, tc);
     TCase *blocked = tcase_create("blocked");
     tcase_set_timeout(blocked, 300);
-    tcase_add_unchecked_fixture(blocked, NULL, restore_watermark);
+    tcase_add_unchecked_fixture(blocked, NULL, th_rabbit_restore_watermark);
     tcase_add_test(blocked, reloads_wait_for_a_blocked_rabbitmq_and_the_newest_wins);
     tcase_add_test(blocked, sigterm_during_a_reload_waiting_for_a_blocked_rabbitmq_exits_at_once);
     suite_add_tcase(s, blocked);

@@ -72,13 +72,8 @@ static void setup_start(struct setup *s, const char *name, const char *host, con
     ck_assert_int_eq(th_bridge_config(s->b, yaml), 0);
     free(yaml);
     s->queue = xasprintf("it.tls.%s", name);
-    s->c = th_amqp_connect(rabbit->amqp_port, 10000, false);
+    s->c = th_amqp_consumer(rabbit->amqp_port, s->queue, s->queue, "#");
     ck_assert_ptr_nonnull(s->c);
-    ck_assert_int_eq(th_amqp_declare_exchange(s->c, s->queue, "topic", true), 0);
-    ck_assert_int_eq(th_amqp_declare(s->c, s->queue, true, false), 0);
-    ck_assert_int_eq(th_amqp_bind(s->c, s->queue, s->queue, "#"), 0);
-    ck_assert_int_eq(th_amqp_purge(s->c, s->queue), 0);
-    ck_assert_int_eq(th_amqp_consume(s->c, s->queue), 0);
 }
 
 static void setup_free(struct setup *s)
@@ -106,18 +101,8 @@ static void deliver_and_check(struct setup *s, long n)
     th_amqp_drain(s->c, &got, 300);
     struct th_delivery d = th_check_msgs(0, n, &got);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
+    TH_ASSERT_EXACT(d);
     th_msgs_free(&got);
-}
-
-static void stop_bridge(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
 }
 
 struct line_wait {
@@ -160,7 +145,7 @@ START_TEST(delivery_over_tls_with_client_certificates_on_both_sides)
     ck_assert_int_eq(th_bridge_wait_log(s.b, "(MQTT 5, TLS,", 1000), 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "(TLS) vhost", 1000), 0);
     deliver_and_check(&s, 2000);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -181,7 +166,7 @@ START_TEST(clean_stops_over_tls_duplicate_nothing)
     struct th_msgs got = {0};
     for (size_t k = 1; k <= 3; k++) {
         ck_assert_int_eq(th_amqp_collect(s.c, &got, k * 2000, 60000), 0);
-        stop_bridge(s.b);
+        ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
         ck_assert_int_eq(th_bridge_start_ready(s.b, 60000), 0);
     }
     ck_assert_int_eq(th_flow_wait_published(&f, atomic_load(&f.published) + 1000, 60000), 0);
@@ -193,11 +178,9 @@ START_TEST(clean_stops_over_tls_duplicate_nothing)
     fprintf(stderr, "tls clean stops: sent %ld lost %ld duplicated %ld unexpected %ld\n", n, d.lost,
             d.duplicated, d.unexpected);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(d.lost, 0);
-    ck_assert_int_eq(d.duplicated, 0);
-    ck_assert_int_eq(d.unexpected, 0);
+    TH_ASSERT_EXACT(d);
     th_msgs_free(&got);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -210,7 +193,7 @@ START_TEST(delivery_over_tls_to_an_ip_address_the_certificate_names)
     setup_start(&s, "ip", "127.0.0.1", certs->ca, true);
     ck_assert_int_eq(th_bridge_start_ready(s.b, 60000), 0);
     deliver_and_check(&s, 200);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -227,7 +210,7 @@ START_TEST(certificate_from_another_ca_is_refused_with_a_clear_line)
     /* refused, not connected: nothing was subscribed or declared */
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "mqtt: subscribed to"), 0);
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "amqp: connected to"), 0);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -243,7 +226,7 @@ START_TEST(host_name_the_certificate_does_not_hold_is_refused_with_a_clear_line)
     assert_logged(s.b, "mqtt: ", "or set tls.verify_hostname: false");
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "mqtt: subscribed to"), 0);
     ck_assert_int_eq(th_proc_log_count(&s.b->proc, "amqp: connected to"), 0);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST
@@ -254,7 +237,7 @@ START_TEST(verify_hostname_false_accepts_a_name_the_certificate_does_not_hold)
     setup_start(&s, "nohostcheck", "127.0.0.2", certs->ca, false);
     ck_assert_int_eq(th_bridge_start_ready(s.b, 60000), 0);
     deliver_and_check(&s, 200);
-    stop_bridge(s.b);
+    ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
 END_TEST

@@ -3,7 +3,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
@@ -85,25 +84,6 @@ int th_bridge_start_ready(struct th_bridge *b, int timeout_ms)
     return rc;
 }
 
-static size_t distinct_seqs(const struct th_msgs *ms)
-{
-    size_t n = 0;
-    long max = -1;
-    for (size_t i = 0; i < ms->n; i++)
-        if (ms->v[i].seq > max)
-            max = ms->v[i].seq;
-    if (max < 0)
-        return 0;
-    unsigned char *seen = xcalloc((size_t)max + 1, 1);
-    for (size_t i = 0; i < ms->n; i++)
-        if (ms->v[i].seq >= 0 && !seen[ms->v[i].seq]) {
-            seen[ms->v[i].seq] = 1;
-            n++;
-        }
-    free(seen);
-    return n;
-}
-
 int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct th_msgs *out,
                                  size_t want, int timeout_ms)
 {
@@ -116,8 +96,7 @@ int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct t
                 th_amqp_free(*c);
                 *c = NULL;
                 /* the broker is still starting: poll again, bounded by deadline */
-                struct timespec ts = {0, 200 * 1000 * 1000};
-                nanosleep(&ts, NULL);
+                th_sleep_ms(200);
                 continue;
             }
         }
@@ -129,7 +108,7 @@ int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct t
         th_amqp_free(*c);
         *c = NULL;
         fprintf(stderr, "collect: consumer connection lost after %zu distinct; reconnecting\n",
-                distinct_seqs(out));
+                th_msgs_distinct(out));
     }
     return M2A_ERR_TIMEOUT;
 }

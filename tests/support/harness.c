@@ -13,7 +13,6 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -41,7 +40,7 @@ extern char **environ;
 
 /* ---- generic helpers ---------------------------------------------------- */
 
-static void sleep_ms(int ms)
+void th_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
@@ -58,68 +57,10 @@ int th_poll_until(bool (*cond)(void *arg), void *arg, int timeout_ms)
         if (m2a_now_ms() >= deadline)
             return M2A_ERR_TIMEOUT;
         /* A short pause between checks of a condition, not a guess at timing. */
-        sleep_ms(step);
+        th_sleep_ms(step);
         if (step < 20)
             step *= 2;
     }
-}
-
-bool th_keep_dirs(void)
-{
-    const char *k = getenv("M2A_TEST_KEEP");
-    return k && strcmp(k, "0") != 0 && *k;
-}
-
-static void mkdir_p(const char *path)
-{
-    char *p = xstrdup(path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s == '/') {
-            *s = 0;
-            mkdir(p, 0755);
-            *s = '/';
-        }
-    }
-    mkdir(p, 0755);
-    free(p);
-}
-
-char *th_tmpdir_new(const char *tag)
-{
-    mkdir_p(M2A_TEST_STATE "/tmp");
-    char *t = xasprintf("%s/tmp/%s-XXXXXX", M2A_TEST_STATE, tag ? tag : "t");
-    if (!mkdtemp(t))
-        ck_abort_msg("mkdtemp %s: %s", t, strerror(errno));
-    return t;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    if (remove(path) != 0 && errno != ENOENT)
-        fprintf(stderr, "harness: remove %s: %s\n", path, strerror(errno));
-    return 0;
-}
-
-int th_rmtree(const char *path)
-{
-    struct stat st;
-    if (!path || lstat(path, &st) != 0)
-        return 0;
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    return lstat(path, &st) == 0 ? M2A_ERR_IO : 0;
-}
-
-static void remove_dir(const char *what, const char *dir)
-{
-    if (!dir)
-        return;
-    if (th_keep_dirs())
-        fprintf(stderr, "harness: kept %s dir %s\n", what, dir);
-    else
-        th_rmtree(dir);
 }
 
 bool th_port_open(int port)
@@ -179,67 +120,6 @@ int th_free_port(void)
     }
     ck_abort_msg("no free loopback port found");
     return -1;
-}
-
-int th_write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "harness: open %s: %s\n", path, strerror(errno));
-        return M2A_ERR_IO;
-    }
-    size_t n = strlen(text);
-    int rc = fwrite(text, 1, n, f) == n ? 0 : M2A_ERR_IO;
-    if (fclose(f) != 0)
-        rc = M2A_ERR_IO;
-    return rc;
-}
-
-/* Reads path from byte offset `from`; NULL if unreadable. */
-static char *read_from(const char *path, long from, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    struct m2a_buf b = {0};
-    char chunk[65536];
-    size_t n;
-    if (from > 0 && fseek(f, from, SEEK_SET) != 0) {
-        fclose(f);
-        return NULL;
-    }
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        m2a_buf_append(&b, chunk, n);
-    fclose(f);
-    m2a_buf_cstr(&b);
-    if (len)
-        *len = b.len;
-    return (char *)b.data;
-}
-
-char *th_read_file(const char *path, size_t *len)
-{
-    return read_from(path, 0, len);
-}
-
-void th_dump_tail(const char *label, const char *path, int lines)
-{
-    size_t len = 0;
-    char *s = path ? read_from(path, 0, &len) : NULL;
-    if (!s) {
-        fprintf(stderr, "---- %s: (no log %s)\n", label, path ? path : "");
-        return;
-    }
-    size_t i = len;
-    int seen = 0;
-    while (i > 0) {
-        if (s[i - 1] == '\n' && i != len && ++seen >= lines)
-            break;
-        i--;
-    }
-    fprintf(stderr, "---- %s: last lines of %s\n%s%s---- end of %s\n", label, path, s + i,
-            (len && s[len - 1] != '\n') ? "\n" : "", label);
-    free(s);
 }
 
 static const char *var_lookup(const char *const *vars, const char *name, size_t nlen)
@@ -440,7 +320,7 @@ bool th_proc_alive(struct th_proc *p)
 static bool log_has(struct th_proc *p, const char *needle)
 {
     size_t len = 0;
-    char *s = read_from(p->log_path, p->log_start, &len);
+    char *s = th_read_file_from(p->log_path, p->log_start, &len);
     bool found = s && memmem(s, len, needle, strlen(needle)) != NULL;
     free(s);
     return found;
@@ -449,7 +329,7 @@ static bool log_has(struct th_proc *p, const char *needle)
 int th_proc_log_count(struct th_proc *p, const char *needle)
 {
     size_t len = 0, nl = strlen(needle);
-    char *s = read_from(p->log_path, p->log_start, &len);
+    char *s = th_read_file_from(p->log_path, p->log_start, &len);
     int n = 0;
     for (char *q = s; q && nl && (q = memmem(q, len - (size_t)(q - s), needle, nl)); q += nl)
         n++;
@@ -600,59 +480,42 @@ void th_run_result_free(struct th_run_result *r)
 
 /* ---- Mosquitto ---------------------------------------------------------- */
 
-static bool starts_with_word(const char *line, const char *word)
+/* Writes m->conf_path: the config scripts/lib.sh's m2a_mosquitto_conf
+ * prints (the one transformation of docker/mosquitto/mosquitto.conf that
+ * the tests, scripts/run.sh and bench/run.sh all use), then extra. */
+static int mosq_write_conf(const struct th_mosq *m, enum th_mosq_conf kind, const char *extra)
 {
-    while (*line == ' ' || *line == '\t')
-        line++;
-    size_t n = strlen(word);
-    return strncmp(line, word, n) == 0 && (line[n] == ' ' || line[n] == '\t' || !line[n]);
-}
-
-/* The shipped file with what must differ per test run rewritten: every
- * listener line (the file has one; two would collide on one port and fail
- * loudly), persistence_location, and the privilege drop (as root Mosquitto
- * would switch to the mosquitto user, which cannot write our temp dir). */
-static char *mosq_conf(enum th_mosq_conf kind, int port, const char *dir)
-{
-    struct m2a_buf b = {0};
-    char *line = NULL;
-    if (kind == TH_MOSQ_STOCK) {
-        line = xasprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port);
-        m2a_buf_append_str(&b, line);
-        free(line);
-    } else {
-        char *src = th_read_file(M2A_SOURCE_DIR "/docker/mosquitto/mosquitto.conf", NULL);
-        if (!src)
-            ck_abort_msg("cannot read " M2A_SOURCE_DIR "/docker/mosquitto/mosquitto.conf");
-        for (char *save = NULL, *l = strtok_r(src, "\n", &save); l;
-             l = strtok_r(NULL, "\n", &save)) {
-            if (starts_with_word(l, "listener"))
-                line = xasprintf("listener %d 127.0.0.1\n", port);
-            else if (starts_with_word(l, "persistence_location"))
-                line = xasprintf("persistence_location %s/data/\n", dir);
-            else if (starts_with_word(l, "user") || starts_with_word(l, "pid_file"))
-                line = xasprintf("# (test) %s\n", l);
-            else
-                line = xasprintf("%s\n", l);
-            m2a_buf_append_str(&b, line);
-            free(line);
-        }
-        free(src);
+    char *port = xasprintf("%d", m->port), *data = xasprintf("%s/data", m->dir);
+    const char *argv[] = {"bash",
+                          "-c",
+                          ". \"$0\" && m2a_mosquitto_conf \"$@\"",
+                          M2A_SOURCE_DIR "/scripts/lib.sh",
+                          kind == TH_MOSQ_STOCK ? "stock" : "shipped",
+                          port,
+                          data,
+                          NULL};
+    struct th_run_result r;
+    int rc = th_run(argv, NULL, 10000, &r);
+    if (rc == 0 && r.exit_code != 0) {
+        fprintf(stderr, "harness: m2a_mosquitto_conf exited %d: %s", r.exit_code, r.err);
+        rc = M2A_ERR_IO;
     }
-    if (geteuid() == 0)
-        m2a_buf_append_str(&b, "user root\n");
-    return (char *)m2a_buf_cstr(&b);
+    if (rc == 0) {
+        char *conf = xasprintf("%s%s", r.out, extra ? extra : "");
+        rc = th_write_file(m->conf_path, conf);
+        free(conf);
+    }
+    th_run_result_free(&r);
+    free(port);
+    free(data);
+    return rc;
 }
-
-struct port_wait {
-    struct th_proc *p;
-    int port;
-};
 
 static bool mosq_ready(void *arg)
 {
-    struct port_wait *w = arg;
-    return !th_proc_alive(w->p) || th_port_open(w->port);
+    struct th_mosq *m = arg;
+    return !th_proc_alive(&m->proc) ||
+           (th_port_open(m->port) && (m->extra_port <= 0 || th_port_open(m->extra_port)));
 }
 
 static int mosq_launch(struct th_mosq *m)
@@ -663,8 +526,7 @@ static int mosq_launch(struct th_mosq *m)
     free(log);
     if (rc != 0)
         return rc;
-    struct port_wait w = {&m->proc, m->port};
-    rc = th_poll_until(mosq_ready, &w, 15000);
+    rc = th_poll_until(mosq_ready, m, 15000);
     if (rc == 0 && th_proc_alive(&m->proc))
         return 0;
     fprintf(stderr, "harness: mosquitto on port %d %s\n", m->port,
@@ -674,18 +536,17 @@ static int mosq_launch(struct th_mosq *m)
     return rc ? rc : M2A_ERR_CLOSED;
 }
 
-struct th_mosq *th_mosq_start(enum th_mosq_conf kind)
+struct th_mosq *th_mosq_start_with(enum th_mosq_conf kind, const char *extra, int extra_port)
 {
     struct th_mosq *m = xcalloc(1, sizeof(*m));
     m->dir = th_tmpdir_new("mosquitto");
     m->port = th_free_port();
+    m->extra_port = extra_port;
     m->conf_path = xasprintf("%s/mosquitto.conf", m->dir);
     char *data = xasprintf("%s/data", m->dir);
     mkdir(data, 0755);
     free(data);
-    char *conf = mosq_conf(kind, m->port, m->dir);
-    int rc = th_write_file(m->conf_path, conf);
-    free(conf);
+    int rc = mosq_write_conf(m, kind, extra);
     if (rc == 0)
         rc = mosq_launch(m);
     if (rc != 0) {
@@ -693,6 +554,11 @@ struct th_mosq *th_mosq_start(enum th_mosq_conf kind)
         return NULL;
     }
     return m;
+}
+
+struct th_mosq *th_mosq_start(enum th_mosq_conf kind)
+{
+    return th_mosq_start_with(kind, NULL, 0);
 }
 
 int th_mosq_stop(struct th_mosq *m)
@@ -718,7 +584,7 @@ void th_mosq_free(struct th_mosq *m)
     if (!m)
         return;
     th_proc_release(&m->proc);
-    remove_dir("mosquitto", m->dir);
+    th_tmpdir_remove("mosquitto", m->dir);
     free(m->dir);
     free(m->conf_path);
     free(m);
@@ -745,37 +611,41 @@ static char *unquote(const char *v)
     return (char *)m2a_buf_cstr(&b);
 }
 
+char *th_rabbit_env_get(const char *dir, const char *key)
+{
+    char *path = xasprintf("%s/env", dir);
+    char *s = th_read_file(path, NULL);
+    free(path);
+    char *val = NULL;
+    size_t klen = strlen(key);
+    for (char *save = NULL, *l = s ? strtok_r(s, "\n", &save) : NULL; l && !val;
+         l = strtok_r(NULL, "\n", &save))
+        if (strncmp(l, key, klen) == 0 && l[klen] == '=')
+            val = unquote(l + klen + 1);
+    free(s);
+    return val;
+}
+
+static int env_int(const char *dir, const char *key)
+{
+    char *v = th_rabbit_env_get(dir, key);
+    int n = v ? atoi(v) : 0;
+    free(v);
+    return n;
+}
+
 const struct th_rabbit *th_rabbit(void)
 {
     static struct th_rabbit r;
-    char *s = th_read_file(RABBIT_DIR "/env", NULL);
-    if (!s)
-        return NULL;
     free(r.dir);
     free(r.nodename);
     memset(&r, 0, sizeof(r));
     r.dir = xstrdup(RABBIT_DIR);
-    for (char *save = NULL, *l = strtok_r(s, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        char *eq = strchr(l, '=');
-        if (l[0] == '#' || !eq)
-            continue;
-        *eq = 0;
-        char *v = unquote(eq + 1);
-        if (strcmp(l, "AMQP_PORT") == 0)
-            r.amqp_port = rabbit_ports[0] = atoi(v);
-        else if (strcmp(l, "DIST_PORT") == 0)
-            rabbit_ports[1] = atoi(v);
-        else if (strcmp(l, "EPMD_PORT") == 0)
-            rabbit_ports[2] = atoi(v);
-        else if (strcmp(l, "SERVER_PID") == 0)
-            r.server_pid = (pid_t)atoi(v);
-        else if (strcmp(l, "NODENAME") == 0) {
-            free(r.nodename);
-            r.nodename = xstrdup(v);
-        }
-        free(v);
-    }
-    free(s);
+    r.amqp_port = rabbit_ports[0] = env_int(RABBIT_DIR, "AMQP_PORT");
+    rabbit_ports[1] = env_int(RABBIT_DIR, "DIST_PORT");
+    rabbit_ports[2] = env_int(RABBIT_DIR, "EPMD_PORT");
+    r.server_pid = (pid_t)env_int(RABBIT_DIR, "SERVER_PID");
+    r.nodename = th_rabbit_env_get(RABBIT_DIR, "NODENAME");
     return r.amqp_port > 0 ? &r : NULL;
 }
 
@@ -788,9 +658,10 @@ int th_rabbit_port(void)
     return r->amqp_port;
 }
 
-static int rabbit_script(const char *verb, const char *const *args, struct th_run_result *r)
+int th_rabbit_script(const char *verb, const char *dir, const char *const *args,
+                     struct th_run_result *r)
 {
-    const char *argv[32] = {"bash", M2A_SOURCE_DIR "/scripts/test-rabbitmq.sh", verb, RABBIT_DIR};
+    const char *argv[32] = {"bash", M2A_SOURCE_DIR "/scripts/test-rabbitmq.sh", verb, dir};
     size_t n = 4;
     for (size_t i = 0; args && args[i] && n < 31; i++)
         argv[n++] = args[i];
@@ -805,7 +676,7 @@ int th_rabbit_do(const char *verb)
 {
     struct th_run_result r;
     uint64_t t0 = m2a_now_ms();
-    int rc = rabbit_script(verb, NULL, &r);
+    int rc = th_rabbit_script(verb, RABBIT_DIR, NULL, &r);
     fprintf(stderr, "harness: rabbitmq %s: exit %d in %.1f s\n%s", verb, r.exit_code,
             (double)(m2a_now_ms() - t0) / 1000.0, r.err);
     th_run_result_free(&r);
@@ -815,7 +686,24 @@ int th_rabbit_do(const char *verb)
 
 int th_rabbit_ctl(const char *const *args, struct th_run_result *r)
 {
-    return rabbit_script("ctl", args, r);
+    return th_rabbit_script("ctl", RABBIT_DIR, args, r);
+}
+
+int th_rabbit_set_watermark(const char *value)
+{
+    const char *args[] = {"set_vm_memory_high_watermark", value, NULL};
+    struct th_run_result r;
+    int rc = th_rabbit_ctl(args, &r);
+    if (rc != 0)
+        fprintf(stderr, "harness: set_vm_memory_high_watermark %s: exit %d\n%s%s", value,
+                r.exit_code, r.out, r.err);
+    th_run_result_free(&r);
+    return rc;
+}
+
+void th_rabbit_restore_watermark(void)
+{
+    th_rabbit_set_watermark("0.4");
 }
 
 /* ---- the bridge --------------------------------------------------------- */
@@ -909,12 +797,93 @@ void th_bridge_kill(struct th_bridge *b)
     th_proc_kill(&b->proc);
 }
 
+int th_bridge_stop(struct th_bridge *b, int timeout_ms)
+{
+    int code = -1;
+    int rc = th_bridge_signal(b, SIGTERM);
+    if (rc != 0)
+        fprintf(stderr, "harness: bridge not running at stop\n");
+    if (rc == 0)
+        rc = th_bridge_wait_exit(b, timeout_ms, &code);
+    if (rc == 0 && code != 0) {
+        fprintf(stderr, "harness: bridge exited with status %d after SIGTERM\n", code);
+        th_dump_tail("bridge", b->proc.log_path, 30);
+        rc = M2A_ERR_IO;
+    }
+    return rc;
+}
+
+struct count_wait {
+    struct th_bridge *b;
+    const char *needle;
+    int n;
+};
+
+static bool count_reached(void *arg)
+{
+    struct count_wait *w = arg;
+    return th_proc_log_count(&w->b->proc, w->needle) >= w->n;
+}
+
+int th_bridge_wait_log_count(struct th_bridge *b, const char *needle, int n, int timeout_ms)
+{
+    struct count_wait w = {b, needle, n};
+    int rc = th_poll_until(count_reached, &w, timeout_ms);
+    if (rc != 0) {
+        fprintf(stderr, "harness: '%s' seen %d times in the bridge's log, wanted %d\n", needle,
+                th_proc_log_count(&b->proc, needle), n);
+        th_dump_tail("bridge", b->proc.log_path, 30);
+    }
+    return rc;
+}
+
+long th_bridge_stat(struct th_bridge *b, const char *name)
+{
+    char *log = th_read_file_from(b->proc.log_path, b->proc.log_start, NULL);
+    const char *line = NULL;
+    for (const char *p = log; p && (p = strstr(p, "stats: received=")) != NULL; p++)
+        line = p;
+    long v = -1;
+    if (line) {
+        const char *eol = strchr(line, '\n');
+        char *key = xasprintf(" %s=", name);
+        const char *k = strstr(line, key);
+        if (k && (!eol || k < eol))
+            v = strtol(k + strlen(key), NULL, 10);
+        free(key);
+    }
+    free(log);
+    return v;
+}
+
+struct stat_wait {
+    struct th_bridge *b;
+    const char *name;
+    long at_least;
+};
+
+static bool stat_reached(void *arg)
+{
+    struct stat_wait *w = arg;
+    return th_bridge_stat(w->b, w->name) >= w->at_least;
+}
+
+int th_bridge_wait_stat(struct th_bridge *b, const char *name, long at_least, int timeout_ms)
+{
+    struct stat_wait w = {b, name, at_least};
+    int rc = th_poll_until(stat_reached, &w, timeout_ms);
+    if (rc != 0)
+        fprintf(stderr, "harness: stat %s is %ld, wanted >= %ld\n", name, th_bridge_stat(b, name),
+                at_least);
+    return rc;
+}
+
 void th_bridge_free(struct th_bridge *b)
 {
     if (!b)
         return;
     th_proc_release(&b->proc);
-    remove_dir("bridge", b->dir);
+    th_tmpdir_remove("bridge", b->dir);
     for (size_t i = 0; b->vars && b->vars[i]; i++)
         free(b->vars[i]);
     free(b->vars);
@@ -1139,6 +1108,32 @@ int th_amqp_consume(struct th_amqp *c, const char *queue)
     amqp_basic_consume(c->conn, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
                        amqp_empty_table);
     return amqp_check(c, amqp_get_rpc_reply(c->conn), "basic.consume");
+}
+
+struct th_amqp *th_amqp_consumer(int port, const char *queue, const char *exchange,
+                                 const char *binding_key)
+{
+    struct th_amqp *c = th_amqp_connect(port, 10000, false);
+    if (!c)
+        return NULL;
+    int rc = 0;
+    if (exchange) {
+        rc = th_amqp_declare_exchange(c, exchange, "topic", true);
+        if (rc == 0)
+            rc = th_amqp_declare(c, queue, true, false);
+        if (rc == 0 && binding_key)
+            rc = th_amqp_bind(c, queue, exchange, binding_key);
+        if (rc == 0)
+            rc = th_amqp_purge(c, queue);
+    }
+    if (rc == 0)
+        rc = th_amqp_consume(c, queue);
+    if (rc != 0) {
+        fprintf(stderr, "harness: no consumer on queue %s\n", queue);
+        th_amqp_free(c);
+        return NULL;
+    }
+    return c;
 }
 
 static char *field_str(const amqp_field_value_t *v)
@@ -1539,4 +1534,23 @@ struct th_delivery th_check_msgs(long first, long sent, const struct th_msgs *ms
     struct th_delivery d = th_check_seqs(first, sent, seqs, ms->n);
     free(seqs);
     return d;
+}
+
+size_t th_msgs_distinct(const struct th_msgs *ms)
+{
+    size_t n = 0;
+    long max = -1;
+    for (size_t i = 0; i < ms->n; i++)
+        if (ms->v[i].seq > max)
+            max = ms->v[i].seq;
+    if (max < 0)
+        return 0;
+    unsigned char *seen = xcalloc((size_t)max + 1, 1);
+    for (size_t i = 0; i < ms->n; i++)
+        if (ms->v[i].seq >= 0 && !seen[ms->v[i].seq]) {
+            seen[ms->v[i].seq] = 1;
+            n++;
+        }
+    free(seen);
+    return n;
 }

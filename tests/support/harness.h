@@ -1,6 +1,10 @@
-/* harness.h - support library for the integration tests: real brokers, the
- * real bridge binary, an AMQP consumer, an MQTT publisher and a delivery
- * checker.
+/* harness.h - the broker harness of the test-support library (tests/support,
+ * linked by every test; a unit test that does not call into this part does
+ * not link it): real brokers, the real bridge binary, an AMQP consumer, an
+ * MQTT publisher and a delivery checker. The rest of the library:
+ * files.h (temp dirs, whole files; included here), config_check.h
+ * (configurations from text), flow.h (traffic under faults), proxy.h (a
+ * link that breaks), tls.h (certificates, TLS brokers), http.h.
  *
  * Processes: everything spawned here is recorded by pid, gets
  * PR_SET_PDEATHSIG(SIGKILL) (it dies with the test process even when check
@@ -15,7 +19,9 @@
  * (scripts/test-rabbitmq.sh start M2A_TEST_STATE/rabbitmq); tests read its
  * port from M2A_TEST_STATE/rabbitmq/env and may stop/kill/restart it.
  * Mosquitto: each test starts its own from docker/mosquitto/mosquitto.conf
- * (the shipped file) or from stock settings.
+ * (the shipped file) or from stock settings, the config written by
+ * scripts/lib.sh's m2a_mosquitto_conf, as for scripts/run.sh and the
+ * benchmarks.
  *
  * Temp dirs live under M2A_TEST_STATE/tmp and are removed by the _free
  * functions unless M2A_TEST_KEEP=1 is set in the environment (for a look at
@@ -32,19 +38,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "files.h" /* temp dirs, th_rmtree, th_read_file, th_dump_tail */
+
 /* ---- generic helpers ---------------------------------------------------- */
 
 /* Polls cond(arg) every ~2-20 ms until it returns true (0) or timeout_ms
  * passes (M2A_ERR_TIMEOUT). cond is evaluated at least once. */
 int th_poll_until(bool (*cond)(void *arg), void *arg, int timeout_ms);
-
-/* Creates a fresh directory M2A_TEST_STATE/tmp/<tag>-XXXXXX; caller frees the
- * string and removes the tree with th_rmtree. Aborts the test on failure. */
-char *th_tmpdir_new(const char *tag);
-/* rm -rf path (does not follow symlinks). 0, or M2A_ERR_IO. */
-int th_rmtree(const char *path);
-/* True if M2A_TEST_KEEP=1: _free functions keep their dirs and say where. */
-bool th_keep_dirs(void);
+/* Sleeps ms (restarting after a signal). For pacing traffic or between the
+ * checks of a condition; never as synchronisation: wait with th_poll_until. */
+void th_sleep_ms(int ms);
 
 /* A loopback TCP port nobody listens on, from 20000-31999 (below the
  * ephemeral range, so outgoing connections will not take it meanwhile); not
@@ -52,14 +55,6 @@ bool th_keep_dirs(void);
 int th_free_port(void);
 /* True if something accepts TCP connections on 127.0.0.1:port. */
 bool th_port_open(int port);
-
-/* Writes text to path (truncating). 0 or M2A_ERR_IO. */
-int th_write_file(const char *path, const char *text);
-/* Reads a whole file into a NUL-terminated string (len may be NULL);
- * NULL if it cannot be read. Caller frees. */
-char *th_read_file(const char *path, size_t *len);
-/* Prints the last `lines` lines of path to stderr, prefixed with label. */
-void th_dump_tail(const char *label, const char *path, int lines);
 
 /* Replaces ${NAME} and ${NAME:-default} in text for each NAME in vars
  * (NULL-terminated array of "NAME=VALUE"); unknown names are left alone, so
@@ -124,14 +119,20 @@ enum th_mosq_conf {
 
 struct th_mosq {
     int port;
+    int extra_port;  /* another listener of the config that readiness waits for; 0: none */
     char *dir;       /* temp dir: mosquitto.conf, data/, mosquitto.log */
     char *conf_path; /* the generated config */
     struct th_proc proc;
 };
 
-/* Generates the config, starts `mosquitto -c FILE` on a free loopback port
- * and waits until it accepts TCP connections (15 s). NULL on failure. */
+/* Generates the config (scripts/lib.sh's m2a_mosquitto_conf, so the same
+ * transformation of the shipped file as scripts/run.sh and bench/run.sh),
+ * starts `mosquitto -c FILE` on a free loopback port and waits until it
+ * accepts TCP connections (15 s). NULL on failure. */
 struct th_mosq *th_mosq_start(enum th_mosq_conf kind);
+/* The same with extra appended to the config (e.g. more listeners; NULL:
+ * none), readiness also waiting for extra_port if > 0. */
+struct th_mosq *th_mosq_start_with(enum th_mosq_conf kind, const char *extra, int extra_port);
 /* SIGTERM (Mosquitto saves its persistence file), wait 15 s, SIGKILL. */
 int th_mosq_stop(struct th_mosq *m);
 /* SIGKILL: no persistence save, like a crash. */
@@ -157,6 +158,14 @@ struct th_rabbit {
 const struct th_rabbit *th_rabbit(void);
 /* Shorthand: the AMQP port of the fixture's node (aborts if none). */
 int th_rabbit_port(void);
+/* The value of KEY in DIR/env, the file scripts/test-rabbitmq.sh writes for
+ * a node (unquoted; NULL if absent). Caller frees. */
+char *th_rabbit_env_get(const char *dir, const char *key);
+/* Runs scripts/test-rabbitmq.sh VERB DIR [args] (NULL-terminated, may be
+ * NULL) to completion (180 s), capturing its output in r. 0 if it exited 0.
+ * For a node of a test's own; the fixture's: th_rabbit_do, th_rabbit_ctl. */
+int th_rabbit_script(const char *verb, const char *dir, const char *const *args,
+                     struct th_run_result *r);
 /* Runs scripts/test-rabbitmq.sh VERB DIR: "stop", "restart", "kill",
  * "stop_app", "start_app" (start would wipe the node: use restart). Waits
  * up to 180 s; 0 if the script succeeded. */
@@ -164,6 +173,13 @@ int th_rabbit_do(const char *verb);
 /* Runs rabbitmqctl against the node (args NULL-terminated), capturing its
  * output in r. 0 if it exited 0. */
 int th_rabbit_ctl(const char *const *args, struct th_run_result *r);
+
+/* rabbitmqctl set_vm_memory_high_watermark VALUE on the fixture's node: "0"
+ * raises the memory alarm (publishers blocked), 0 or printed failure. */
+int th_rabbit_set_watermark(const char *value);
+/* Back to RabbitMQ's default (0.4). void(void), for atexit() and check's
+ * unchecked fixtures: a failed test must not leave publishing blocked. */
+void th_rabbit_restore_watermark(void);
 
 /* ---- the bridge --------------------------------------------------------- */
 
@@ -192,6 +208,18 @@ int th_bridge_wait_log(struct th_bridge *b, const char *needle, int timeout_ms);
 int th_bridge_signal(struct th_bridge *b, int sig);
 int th_bridge_wait_exit(struct th_bridge *b, int timeout_ms, int *exit_code);
 void th_bridge_kill(struct th_bridge *b);
+/* A graceful stop: SIGTERM, then waits up to timeout_ms for the exit. 0 if it
+ * exited with status 0; M2A_ERR_CLOSED if it was not running,
+ * M2A_ERR_TIMEOUT, or M2A_ERR_IO for another status (printed, log tail too). */
+int th_bridge_stop(struct th_bridge *b, int timeout_ms);
+/* Waits until this run's log holds needle at least n times (on timeout
+ * prints how many and the log's tail). */
+int th_bridge_wait_log_count(struct th_bridge *b, const char *needle, int n, int timeout_ms);
+/* name=<value> in the last stats line ("stats: received=...") of this run's
+ * log, or -1 if there is none yet. The bridge writes one at exit too. */
+long th_bridge_stat(struct th_bridge *b, const char *name);
+/* Waits until th_bridge_stat(b, name) >= at_least. */
+int th_bridge_wait_stat(struct th_bridge *b, const char *name, long at_least, int timeout_ms);
 /* Kills it if running, removes the dir. NULL is a no-op. */
 void th_bridge_free(struct th_bridge *b);
 
@@ -263,6 +291,12 @@ int th_amqp_publish(struct th_amqp *c, const char *exchange, const char *routing
  * is acknowledged once it is in the caller's th_msgs, so what a test did
  * not read is requeued, never lost. */
 int th_amqp_consume(struct th_amqp *c, const char *queue);
+/* A consumer on a connection of its own to 127.0.0.1:port: with exchange,
+ * first declares it (topic, durable) and the durable queue, binds them with
+ * binding_key (unless NULL) and purges the queue; then consumes queue (as
+ * th_amqp_consume). NULL on failure (printed). */
+struct th_amqp *th_amqp_consumer(int port, const char *queue, const char *exchange,
+                                 const char *binding_key);
 /* Appends consumed messages to out until it holds `distinct` distinct
  * seq >= 0 values (counting what it already held) or timeout_ms passes.
  * 0 when reached, M2A_ERR_TIMEOUT, or M2A_ERR_AMQP if the connection died
@@ -308,5 +342,16 @@ struct th_delivery {
 struct th_delivery th_check_seqs(long first, long sent, const long *seqs, size_t n);
 /* The same over collected messages. */
 struct th_delivery th_check_msgs(long first, long sent, const struct th_msgs *ms);
+/* How many distinct seq >= 0 ms holds. */
+size_t th_msgs_distinct(const struct th_msgs *ms);
+/* Asserts (check) that d saw every expected seq exactly once and nothing
+ * else. A macro, so a failure names the test's line. */
+#define TH_ASSERT_EXACT(d)                                                                         \
+    do {                                                                                           \
+        struct th_delivery th_d_ = (d);                                                            \
+        ck_assert_int_eq(th_d_.lost, 0);                                                           \
+        ck_assert_int_eq(th_d_.duplicated, 0);                                                     \
+        ck_assert_int_eq(th_d_.unexpected, 0);                                                     \
+    } while (0)
 
 #endif

@@ -47,11 +47,22 @@ int th_http(int port, const char *method, const char *path, int timeout_ms, stru
     uint64_t deadline = m2a_now_ms() + (uint64_t)timeout_ms;
     int rc = M2A_ERR_IO;
     struct m2a_buf raw = {0};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking connect: a server whose listen backlog is full drops the
+     * SYN, and a blocking connect would wait out the kernel's retries. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+    if (fd < 0 || (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 && errno != EINPROGRESS)) {
         fprintf(stderr, "http: connect 127.0.0.1:%d: %s\n", port, strerror(errno));
+        goto out;
+    }
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if ((rc = wait_fd(fd, POLLOUT, deadline)) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0) {
+        fprintf(stderr, "http: connect 127.0.0.1:%d: %s\n", port,
+                rc ? "no connection within the timeout" : strerror(soerr));
+        rc = rc ? rc : M2A_ERR_IO;
         goto out;
     }
     char req[512];
@@ -68,7 +79,7 @@ int th_http(int port, const char *method, const char *path, int timeout_ms, stru
         }
         char buf[4096];
         ssize_t got = recv(fd, buf, sizeof(buf), 0);
-        if (got < 0 && errno == EINTR)
+        if (got < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (got < 0) {
             fprintf(stderr, "http: recv: %s\n", strerror(errno));

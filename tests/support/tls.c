@@ -78,10 +78,7 @@ void th_certs_free(struct th_certs *c)
 {
     if (!c)
         return;
-    if (th_keep_dirs())
-        fprintf(stderr, "tls: kept certificates in %s\n", c->dir);
-    else
-        th_rmtree(c->dir);
+    th_tmpdir_remove("certificates", c->dir);
     free(c->dir);
     free(c->ca);
     free(c->other_ca);
@@ -101,78 +98,30 @@ static char *tls_listener(const struct th_certs *c, const char *addr, int port)
                      port, addr, c->ca, c->server, c->server_key);
 }
 
-struct listen_wait {
-    struct th_proc *p;
-    int port;
-};
-
-static bool listening(void *arg)
-{
-    struct listen_wait *w = arg;
-    return !th_proc_alive(w->p) || th_port_open(w->port);
-}
-
 struct th_mosq *th_mosq_start_tls(const struct th_certs *c, int *tls_port)
 {
-    struct th_mosq *m = xcalloc(1, sizeof(*m));
-    m->dir = th_tmpdir_new("mosquitto-tls");
-    m->port = th_free_port();
     *tls_port = th_free_port();
-    m->conf_path = xasprintf("%s/mosquitto.conf", m->dir);
     char *l1 = tls_listener(c, "127.0.0.1", *tls_port);
     char *l2 = tls_listener(c, "127.0.0.2", *tls_port);
-    /* The queue limits of docker/mosquitto/mosquitto.conf: stock Mosquitto
-     * drops beyond 1000 queued messages while the bridge restarts. */
-    char *conf = xasprintf("per_listener_settings false\nallow_anonymous true\n"
-                           "max_queued_messages 1000000\nmax_queued_bytes 0\n"
-                           "listener %d 127.0.0.1\n%s%s%s",
-                           m->port, l1, l2, geteuid() == 0 ? "user root\n" : "");
-    int rc = th_write_file(m->conf_path, conf);
+    char *extra = xasprintf("%s%s", l1, l2);
+    /* The shipped config (its queue limits, as in production) plus the TLS
+     * listeners; its allow_anonymous is global (per_listener_settings is
+     * off), so it covers them too. */
+    struct th_mosq *m = th_mosq_start_with(TH_MOSQ_SHIPPED, extra, *tls_port);
+    if (!m)
+        fprintf(stderr, "tls: mosquitto with TLS listeners did not start\n");
     free(l1);
     free(l2);
-    free(conf);
-    char *log = xasprintf("%s/mosquitto.log", m->dir);
-    const char *argv[] = {"mosquitto", "-c", m->conf_path, NULL};
-    if (rc == 0)
-        rc = th_proc_spawn(&m->proc, argv, NULL, log);
-    free(log);
-    struct listen_wait w1 = {&m->proc, m->port}, w2 = {&m->proc, *tls_port};
-    if (rc == 0)
-        rc = th_poll_until(listening, &w1, 15000);
-    if (rc == 0)
-        rc = th_poll_until(listening, &w2, 15000);
-    if (rc != 0 || !th_proc_alive(&m->proc)) {
-        fprintf(stderr, "tls: mosquitto with TLS listeners did not start\n");
-        th_dump_tail("mosquitto", m->proc.log_path, 20);
-        th_mosq_free(m);
-        return NULL;
-    }
+    free(extra);
     return m;
 }
 
 /* ---- RabbitMQ ------------------------------------------------------------- */
 
-static int env_port(const char *dir, const char *key)
-{
-    char *path = xasprintf("%s/env", dir);
-    char *s = th_read_file(path, NULL);
-    free(path);
-    int port = 0;
-    size_t klen = strlen(key);
-    for (char *l = s; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
-        if (strncmp(l, key, klen) == 0 && l[klen] == '=')
-            port = atoi(l + klen + 1 + (l[klen + 1] == '\'' ? 1 : 0));
-    free(s);
-    return port;
-}
-
 static int rabbit_script(const char *verb, const char *dir)
 {
-    const char *argv[] = {"bash", M2A_SOURCE_DIR "/scripts/test-rabbitmq.sh", verb, dir, NULL};
     struct th_run_result r;
-    int rc = th_run(argv, NULL, 180000, &r);
-    if (rc == 0 && r.exit_code != 0)
-        rc = M2A_ERR_IO;
+    int rc = th_rabbit_script(verb, dir, NULL, &r);
     fprintf(stderr, "tls: rabbitmq %s %s: exit %d\n%s", verb, dir, r.exit_code, r.err);
     th_run_result_free(&r);
     return rc;
@@ -201,7 +150,9 @@ struct th_rabbit_tls *th_rabbit_tls_start(const struct th_certs *c)
         unsetenv("M2A_RABBIT_EXTRA_CONF");
     }
     free(extra_path);
-    r->amqp_port = rc == 0 ? env_port(r->dir, "AMQP_PORT") : 0;
+    char *port = rc == 0 ? th_rabbit_env_get(r->dir, "AMQP_PORT") : NULL;
+    r->amqp_port = port ? atoi(port) : 0;
+    free(port);
     if (rc != 0 || r->amqp_port <= 0 || !th_port_open(r->tls_port)) {
         fprintf(stderr, "tls: RabbitMQ with a TLS listener did not start (logs in %s/log)\n",
                 r->dir);

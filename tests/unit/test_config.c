@@ -8,40 +8,53 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
 #include "check_main.h"
+#include "config_check.h"
+
+/* A self-signed certificate and its key (EC P-256, valid until 2126), for
+ * the tls section: the loader loads them with OpenSSL. */
+#define TEST_CERT                                                                                  \
+    "-----BEGIN CERTIFICATE-----\n"                                                                \
+    "MIIBizCCATGgAwIBAgIUMHthlxHRFzeFXjRKxfWf6eOKCdUwCgYIKoZIzj0EAwIw\n"                           \
+    "GjEYMBYGA1UEAwwPbTJhIGNvbmZpZyB0ZXN0MCAXDTI2MTIwNDA1MzkzMVoYDzIx\n"                           \
+    "MjYxMTEwMDUzOTMxWjAaMRgwFgYDVQQDDA9tMmEgY29uZmlnIHRlc3QwWTATBgcq\n"                           \
+    "hkjOPQIBBggqhkjOPQMBBwNCAARohRzG2wMn4eAikp3MJjJD3TMR9BjPylsPUuDc\n"                           \
+    "JKRdOmuHON+wbvZcnng5Y0qTyF2Xk2oerAKpauAyBtdWpcrYo1MwUTAdBgNVHQ4E\n"                           \
+    "FgQUZJfbSkJzVh9UT00vdKIGEmTyDsUwHwYDVR0jBBgwFoAUZJfbSkJzVh9UT00v\n"                           \
+    "dKIGEmTyDsUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiA93qJt\n"                           \
+    "GTkSzi4arW43pHmfXgrnT3rgr3VjDq5EzrxycQIhAKSY9jhTEvVWZ8FF8D4cITnq\n"                           \
+    "jLXBpXcaL3MXkey9umv6\n"                                                                       \
+    "-----END CERTIFICATE-----\n"
+#define TEST_KEY                                                                                   \
+    "-----BEGIN PRIVATE KEY-----\n"                                                                \
+    "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgfpiobczkK192EQJR\n"                           \
+    "uki1yNvJlzTolEEvt6Zqz7ei2mShRANCAARohRzG2wMn4eAikp3MJjJD3TMR9BjP\n"                           \
+    "ylsPUuDcJKRdOmuHON+wbvZcnng5Y0qTyF2Xk2oerAKpauAyBtdWpcrY\n"                                   \
+    "-----END PRIVATE KEY-----\n"
+
+/* A key that belongs to no certificate here. */
+#define TEST_OTHER_KEY                                                                             \
+    "-----BEGIN PRIVATE KEY-----\n"                                                                \
+    "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgqwrT/tAoJ6kj4du3\n"                           \
+    "QqBNqD+k66p32/ByEOIkKlu23cWhRANCAASoy0r/e4LRnXj/VdORxhr38LFXVRbw\n"                           \
+    "k6UJNLR759gsJ3o/y6BF9MrXgk9AZrwizirhFm1OECyOeKKPyJphfky/\n"                                   \
+    "-----END PRIVATE KEY-----\n"
 
 /* The one route every test needs: a config without routes is an error. */
 #define ROUTE "routes:\n  - {name: r, topic: a/b, exchange: amq.topic}\n"
 
+/* For the tests that call the loader themselves. */
 static char err[1024];
 
-static struct m2a_config *load(const char *yaml)
-{
-    struct m2a_config *cfg = NULL;
-    int rc = m2a_config_load_buffer("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == 0, "unexpected error: %s", err);
-    ck_assert_ptr_nonnull(cfg);
-    return cfg;
-}
-
-/* Asserts that yaml fails with M2A_ERR_CONFIG, that the message starts with
- * prefix ("t.yaml:L:C: ") and contains fragment (if not NULL). */
-static void refuse(const char *yaml, const char *prefix, const char *fragment)
-{
-    struct m2a_config *cfg = (struct m2a_config *)&cfg;
-    err[0] = 'x';
-    int rc = m2a_config_load_buffer("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == M2A_ERR_CONFIG, "rc %d for:\n%s\nerr: %s", rc, yaml, err);
-    ck_assert_ptr_null(cfg);
-    ck_assert_msg(!strncmp(err, prefix, strlen(prefix)), "got '%s', want prefix '%s'", err, prefix);
-    if (fragment)
-        ck_assert_msg(strstr(err, fragment), "got '%s', want '%s' in it", err, fragment);
-}
+/* load() and refuse() on "t.yaml": tests/support/config_check.h. */
+#define load   th_config_load
+#define refuse th_config_refuse
 
 static char *write_temp(const char *content)
 {
@@ -198,9 +211,9 @@ START_TEST(enums_take_each_name)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct m2a_config *c = load(cases[i].yaml);
         int got = cases[i].yaml[0] == 's'   ? (int)c->spool.fsync
-                  : cases[i].yaml[0] == 'l' ? c->log.level
-                  : cases[i].yaml[0] == 'a' ? c->amqp.mqtt_headers
-                                            : c->mqtt.protocol;
+                  : cases[i].yaml[0] == 'l' ? (int)c->log.level
+                  : cases[i].yaml[0] == 'a' ? (int)c->amqp.mqtt_headers
+                                            : (int)c->mqtt.protocol;
         ck_assert_int_eq(got, cases[i].want);
         m2a_config_free(c);
     }
@@ -447,9 +460,10 @@ START_TEST(password_and_password_file_together_is_an_error)
     char *path = write_temp("fromfile\n");
     char yaml[512];
     snprintf(yaml, sizeof(yaml), "amqp:\n  password: hunter2\n  password_file: %s\n" ROUTE, path);
-    refuse(yaml, "t.yaml:3:18: amqp: password and password_file are mutually exclusive", NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
-    ck_assert_ptr_null(strstr(err, "fromfile"));
+    const char *e =
+        refuse(yaml, "t.yaml:3:18: amqp: password and password_file are mutually exclusive", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
+    ck_assert_ptr_null(strstr(e, "fromfile"));
     snprintf(yaml, sizeof(yaml),
              "mqtt:\n  password_file: %s\n  username: u\n  password: hunter2\n" ROUTE, path);
     refuse(yaml, "t.yaml:2:18: mqtt: password and password_file", NULL);
@@ -470,15 +484,15 @@ END_TEST
 START_TEST(secrets_never_appear_in_errors)
 {
     unsetenv("M2A_T_UNSET");
-    refuse("amqp:\n  password: [hunter2]\n" ROUTE, "t.yaml:2:13: amqp.password: expected a string",
-           NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
-    refuse("amqp:\n  password: hunter2${M2A_T_UNSET}\n" ROUTE,
-           "t.yaml:2:20: amqp.password: ", NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
-    refuse("mqtt:\n  protocol: 311\n  password: hunter2\n" ROUTE,
-           "t.yaml:3:13: mqtt: with protocol 311 a password needs a username", NULL);
-    ck_assert_ptr_null(strstr(err, "hunter2"));
+    const char *e = refuse("amqp:\n  password: [hunter2]\n" ROUTE,
+                           "t.yaml:2:13: amqp.password: expected a string", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
+    e = refuse("amqp:\n  password: hunter2${M2A_T_UNSET}\n" ROUTE,
+               "t.yaml:2:20: amqp.password: ", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
+    e = refuse("mqtt:\n  protocol: 311\n  password: hunter2\n" ROUTE,
+               "t.yaml:3:13: mqtt: with protocol 311 a password needs a username", NULL);
+    ck_assert_ptr_null(strstr(e, "hunter2"));
 }
 END_TEST
 
@@ -646,7 +660,8 @@ START_TEST(tls_section_presence_enables_tls)
     ck_assert(c->mqtt.tls.verify_hostname);
     ck_assert_ptr_null(c->mqtt.tls.ca_file);
     m2a_config_free(c);
-    char *path = write_temp("pem");
+    /* the files are loaded at load time: a certificate and its key in one file */
+    char *path = write_temp(TEST_CERT TEST_KEY);
     char yaml[512];
     snprintf(yaml, sizeof(yaml),
              "amqp:\n  tls:\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n"
@@ -669,6 +684,66 @@ START_TEST(tls_section_presence_enables_tls)
 END_TEST
 
 /* ---- one test per kind of error ------------------------------------------ */
+
+/* What the start would refuse (tls.c cannot build the context) fails the
+ * load, at the tls section, so --check refuses it too (issue 9). */
+START_TEST(tls_files_openssl_refuses_fail_the_load)
+{
+    char *cert = write_temp(TEST_CERT), *key = write_temp(TEST_KEY);
+    char *other = write_temp(TEST_OTHER_KEY), *junk = write_temp("not PEM\n");
+    char yaml[1024], want[512];
+
+    snprintf(yaml, sizeof(yaml), "mqtt:\n  tls:\n    ca_file: %s\n" ROUTE, junk);
+    snprintf(want, sizeof(want), "t.yaml:3:5: mqtt.tls: cannot load tls.ca_file %s: ", junk);
+    refuse(yaml, want, NULL);
+    snprintf(yaml, sizeof(yaml),
+             "amqp:\n  tls:\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n" ROUTE, cert,
+             cert, other);
+    /* OpenSSL compares the key with the certificate as it loads it */
+    snprintf(want, sizeof(want), "t.yaml:3:5: amqp.tls: cannot load tls.key_file %s: ", other);
+    refuse(yaml, want, NULL);
+    snprintf(yaml, sizeof(yaml),
+             "amqp:\n  tls:\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n" ROUTE, cert,
+             cert, junk);
+    snprintf(want, sizeof(want), "t.yaml:3:5: amqp.tls: cannot load tls.key_file %s: ", junk);
+    refuse(yaml, want, NULL);
+    snprintf(yaml, sizeof(yaml),
+             "mqtt:\n  tls:\n    cert_file: %s\n    key_file: %s\n    ca_file: %s\n" ROUTE, junk,
+             key, cert);
+    snprintf(want, sizeof(want), "t.yaml:3:5: mqtt.tls: cannot load tls.cert_file %s: ", junk);
+    refuse(yaml, want, NULL);
+    /* the same files, the right way round */
+    snprintf(yaml, sizeof(yaml),
+             "mqtt:\n  tls:\n    cert_file: %s\n    key_file: %s\n    ca_file: %s\n" ROUTE, cert,
+             key, cert);
+    m2a_config_free(load(yaml));
+    char *files[] = {cert, key, other, junk};
+    for (size_t i = 0; i < 4; i++) {
+        unlink(files[i]);
+        free(files[i]);
+    }
+}
+END_TEST
+
+/* OpenSSL reads the files at load: a FIFO would block it, a directory is
+ * no certificate. */
+START_TEST(tls_files_must_be_regular_files)
+{
+    char dir[] = "/tmp/test_config_XXXXXX", fifo[64], yaml[512], want[256];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    const char *paths[] = {dir, fifo};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(yaml, sizeof(yaml), "mqtt:\n  tls:\n    ca_file: %s\n" ROUTE, paths[i]);
+        snprintf(want, sizeof(want), "t.yaml:3:14: mqtt.tls.ca_file: '%s' is not a regular file",
+                 paths[i]);
+        refuse(yaml, want, NULL);
+    }
+    unlink(fifo);
+    rmdir(dir);
+}
+END_TEST
 
 START_TEST(invalid_yaml_is_refused_at_the_problem)
 {
@@ -978,6 +1053,8 @@ int main(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
+    /* loading every prefix of the example takes seconds under ASan on a busy machine */
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, defaults_match_the_header);
     tcase_add_test(tc, every_key_is_read);
     tcase_add_test(tc, enums_take_each_name);
@@ -1001,6 +1078,8 @@ int main(void)
     tcase_add_test(tc, headers_are_stored_raw_with_their_position);
     tcase_add_test(tc, builtin_exchanges_need_no_declaration);
     tcase_add_test(tc, tls_section_presence_enables_tls);
+    tcase_add_test(tc, tls_files_openssl_refuses_fail_the_load);
+    tcase_add_test(tc, tls_files_must_be_regular_files);
     tcase_add_test(tc, invalid_yaml_is_refused_at_the_problem);
     tcase_add_test(tc, only_one_document);
     tcase_add_test(tc, the_top_level_must_be_a_mapping);

@@ -10,6 +10,7 @@
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
 #include "check_main.h"
+#include "config_check.h"
 
 #define ROUTE "routes:\n  - {name: r, topic: a/b, exchange: amq.topic}\n"
 #define DLX_TOPOLOGY                                                                               \
@@ -19,27 +20,9 @@
     "      - {name: dlx, type: topic}\n"                                                           \
     "      - {name: hidden, internal: true}\n"
 
-static char err[1024];
-
-static struct m2a_config *load(const char *yaml)
-{
-    struct m2a_config *cfg = NULL;
-    int rc = m2a_config_load_buffer("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == 0, "unexpected error: %s", err);
-    ck_assert_ptr_nonnull(cfg);
-    return cfg;
-}
-
-static void refuse(const char *yaml, const char *prefix, const char *fragment)
-{
-    struct m2a_config *cfg = (struct m2a_config *)&cfg;
-    int rc = m2a_config_load_buffer("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == M2A_ERR_CONFIG, "rc %d for:\n%s\nerr: %s", rc, yaml, err);
-    ck_assert_ptr_null(cfg);
-    ck_assert_msg(!strncmp(err, prefix, strlen(prefix)), "got '%s', want prefix '%s'", err, prefix);
-    if (fragment)
-        ck_assert_msg(strstr(err, fragment), "got '%s', want '%s' in it", err, fragment);
-}
+/* load() and refuse() on "t.yaml": tests/support/config_check.h. */
+#define load   th_config_load
+#define refuse th_config_refuse
 
 START_TEST(policy_defaults)
 {

@@ -12,9 +12,10 @@
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/spool.h"
 #include "check_main.h"
+#include "files.h"
 
 struct fixture {
-    char dir[64];
+    char *dir;
     struct m2a_spool *spool;
     struct m2a_stats st;
     _Atomic uint64_t beat;
@@ -24,8 +25,7 @@ struct fixture {
 static void fixture_init(struct fixture *f)
 {
     memset(f, 0, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/m2a-metrics-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(f->dir));
+    f->dir = th_tmpdir_new("metrics");
     char err[256];
     struct m2a_spool_opts so = {
         .dir = f->dir, .max_bytes = 1 << 20, .segment_bytes = 64 << 10, .fsync = M2A_FSYNC_NEVER};
@@ -42,9 +42,8 @@ static void fixture_free(struct fixture *f)
 {
     m2a_spool_close(f->spool);
     m2a_route_stats_free(f->st.routes);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_eq(th_rmtree(f->dir), 0);
+    free(f->dir);
 }
 
 static char *render(struct fixture *f)
@@ -166,6 +165,28 @@ START_TEST(ready_needs_both_sides_and_room_in_the_spool)
 }
 END_TEST
 
+/* Issue 9: the HTTP server's connection limit leaves the bridge its own
+ * descriptors under any RLIMIT_NOFILE. */
+START_TEST(connection_limit_leaves_descriptors_for_the_bridge)
+{
+    ck_assert_uint_eq(m2a_metrics_connection_limit(UINT64_MAX), M2A_METRICS_MAX_CONNECTIONS);
+    ck_assert_uint_eq(m2a_metrics_connection_limit(1048576), M2A_METRICS_MAX_CONNECTIONS);
+    ck_assert_uint_eq(
+        m2a_metrics_connection_limit(M2A_METRICS_MAX_CONNECTIONS + M2A_METRICS_FD_RESERVE),
+        M2A_METRICS_MAX_CONNECTIONS);
+    ck_assert_uint_eq(m2a_metrics_connection_limit(1024), M2A_METRICS_MAX_CONNECTIONS);
+    ck_assert_uint_eq(m2a_metrics_connection_limit(512), 512 - M2A_METRICS_FD_RESERVE);
+    ck_assert_uint_eq(m2a_metrics_connection_limit(256), 256 - M2A_METRICS_FD_RESERVE);
+    ck_assert_uint_eq(m2a_metrics_connection_limit(100), 25);
+    ck_assert_uint_eq(m2a_metrics_connection_limit(8), 4);
+    for (uint64_t n = 16; n <= 4096; n++) { /* never more than leaves a reserve */
+        unsigned l = m2a_metrics_connection_limit(n);
+        ck_assert(l >= 4 && l <= M2A_METRICS_MAX_CONNECTIONS);
+        ck_assert(n - l >= (n >= 2 * M2A_METRICS_FD_RESERVE ? M2A_METRICS_FD_RESERVE : n / 2));
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("metrics");
@@ -173,6 +194,7 @@ int main(void)
     tcase_add_test(tc, exposition_has_every_series_with_its_type);
     tcase_add_test(tc, histogram_is_cumulative_and_counts_match);
     tcase_add_test(tc, ready_needs_both_sides_and_room_in_the_spool);
+    tcase_add_test(tc, connection_limit_leaves_descriptors_for_the_bridge);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }

@@ -33,6 +33,7 @@
 #include "mqtt2amqp/stats.h"
 #include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "files.h"
 
 #define MAX_MSGS       200
 #define PAYLOAD_LEN    100
@@ -71,19 +72,12 @@ struct broker {
     bool disconnect_packet;   /* the client sent DISCONNECT */
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* 0 ok, -1 deadline passed, -2 EOF or error. */
 static int read_full(int fd, void *buf, size_t n, uint64_t deadline)
 {
     unsigned char *p = buf;
     while (n > 0) {
-        uint64_t now = now_ms();
+        uint64_t now = m2a_now_ms();
         if (now >= deadline)
             return -1;
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
@@ -154,16 +148,10 @@ static bool in_segments(const char *dir, const char *needle)
         if (nl < 4 || strcmp(e->d_name + nl - 4, ".seg") != 0)
             continue;
         char *path = xasprintf("%s/%s", dir, e->d_name);
-        struct m2a_buf b = {0};
-        int fd = open(path, O_RDONLY);
-        char chunk[65536];
-        ssize_t n;
-        while (fd >= 0 && (n = read(fd, chunk, sizeof(chunk))) > 0)
-            m2a_buf_append(&b, chunk, (size_t)n);
-        if (fd >= 0)
-            close(fd);
-        found = b.len && memmem(b.data, b.len, needle, strlen(needle)) != NULL;
-        m2a_buf_free(&b);
+        size_t len = 0;
+        char *text = th_read_file(path, &len);
+        found = text && memmem(text, len, needle, strlen(needle)) != NULL;
+        free(text);
         free(path);
     }
     closedir(d);
@@ -197,7 +185,7 @@ static int handshake(struct broker *br, int fd)
     unsigned char buf[1024];
     size_t len;
     int type;
-    if (read_packet(fd, &type, buf, sizeof(buf), &len, now_ms() + STEP_TIMEOUT) || type != 1 ||
+    if (read_packet(fd, &type, buf, sizeof(buf), &len, m2a_now_ms() + STEP_TIMEOUT) || type != 1 ||
         len < 10) {
         snprintf(br->fail, sizeof(br->fail), "no CONNECT");
         return -1;
@@ -206,7 +194,7 @@ static int handshake(struct broker *br, int fd)
     br->connect_flags = buf[7];
     write_all(fd, "\x20\x02\x00\x00", 4);
 
-    if (read_packet(fd, &type, buf, sizeof(buf), &len, now_ms() + STEP_TIMEOUT) ||
+    if (read_packet(fd, &type, buf, sizeof(buf), &len, m2a_now_ms() + STEP_TIMEOUT) ||
         type != PKT_SUBSCRIBE || len < 6) {
         snprintf(br->fail, sizeof(br->fail), "no SUBSCRIBE");
         return -1;
@@ -242,7 +230,7 @@ static void collect_acks(struct broker *br, int fd, int upto)
     bool wait_window = false;
     for (int i = 0; i < upto; i++)
         wait_window |= br->no_ack[i];
-    uint64_t deadline = now_ms() + (wait_window ? NO_ACK_WINDOW : STEP_TIMEOUT);
+    uint64_t deadline = m2a_now_ms() + (wait_window ? NO_ACK_WINDOW : STEP_TIMEOUT);
     while (wait_window || !all_acked(br, upto)) {
         int rc = read_packet(fd, &type, buf, sizeof(buf), &len, deadline);
         if (rc == -1)
@@ -310,7 +298,7 @@ static void broker_listen(struct broker *br)
 /* --- the bridge side -------------------------------------------------------------- */
 
 struct rig {
-    char dir[64];
+    char *dir;
     uint64_t spool_max;
     struct broker br;
     struct m2a_config cfg;
@@ -348,8 +336,7 @@ static void rig_init(struct rig *r, int nmsgs, uint64_t spool_max)
     r->spool_max = spool_max;
     r->br.nmsgs = nmsgs;
     r->br.suback_code = 1;
-    snprintf(r->dir, sizeof(r->dir), "/tmp/m2a-puback-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(r->dir));
+    r->dir = th_tmpdir_new("puback");
     r->br.spool_dir = r->dir;
     broker_listen(&r->br);
 }
@@ -430,18 +417,8 @@ static void rig_finish(struct rig *r)
 
 static void rig_cleanup(struct rig *r)
 {
-    DIR *d = opendir(r->dir);
-    struct dirent *e;
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        char *p = xasprintf("%s/%s", r->dir, e->d_name);
-        unlink(p);
-        free(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(r->dir);
+    th_rmtree(r->dir);
+    free(r->dir);
     for (int i = 0; i < r->br.nmsgs; i++)
         free(r->br.payloads[i]);
 }

@@ -6,58 +6,45 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "mqtt2amqp/config.h"
-#include "mqtt2amqp/crc32c.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/spool_format.h"
 #include "check_main.h"
-
-/* Loads text; returns the error message (static buffer), "" on success. */
-static const char *load_error(const char *text)
-{
-    static char err[512];
-    struct m2a_config *cfg = NULL;
-    err[0] = '\0';
-    int rc = m2a_config_load_buffer("c.yaml", text, strlen(text), &cfg, err, sizeof(err));
-    m2a_config_free(cfg);
-    return rc == 0 ? "" : err;
-}
+#include "config_check.h"
+#include "files.h"
 
 /* fuzz_config: an input ending inside a flow collection, or an empty
  * document, without a final newline was reported one line below the last
- * line of the file ("c.yaml:4:1" for a 3-line file), in the position and in
+ * line of the file ("t.yaml:4:1" for a 3-line file), in the position and in
  * the context. */
 START_TEST(test_yaml_error_at_end_of_input_points_into_the_file)
 {
-    const char *e = load_error("mqtt:\n  hotd: x\nroutes: [  ");
-    ck_assert_msg(strncmp(e, "c.yaml:3:12: ", 13) == 0, "got \"%s\"", e);
+    const char *e = th_config_error("mqtt:\n  hotd: x\nroutes: [  ");
+    ck_assert_msg(strncmp(e, "t.yaml:3:12: ", 13) == 0, "got \"%s\"", e);
     ck_assert_msg(strstr(e, "line 3, column 12") != NULL, "got \"%s\"", e);
 
     /* Unterminated quoted scalar: end of the last line, not a new one. */
-    e = load_error("routes:\n  - name: \"abc");
-    ck_assert_msg(strncmp(e, "c.yaml:2:15: ", 13) == 0, "got \"%s\"", e);
+    e = th_config_error("routes:\n  - name: \"abc");
+    ck_assert_msg(strncmp(e, "t.yaml:2:15: ", 13) == 0, "got \"%s\"", e);
 
     /* With CRLF line ends libyaml counts "\r\n" as one break. */
-    e = load_error("a: b\r\nroutes: {x\r\n");
-    ck_assert_msg(strncmp(e, "c.yaml:3:1: ", 12) == 0, "got \"%s\"", e);
+    e = th_config_error("a: b\r\nroutes: {x\r\n");
+    ck_assert_msg(strncmp(e, "t.yaml:3:1: ", 12) == 0, "got \"%s\"", e);
 
     /* An empty document: libyaml's empty root node sits on the line below. */
-    e = load_error("---");
-    ck_assert_msg(strncmp(e, "c.yaml:1:4: ", 12) == 0, "got \"%s\"", e);
+    e = th_config_error("---");
+    ck_assert_msg(strncmp(e, "t.yaml:1:4: ", 12) == 0, "got \"%s\"", e);
 
     /* A final newline puts the end on the (empty) next line: unchanged. */
-    e = load_error("routes: [\n");
-    ck_assert_msg(strncmp(e, "c.yaml:2:1: ", 12) == 0, "got \"%s\"", e);
+    e = th_config_error("routes: [\n");
+    ck_assert_msg(strncmp(e, "t.yaml:2:1: ", 12) == 0, "got \"%s\"", e);
 }
 END_TEST
 
-/* Appends a CRC-valid spool record (layout: src/spool/spool.c's opening comment)
- * holding a small envelope to b. */
+/* Appends a CRC-valid spool record (layout: spool_format.h) holding a
+ * small envelope to b. */
 static void put_record(struct m2a_buf *b, uint64_t seq)
 {
     struct m2a_envelope env = {.route = {"r", 1},
@@ -66,24 +53,11 @@ static void put_record(struct m2a_buf *b, uint64_t seq)
                                .topic = {"t", 1},
                                .qos = 1,
                                .body = {"x", 1}};
-    struct m2a_buf payload = {0};
-    m2a_envelope_encode(&env, &payload);
-    unsigned char h[20];
-    uint32_t len = (uint32_t)payload.len;
-    for (int i = 0; i < 4; i++) {
-        h[i] = (unsigned char)(0x5251324du >> (8 * i));
-        h[4 + i] = (unsigned char)(len >> (8 * i));
-    }
-    for (int i = 0; i < 8; i++)
-        h[12 + i] = (unsigned char)(seq >> (8 * i));
-    uint32_t crc = m2a_crc32c(0, h + 4, 4);
-    crc = m2a_crc32c(crc, h + 12, 8);
-    crc = m2a_crc32c(crc, payload.data, payload.len);
-    for (int i = 0; i < 4; i++)
-        h[8 + i] = (unsigned char)(crc >> (8 * i));
-    m2a_buf_append(b, h, sizeof(h));
-    m2a_buf_append(b, payload.data, payload.len);
-    m2a_buf_free(&payload);
+    size_t start = b->len;
+    m2a_buf_reserve(b, M2A_SPOOL_RECORD_HEADER);
+    b->len += M2A_SPOOL_RECORD_HEADER;
+    m2a_envelope_encode(&env, b);
+    m2a_spool_format_record_header(b->data + start, b->len - start - M2A_SPOOL_RECORD_HEADER, seq);
 }
 
 static void write_segment(const char *dir, uint64_t first, const uint64_t *seqs, size_t n)
@@ -91,12 +65,10 @@ static void write_segment(const char *dir, uint64_t first, const uint64_t *seqs,
     struct m2a_buf b = {0};
     for (size_t i = 0; i < n; i++)
         put_record(&b, seqs[i]);
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%020llu.seg", dir, (unsigned long long)first);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(write(fd, b.data, b.len), (ssize_t)b.len);
-    close(fd);
+    char name[M2A_SPOOL_NAME_MAX], path[512];
+    m2a_spool_format_segment_name(name, sizeof(name), first);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    ck_assert_int_eq(th_write_bytes(path, b.data, b.len), 0);
     m2a_buf_free(&b);
 }
 
@@ -107,8 +79,7 @@ static void write_segment(const char *dir, uint64_t first, const uint64_t *seqs,
  * so 5, 10, 11 and 12 were never published. */
 START_TEST(test_reader_skips_record_numbered_for_a_later_segment)
 {
-    char dir[] = "/tmp/m2a-test-regressions-XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *dir = th_tmpdir_new("regressions");
     write_segment(dir, 1, (const uint64_t[]){1, 50, 5}, 3);
     write_segment(dir, 10, (const uint64_t[]){10, 11, 12}, 3);
 
@@ -135,9 +106,8 @@ START_TEST(test_reader_skips_record_numbered_for_a_later_segment)
     ck_assert_int_eq(m2a_spool_commit(s, 12), 0);
     m2a_spool_close(s);
 
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_eq(th_rmtree(dir), 0);
+    free(dir);
 }
 END_TEST
 

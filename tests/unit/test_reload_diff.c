@@ -8,6 +8,7 @@
 #include "mqtt2amqp/reload.h"
 #include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "config_check.h"
 
 #define BASE                                                                                       \
     "mqtt: {host: 127.0.0.1, client_id: a%s}\n"                                                    \
@@ -27,10 +28,7 @@ static struct m2a_config *load(const char *mqtt_extra, const char *amqp_extra, c
 {
     char *text = xasprintf(BASE, mqtt_extra, amqp_extra, more_x, more_q, spool_extra, more_routes,
                            level, tail);
-    struct m2a_config *cfg = NULL;
-    char err[512];
-    int rc = m2a_config_load_buffer("t.yaml", text, strlen(text), &cfg, err, sizeof(err));
-    ck_assert_msg(rc == 0, "%s\n%s", err, text);
+    struct m2a_config *cfg = th_config_load(text);
     free(text);
     return cfg;
 }

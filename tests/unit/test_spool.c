@@ -1,7 +1,9 @@
 /* test_spool.c - the spool: round trips, replay after reopen, rotation and
  * deletion, recovery from torn and bit-flipped segments and a damaged
- * checkpoint, max_bytes, the directory lock, rewind, a rolled-back failed
- * write, and a writer and a reader thread racing over 200,000 records.
+ * checkpoint, max_bytes, the directory lock, replay from the committed
+ * position, a rolled-back failed write, and a writer and a reader thread
+ * racing over 200,000 records (the writer waiting for room on the room fd,
+ * the reader serving it in m2a_spool_maintain).
  *
  * Each test works in its own mkdtemp() directory, removed afterwards. Records
  * carry real envelopes (m2a_envelope_encode/decode); the n-th record appended
@@ -10,11 +12,9 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +27,9 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool.h"
+#include "mqtt2amqp/util.h"
 #include "check_main.h"
+#include "files.h"
 
 #define REC_HDR 20 /* the spool's record header, for offsets into segments */
 
@@ -43,39 +45,31 @@
 /* One directory for the run (removed by the unchecked teardown, which runs
  * in check's parent process even when a test fails and its child exits
  * early), and in it one mkdtemp() directory per test. */
-static char suitedir[64];
-static char tmpdir[96];
-static char spooldir[128];
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+static char *suitedir, *tmpdir, *spooldir;
 
 static void suite_setup(void)
 {
-    strcpy(suitedir, "/tmp/m2a-spool-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(suitedir));
+    suitedir = th_tmpdir_new("spool");
 }
 
 static void suite_teardown(void)
 {
-    nftw(suitedir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(suitedir);
+    free(suitedir);
 }
 
 static void setup(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "%s/t-XXXXXX", suitedir);
+    tmpdir = xasprintf("%s/t-XXXXXX", suitedir);
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    snprintf(spooldir, sizeof(spooldir), "%s/spool", tmpdir);
+    spooldir = xasprintf("%s/spool", tmpdir);
 }
 
 static void teardown(void)
 {
-    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(tmpdir);
+    free(tmpdir);
+    free(spooldir);
 }
 
 static const struct m2a_header test_headers[] = {{{"x-src", 5}, {"unit", 4}}};
@@ -107,12 +101,24 @@ static struct m2a_envelope make_env(char *body, size_t bodylen, uint64_t n)
 
 static size_t body_len = 100;
 
+/* Appends e; refused for want of room, plays the reader's part once
+ * (m2a_spool_maintain serves the request) and tries again. */
+static int append_env(struct m2a_spool *s, const struct m2a_envelope *e, uint64_t *seq)
+{
+    int rc = m2a_spool_append(s, e, seq);
+    if (rc == M2A_ERR_FULL) {
+        REQUIRE(m2a_spool_maintain(s) == 0);
+        rc = m2a_spool_append(s, e, seq);
+    }
+    return rc;
+}
+
 static uint64_t append_n(struct m2a_spool *s, uint64_t n)
 {
     char body[4096];
     uint64_t seq = 0;
     struct m2a_envelope e = make_env(body, body_len, n);
-    REQUIRE(m2a_spool_append(s, &e, &seq) == 0);
+    REQUIRE(append_env(s, &e, &seq) == 0);
     return seq;
 }
 
@@ -566,7 +572,7 @@ static void fill_confirm_refill(uint64_t segment_bytes)
     uint64_t n = 1, seq;
     for (;; n++) {
         struct m2a_envelope e = make_env(body, body_len, n);
-        int rc = m2a_spool_append(s, &e, &seq);
+        int rc = append_env(s, &e, &seq);
         if (rc == M2A_ERR_FULL)
             break;
         ck_assert_int_eq(rc, 0);
@@ -584,7 +590,7 @@ static void fill_confirm_refill(uint64_t segment_bytes)
     for (n = 11; n <= 20; n++)
         ck_assert_uint_eq(append_n(s, n), n);
     struct m2a_envelope e = make_env(body, body_len, 21);
-    ck_assert_int_eq(m2a_spool_append(s, &e, &seq), M2A_ERR_FULL);
+    ck_assert_int_eq(append_env(s, &e, &seq), M2A_ERR_FULL);
     ck_assert_int_eq(m2a_spool_flush(s), 0);
     expect_seqs(s, 11, 20);
     m2a_spool_get_stats(s, &st);
@@ -627,7 +633,16 @@ START_TEST(second_open_of_the_same_directory_is_refused)
 }
 END_TEST
 
-START_TEST(rewind_replays_from_the_committed_position)
+static struct m2a_spool *reopen(struct m2a_spool *s, const struct m2a_spool_opts *o)
+{
+    m2a_spool_close(s);
+    return open_ok(o, NULL);
+}
+
+/* What is replayed after a restart starts right after the committed
+ * position, also inside a segment; a commit that is not the newest still
+ * counts, an older one is ignored. */
+START_TEST(replay_starts_after_the_committed_position)
 {
     struct m2a_spool_opts o = opts_default();
     o.segment_bytes = 5 * rec_size();
@@ -635,22 +650,21 @@ START_TEST(rewind_replays_from_the_committed_position)
     append_range(s, 1, 5);
     expect_seqs(s, 1, 5);
     ck_assert_int_eq(m2a_spool_commit(s, 2), 0);
-    m2a_spool_rewind(s);
+    s = reopen(s, &o);
     expect_seqs(s, 3, 5);
 
     /* Across segments, starting inside one. */
     append_range(s, 6, 40);
     expect_seqs(s, 6, 40);
     ck_assert_int_eq(m2a_spool_commit(s, 27), 0);
-    m2a_spool_rewind(s);
+    s = reopen(s, &o);
     expect_seqs(s, 28, 40);
-    m2a_spool_rewind(s);
-    m2a_spool_rewind(s);
+    s = reopen(s, &o);
+    s = reopen(s, &o);
     expect_seqs(s, 28, 40);
-    /* A commit that is not the newest still counts; an old one is ignored. */
     ck_assert_int_eq(m2a_spool_commit(s, 35), 0);
     ck_assert_int_eq(m2a_spool_commit(s, 30), 0);
-    m2a_spool_rewind(s);
+    s = reopen(s, &o);
     expect_seqs(s, 36, 40);
     m2a_spool_close(s);
 }
@@ -757,12 +771,15 @@ static void *race_writer(void *arg)
             uint64_t seq = 0;
             int rc;
             /* Full: publish what is pending so the reader can confirm it,
-             * and try again (the bridge would pause MQTT instead). */
+             * wait until the reader made room, and try again (the bridge
+             * would pause MQTT instead). */
             while ((rc = m2a_spool_append(r->s, &e, &seq)) == M2A_ERR_FULL) {
                 r->full++;
                 if (m2a_spool_flush(r->s) != 0 || m2a_spool_tick(r->s) != 0)
                     r->errors++;
-                sched_yield();
+                struct pollfd p = {m2a_spool_room_fd(r->s), POLLIN, 0};
+                if (poll(&p, 1, 10000) != 1) /* a timeout is a lost wake-up */
+                    r->errors++;
             }
             if (rc != 0 || seq != n)
                 r->errors++;
@@ -812,9 +829,12 @@ START_TEST(writer_and_reader_threads_deliver_every_seq_once_in_order)
         REQUIRE(rc == M2A_ERR_AGAIN);
         if (expect > 1 && m2a_spool_commit(s, expect - 1) != 0)
             errors++;
+        if (m2a_spool_maintain(s) != 0)
+            errors++;
         if (expect <= THREADED_RECORDS) {
-            struct pollfd p = {m2a_spool_notify_fd(s), POLLIN, 0};
-            REQUIRE(poll(&p, 1, 10000) == 1); /* a timeout is a lost wake-up */
+            struct pollfd p[2] = {{m2a_spool_notify_fd(s), POLLIN, 0},
+                                  {m2a_spool_maint_fd(s), POLLIN, 0}};
+            REQUIRE(poll(p, 2, 10000) >= 1); /* a timeout is a lost wake-up */
         }
     }
     pthread_join(wt, NULL);
@@ -858,7 +878,7 @@ int main(void)
     tcase_add_test(tc, max_bytes_refuses_then_recovers_after_commit);
     tcase_add_test(tc, max_bytes_with_small_segments);
     tcase_add_test(tc, second_open_of_the_same_directory_is_refused);
-    tcase_add_test(tc, rewind_replays_from_the_committed_position);
+    tcase_add_test(tc, replay_starts_after_the_committed_position);
     tcase_add_test(tc, interval_and_never_policies_work);
     tcase_add_test(tc, failed_write_is_rolled_back);
     tcase_add_loop_test(tc, writer_and_reader_threads_deliver_every_seq_once_in_order, 0, 2);
