@@ -32,14 +32,6 @@
 
 #define FIXTURE M2A_SOURCE_DIR "/tests/fixtures/spool-v1"
 
-static void stop_bridge(struct th_bridge *b)
-{
-    ck_assert_int_eq(th_bridge_signal(b, SIGTERM), 0);
-    int code = -1;
-    ck_assert_int_eq(th_bridge_wait_exit(b, 30000, &code), 0);
-    ck_assert_int_eq(code, 0);
-}
-
 static void copy_file(const char *from_dir, const char *to_dir, const char *name)
 {
     char *from = xasprintf("%s/%s", from_dir, name), *to = xasprintf("%s/%s", to_dir, name);
@@ -55,18 +47,14 @@ static void copy_file(const char *from_dir, const char *to_dir, const char *name
     free(to);
 }
 
-/* A consumer of queue on its own connection, declared and purged; bound to
- * exchange (declared, topic) with key unless exchange is NULL. */
-static struct th_amqp *consumer(const char *queue, const char *exchange, const char *key)
+/* A consumer of a fresh queue bound to nothing yet (the test binds it when
+ * the bridge has shown what happens to unroutable messages). */
+static struct th_amqp *unbound_consumer(const char *queue)
 {
     struct th_amqp *c = th_amqp_connect(th_rabbit_port(), 10000, false);
     ck_assert_ptr_nonnull(c);
     th_amqp_delete(c, queue);
     ck_assert_int_eq(th_amqp_declare(c, queue, true, false), 0);
-    if (exchange) {
-        ck_assert_int_eq(th_amqp_declare_exchange(c, exchange, "topic", true), 0);
-        ck_assert_int_eq(th_amqp_bind(c, queue, exchange, key), 0);
-    }
     ck_assert_int_eq(th_amqp_consume(c, queue), 0);
     return c;
 }
@@ -106,8 +94,10 @@ START_TEST(a_version_1_spool_written_by_0_1_0_is_replayed_by_route_name)
     ck_assert_int_eq(mkdir(b->spool_dir, 0700), 0);
     copy_file(FIXTURE, b->spool_dir, "00000000000000000001.seg");
     copy_file(FIXTURE, b->spool_dir, "spool.id");
-    struct th_amqp *dlq = consumer("it.upgrade.dlq", "it.upgrade.dlx", "#");
-    struct th_amqp *kept = consumer("it.upgrade.kept", NULL, NULL); /* not bound yet */
+    struct th_amqp *dlq =
+        th_amqp_consumer(th_rabbit_port(), "it.upgrade.dlq", "it.upgrade.dlx", "#");
+    ck_assert_ptr_nonnull(dlq);
+    struct th_amqp *kept = unbound_consumer("it.upgrade.kept");
     ck_assert_int_eq(th_bridge_config(b, upgrade_yaml), 0);
     ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
     ck_assert_int_eq(th_bridge_wait_log(b, "16 to replay", 1000), 0);
@@ -126,7 +116,7 @@ START_TEST(a_version_1_spool_written_by_0_1_0_is_replayed_by_route_name)
     ck_assert_int_eq(th_amqp_bind(kept, "it.upgrade.kept", "it.upgrade", "up.#"), 0);
     struct th_msgs got = {0};
     int rc2 = th_amqp_collect(kept, &got, 10, 30000);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(dlq, &dead, 300);
     th_amqp_drain(kept, &got, 300);
 
@@ -191,7 +181,7 @@ START_TEST(route_ids_of_an_earlier_process_are_not_trusted)
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
     struct th_bridge *b = th_bridge_new(mq);
-    struct th_amqp *c = consumer("it.ids.keep", NULL, NULL);
+    struct th_amqp *c = unbound_consumer("it.ids.keep");
     th_bridge_set(b, "AMQP_PORT", "%d", th_free_port()); /* nothing listens */
     char *yaml = ids_yaml(false);
     ck_assert_int_eq(th_bridge_config(b, yaml), 0);
@@ -209,7 +199,7 @@ START_TEST(route_ids_of_an_earlier_process_are_not_trusted)
     char *spooled = xasprintf(" spooled=%ld ", n);
     ck_assert_int_eq(th_bridge_wait_log(b, spooled, 30000), 0);
     free(spooled);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
 
     th_bridge_set(b, "AMQP_PORT", "%d", th_rabbit_port());
     yaml = ids_yaml(true);
@@ -220,7 +210,7 @@ START_TEST(route_ids_of_an_earlier_process_are_not_trusted)
     ck_assert_int_eq(th_amqp_bind(c, "it.ids.keep", "it.ids", "ids.keep.#"), 0);
     struct th_msgs got = {0};
     int rc = th_amqp_collect(c, &got, (size_t)n, 30000);
-    stop_bridge(b);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
     th_amqp_drain(c, &got, 300);
     ck_assert_int_eq(retrying, 0);
     ck_assert_int_eq(rc, 0);
