@@ -1,28 +1,37 @@
-/* app.c - process lifetime: start-up, the main thread's signal and stats
- * loop, and orderly shutdown.
+/* app.c - process lifetime: start-up, the main thread's loop (signals,
+ * stats, the answers of a reload in flight), and orderly shutdown.
  *
  * Threads: the main thread (this file) blocks every signal it handles before
  * any other thread exists, so libmosquitto's, rabbitmq-c's and our service
- * threads inherit the mask and signals are only ever taken here, with
- * sigtimedwait. The MQTT thread (mqtt_in.c) and the AMQP thread
- * (amqp_out.c) share only the spool and the counters. */
+ * threads inherit the mask and signals are only ever taken here, through a
+ * signalfd polled next to the reload's answer fd (reload.c): the main
+ * thread never waits for another thread while it runs, so a SIGTERM is
+ * acted on at once, also in the middle of a reload. It owns the start
+ * generation (the settings a reload does not apply) and the route
+ * registry; the MQTT thread (mqtt_in.c) and the AMQP thread (amqp_out.c)
+ * each hold the generation they run, and share the spool and the
+ * counters. */
 #include "mqtt2amqp/app.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
 #include "mqtt2amqp/amqp_out.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/metrics.h"
 #include "mqtt2amqp/mqtt_in.h"
 #include "mqtt2amqp/reload.h"
 #include "mqtt2amqp/route_stats.h"
-#include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/stats.h"
 #include "mqtt2amqp/util.h"
@@ -39,6 +48,8 @@ static const char *fsync_name(enum m2a_fsync_policy p)
     }
     return "?";
 }
+
+#define HEARTBEAT_MS 250 /* the main loop turns at least this often (/healthz) */
 
 static void log_start(const struct m2a_config *cfg, const struct m2a_routes *routes)
 {
@@ -94,179 +105,118 @@ static void log_recovery(const struct m2a_spool_recovery *rec, const char *dir)
                   rec->corrupt_records, dir);
 }
 
-/* What the main loop and a reload work on (main thread only, except
- * heartbeat_ms, read by the metrics thread for /healthz). */
+/* What the main loop works on (main thread only, except heartbeat_ms,
+ * read by the metrics thread for /healthz). */
 struct live {
-    const struct m2a_config *boot; /* the start config: connections, spool, policies */
-    const struct m2a_config *cur;  /* the last one applied: routes, topology, log */
-    struct m2a_config **kept;      /* configs loaded by reloads; the threads borrow */
-    size_t nkept;                  /* from them, so they are freed only at exit */
     struct m2a_stats *st;
     struct m2a_spool *spool;
-    struct m2a_mqtt_in *mi;
-    struct m2a_amqp_out *ao;
+    struct m2a_reload *reload;
+    int sigfd; /* signalfd of SIGTERM, SIGINT, SIGHUP */
     _Atomic uint64_t heartbeat_ms;
 };
 
-#define RELOAD_AMQP_WAIT_MS 30000 /* for the AMQP thread to declare the new topology */
-
-static void warn_unapplied(void *ud, const char *key)
+/* The config whose main-thread settings apply now (log, stats interval,
+ * shutdown timeout): the last generation a reload applied. */
+static const struct m2a_config *running_cfg(const struct live *lv)
 {
-    (void)ud;
-    m2a_warn("bridge",
-             "reload: %s changed, but connection, spool and policy settings are not "
-             "applied until a restart; the running value stays",
-             key);
+    return m2a_generation_config(m2a_reload_running(lv->reload));
 }
 
-static void note_removed(void *ud, const char *what)
+static uint64_t stats_interval_ms(const struct live *lv)
 {
-    (void)ud;
-    m2a_info("bridge",
-             "reload: %s is no longer in the configuration; left in RabbitMQ (the "
-             "bridge never deletes)",
-             what);
+    return (uint64_t)running_cfg(lv)->log.stats_interval * 1000u;
 }
 
-static void register_routes(struct m2a_route_stats *rs, const struct m2a_config *cfg)
+/* The signal signalfd has for us, or 0. */
+static int take_signal(int sigfd)
 {
-    for (size_t i = 0; i < cfg->nroutes; i++)
-        if (!m2a_route_stats_register(rs, cfg->routes[i].name))
-            m2a_warn("bridge", "route %s: more than %d route names seen, its metrics are not kept",
-                     cfg->routes[i].name, M2A_ROUTE_STATS_MAX);
+    struct signalfd_siginfo si;
+    ssize_t n = read(sigfd, &si, sizeof(si));
+    return n == (ssize_t)sizeof(si) ? (int)si.ssi_signo : 0;
 }
 
-/* Waits for the AMQP thread to take reload `ticket`: 0, M2A_ERR_AMQP (err
- * says why) or M2A_ERR_TIMEOUT. It takes it within a turn (~100 ms) unless
- * it is inside a connect (bounded by its connect and RPC timeouts). */
-static int wait_amqp_reload(struct live *lv, uint64_t ticket, char *err, size_t errlen)
+/* The main loop: waits on the signals and on the reload's answers from the
+ * AMQP thread, never on another thread, until SIGTERM/SIGINT; logs stats on
+ * schedule; reloads on SIGHUP. */
+static int wait_for_stop(struct live *lv)
 {
-    uint64_t deadline = m2a_now_ms() + RELOAD_AMQP_WAIT_MS;
+    uint64_t interval = stats_interval_ms(lv);
+    uint64_t next_stats = m2a_now_ms() + interval;
     for (;;) {
-        int rc = m2a_amqp_out_reload_result(lv->ao, ticket, err, errlen);
-        if (rc != M2A_ERR_AGAIN)
-            return rc;
-        if (m2a_now_ms() >= deadline)
-            return M2A_ERR_TIMEOUT;
-        atomic_store_explicit(&lv->heartbeat_ms, m2a_now_ms(), memory_order_relaxed);
-        struct timespec ts = {0, 10 * 1000 * 1000}; /* polls a result, bounded above */
-        nanosleep(&ts, NULL);
-    }
-}
-
-/* SIGHUP: re-reads the config file. A file that does not load (its
- * file:line:column error is logged), or a topology RabbitMQ refuses, leaves
- * everything as it was. Otherwise the AMQP thread declares the new topology
- * first, then the MQTT thread takes the new routes between two read
- * batches: no message is dropped or read twice by the swap, and no record of
- * a new route reaches RabbitMQ before its exchange exists. */
-static void reload(struct live *lv)
-{
-    char err[1024];
-    struct m2a_config *next = NULL;
-    struct m2a_routes *routes = NULL;
-    const char *path = lv->boot->path;
-    m2a_info("bridge", "SIGHUP received: reloading %s", path);
-    if (m2a_config_load(path, &next, err, sizeof(err)) != 0) {
-        m2a_error("bridge", "reload refused, the running configuration stays: %s", err);
-        return;
-    }
-    if (m2a_routes_compile(next, &routes, err, sizeof(err)) != 0) {
-        m2a_error("bridge", "reload refused, the running configuration stays: %s", err);
-        m2a_config_free(next);
-        return;
-    }
-    m2a_reload_unapplied(lv->boot, next, warn_unapplied, NULL);
-    m2a_reload_removed_topology(lv->cur, next, note_removed, NULL);
-    register_routes(lv->st->routes, next);
-    /* From here the AMQP thread may borrow next: it lives until exit. */
-    lv->kept = xrealloc(lv->kept, (lv->nkept + 1) * sizeof(*lv->kept));
-    lv->kept[lv->nkept++] = next;
-
-    uint64_t ticket = m2a_amqp_out_reload(lv->ao, &next->amqp, next->routes, next->nroutes);
-    int rc = wait_amqp_reload(lv, ticket, err, sizeof(err));
-    if (rc != 0) {
-        if (rc == M2A_ERR_TIMEOUT)
-            m2a_error("bridge",
-                      "reload: the AMQP side did not take the new topology within %d s "
-                      "(connecting?); routes unchanged, it will declare the topology when it "
-                      "can; send SIGHUP again",
-                      RELOAD_AMQP_WAIT_MS / 1000);
-        else
-            m2a_error("bridge",
-                      "reload refused, the running configuration stays: RabbitMQ "
-                      "refused the new topology: %s",
-                      err);
-        m2a_routes_free(routes);
-        return;
-    }
-    size_t nroutes = m2a_routes_count(routes), nsubs = m2a_routes_nsubscriptions(routes);
-    m2a_mqtt_in_set_routes(lv->mi, routes); /* now the MQTT thread's */
-    m2a_log_set_level((enum m2a_log_level)next->log.level);
-    m2a_log_set_format((enum m2a_log_format)next->log.format);
-    lv->cur = next;
-    m2a_info("bridge",
-             "reload applied: %zu routes, %zu subscriptions, %zu exchanges and %zu "
-             "queues declared",
-             nroutes, nsubs, next->amqp.nexchanges, next->amqp.nqueues);
-}
-
-/* Waits for a signal until SIGTERM/SIGINT, logging stats on schedule and
- * reloading on SIGHUP. */
-static int wait_for_stop(struct live *lv, const sigset_t *set)
-{
-    uint64_t next_stats = m2a_now_ms() + (uint64_t)lv->cur->log.stats_interval * 1000u;
-    for (;;) {
-        atomic_store_explicit(&lv->heartbeat_ms, m2a_now_ms(), memory_order_relaxed);
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = 250 * 1000 * 1000};
-        int sig = sigtimedwait(set, NULL, &ts);
-        if (sig == SIGTERM || sig == SIGINT)
-            return sig;
-        if (sig == SIGHUP) {
-            int was = lv->cur->log.stats_interval;
-            reload(lv);
-            if (lv->cur->log.stats_interval != was)
-                next_stats = m2a_now_ms() + (uint64_t)lv->cur->log.stats_interval * 1000u;
+        uint64_t now = m2a_now_ms();
+        atomic_store_explicit(&lv->heartbeat_ms, now, memory_order_relaxed);
+        uint64_t timeout = HEARTBEAT_MS;
+        if (interval && next_stats > now && next_stats - now < timeout)
+            timeout = next_stats - now;
+        else if (interval && next_stats <= now)
+            timeout = 0;
+        struct pollfd p[2] = {{.fd = lv->sigfd, .events = POLLIN},
+                              {.fd = m2a_reload_fd(lv->reload), .events = POLLIN}};
+        if (poll(p, 2, (int)timeout) < 0 && errno != EINTR) {
+            m2a_error("bridge", "poll: %s", strerror(errno));
+            return SIGTERM;
         }
-        uint64_t interval_ms = (uint64_t)lv->cur->log.stats_interval * 1000u;
-        if (interval_ms && m2a_now_ms() >= next_stats) {
+        if (p[0].revents & POLLIN) {
+            int sig = take_signal(lv->sigfd);
+            if (sig == SIGTERM || sig == SIGINT)
+                return sig;
+            if (sig == SIGHUP)
+                m2a_reload_request(lv->reload);
+        }
+        if ((p[1].revents & POLLIN) && m2a_reload_handle(lv->reload) &&
+            stats_interval_ms(lv) != interval) {
+            interval = stats_interval_ms(lv);
+            next_stats = m2a_now_ms() + interval;
+        }
+        if (interval && m2a_now_ms() >= next_stats) {
             log_stats(lv->st, lv->spool);
-            next_stats += interval_ms;
+            next_stats += interval;
         }
     }
 }
 
-int m2a_app_run(const struct m2a_config *cfg)
+int m2a_app_run(struct m2a_config *cfg)
 {
     int rc = M2A_EXIT_RUNTIME;
-    char err[512] = "";
-    struct m2a_routes *routes = NULL;
+    char err[1024] = "";
+    struct m2a_generation *start = NULL;
     struct m2a_spool *spool = NULL;
     struct m2a_mqtt_in *mi = NULL;
     struct m2a_amqp_out *ao = NULL;
     struct m2a_metrics *metrics = NULL;
     struct m2a_stats *st = xcalloc(1, sizeof(*st));
-    struct live lv = {.boot = cfg, .cur = cfg, .st = st};
-    sigset_t set;
+    struct live lv = {.st = st, .sigfd = -1};
+    sigset_t set, pipe;
 
+    /* Before any thread exists, so that every thread inherits the mask and
+     * these signals only ever reach the signalfd. */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
 
     m2a_log_set_level((enum m2a_log_level)cfg->log.level);
     m2a_log_set_format((enum m2a_log_format)cfg->log.format);
 
-    if (m2a_routes_compile(cfg, &routes, err, sizeof(err)) != 0) {
+    st->routes = m2a_route_stats_new();
+    if (m2a_generation_new(cfg, NULL, st->routes, &start, err, sizeof(err)) != 0) {
         m2a_error("bridge", "routes: %s", err);
         rc = M2A_EXIT_CONFIG;
         goto out;
     }
-    log_start(cfg, routes);
-    st->routes = m2a_route_stats_new();
-    register_routes(st->routes, cfg);
+    /* cfg belongs to the start generation now, which lives until the end. */
+    log_start(cfg, m2a_generation_routes(start));
+
+    lv.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    lv.reload = m2a_reload_new(start, st->routes);
+    if (lv.sigfd < 0 || !lv.reload) {
+        m2a_error("bridge", "cannot create the main loop's descriptors: %s", strerror(errno));
+        goto out;
+    }
 
     struct m2a_spool_opts so = {.dir = cfg->spool.dir,
                                 .max_bytes = cfg->spool.max_bytes,
@@ -279,32 +229,33 @@ int m2a_app_run(const struct m2a_config *cfg)
         goto out;
     }
     log_recovery(&rec, cfg->spool.dir);
+    /* Records from here on are this process's: their route ids are ours. */
+    struct m2a_spool_stats opened;
+    m2a_spool_get_stats(spool, &opened);
 
     struct m2a_amqp_out_opts ao_opts = {.conf = &cfg->amqp,
+                                        .generation = start,
                                         .spool = spool,
                                         .stats = st,
-                                        .dead_letter = &cfg->dead_letter,
-                                        .routes = cfg->routes,
-                                        .nroutes = cfg->nroutes,
-                                        .max_age_ms = cfg->spool.max_age_ms};
+                                        .trusted_from_seq = opened.next_seq,
+                                        .on_generation = m2a_reload_answer,
+                                        .on_generation_ud = lv.reload};
     if (m2a_amqp_out_start(&ao_opts, &ao, err, sizeof(err)) != 0) {
         m2a_error("amqp", "cannot start: %s", err);
         goto out;
     }
     struct m2a_mqtt_in_opts mi_opts = {.conf = &cfg->mqtt,
-                                       .routes = routes,
+                                       .generation = start,
                                        .spool = spool,
                                        .spool_max_bytes = cfg->spool.max_bytes,
                                        .stats = st,
-                                       .dead_letter = &cfg->dead_letter,
                                        .spool_overflow = cfg->spool.overflow};
     if (m2a_mqtt_in_start(&mi_opts, &mi, err, sizeof(err)) != 0) {
         m2a_error("mqtt", "cannot start: %s", err);
         goto out;
     }
+    m2a_reload_attach(lv.reload, ao, mi);
     lv.spool = spool;
-    lv.mi = mi;
-    lv.ao = ao;
     atomic_store(&lv.heartbeat_ms, m2a_now_ms());
     if (cfg->metrics.enabled) {
         struct m2a_metrics_opts mo = {.listen = cfg->metrics.listen,
@@ -320,12 +271,14 @@ int m2a_app_run(const struct m2a_config *cfg)
                  cfg->metrics.listen);
     }
 
-    int sig = wait_for_stop(&lv, &set);
+    int sig = wait_for_stop(&lv);
+    int timeout_s = running_cfg(&lv)->shutdown_timeout;
     m2a_info("bridge", "%s received: stopping MQTT input, waiting up to %d s for confirms",
-             sig == SIGTERM ? "SIGTERM" : "SIGINT", lv.cur->shutdown_timeout);
+             sig == SIGTERM ? "SIGTERM" : "SIGINT", timeout_s);
+    m2a_reload_attach(lv.reload, NULL, NULL);
     m2a_mqtt_in_stop(mi);
     mi = NULL;
-    m2a_amqp_out_stop(ao, lv.cur->shutdown_timeout * 1000);
+    m2a_amqp_out_stop(ao, timeout_s * 1000);
     ao = NULL;
     log_stats(st, spool);
     struct m2a_spool_stats ss;
@@ -334,15 +287,17 @@ int m2a_app_run(const struct m2a_config *cfg)
              ss.messages);
     rc = M2A_EXIT_OK;
 out:
+    if (lv.reload)
+        m2a_reload_attach(lv.reload, NULL, NULL);
     m2a_mqtt_in_stop(mi);
     m2a_amqp_out_stop(ao, 0);
     m2a_metrics_stop(metrics);
     m2a_spool_close(spool);
-    m2a_routes_free(routes);
+    m2a_reload_free(lv.reload);
+    m2a_generation_unref(start); /* frees the config: the threads are gone */
+    if (lv.sigfd >= 0)
+        close(lv.sigfd);
     m2a_route_stats_free(st->routes);
-    for (size_t i = 0; i < lv.nkept; i++)
-        m2a_config_free(lv.kept[i]);
-    free(lv.kept);
     free(st);
     return rc;
 }

@@ -4,6 +4,7 @@
  * Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration
  * (the message names file:line:column). */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "mqtt2amqp/app.h"
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
@@ -40,7 +42,7 @@ static void usage(FILE *out)
 
 struct explain_ctx {
     size_t matched;
-    int mqtt_headers; /* enum m2a_mqtt_headers */
+    enum m2a_mqtt_headers mqtt_headers;
 };
 
 static void print_str(const char *label, struct m2a_str s)
@@ -75,19 +77,15 @@ static void explain_cb(void *ud, size_t route_index, const struct m2a_envelope *
     printf("\n");
 }
 
-static int explain(const struct m2a_config *cfg, const char *topic)
+/* Both commands build the generation the bridge would run (without a
+ * route registry: no counters), so they accept exactly what it accepts. */
+static int explain(const struct m2a_generation *g, const char *topic)
 {
-    char err[512];
-    struct m2a_routes *routes = NULL;
     if (m2a_topic_validate(topic, strlen(topic)) != 0) {
         fprintf(stderr, "mqtt2amqp: '%s' is not a valid MQTT topic name (no wildcards)\n", topic);
         return M2A_EXIT_CONFIG;
     }
-    if (m2a_routes_compile(cfg, &routes, err, sizeof(err)) != 0) {
-        fprintf(stderr, "%s\n", err);
-        return M2A_EXIT_CONFIG;
-    }
-    struct m2a_route_scratch *scratch = m2a_route_scratch_new();
+    struct m2a_routes_scratch *scratch = m2a_routes_scratch_new();
     struct m2a_mqtt_msg msg = {.topic = topic,
                                .topic_len = strlen(topic),
                                .payload = "",
@@ -95,12 +93,11 @@ static int explain(const struct m2a_config *cfg, const char *topic)
                                .qos = 1,
                                .retain = false,
                                .timestamp_ms = m2a_wall_s() * 1000u};
-    struct explain_ctx ctx = {.mqtt_headers = cfg->amqp.mqtt_headers};
-    m2a_routes_map(routes, &msg, scratch, explain_cb, &ctx);
+    struct explain_ctx ctx = {.mqtt_headers = m2a_generation_mqtt_headers(g)};
+    m2a_routes_map(m2a_generation_routes(g), &msg, scratch, explain_cb, &ctx);
     if (ctx.matched == 0)
         printf("no route matches topic '%s'\n", topic);
-    m2a_route_scratch_free(scratch);
-    m2a_routes_free(routes);
+    m2a_routes_scratch_free(scratch);
     return M2A_EXIT_OK;
 }
 
@@ -111,7 +108,8 @@ int main(int argc, char **argv)
         {"explain", required_argument, NULL, 'e'}, {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0}};
     const char *path = DEFAULT_CONFIG, *topic = NULL;
-    int check = 0, c;
+    bool check = false;
+    int c;
 
     while ((c = getopt_long(argc, argv, "c:ke:hV", opts, NULL)) != -1) {
         switch (c) {
@@ -119,7 +117,7 @@ int main(int argc, char **argv)
             path = optarg;
             break;
         case 'k':
-            check = 1;
+            check = true;
             break;
         case 'e':
             topic = optarg;
@@ -147,23 +145,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return M2A_EXIT_CONFIG;
     }
-    int rc;
-    if (topic) {
-        rc = explain(cfg, topic);
-    } else if (check) {
-        struct m2a_routes *routes = NULL;
-        if (m2a_routes_compile(cfg, &routes, err, sizeof(err)) != 0) {
-            fprintf(stderr, "%s\n", err);
-            rc = M2A_EXIT_CONFIG;
-        } else {
-            printf("%s: OK (%zu routes, %zu subscriptions)\n", path, m2a_routes_count(routes),
-                   m2a_routes_nsubscriptions(routes));
-            rc = M2A_EXIT_OK;
-        }
-        m2a_routes_free(routes);
-    } else {
-        rc = m2a_app_run(cfg);
+    if (!topic && !check)
+        return m2a_app_run(cfg); /* takes cfg */
+    struct m2a_generation *g = NULL;
+    if (m2a_generation_new(cfg, NULL, NULL, &g, err, sizeof(err)) != 0) { /* takes cfg */
+        fprintf(stderr, "%s\n", err);
+        return M2A_EXIT_CONFIG;
     }
-    m2a_config_free(cfg);
+    int rc = M2A_EXIT_OK;
+    if (topic) {
+        rc = explain(g, topic);
+    } else {
+        const struct m2a_routes *routes = m2a_generation_routes(g);
+        printf("%s: OK (%zu routes, %zu subscriptions)\n", path, m2a_routes_count(routes),
+               m2a_routes_nsubscriptions(routes));
+    }
+    m2a_generation_unref(g);
     return rc;
 }

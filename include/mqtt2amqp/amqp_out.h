@@ -1,56 +1,62 @@
 /* amqp_out.h - the AMQP side: one thread that owns the rabbitmq-c
- * connection, the confirm window and the spool reader.
+ * connection, the confirm window, the spool reader and a reference to the
+ * generation it runs.
  *
- * It connects (advertising connection.blocked), declares the topology,
- * enables publisher confirms and publishes spool records with a window of
- * at most confirm_window unconfirmed messages. basic.ack advances the
- * spool's committed position over the contiguous confirmed prefix;
- * basic.nack re-publishes with backoff; basic.return is counted and logged.
- * Heartbeats are serviced even when idle. On any connection error it
- * reconnects with backoff and jitter and replays every unconfirmed record.
- * It never blocks the MQTT side: they share only the spool. */
+ * It connects (advertising connection.blocked), declares its generation's
+ * topology, enables publisher confirms and publishes spool records with a
+ * window of at most confirm_window unconfirmed messages. basic.ack advances
+ * the spool's committed position over the contiguous confirmed prefix;
+ * basic.nack re-publishes with backoff; a nack, a basic.return, an expired
+ * or unpublishable record go through the undeliverable-message policy
+ * (policy.h). Heartbeats are serviced even when idle. On any connection
+ * error it reconnects with backoff and jitter and replays every unconfirmed
+ * record. It never blocks the MQTT side: they share only the spool. */
 #ifndef MQTT2AMQP_AMQP_OUT_H
 #define MQTT2AMQP_AMQP_OUT_H
 
 #include <stddef.h>
 
 #include "mqtt2amqp/config.h"
+#include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/stats.h"
 
 struct m2a_amqp_out;
 
-/* Borrowed pointers: all must outlive the m2a_amqp_out. */
+/* Borrowed pointers (but generation): all must outlive the m2a_amqp_out. */
 struct m2a_amqp_out_opts {
-    const struct m2a_conf_amqp *conf;
+    const struct m2a_conf_amqp *conf; /* connection settings: never reloaded */
+    /* The generation to start with: the topology declared at connect and
+     * the rules for undeliverable messages (a dead letter replaces the
+     * record in its window slot and is published and confirmed before the
+     * slot is committed; see amqp_out.c). The thread takes a reference. */
+    struct m2a_generation *generation;
     struct m2a_spool *spool;
     struct m2a_stats *stats;
-    /* Policies; zero: no dead_letter section, every route unroutable:
-     * dead_letter (so dropped), records never expire. A dead letter replaces
-     * the record in its window slot and is published and confirmed before
-     * the slot is committed (see amqp_out.c). */
-    const struct m2a_conf_dead_letter *dead_letter; /* NULL or !enabled: none */
-    const struct m2a_conf_route *routes;            /* for each route's unroutable policy */
-    size_t nroutes;
-    uint64_t max_age_ms; /* spool.max_age; 0: off */
+    /* Records with a sequence number from here on were written by this
+     * process: their route ids are this process's. Older ones are resolved
+     * by route name when read (m2a_spool_get_stats' next_seq at open). */
+    uint64_t trusted_from_seq;
+    /* Called on the AMQP thread for each offered generation it is done
+     * with: rc 0 when it runs it now (topology declared, or taken for the
+     * next connect while disconnected), M2A_ERR_AMQP when the broker
+     * refused its topology (why says how; the running one stays). gen is
+     * borrowed: take a reference to keep it. May be NULL. */
+    void (*on_generation)(void *ud, struct m2a_generation *gen, int rc, const char *why);
+    void *on_generation_ud;
 };
 
 int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out **out, char *err,
                        size_t errlen);
 
-/* Live reload (main thread): the topology of `topology` (its exchanges,
- * queues and bindings; its connection settings are ignored) and the
- * routes' unroutable policies. At its next turn (within ~100 ms) the AMQP
- * thread declares the topology on the live channel, or takes it for the
- * next connect when disconnected, and uses both from then on; a refused
- * topology is not taken. Borrowed: both must outlive the m2a_amqp_out.
- * Returns a ticket for m2a_amqp_out_reload_result. */
-uint64_t m2a_amqp_out_reload(struct m2a_amqp_out *ao, const struct m2a_conf_amqp *topology,
-                             const struct m2a_conf_route *routes, size_t nroutes);
-/* M2A_ERR_AGAIN until the thread took the reload `ticket`; then 0, or
- * M2A_ERR_AMQP with the broker's refusal in err (the previous topology and
- * policies stay; the refusal closed the channel, so it reconnects). */
-int m2a_amqp_out_reload_result(struct m2a_amqp_out *ao, uint64_t ticket, char *err, size_t errlen);
+/* Live reload (any thread; never blocks): offers the next generation (a
+ * reference is taken). Within a turn (~100 ms; longer while a connect is
+ * in progress, and not before RabbitMQ unblocks a blocked connection) the
+ * AMQP thread declares its topology on the live channel, or takes it for
+ * the next connect when disconnected, runs it from then on and answers
+ * through on_generation. An offer not taken yet is replaced: the newest
+ * wins. Returns true if it replaced one (which is then never answered). */
+bool m2a_amqp_out_offer(struct m2a_amqp_out *ao, struct m2a_generation *gen);
 
 /* Stops publishing new records, waits up to timeout_ms for the outstanding
  * confirms, closes the connection and joins the thread. What is not

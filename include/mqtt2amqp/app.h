@@ -1,10 +1,11 @@
-/* app.h - the running bridge: wires config, routes, spool, the MQTT and
- * AMQP threads together and runs the main thread's loop (signals, stats).
+/* app.h - the running bridge: wires the config's generation, the spool,
+ * the MQTT and AMQP threads together and runs the main thread's loop
+ * (signals, stats, reloads).
  *
  * The main thread owns nothing on the data path: it starts the two service
- * threads, waits for signals with sigtimedwait (no asynchronous handlers),
- * logs the stats line, and on SIGTERM/SIGINT stops MQTT first, then gives
- * AMQP up to shutdown_timeout to drain confirms. */
+ * threads, polls a signalfd (no asynchronous handlers) and the answers of a
+ * reload in flight, logs the stats line, and on SIGTERM/SIGINT stops MQTT
+ * first, then gives AMQP up to shutdown_timeout to drain confirms. */
 #ifndef MQTT2AMQP_APP_H
 #define MQTT2AMQP_APP_H
 
@@ -17,8 +18,8 @@ enum m2a_exit {
     M2A_EXIT_CONFIG = 2   /* bad command line or configuration */
 };
 
-/* Runs until SIGTERM or SIGINT. cfg is borrowed for the whole run.
- * Returns an enum m2a_exit. */
-int m2a_app_run(const struct m2a_config *cfg);
+/* Runs until SIGTERM or SIGINT. Takes cfg (it becomes the start
+ * generation's, freed when the run ends). Returns an enum m2a_exit. */
+int m2a_app_run(struct m2a_config *cfg);
 
 #endif

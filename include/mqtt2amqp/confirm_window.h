@@ -49,7 +49,6 @@ struct m2a_cwin;
 struct m2a_cwin *m2a_cwin_new(uint32_t capacity);
 void m2a_cwin_free(struct m2a_cwin *cw);
 
-uint32_t m2a_cwin_capacity(const struct m2a_cwin *cw);
 /* Slots in use (every state): what counts against the window. */
 uint32_t m2a_cwin_count(const struct m2a_cwin *cw);
 bool m2a_cwin_full(const struct m2a_cwin *cw);

@@ -1,12 +1,14 @@
 /* stats.h - the bridge's counters, shared by every thread as relaxed atomics.
  *
- * Written by the thread that owns the event (MQTT thread: received, routed,
- * route errors, spooled; AMQP thread: published, confirmed, returned,
- * nacked); read by the stats logger and, later, the metrics endpoint. */
+ * Written by the thread that owns the event (MQTT thread: received,
+ * unmatched, spooled; AMQP thread: published, confirmed, returned, nacked;
+ * either, through policy.c: route errors, dead letters, drops, expiries);
+ * read by the stats logger and the metrics endpoint. */
 #ifndef MQTT2AMQP_STATS_H
 #define MQTT2AMQP_STATS_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 struct m2a_route_stats;
@@ -33,10 +35,10 @@ struct m2a_stats {
     _Atomic uint64_t expired;
     _Atomic uint64_t mqtt_reconnects;
     _Atomic uint64_t amqp_reconnects;
-    _Atomic int mqtt_connected; /* 0/1 */
-    _Atomic int amqp_connected; /* 0/1 */
-    _Atomic int amqp_blocked;   /* 0/1: connection.blocked in force */
-    _Atomic int mqtt_paused;    /* 0/1: reading paused, spool full */
+    _Atomic bool mqtt_connected;
+    _Atomic bool amqp_connected;
+    _Atomic bool amqp_blocked; /* connection.blocked in force */
+    _Atomic bool mqtt_paused;  /* reading paused, spool full */
     /* Per-route counters and confirm latency (route_stats.h), owned by the
      * bridge; NULL: not kept (unit tests). Set before any thread starts. */
     struct m2a_route_stats *routes;

@@ -1,7 +1,10 @@
 /* topic.h - MQTT topic names and filters: validation, matching with
- * captures, and the RabbitMQ MQTT plugin's topic -> routing key conversion.
+ * captures, the algebra of filters (overlap, cover, generalisation, the
+ * subscription reduction) and the RabbitMQ MQTT plugin's topic -> routing
+ * key conversion.
  *
- * Pure functions, no allocation except into a caller's m2a_buf. */
+ * Pure functions with no shared state. Matching allocates nothing; the
+ * algebra allocates the filters it returns (caller frees). */
 #ifndef MQTT2AMQP_TOPIC_H
 #define MQTT2AMQP_TOPIC_H
 
@@ -40,8 +43,25 @@ int m2a_topic_validate(const char *topic, size_t len);
  * does not match a topic starting with '$'; "a/#" matches "a". */
 bool m2a_topic_match(const char *filter, const char *topic, size_t len, struct m2a_captures *caps);
 
-/* true if some topic matches both filters. */
+/* true if some topic matches both filters (valid filters). */
 bool m2a_topic_filters_overlap(const char *a, const char *b);
+
+/* true if every topic matched by filter b is matched by filter a. */
+bool m2a_topic_filter_covers(const char *a, const char *b);
+
+/* The most specific filter of this form that covers both a and b: equal
+ * levels are kept, differing levels become '+', and a '#' or a difference
+ * in length ends it with '#'. Returns a new string (xmalloc; caller frees). */
+char *m2a_topic_filter_generalise(const char *a, const char *b);
+
+/* Reduces f[0..n) (strings from xmalloc, owned by the array) in place to a
+ * set in which no two filters overlap and which matches every topic the
+ * input matched: a filter covered by another is dropped, two partially
+ * overlapping ones are replaced by their generalisation. Returns the new
+ * count; the dropped strings are freed, the order of the kept ones is
+ * stable. The broker sends one copy of a message per matching
+ * subscription, so subscribing to this set delivers each message once. */
+size_t m2a_topic_filters_reduce(char **f, size_t n);
 
 /* Appends the RabbitMQ MQTT plugin conversion of s[0..len) to out:
  * '/' becomes '.', '.' becomes '/'. */

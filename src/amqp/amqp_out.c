@@ -3,9 +3,11 @@
  *
  * Thread ownership: the AMQP thread owns the rabbitmq-c connection (never
  * shared: rabbitmq-c is not thread-safe), the confirm window and the spool
- * reader. start/stop run on the caller's thread and touch only the stop
- * flag, the wake eventfd and, as a last resort when the thread is stuck in
- * a blocking library call, shutdown() of the socket under `mu`.
+ * reader, and holds a reference to the generation it runs. start, stop and
+ * offer run on the caller's thread and touch only the stop flag, the
+ * offered generation (an atomic pointer), the wake eventfd and, as a last
+ * resort when the thread is stuck in a blocking library call, shutdown() of
+ * the socket under `mu`.
  *
  * The loop: connect (advertising connection.blocked and friends), declare
  * the topology, confirm.select, then alternate between reading frames
@@ -57,10 +59,10 @@
 #include "mqtt2amqp/amqp_frames.h"
 #include "mqtt2amqp/backoff.h"
 #include "mqtt2amqp/confirm_window.h"
-#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/tls.h"
@@ -88,17 +90,16 @@ enum session_end {
     END_STOPPED,  /* stop requested and drained (or timed out) */
 };
 
-/* A live reload handed over by the main thread (under rl_mu). */
-struct reload {
-    const struct m2a_conf_amqp *topo;
-    const struct m2a_conf_route *routes;
-    size_t nroutes;
-    uint64_t ticket;
+/* Where a basic.return stands: its content header and body frames follow
+ * the method on the channel. */
+enum return_state {
+    RETURN_NONE,
+    RETURN_HEADER, /* the content header (naming the message) is next */
+    RETURN_BODY,   /* body frames are next (skipped: the window has a copy) */
 };
 
 struct m2a_amqp_out {
-    const struct m2a_conf_amqp *conf;
-    const struct m2a_conf_amqp *topo; /* declared at connect: conf's, or a reload's */
+    const struct m2a_conf_amqp *conf; /* connection settings: never reloaded */
     struct m2a_spool *spool;
     struct m2a_stats *stats;
     const char *spool_id;
@@ -112,16 +113,18 @@ struct m2a_amqp_out {
     int sockfd;         /* the open connection's socket, else -1 */
     bool done;
 
-    /* Live reload: main thread -> AMQP thread. */
-    pthread_mutex_t rl_mu;
-    _Atomic bool rl_pending; /* rl_next holds a reload not yet taken */
-    struct reload rl_next;   /* under rl_mu */
-    uint64_t rl_tickets;     /* main thread: last ticket given */
-    uint64_t rl_done;        /* under rl_mu: last ticket the thread finished */
-    int rl_rc;               /* under rl_mu: its outcome */
-    char rl_err[512];        /* under rl_mu: the broker's refusal */
+    /* Live reload: the main thread offers the next generation here (newest
+     * wins); the AMQP thread takes it, declares its topology and answers
+     * through on_generation. */
+    _Atomic(struct m2a_generation *) gen_offer;
+    void (*on_generation)(void *ud, struct m2a_generation *gen, int rc, const char *why);
+    void *on_generation_ud;
 
     /* --- AMQP thread only --- */
+    /* The generation this thread runs (a reference of its own): the
+     * topology declared at connect, the rules for undeliverable messages. */
+    struct m2a_generation *gen;
+    uint64_t trusted_from_seq; /* records from here on were written by this process */
     amqp_connection_state_t conn;
     struct m2a_cwin *cw;
     struct m2a_backoff backoff;      /* reconnects */
@@ -138,19 +141,16 @@ struct m2a_amqp_out {
     uint64_t spool_retry_ms; /* no spool reads before this (after an error) */
     unsigned nconnects;
     /* basic.return: its content header and body frames follow on the channel */
-    int return_frames; /* 0 none, 1 header expected, 2 body expected */
+    enum return_state return_state;
     uint64_t return_left;
     char return_what[640]; /* the return's exchange, key and reply, for the log */
-    struct m2a_ratelimit rl_nack, rl_spool, rl_drop, rl_dead, rl_expired;
-    struct m2a_ratelimit rl_return[3]; /* by enum m2a_unroutable: each fate gets its lines */
+    struct m2a_ratelimit rl_spool, rl_drop;
 
-    /* Policies (see the comment above dead_letter_slot). */
-    const struct m2a_conf_dead_letter *dl; /* NULL without a dead_letter section */
-    const struct m2a_conf_route *routes;
-    size_t nroutes;
-    uint64_t max_age_ms;
-    struct m2a_dl_scratch *dl_scratch;
+    /* Undeliverable messages (see the comment above put_dead_letter). */
+    struct m2a_policy *policy;
     struct m2a_buf dl_buf;
+    struct m2a_cw_slot **nacked; /* the slots one basic.nack names */
+    size_t nacked_cap;
     char end_reason[256];
 
     /* publish scratch, grown only */
@@ -288,9 +288,8 @@ static const char *at_line(char *buf, size_t len, struct m2a_conf_mark m)
  * exists with other arguments) closes the channel: the caller closes the
  * connection politely and retries with backoff, since an operator may fix
  * the broker side without restarting us. */
-static int declare_topology(struct m2a_amqp_out *ao)
+static int declare_topology(struct m2a_amqp_out *ao, const struct m2a_conf_amqp *c)
 {
-    const struct m2a_conf_amqp *c = ao->topo;
     char what[600], line[32];
     int rc = 0;
     size_t maxargs = 1;
@@ -455,7 +454,7 @@ static int connect_broker(struct m2a_amqp_out *ao)
     amqp_channel_open(ao->conn, CHANNEL);
     if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "opening channel")) != 0)
         return rc;
-    if ((rc = declare_topology(ao)) != 0)
+    if ((rc = declare_topology(ao, m2a_generation_topology(ao->gen))) != 0)
         return rc;
     amqp_confirm_select(ao->conn, CHANNEL);
     if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "confirm.select")) != 0)
@@ -482,11 +481,11 @@ static void teardown(struct m2a_amqp_out *ao, bool polite, bool channel_open)
     publish_sockfd(ao, -1); /* before the fd is closed: stop() must not shut a reused fd */
     amqp_destroy_connection(ao->conn);
     ao->conn = NULL;
-    M2A_STAT_SET(ao->stats, amqp_connected, 0);
+    M2A_STAT_SET(ao->stats, amqp_connected, false);
     if (ao->blocked)
-        M2A_STAT_SET(ao->stats, amqp_blocked, 0);
+        M2A_STAT_SET(ao->stats, amqp_blocked, false);
     ao->blocked = false;
-    ao->return_frames = 0;
+    ao->return_state = RETURN_NONE;
     ao->want_write = false;
     ao->frames.len = 0;       /* never written: the window re-publishes them */
     m2a_cwin_requeue(ao->cw); /* tags restart at 1 on the next channel */
@@ -514,13 +513,14 @@ static uint32_t nack_delay(void *ctx, uint32_t retries)
  * original stays in the spool until the broker has confirmed its dead
  * letter: a crash or a lost connection before that replays the original
  * (or re-publishes the dead letter from the window), which takes the same
- * path again. At least once, nothing lost. A dead letter that is itself
- * returned or nacked is retried with backoff, never dropped or
- * dead-lettered again. */
-/* The counters of the route named route, or NULL (not counted). */
-static struct m2a_route_counters *route_ctr(struct m2a_amqp_out *ao, struct m2a_str route)
+ * path again. At least once, nothing lost. What happens to which message is
+ * the policy's (policy.h): a dead letter that is itself returned or nacked
+ * is retried with backoff, never dropped or dead-lettered again. */
+
+/* The counters of route id (NULL: not counted). */
+static struct m2a_route_counters *route_ctr(struct m2a_amqp_out *ao, uint32_t id)
 {
-    return m2a_route_stats_find(ao->stats->routes, route.ptr, route.len);
+    return m2a_route_stats_at(ao->stats->routes, id);
 }
 
 /* Per-route confirms and the confirm latency (set as the window's hook). */
@@ -529,33 +529,19 @@ static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
     struct m2a_amqp_out *ao = ctx;
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, confirmed, 1);
     if (slot->sent_us)
-        m2a_latency_observe(ao->stats->routes, ao->frame_us - slot->sent_us);
+        m2a_route_stats_observe_latency(ao->stats->routes, ao->frame_us - slot->sent_us);
 }
 
-static void dead_letter_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
-                             const struct m2a_envelope *env, enum m2a_dl_reason reason,
-                             bool keep_headers)
+/* The dead letter dle takes the place of the record in slot. */
+static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+                            const struct m2a_envelope *dle)
 {
-    M2A_ROUTE_ADD(route_ctr(ao, env->route), dead_lettered, 1);
-    struct m2a_envelope dle;
-    m2a_dl_build(ao->dl, env, reason, keep_headers, ao->dl_scratch, &dle);
-    /* env and dle point into slot->rec: encode elsewhere first. */
+    /* dle points into slot->rec: encode elsewhere first. */
     m2a_buf_reset(&ao->dl_buf);
-    m2a_envelope_encode(&dle, &ao->dl_buf);
+    m2a_envelope_encode(dle, &ao->dl_buf);
     m2a_buf_reset(&slot->rec);
     m2a_buf_append(&slot->rec, ao->dl_buf.data, ao->dl_buf.len);
     slot->retries = 0; /* the dead letter's own nacks start from zero */
-    M2A_STAT_ADD(ao->stats, dead_lettered, 1);
-}
-
-static enum m2a_unroutable route_policy(const struct m2a_amqp_out *ao, struct m2a_str route)
-{
-    for (size_t i = 0; i < ao->nroutes; i++) {
-        const char *n = ao->routes[i].name;
-        if (n && strlen(n) == route.len && memcmp(n, route.ptr, route.len) == 0)
-            return ao->routes[i].unroutable;
-    }
-    return M2A_UNROUTABLE_DEAD_LETTER; /* spooled under a route the config no longer has */
 }
 
 /* Our message ids are "<spool id>-<seq>": the seq, or false if not ours. */
@@ -577,55 +563,51 @@ static bool parse_message_id(const struct m2a_amqp_out *ao, amqp_bytes_t id, uin
 
 static uint32_t nack_delay(void *ctx, uint32_t retries);
 
-/* basic.return, once its content header named the message: applies the
- * route's `unroutable` policy to the message's window slot. The slot is
- * still INFLIGHT (the broker acks a returned message after returning it);
- * dead_letter and retry move it to RETRY, so that ack finds a stale tag and
- * is ignored, while drop lets the ack confirm it. */
+static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_cw_slot *slot,
+                        struct m2a_envelope *env)
+{
+    return m2a_envelope_decode(slot->rec.data, slot->rec.len, env, &ao->hdrs, &ao->hdrs_cap) == 0;
+}
+
+/* basic.return, once its content header named the message: the policy
+ * decides. The slot is still INFLIGHT (the broker acks a returned message
+ * after returning it); a dead letter or a retry moves it to RETRY, so that
+ * ack finds a stale tag and is ignored, while a drop lets the ack confirm
+ * it. */
 static void on_returned(struct m2a_amqp_out *ao, uint64_t seq)
 {
     struct m2a_cw_slot *slot = m2a_cwin_find(ao->cw, seq);
-    struct m2a_envelope env;
-    uint64_t sup, now = m2a_now_ms();
-    if (!slot || slot->state != M2A_CW_INFLIGHT ||
-        m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0) {
+    struct m2a_envelope env, dle;
+    uint64_t now = m2a_now_ms();
+    if (!slot || slot->state != M2A_CW_INFLIGHT || !decode_slot(ao, slot, &env)) {
         m2a_debug(COMPONENT, "returned message %" PRIu64 " is not in flight: ignored", seq);
         return;
     }
     slot->returns++;
-    if (!m2a_dl_is_dead_letter(&env))
-        M2A_ROUTE_ADD(route_ctr(ao, env.route), returned, 1);
-    char route[256];
-    snprintf(route, sizeof(route), "%.*s", (int)env.route.len, env.route.ptr);
-    bool dead = m2a_dl_is_dead_letter(&env);
-    enum m2a_unroutable policy = dead ? M2A_UNROUTABLE_RETRY : route_policy(ao, env.route);
-    if (policy == M2A_UNROUTABLE_DEAD_LETTER && !ao->dl)
-        policy = M2A_UNROUTABLE_DROP;
-    const char *fate;
-    if (policy == M2A_UNROUTABLE_DEAD_LETTER && ao->dl) {
-        dead_letter_slot(ao, slot, &env, M2A_DL_RETURNED, true);
+    struct m2a_policy_case c = {.event = M2A_POLICY_RETURNED,
+                                .env = &env,
+                                .seq = seq,
+                                .attempts = slot->returns,
+                                .detail = ao->return_what};
+    enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
+    uint32_t delay = 0;
+    if (fate == M2A_FATE_DEAD_LETTER) {
+        m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
+        put_dead_letter(ao, slot, &dle); /* env and dle are gone from here */
         m2a_cwin_retry(ao->cw, slot, now);
-        fate = "dead-lettered";
-    } else if (policy == M2A_UNROUTABLE_RETRY) {
-        m2a_cwin_retry(ao->cw, slot, now + nack_delay(&ao->nack_backoff, slot->returns - 1));
-        fate = dead ? "it is a dead letter: retrying; bind a queue to the dead-letter exchange"
-                    : "retrying with backoff until a queue is bound";
-    } else {
-        M2A_STAT_ADD(ao->stats, dropped, 1);
-        M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
-        fate = ao->dl ? "dropped (unroutable: drop)" : "dropped (no dead_letter section)";
+        return;
     }
-    if (m2a_ratelimit_ok(&ao->rl_return[policy], &sup))
-        M2A_LOG(dead ? M2A_LOG_ERROR : M2A_LOG_WARN, COMPONENT,
-                "message %s-%" PRIu64 " of route %s returned unroutable (%s): %s (%" PRIu64
-                " similar suppressed)",
-                ao->spool_id, seq, route, ao->return_what, fate, sup);
+    if (fate == M2A_FATE_RETRY) {
+        delay = nack_delay(&ao->nack_backoff, slot->returns - 1);
+        m2a_cwin_retry(ao->cw, slot, now + delay);
+    }
+    m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
 }
 
 static void on_return(struct m2a_amqp_out *ao, const amqp_basic_return_t *m)
 {
     M2A_STAT_ADD(ao->stats, returned, 1);
-    ao->return_frames = 1;
+    ao->return_state = RETURN_HEADER;
     /* What the message is comes with the content header (its message_id). */
     snprintf(ao->return_what, sizeof(ao->return_what),
              "exchange '%.*s', routing key '%.*s': %u %.*s", (int)m->exchange.len,
@@ -634,32 +616,41 @@ static void on_return(struct m2a_amqp_out *ao, const amqp_basic_return_t *m)
              (const char *)m->reply_text.bytes);
 }
 
-/* After basic.nack: a record nacked more than dead_letter.max_retries times
- * becomes a dead letter, sent at once. Without a dead_letter section nacks
- * are retried for ever (nothing is dropped). */
-static void dead_letter_exhausted(struct m2a_amqp_out *ao)
+/* basic.nack: every slot it names goes to RETRY with backoff (the window
+ * counts the nack); then the policy decides for each, by name: one nacked
+ * more than dead_letter.max_retries times becomes a dead letter, sent at
+ * once. Without a dead_letter section nacks are retried for ever. */
+static size_t on_nack(struct m2a_amqp_out *ao, uint64_t tag, bool multiple)
 {
-    if (!ao->dl)
-        return;
-    uint32_t max = (uint32_t)ao->dl->max_retries;
+    size_t n = 0;
     for (uint32_t i = 0; i < m2a_cwin_count(ao->cw); i++) {
         struct m2a_cw_slot *slot = m2a_cwin_at(ao->cw, i);
-        struct m2a_envelope env;
-        uint64_t sup;
-        if (slot->state != M2A_CW_RETRY || slot->retries <= max ||
-            m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) !=
-                0 ||
-            m2a_dl_is_dead_letter(&env))
+        if (slot->state != M2A_CW_INFLIGHT || (multiple ? slot->tag > tag : slot->tag != tag))
             continue;
-        if (m2a_ratelimit_ok(&ao->rl_dead, &sup))
-            m2a_warn(COMPONENT,
-                     "message %s-%" PRIu64 " of route %.*s nacked %u times (max_retries %u): "
-                     "dead-lettered (%" PRIu64 " similar suppressed)",
-                     ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, slot->retries, max,
-                     sup);
-        dead_letter_slot(ao, slot, &env, M2A_DL_MAX_RETRIES, true);
-        m2a_cwin_retry(ao->cw, slot, m2a_now_ms());
+        if (n == ao->nacked_cap) {
+            ao->nacked_cap = ao->nacked_cap ? 2 * ao->nacked_cap : 16;
+            ao->nacked = xrealloc(ao->nacked, ao->nacked_cap * sizeof(*ao->nacked));
+        }
+        ao->nacked[n++] = slot;
     }
+    uint64_t now = m2a_now_ms();
+    size_t nacked = m2a_cwin_nack(ao->cw, tag, multiple, now, nack_delay, &ao->nack_backoff);
+    for (size_t k = 0; k < n; k++) {
+        struct m2a_cw_slot *slot = ao->nacked[k];
+        struct m2a_envelope env, dle;
+        if (slot->state != M2A_CW_RETRY || !decode_slot(ao, slot, &env))
+            continue;
+        struct m2a_policy_case c = {
+            .event = M2A_POLICY_NACKED, .env = &env, .seq = slot->seq, .attempts = slot->retries};
+        enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
+        uint32_t delay = slot->retry_at_ms > now ? (uint32_t)(slot->retry_at_ms - now) : 0;
+        m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
+        if (fate == M2A_FATE_DEAD_LETTER) {
+            put_dead_letter(ao, slot, &dle);
+            m2a_cwin_retry(ao->cw, slot, now);
+        }
+    }
+    return nacked;
 }
 
 /* spool.max_age, checked when a record is read from the spool: an older one
@@ -668,28 +659,41 @@ static void dead_letter_exhausted(struct m2a_amqp_out *ao)
  * Dead letters never expire. */
 static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
 {
-    struct m2a_envelope env;
-    uint64_t sup, now = m2a_wall_ms();
-    if (!ao->max_age_ms ||
-        m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0 ||
-        env.timestamp_ms >= now || now - env.timestamp_ms <= ao->max_age_ms ||
-        m2a_dl_is_dead_letter(&env))
+    struct m2a_envelope env, dle;
+    uint64_t now = m2a_wall_ms();
+    if (!m2a_generation_max_age_ms(ao->gen) || !decode_slot(ao, slot, &env) ||
+        !m2a_policy_expired(ao->gen, &env, now))
         return;
-    M2A_STAT_ADD(ao->stats, expired, 1);
-    if (m2a_ratelimit_ok(&ao->rl_expired, &sup))
-        m2a_warn(COMPONENT,
-                 "message %s-%" PRIu64 " of route %.*s expired (received %" PRIu64
-                 " ms ago, max_age %" PRIu64 " ms): %s (%" PRIu64 " similar suppressed)",
-                 ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, now - env.timestamp_ms,
-                 ao->max_age_ms, ao->dl ? "dead-lettered" : "dropped (no dead_letter section)",
-                 sup);
-    if (ao->dl) {
-        dead_letter_slot(ao, slot, &env, M2A_DL_EXPIRED, true);
-    } else {
-        M2A_STAT_ADD(ao->stats, dropped, 1);
-        M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
+    char why[128];
+    snprintf(why, sizeof(why), "received %" PRIu64 " ms ago, max_age %" PRIu64 " ms",
+             now - env.timestamp_ms, m2a_generation_max_age_ms(ao->gen));
+    struct m2a_policy_case c = {
+        .event = M2A_POLICY_EXPIRED, .env = &env, .seq = slot->seq, .detail = why};
+    enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
+    m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
+    if (fate == M2A_FATE_DEAD_LETTER)
+        put_dead_letter(ao, slot, &dle);
+    else
         m2a_cwin_drop(ao->cw, slot);
-    }
+}
+
+/* A record spooled by an earlier process carries a route id of that
+ * process (or none: envelope version 1): resolve it by name, once, as it is
+ * read, so that everything after joins on the id. A name no route ever had
+ * in this process stays M2A_ROUTE_NONE (not counted; the default policy). */
+static void resolve_route(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+{
+    struct m2a_envelope env;
+    if (!decode_slot(ao, slot, &env))
+        return; /* dropped when published */
+    uint32_t id = m2a_route_stats_lookup(ao->stats->routes, env.route.ptr, env.route.len);
+    if (m2a_envelope_set_route_id(slot->rec.data, slot->rec.len, id) == 0)
+        return;
+    env.route_id = id; /* version 1: re-encoded as version 2 */
+    m2a_buf_reset(&ao->dl_buf);
+    m2a_envelope_encode(&env, &ao->dl_buf);
+    m2a_buf_reset(&slot->rec);
+    m2a_buf_append(&slot->rec, ao->dl_buf.data, ao->dl_buf.len);
 }
 
 /* Returns 0 to go on, or how the session ended. */
@@ -706,17 +710,7 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
     }
     case AMQP_BASIC_NACK_METHOD: {
         const amqp_basic_nack_t *a = m->decoded;
-        size_t n = m2a_cwin_nack(ao->cw, a->delivery_tag, a->multiple, m2a_now_ms(), nack_delay,
-                                 &ao->nack_backoff);
-        M2A_STAT_ADD(ao->stats, nacked, n);
-        uint64_t sup;
-        if (n && m2a_ratelimit_ok(&ao->rl_nack, &sup))
-            m2a_warn(COMPONENT,
-                     "broker nacked %zu message(s) (tag %" PRIu64 "%s); retrying with backoff "
-                     "(%" PRIu64 " similar suppressed)",
-                     n, a->delivery_tag, a->multiple ? ", multiple" : "", sup);
-        if (n)
-            dead_letter_exhausted(ao);
+        M2A_STAT_ADD(ao->stats, nacked, on_nack(ao, a->delivery_tag, a->multiple));
         return 0;
     }
     case AMQP_BASIC_RETURN_METHOD:
@@ -725,14 +719,14 @@ static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
     case AMQP_CONNECTION_BLOCKED_METHOD: {
         const amqp_connection_blocked_t *b = m->decoded;
         ao->blocked = true;
-        M2A_STAT_SET(ao->stats, amqp_blocked, 1);
+        M2A_STAT_SET(ao->stats, amqp_blocked, true);
         m2a_warn(COMPONENT, "connection blocked by broker: %.*s; publishing paused",
                  (int)b->reason.len, (const char *)b->reason.bytes);
         return 0;
     }
     case AMQP_CONNECTION_UNBLOCKED_METHOD:
         ao->blocked = false;
-        M2A_STAT_SET(ao->stats, amqp_blocked, 0);
+        M2A_STAT_SET(ao->stats, amqp_blocked, false);
         m2a_info(COMPONENT, "connection unblocked; publishing resumed");
         return 0;
     case AMQP_CHANNEL_CLOSE_METHOD: {
@@ -762,7 +756,7 @@ static void on_content(struct m2a_amqp_out *ao, const amqp_frame_t *f)
 {
     /* Only a basic.return carries content to a publisher: its header names
      * the message; the body is skipped (the window has a copy). */
-    if (f->frame_type == AMQP_FRAME_HEADER && ao->return_frames == 1) {
+    if (f->frame_type == AMQP_FRAME_HEADER && ao->return_state == RETURN_HEADER) {
         const amqp_basic_properties_t *p = f->payload.properties.decoded;
         uint64_t seq;
         if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
@@ -772,12 +766,12 @@ static void on_content(struct m2a_amqp_out *ao, const amqp_frame_t *f)
             m2a_warn(COMPONENT, "returned message without a message id of ours: ignored (%s)",
                      ao->return_what);
         ao->return_left = f->payload.properties.body_size;
-        ao->return_frames = ao->return_left ? 2 : 0;
-    } else if (f->frame_type == AMQP_FRAME_BODY && ao->return_frames == 2) {
+        ao->return_state = ao->return_left ? RETURN_BODY : RETURN_NONE;
+    } else if (f->frame_type == AMQP_FRAME_BODY && ao->return_state == RETURN_BODY) {
         size_t n = f->payload.body_fragment.len;
         ao->return_left = n >= ao->return_left ? 0 : ao->return_left - n;
         if (ao->return_left == 0)
-            ao->return_frames = 0;
+            ao->return_state = RETURN_NONE;
     }
 }
 
@@ -861,30 +855,28 @@ static void set_entry_str(amqp_table_entry_t *e, const char *key, struct m2a_str
 static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
 {
     struct m2a_envelope env;
-    if (m2a_envelope_decode(slot->rec.data, slot->rec.len, &env, &ao->hdrs, &ao->hdrs_cap) != 0) {
+    if (!decode_slot(ao, slot, &env)) {
         drop_record(ao, slot, "cannot decode the envelope");
         return 0;
     }
     const char *bad = unpublishable(&env, (size_t)amqp_get_frame_max(ao->conn));
-    if (bad && ao->dl && !m2a_dl_is_dead_letter(&env)) {
-        uint64_t sup;
-        if (m2a_ratelimit_ok(&ao->rl_dead, &sup))
-            m2a_warn(COMPONENT,
-                     "message %s-%" PRIu64 " of route %.*s cannot be published (%s): "
-                     "dead-lettered without the route's headers (%" PRIu64 " similar suppressed)",
-                     ao->spool_id, slot->seq, (int)env.route.len, env.route.ptr, bad, sup);
-        dead_letter_slot(ao, slot, &env, M2A_DL_UNPUBLISHABLE, false);
-        return publish_slot(ao, slot); /* once: a dead letter is not dead-lettered again */
-    }
     if (bad) {
-        M2A_ROUTE_ADD(route_ctr(ao, env.route), dropped, 1);
-        drop_record(ao, slot, bad);
-        return 0;
+        struct m2a_envelope dle;
+        struct m2a_policy_case c = {
+            .event = M2A_POLICY_UNPUBLISHABLE, .env = &env, .seq = slot->seq, .detail = bad};
+        enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
+        m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
+        if (fate != M2A_FATE_DEAD_LETTER) {
+            m2a_cwin_drop(ao->cw, slot);
+            return 0;
+        }
+        put_dead_letter(ao, slot, &dle);
+        return publish_slot(ao, slot); /* once: a dead letter is not dead-lettered again */
     }
     /* A dead letter keeps x-mqtt-topic whatever mqtt_headers says: it is how
      * an operator finds where the message came from. */
-    int mh = ao->conf->mqtt_headers;
-    if (mh == M2A_MQTT_HEADERS_NONE && m2a_dl_is_dead_letter(&env))
+    enum m2a_mqtt_headers mh = m2a_generation_mqtt_headers(ao->gen);
+    if (mh == M2A_MQTT_HEADERS_NONE && env.dead_letter)
         mh = M2A_MQTT_HEADERS_TOPIC;
     size_t nmqtt = mh == M2A_MQTT_HEADERS_ALL ? 3 : mh == M2A_MQTT_HEADERS_TOPIC ? 1 : 0;
     size_t nent = nmqtt + env.nheaders;
@@ -948,7 +940,7 @@ static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     m2a_cwin_sent(ao->cw, slot, ++ao->next_tag);
     M2A_STAT_ADD(ao->stats, published, 1);
     /* A dead letter counts in its route's dead_lettered, not as a publish. */
-    slot->ud = m2a_dl_is_dead_letter(&env) ? NULL : route_ctr(ao, env.route);
+    slot->ud = env.dead_letter ? NULL : route_ctr(ao, env.route_id);
     slot->sent_us = ao->pass_us;
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, published, 1);
     return 0;
@@ -975,6 +967,8 @@ static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
     }
     struct m2a_cw_slot *slot = m2a_cwin_push(ao->cw, seq);
     m2a_buf_append(&slot->rec, data, len);
+    if (seq < ao->trusted_from_seq)
+        resolve_route(ao, slot);
     check_age(ao, slot);
     return slot;
 }
@@ -1117,16 +1111,16 @@ static void wait_events(struct m2a_amqp_out *ao)
         m2a_spool_notify_clear(ao->spool);
 }
 
-/* Runs one connected session. Returns how it ended. */
-static int apply_reload(struct m2a_amqp_out *ao, bool connected);
+static int adopt_offer(struct m2a_amqp_out *ao, bool connected);
 
+/* Runs one connected session. Returns how it ended. */
 static int session(struct m2a_amqp_out *ao)
 {
     for (;;) {
         int end = read_frames(ao);
         if (end)
             return end;
-        if ((end = apply_reload(ao, true)) != 0)
+        if ((end = adopt_offer(ao, true)) != 0)
             return end;
         commit_confirmed(ao);
         maintain_spool(ao);
@@ -1147,72 +1141,75 @@ static int session(struct m2a_amqp_out *ao)
     }
 }
 
-/* Takes a reload handed over by m2a_amqp_out_reload. Connected, it declares
- * the new topology on the live channel at once (so the new routes' records,
- * which the MQTT thread spools only after this, find their exchanges), in
- * between publishes: acks arriving meanwhile are queued by rabbitmq-c and
- * read next. If the broker refuses it, the previous topology and policies
- * stay, and since the refusal closed the channel the session ends (the
- * unconfirmed messages are re-published after the reconnect: at least
- * once). Disconnected, it is declared at the next connect. Returns 0, or a
- * session end. */
-static int apply_reload(struct m2a_amqp_out *ao, bool connected)
+/* Tells the owner what became of an offered generation (rc 0: this thread
+ * runs it now; else why not). */
+static void answer(struct m2a_amqp_out *ao, struct m2a_generation *g, int rc, const char *why)
 {
-    /* A blocked connection is not read by the broker: an RPC would hang. */
-    if (!atomic_load(&ao->rl_pending) || (connected && ao->blocked))
-        return 0;
-    pthread_mutex_lock(&ao->rl_mu);
-    struct reload r = ao->rl_next;
-    atomic_store(&ao->rl_pending, false);
-    pthread_mutex_unlock(&ao->rl_mu);
-
-    const struct m2a_conf_amqp *old_topo = ao->topo;
-    const struct m2a_conf_route *old_routes = ao->routes;
-    size_t old_nroutes = ao->nroutes;
-    ao->topo = r.topo;
-    ao->routes = r.routes;
-    ao->nroutes = r.routes ? r.nroutes : 0;
-    int rc = connected ? declare_topology(ao) : 0;
-    if (rc != 0) {
-        ao->topo = old_topo;
-        ao->routes = old_routes;
-        ao->nroutes = old_nroutes;
-        m2a_error(COMPONENT,
-                  "reload: the broker refused the new topology: %s; keeping the "
-                  "previous one",
-                  ao->end_reason);
-    } else {
-        m2a_info(COMPONENT, "reload: topology of %zu exchanges and %zu queues %s",
-                 r.topo->nexchanges, r.topo->nqueues,
-                 connected ? "declared" : "taken (declared at the next connect)");
-    }
-    pthread_mutex_lock(&ao->rl_mu);
-    ao->rl_done = r.ticket;
-    ao->rl_rc = rc ? M2A_ERR_AMQP : 0;
-    snprintf(ao->rl_err, sizeof(ao->rl_err), "%s", rc ? ao->end_reason : "");
-    pthread_mutex_unlock(&ao->rl_mu);
-    if (rc == 0)
-        return 0;
-    return rc == M2A_ERR_AMQP ? END_CHANNEL : END_LOST;
+    if (ao->on_generation)
+        ao->on_generation(ao->on_generation_ud, g, rc, why);
 }
 
-/* Sleeps ms, or less if stop() is called; takes a reload meanwhile, and
- * keeps up the spool's housekeeping. */
+/* Takes the generation m2a_amqp_out_offer handed over. Connected, it
+ * declares the new topology on the live channel at once (so the new
+ * routes' records, which the MQTT thread spools only once it runs the
+ * generation, find their exchanges), in between publishes: acks arriving
+ * meanwhile are queued by rabbitmq-c and read next. If the broker refuses
+ * it, the running generation stays, and since the refusal closed the
+ * channel the session ends (the unconfirmed messages are re-published
+ * after the reconnect: at least once). Disconnected, it is taken for the
+ * next connect. Either way the owner hears of it through on_generation.
+ * Returns 0, or a session end. */
+static int adopt_offer(struct m2a_amqp_out *ao, bool connected)
+{
+    /* A blocked connection is not read by the broker: an RPC would hang.
+     * The offer waits (a newer one may replace it meanwhile). */
+    if (!atomic_load_explicit(&ao->gen_offer, memory_order_relaxed) || (connected && ao->blocked))
+        return 0;
+    struct m2a_generation *g = atomic_exchange(&ao->gen_offer, NULL);
+    if (!g)
+        return 0;
+    const struct m2a_conf_amqp *topo = m2a_generation_topology(g);
+    int rc = connected ? declare_topology(ao, topo) : 0;
+    if (rc != 0) {
+        m2a_error(COMPONENT,
+                  "reload: the broker refused the topology of generation %" PRIu64
+                  ": %s; keeping generation %" PRIu64,
+                  m2a_generation_number(g), ao->end_reason, m2a_generation_number(ao->gen));
+        answer(ao, g, M2A_ERR_AMQP, ao->end_reason);
+        m2a_generation_unref(g);
+        return rc == M2A_ERR_AMQP ? END_CHANNEL : END_LOST;
+    }
+    m2a_info(COMPONENT,
+             "reload: generation %" PRIu64 ": topology of %zu exchanges and %zu queues %s",
+             m2a_generation_number(g), topo->nexchanges, topo->nqueues,
+             connected ? "declared" : "taken (declared at the next connect)");
+    m2a_generation_unref(ao->gen);
+    ao->gen = g;
+    answer(ao, g, 0, NULL);
+    return 0;
+}
+
+/* Sleeps ms, or less if stop() is called; takes an offered generation
+ * meanwhile, and keeps up the spool's housekeeping. A wake-up only
+ * interrupts the wait: what it was for (stop, an offer) is in the flags
+ * checked each time round, so the eventfd is always drained. Leaving it readable because the offer
+ * it announced had already been taken elsewhere (by the session loop, just before the session
+ * ended) made every poll return at once: a spin for the whole delay. */
 static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
 {
     struct pollfd p[2] = {{.fd = ao->wake_fd, .events = POLLIN},
                           {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}};
     uint64_t until = m2a_now_ms() + ms;
     while (!stopping(ao)) {
+        adopt_offer(ao, false);
         maintain_spool(ao);
         uint64_t now = m2a_now_ms();
         if (now >= until)
             return;
         uint64_t t = until - now < POLL_MAX_MS ? until - now : POLL_MAX_MS;
-        if (poll(p, 2, (int)t) > 0 && (p[0].revents & POLLIN) && atomic_load(&ao->rl_pending)) {
+        if (poll(p, 2, (int)t) > 0 && (p[0].revents & POLLIN)) {
             uint64_t v;
-            (void)!read(ao->wake_fd, &v, sizeof(v)); /* else the next poll spins */
-            apply_reload(ao, false);
+            (void)!read(ao->wake_fd, &v, sizeof(v));
         }
     }
 }
@@ -1225,7 +1222,7 @@ static void *thread_main(void *arg)
         ao->end_reason[0] = '\0';
         ao->progress = false;
         ao->refused = false;
-        apply_reload(ao, false);
+        adopt_offer(ao, false);
         maintain_spool(ao); /* not served while connect_broker blocks: see spool.h */
         int rc = connect_broker(ao);
         if (rc != 0) {
@@ -1245,7 +1242,7 @@ static void *thread_main(void *arg)
         }
         if (ao->nconnects++ > 0)
             M2A_STAT_ADD(ao->stats, amqp_reconnects, 1);
-        M2A_STAT_SET(ao->stats, amqp_connected, 1);
+        M2A_STAT_SET(ao->stats, amqp_connected, true);
         ao->connected_ms = ao->last_rx_ms = m2a_now_ms();
         m2a_info(COMPONENT,
                  "connected to %s:%d vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
@@ -1283,9 +1280,9 @@ static void *thread_main(void *arg)
 /* The config was validated when it was loaded (config.c): only pointers. */
 static int validate(const struct m2a_amqp_out_opts *o, char *err, size_t errlen)
 {
-    if (o && o->conf && o->spool && o->stats)
+    if (o && o->conf && o->generation && o->spool && o->stats)
         return 0;
-    snprintf(err, errlen, "missing configuration, spool or stats");
+    snprintf(err, errlen, "missing configuration, generation, spool or stats");
     return M2A_ERR_ARG;
 }
 
@@ -1297,22 +1294,21 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
         return rc;
     struct m2a_amqp_out *ao = xcalloc(1, sizeof(*ao));
     ao->conf = opts->conf;
-    ao->topo = opts->conf;
-    pthread_mutex_init(&ao->rl_mu, NULL);
+    ao->gen = m2a_generation_ref(opts->generation);
+    atomic_init(&ao->gen_offer, NULL);
+    ao->on_generation = opts->on_generation;
+    ao->on_generation_ud = opts->on_generation_ud;
+    ao->trusted_from_seq = opts->trusted_from_seq;
     ao->spool = opts->spool;
     ao->stats = opts->stats;
     ao->spool_id = m2a_spool_id(opts->spool);
     ao->sockfd = -1;
-    ao->dl = opts->dead_letter && opts->dead_letter->enabled ? opts->dead_letter : NULL;
-    ao->routes = opts->routes;
-    ao->nroutes = opts->routes ? opts->nroutes : 0;
-    ao->max_age_ms = opts->max_age_ms;
-    ao->dl_scratch = m2a_dl_scratch_new();
-    struct m2a_ratelimit *limiters[] = {&ao->rl_nack,      &ao->rl_spool,    &ao->rl_drop,
-                                        &ao->rl_dead,      &ao->rl_expired,  &ao->rl_return[0],
-                                        &ao->rl_return[1], &ao->rl_return[2]};
-    for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
-        *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
+    ao->policy = m2a_policy_new(&(struct m2a_policy_opts){.stats = opts->stats,
+                                                          .component = COMPONENT,
+                                                          .spool_id = ao->spool_id,
+                                                          .log_interval_ms = LOG_EVERY_MS});
+    ao->rl_spool = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
+    ao->rl_drop = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);
     m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
     m2a_backoff_init(&ao->backoff, (uint32_t)opts->conf->reconnect_min_ms,
@@ -1349,35 +1345,21 @@ fail:
     if (ao->wake_fd >= 0)
         close(ao->wake_fd);
     pthread_mutex_destroy(&ao->mu);
-    pthread_mutex_destroy(&ao->rl_mu);
     pthread_cond_destroy(&ao->cv);
     m2a_cwin_free(ao->cw);
-    m2a_dl_scratch_free(ao->dl_scratch);
+    m2a_policy_free(ao->policy);
+    m2a_generation_unref(ao->gen);
     free(ao);
     return rc;
 }
 
-uint64_t m2a_amqp_out_reload(struct m2a_amqp_out *ao, const struct m2a_conf_amqp *topology,
-                             const struct m2a_conf_route *routes, size_t nroutes)
+bool m2a_amqp_out_offer(struct m2a_amqp_out *ao, struct m2a_generation *gen)
 {
-    pthread_mutex_lock(&ao->rl_mu);
-    ao->rl_next = (struct reload){topology, routes, nroutes, ++ao->rl_tickets};
-    atomic_store(&ao->rl_pending, true);
-    uint64_t ticket = ao->rl_tickets;
-    pthread_mutex_unlock(&ao->rl_mu);
+    struct m2a_generation *old = atomic_exchange(&ao->gen_offer, m2a_generation_ref(gen));
+    m2a_generation_unref(old);
     uint64_t one = 1;
     (void)!write(ao->wake_fd, &one, sizeof(one));
-    return ticket;
-}
-
-int m2a_amqp_out_reload_result(struct m2a_amqp_out *ao, uint64_t ticket, char *err, size_t errlen)
-{
-    pthread_mutex_lock(&ao->rl_mu);
-    int rc = ao->rl_done < ticket ? M2A_ERR_AGAIN : ao->rl_done > ticket ? 0 : ao->rl_rc;
-    if (rc == M2A_ERR_AMQP)
-        snprintf(err, errlen, "%s", ao->rl_err);
-    pthread_mutex_unlock(&ao->rl_mu);
-    return rc;
+    return old != NULL;
 }
 
 void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
@@ -1413,10 +1395,12 @@ void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
 
     close(ao->wake_fd);
     pthread_mutex_destroy(&ao->mu);
-    pthread_mutex_destroy(&ao->rl_mu);
     pthread_cond_destroy(&ao->cv);
     m2a_cwin_free(ao->cw);
-    m2a_dl_scratch_free(ao->dl_scratch);
+    m2a_policy_free(ao->policy);
+    m2a_generation_unref(atomic_exchange(&ao->gen_offer, NULL));
+    m2a_generation_unref(ao->gen);
+    free(ao->nacked);
     m2a_buf_free(&ao->dl_buf);
     m2a_buf_free(&ao->frames);
     free(ao->hdrs);

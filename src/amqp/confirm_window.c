@@ -74,11 +74,6 @@ void m2a_cwin_free(struct m2a_cwin *cw)
     free(cw);
 }
 
-uint32_t m2a_cwin_capacity(const struct m2a_cwin *cw)
-{
-    return cw->cap;
-}
-
 uint32_t m2a_cwin_count(const struct m2a_cwin *cw)
 {
     return cw->count;

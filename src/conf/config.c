@@ -33,8 +33,8 @@
 
 #include <mosquitto.h>
 
-#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/topic.h"
@@ -302,7 +302,7 @@ static int route_templates_check(const struct m2a_bind_scope *s, const struct m2
 {
     char msg[MSG_LEN] = "";
     int ncap = m2a_topic_filter_wildcards(r->topic);
-    if (r->routing_key && m2a_template_check(r->routing_key, ncap, msg, sizeof(msg)))
+    if (r->routing_key && m2a_routes_template_check(r->routing_key, ncap, msg, sizeof(msg)))
         return m2a_bind_fail_key(s, "routing_key", "%s", msg[0] ? msg : "invalid template");
     if (r->routing_key && template_fixed_len(r->routing_key) > M2A_AMQP_SHORTSTR_MAX)
         return m2a_bind_fail_key(s, "routing_key",
@@ -310,7 +310,7 @@ static int route_templates_check(const struct m2a_bind_scope *s, const struct m2
                                  "key may have",
                                  template_fixed_len(r->routing_key), M2A_AMQP_SHORTSTR_MAX);
     for (size_t i = 0; i < r->nheaders; i++)
-        if (m2a_template_check(r->headers[i].value, ncap, msg, sizeof(msg)))
+        if (m2a_routes_template_check(r->headers[i].value, ncap, msg, sizeof(msg)))
             return m2a_bind_fail(s, r->headers[i].mark, "%s.headers.%.60s: %s", m2a_bind_path(s),
                                  r->headers[i].key, msg[0] ? msg : "invalid template");
     return 0;
@@ -513,7 +513,7 @@ static const struct m2a_bind_opt dead_letter_opts[] = {
     M2A_BIND_STR(T, "exchange", exchange, NULL, M2A_BIND_REQUIRED,
                  "exchange name, an AMQP short string", SHORT),
     M2A_BIND_STR(T, "routing_key", routing_key, "{route}", 0, "template of {route} and {reason}",
-                 .check = m2a_dl_key_check),
+                 .check = m2a_policy_key_check),
     M2A_BIND_INT(T, "max_retries", max_retries, "10", 0, 1000000,
                  "re-publishes after a nack before dead-lettering"),
 };

@@ -1,13 +1,17 @@
 /* envelope.c - the compact binary encoding of a routed message: the payload
  * of a spool record, written by the MQTT thread and read back (after a
- * crash, possibly damaged) by the AMQP thread.
+ * crash, possibly damaged, possibly by a later version) by the AMQP thread.
  *
- * Pure functions, no shared state. All integers are little-endian:
+ * Pure functions, no shared state. All integers are little-endian.
+ * Version 2 (written since route ids):
  *
- *   u8   version (1)
+ *   u8   version (2)
+ *   u32  route id             (process-local: trusted only by the process
+ *                              that wrote it; patched in place when resolved)
  *   u64  timestamp_ms
  *   u8   qos (0..2)
- *   u8   flags: bit 0 retain, bit 1 persistent, other bits zero
+ *   u8   flags: bit 0 retain, bit 1 persistent, bit 2 dead letter,
+ *               bit 3 properties present; other bits zero
  *   u8   route length         + bytes
  *   u8   exchange length      + bytes
  *   u8   routing key length   + bytes   (AMQP short string: at most 255)
@@ -15,11 +19,17 @@
  *   u16  topic length         + bytes   (MQTT: at most 65535)
  *   u16  header count, then per header:
  *          u8 key length + bytes, u32 value length + bytes
+ *   [u32 properties length    + bytes]  only with flag bit 3: room for the
+ *                                       MQTT 5 properties of issue 11
  *   u32  body length          + bytes   (MQTT payloads are < 256 MiB)
  *
- * and nothing after the body. The spool's record CRC catches most damage;
- * the decoder still trusts no length, because the CRC cannot catch a bug
- * and a fuzzer will feed it anything. */
+ * and nothing after the body. Version 1 (up to 0.1.0, still read: a spool
+ * is replayed across an upgrade) is the same without the route id, with
+ * flags bits 0-1 only, and without properties.
+ *
+ * The spool's record CRC catches most damage; the decoder still trusts no
+ * length, because the CRC cannot catch a bug and a fuzzer will feed it
+ * anything. */
 #include "mqtt2amqp/envelope.h"
 
 #include <stdio.h>
@@ -28,12 +38,19 @@
 
 #include "mqtt2amqp/err.h"
 
-#define ENVELOPE_VERSION 1
-#define FLAG_RETAIN      0x01
-#define FLAG_PERSISTENT  0x02
+#define VERSION_1       1
+#define VERSION_2       2
+#define FLAG_RETAIN     0x01
+#define FLAG_PERSISTENT 0x02
+#define FLAG_DEAD       0x04 /* version 2 */
+#define FLAG_PROPERTIES 0x08 /* version 2 */
+#define FLAGS_V1        (FLAG_RETAIN | FLAG_PERSISTENT)
+#define FLAGS_V2        (FLAGS_V1 | FLAG_DEAD | FLAG_PROPERTIES)
 /* version, timestamp, qos, flags, 4 u8 lengths, topic u16, count u16, body u32 */
-#define FIXED_SIZE (1 + 8 + 1 + 1 + 4 * 1 + 2 + 2 + 4)
-#define HEADER_MIN (1 + 4)
+#define FIXED_SIZE_V1 (1 + 8 + 1 + 1 + 4 * 1 + 2 + 2 + 4)
+#define FIXED_SIZE    (FIXED_SIZE_V1 + 4) /* + route id */
+#define HEADER_MIN    (1 + 4)
+#define DEATH_HEADER  "x-death-reason"
 
 /* An envelope that does not fit the format is a bug in the caller (routes
  * guarantee the limits for every envelope they hand out with err == 0).
@@ -52,6 +69,8 @@ size_t m2a_envelope_encoded_size(const struct m2a_envelope *env)
 {
     size_t n = FIXED_SIZE + env->route.len + env->exchange.len + env->routing_key.len +
                env->content_type.len + env->topic.len + env->body.len;
+    if (env->properties.len)
+        n += 4 + env->properties.len;
     for (size_t i = 0; i < env->nheaders; i++)
         n += HEADER_MIN + env->headers[i].key.len + env->headers[i].value.len;
     return n;
@@ -81,10 +100,14 @@ void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out)
     check_len(env->qos, 2, "qos");
     m2a_buf_reserve(out, size);
     unsigned char *start = out->data + out->len, *p = start;
-    p = put_le(p, ENVELOPE_VERSION, 1);
+    unsigned flags = (env->retain ? FLAG_RETAIN : 0) | (env->persistent ? FLAG_PERSISTENT : 0) |
+                     (env->dead_letter ? FLAG_DEAD : 0) |
+                     (env->properties.len ? FLAG_PROPERTIES : 0);
+    p = put_le(p, VERSION_2, 1);
+    p = put_le(p, env->route_id, 4);
     p = put_le(p, env->timestamp_ms, 8);
     p = put_le(p, env->qos, 1);
-    p = put_le(p, (env->retain ? FLAG_RETAIN : 0) | (env->persistent ? FLAG_PERSISTENT : 0), 1);
+    p = put_le(p, flags, 1);
     p = put_str(p, env->route, 1, "route name");
     p = put_str(p, env->exchange, 1, "exchange");
     p = put_str(p, env->routing_key, 1, "routing key");
@@ -95,6 +118,8 @@ void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out)
         p = put_str(p, env->headers[i].key, 1, "header name");
         p = put_str(p, env->headers[i].value, 4, "header value");
     }
+    if (env->properties.len)
+        p = put_str(p, env->properties, 4, "properties");
     p = put_str(p, env->body, 4, "body");
     out->len += (size_t)(p - start);
 }
@@ -135,23 +160,37 @@ static struct m2a_str get_str(struct reader *r, int len_bytes)
     return s;
 }
 
+/* Version 1 had no dead-letter flag: a dead letter was one carrying the
+ * x-death-reason header. */
+static bool has_death_header(const struct m2a_header *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (h[i].key.len == sizeof(DEATH_HEADER) - 1 &&
+            memcmp(h[i].key.ptr, DEATH_HEADER, sizeof(DEATH_HEADER) - 1) == 0)
+            return true;
+    return false;
+}
+
 int m2a_envelope_decode(const void *data, size_t len, struct m2a_envelope *env,
                         struct m2a_header **headers_buf, size_t *headers_cap)
 {
-    if (!data || len < FIXED_SIZE)
+    if (!data || len < FIXED_SIZE_V1)
         return M2A_ERR_CORRUPT;
     struct reader r = {data, (const unsigned char *)data + len, false};
     memset(env, 0, sizeof(*env));
-    if (get_le(&r, 1) != ENVELOPE_VERSION)
+    uint64_t version = get_le(&r, 1);
+    if (version != VERSION_1 && version != VERSION_2)
         return M2A_ERR_CORRUPT;
+    env->route_id = version == VERSION_2 ? (uint32_t)get_le(&r, 4) : M2A_ROUTE_NONE;
     env->timestamp_ms = get_le(&r, 8);
     uint64_t qos = get_le(&r, 1);
     uint64_t flags = get_le(&r, 1);
-    if (qos > 2 || (flags & ~(uint64_t)(FLAG_RETAIN | FLAG_PERSISTENT)))
+    if (qos > 2 || (flags & ~(uint64_t)(version == VERSION_2 ? FLAGS_V2 : FLAGS_V1)))
         return M2A_ERR_CORRUPT;
     env->qos = (uint8_t)qos;
     env->retain = flags & FLAG_RETAIN;
     env->persistent = flags & FLAG_PERSISTENT;
+    env->dead_letter = flags & FLAG_DEAD;
     env->route = get_str(&r, 1);
     env->exchange = get_str(&r, 1);
     env->routing_key = get_str(&r, 1); /* a u8 length: never above 255 */
@@ -172,10 +211,26 @@ int m2a_envelope_decode(const void *data, size_t len, struct m2a_envelope *env,
     }
     env->nheaders = n;
     env->headers = n ? *headers_buf : NULL;
+    if (flags & FLAG_PROPERTIES) {
+        env->properties = get_str(&r, 4);
+        if (env->properties.len == 0) /* not canonical: written without the flag */
+            r.bad = true;
+    }
     env->body = get_str(&r, 4);
     if (r.bad || r.p != r.end) {
         memset(env, 0, sizeof(*env));
         return M2A_ERR_CORRUPT;
     }
+    if (version == VERSION_1)
+        env->dead_letter = has_death_header(env->headers, n);
+    return 0;
+}
+
+int m2a_envelope_set_route_id(void *data, size_t len, uint32_t route_id)
+{
+    unsigned char *p = data;
+    if (!p || len < FIXED_SIZE || p[0] != VERSION_2)
+        return M2A_ERR_CORRUPT;
+    put_le(p + 1, route_id, 4);
     return 0;
 }

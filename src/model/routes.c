@@ -1,6 +1,7 @@
 /* routes.c - the mapping engine: compiles the config's routes into an
- * immutable table (filters, precompiled templates, subscriptions) and maps
- * each MQTT message to one envelope per matching route.
+ * immutable table (ids, filters, precompiled templates, policies,
+ * subscriptions) and maps each MQTT message to one envelope per matching
+ * route.
  *
  * Threads: a compiled table is never written after m2a_routes_compile()
  * returns, so any thread may read it; a reload builds a new table. A scratch
@@ -39,6 +40,9 @@ struct tmpl {
 };
 
 struct route {
+    uint32_t id;
+    struct m2a_route_counters *ctr; /* NULL: not counted */
+    enum m2a_unroutable unroutable;
     char *name;
     char *filter;
     char *exchange;
@@ -57,9 +61,11 @@ struct m2a_routes {
     struct route *r;
     size_t nsubs;
     char **subs;
+    uint32_t *by_id; /* route index + 1 by id, open addressing; 0 is empty */
+    size_t by_id_size;
 };
 
-struct m2a_route_scratch {
+struct m2a_routes_scratch {
     struct m2a_buf key;
     struct m2a_buf hvals; /* all header values of one envelope, back to back */
     struct m2a_header *headers;
@@ -171,7 +177,7 @@ static void tmpl_free(struct tmpl *t)
     free(t->lit);
 }
 
-int m2a_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen)
+int m2a_routes_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen)
 {
     if (!tmpl) {
         set_err(err, errlen, "template is missing");
@@ -208,124 +214,15 @@ static void tmpl_expand(const struct tmpl *t, const struct m2a_mqtt_msg *msg,
 
 /* --- subscriptions --- */
 
-static size_t count_levels(const char *f)
-{
-    size_t n = 1;
-    for (; *f; f++)
-        n += *f == '/';
-    return n;
-}
-
-/* Level i of filter f as [*p, *p + *n). */
-static void level_at(const char *f, size_t i, const char **p, size_t *n)
-{
-    for (; i > 0; i--)
-        f = strchr(f, '/') + 1;
-    const char *end = strchr(f, '/');
-    *p = f;
-    *n = end ? (size_t)(end - f) : strlen(f);
-}
-
-static bool level_is(const char *p, size_t n, char c)
-{
-    return n == 1 && p[0] == c;
-}
-
-/* true if every topic matched by b is matched by a. */
-static bool covers(const char *a, const char *b)
-{
-    bool wa = a[0] == '+' || a[0] == '#';
-    if (wa && b[0] == '$')
-        return false;
-    size_t na = count_levels(a), nb = count_levels(b);
-    for (size_t i = 0; i < na; i++) {
-        const char *pa, *pb;
-        size_t la, lb;
-        level_at(a, i, &pa, &la);
-        if (level_is(pa, la, '#'))
-            return true; /* also covers b ending one level earlier: "a/#" matches "a" */
-        if (i >= nb)
-            return false;
-        level_at(b, i, &pb, &lb);
-        if (level_is(pa, la, '+')) {
-            if (level_is(pb, lb, '#'))
-                return false;
-            continue;
-        }
-        if (la != lb || memcmp(pa, pb, la) != 0)
-            return false;
-    }
-    return na == nb;
-}
-
-/* The most specific filter of the form built here that covers both a and b:
- * equal levels are kept, differing levels become '+', and a '#' or a length
- * difference ends the filter with '#'. */
-static char *generalise(const char *a, const char *b)
-{
-    size_t na = count_levels(a), nb = count_levels(b);
-    size_t n = na < nb ? na : nb;
-    struct m2a_buf out = {0};
-    bool hash = na != nb;
-    for (size_t i = 0; i < n; i++) {
-        const char *pa, *pb;
-        size_t la, lb;
-        level_at(a, i, &pa, &la);
-        level_at(b, i, &pb, &lb);
-        if (level_is(pa, la, '#') || level_is(pb, lb, '#')) {
-            hash = true;
-            break;
-        }
-        if (i > 0)
-            m2a_buf_append_char(&out, '/');
-        if (la == lb && memcmp(pa, pb, la) == 0)
-            m2a_buf_append(&out, pa, la);
-        else
-            m2a_buf_append_char(&out, '+');
-    }
-    if (hash) {
-        if (out.len > 0)
-            m2a_buf_append_char(&out, '/');
-        m2a_buf_append_char(&out, '#');
-    }
-    char *s = xstrndup((const char *)out.data, out.len);
-    m2a_buf_free(&out);
-    return s;
-}
-
-/* Reduces the route filters to a set in which no two overlap: the broker
- * sends one copy of a message per matching subscription, and the bridge
- * must publish it once per matching route, not once per subscription.
- * Each step removes one filter, so this ends after at most n steps. */
+/* The route filters reduced to a set in which no two overlap (topic.c): the
+ * broker sends one copy of a message per matching subscription, and the
+ * bridge must publish it once per matching route, not once per subscription. */
 static void build_subscriptions(struct m2a_routes *rt)
 {
     rt->subs = xcalloc(rt->n ? rt->n : 1, sizeof(*rt->subs));
     for (size_t i = 0; i < rt->n; i++)
-        rt->subs[rt->nsubs++] = xstrdup(rt->r[i].filter);
-    bool changed = true;
-    while (changed) {
-        changed = false;
-        for (size_t i = 0; i < rt->nsubs && !changed; i++) {
-            for (size_t j = i + 1; j < rt->nsubs && !changed; j++) {
-                char *a = rt->subs[i], *b = rt->subs[j];
-                if (!m2a_topic_filters_overlap(a, b))
-                    continue;
-                if (covers(a, b)) {
-                    free(b);
-                } else if (covers(b, a)) {
-                    rt->subs[i] = b;
-                    free(a);
-                } else {
-                    rt->subs[i] = generalise(a, b);
-                    free(a);
-                    free(b);
-                }
-                memmove(&rt->subs[j], &rt->subs[j + 1], (rt->nsubs - j - 1) * sizeof(char *));
-                rt->nsubs--;
-                changed = true;
-            }
-        }
-    }
+        rt->subs[i] = xstrdup(rt->r[i].filter);
+    rt->nsubs = m2a_topic_filters_reduce(rt->subs, rt->n);
 }
 
 /* --- compile --- */
@@ -363,6 +260,7 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
     r->content_type = xstrdup(c->content_type ? c->content_type : "");
     r->persistent = c->persistent;
     r->cont = c->cont;
+    r->unroutable = c->unroutable;
     if (c->routing_key) {
         r->has_key = true;
         if ((rc = tmpl_parse(c->routing_key, ncap, &r->key, why, sizeof(why))) < 0) {
@@ -410,8 +308,44 @@ static void route_free(struct route *r)
     free(r->hvals);
 }
 
-int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_routes **out, char *err,
-                       size_t errlen)
+static size_t id_slot(const struct m2a_routes *rt, uint32_t id)
+{
+    return (size_t)(id * 2654435761u) & (rt->by_id_size - 1);
+}
+
+/* Ids from the registry, then the id -> index table: the AMQP thread finds
+ * a record's route (its unroutable policy) by id in O(1). */
+static int assign_ids(struct m2a_routes *rt, struct m2a_route_stats *registry, char *err,
+                      size_t errlen)
+{
+    for (size_t i = 0; i < rt->n; i++) {
+        struct route *r = &rt->r[i];
+        r->id = registry ? m2a_route_stats_register(registry, r->name) : (uint32_t)i;
+        if (r->id == M2A_ROUTE_NONE) {
+            set_err(err, errlen,
+                    "route \"%s\": more than %u route names since the bridge started; "
+                    "restart it to start counting again",
+                    r->name, (unsigned)M2A_ROUTE_IDS_MAX);
+            return M2A_ERR_CONFIG;
+        }
+        r->ctr = m2a_route_stats_at(registry, r->id);
+    }
+    rt->by_id_size = 4;
+    while (rt->by_id_size < 2 * rt->n)
+        rt->by_id_size *= 2;
+    rt->by_id = xcalloc(rt->by_id_size, sizeof(*rt->by_id));
+    for (size_t i = 0; i < rt->n; i++) {
+        size_t pos = id_slot(rt, rt->r[i].id);
+        /* Two routes never share a name (config.c), so never an id. */
+        while (rt->by_id[pos] != 0)
+            pos = (pos + 1) & (rt->by_id_size - 1);
+        rt->by_id[pos] = (uint32_t)i + 1;
+    }
+    return 0;
+}
+
+int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_route_stats *registry,
+                       struct m2a_routes **out, char *err, size_t errlen)
 {
     int rc = 0;
     struct m2a_routes *rt = xcalloc(1, sizeof(*rt));
@@ -423,6 +357,8 @@ int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_routes **out, ch
         if ((rc = compile_route(&cfg->routes[i], &rt->r[i], err, errlen)) < 0)
             goto out;
     }
+    if ((rc = assign_ids(rt, registry, err, errlen)) < 0)
+        goto out;
     build_subscriptions(rt);
     *out = rt;
     rt = NULL;
@@ -441,6 +377,7 @@ void m2a_routes_free(struct m2a_routes *routes)
     for (size_t i = 0; i < routes->nsubs; i++)
         free(routes->subs[i]);
     free(routes->subs);
+    free(routes->by_id);
     free(routes);
 }
 
@@ -452,6 +389,34 @@ size_t m2a_routes_count(const struct m2a_routes *routes)
 const char *m2a_routes_name(const struct m2a_routes *routes, size_t i)
 {
     return i < routes->n ? routes->r[i].name : NULL;
+}
+
+uint32_t m2a_routes_id(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].id : M2A_ROUTE_NONE;
+}
+
+struct m2a_route_counters *m2a_routes_counters(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].ctr : NULL;
+}
+
+enum m2a_unroutable m2a_routes_unroutable(const struct m2a_routes *routes, size_t i)
+{
+    return i < routes->n ? routes->r[i].unroutable : M2A_UNROUTABLE_DEAD_LETTER;
+}
+
+long m2a_routes_find(const struct m2a_routes *routes, uint32_t route_id)
+{
+    if (route_id == M2A_ROUTE_NONE || routes->n == 0)
+        return -1;
+    for (size_t pos = id_slot(routes, route_id);; pos = (pos + 1) & (routes->by_id_size - 1)) {
+        uint32_t v = routes->by_id[pos];
+        if (v == 0)
+            return -1;
+        if (routes->r[v - 1].id == route_id)
+            return (long)v - 1;
+    }
 }
 
 size_t m2a_routes_nsubscriptions(const struct m2a_routes *routes)
@@ -466,12 +431,12 @@ const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i)
 
 /* --- mapping --- */
 
-struct m2a_route_scratch *m2a_route_scratch_new(void)
+struct m2a_routes_scratch *m2a_routes_scratch_new(void)
 {
-    return xcalloc(1, sizeof(struct m2a_route_scratch));
+    return xcalloc(1, sizeof(struct m2a_routes_scratch));
 }
 
-void m2a_route_scratch_free(struct m2a_route_scratch *s)
+void m2a_routes_scratch_free(struct m2a_routes_scratch *s)
 {
     if (!s)
         return;
@@ -488,7 +453,7 @@ static struct m2a_str str_of(const char *s)
 
 /* Fills env for route r; returns 0 or M2A_ERR_KEY_TOO_LONG. */
 static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
-                   const struct m2a_captures *caps, struct m2a_route_scratch *s,
+                   const struct m2a_captures *caps, struct m2a_routes_scratch *s,
                    struct m2a_envelope *env)
 {
     int rc = 0;
@@ -524,6 +489,7 @@ static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
     }
 
     *env = (struct m2a_envelope){
+        .route_id = r->id,
         .timestamp_ms = msg->timestamp_ms,
         .route = str_of(r->name),
         .exchange = str_of(r->exchange),
@@ -541,7 +507,7 @@ static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
 }
 
 size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
-                      struct m2a_route_scratch *scratch, m2a_route_cb cb, void *ud)
+                      struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud)
 {
     size_t matched = 0;
     struct m2a_captures caps;

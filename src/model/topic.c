@@ -1,13 +1,16 @@
 /* topic.c - MQTT topic names and filters: validation, matching with
- * captures, overlap between filters, and the RabbitMQ MQTT plugin's
- * topic -> routing key conversion.
+ * captures, the filter algebra (overlap, cover, generalisation, and the
+ * reduction of a set of filters to one whose members do not overlap) and
+ * the RabbitMQ MQTT plugin's topic -> routing key conversion.
  *
- * Pure functions with no shared state: callable from any thread. Nothing
- * here allocates except m2a_topic_to_routing_key, into the caller's buffer,
- * because matching runs once per message and per route on the MQTT thread. */
+ * Pure functions with no shared state: callable from any thread. Matching
+ * runs once per message and per route on the MQTT thread and allocates
+ * nothing; m2a_topic_to_routing_key appends to the caller's buffer. The
+ * algebra runs when routes are compiled (start, reload) and allocates. */
 #include "mqtt2amqp/topic.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mqtt2amqp/err.h"
@@ -229,6 +232,119 @@ bool m2a_topic_filters_overlap(const char *a, const char *b)
             return rest[0] == '#' && rest[1] == '\0';
         }
     }
+}
+
+/* Level i of filter f as [*p, *p + *n). */
+static void level_at(const char *f, size_t i, const char **p, size_t *n)
+{
+    for (; i > 0; i--)
+        f = strchr(f, '/') + 1;
+    const char *end = strchr(f, '/');
+    *p = f;
+    *n = end ? (size_t)(end - f) : strlen(f);
+}
+
+static size_t count_levels(const char *f)
+{
+    size_t n = 1;
+    for (; *f; f++)
+        n += *f == '/';
+    return n;
+}
+
+static bool level_is(const char *p, size_t n, char c)
+{
+    return n == 1 && p[0] == c;
+}
+
+bool m2a_topic_filter_covers(const char *a, const char *b)
+{
+    bool wa = a[0] == '+' || a[0] == '#';
+    if (wa && b[0] == '$')
+        return false;
+    size_t na = count_levels(a), nb = count_levels(b);
+    for (size_t i = 0; i < na; i++) {
+        const char *pa, *pb;
+        size_t la, lb;
+        level_at(a, i, &pa, &la);
+        if (level_is(pa, la, '#'))
+            return true; /* also covers b ending one level earlier: "a/#" matches "a" */
+        if (i >= nb)
+            return false;
+        level_at(b, i, &pb, &lb);
+        if (level_is(pa, la, '+')) {
+            if (level_is(pb, lb, '#'))
+                return false;
+            continue;
+        }
+        if (la != lb || memcmp(pa, pb, la) != 0)
+            return false;
+    }
+    return na == nb;
+}
+
+char *m2a_topic_filter_generalise(const char *a, const char *b)
+{
+    size_t na = count_levels(a), nb = count_levels(b);
+    size_t n = na < nb ? na : nb;
+    struct m2a_buf out = {0};
+    bool hash = na != nb;
+    for (size_t i = 0; i < n; i++) {
+        const char *pa, *pb;
+        size_t la, lb;
+        level_at(a, i, &pa, &la);
+        level_at(b, i, &pb, &lb);
+        if (level_is(pa, la, '#') || level_is(pb, lb, '#')) {
+            hash = true;
+            break;
+        }
+        if (i > 0)
+            m2a_buf_append_char(&out, '/');
+        if (la == lb && memcmp(pa, pb, la) == 0)
+            m2a_buf_append(&out, pa, la);
+        else
+            m2a_buf_append_char(&out, '+');
+    }
+    if (hash) {
+        if (out.len > 0)
+            m2a_buf_append_char(&out, '/');
+        m2a_buf_append_char(&out, '#');
+    }
+    char *s = xstrndup((const char *)out.data, out.len);
+    m2a_buf_free(&out);
+    return s;
+}
+
+/* Each step removes one filter, so this ends after at most n steps; each
+ * step restarts the scan, so that the result does not depend on which of
+ * several overlapping pairs is met first more than it must. */
+size_t m2a_topic_filters_reduce(char **f, size_t n)
+{
+    bool changed = true;
+    while (changed) {
+        changed = false;
+        for (size_t i = 0; i < n && !changed; i++) {
+            for (size_t j = i + 1; j < n && !changed; j++) {
+                char *a = f[i], *b = f[j];
+                if (!m2a_topic_filters_overlap(a, b))
+                    continue;
+                if (m2a_topic_filter_covers(a, b)) {
+                    free(b);
+                } else if (m2a_topic_filter_covers(b, a)) {
+                    f[i] = b;
+                    free(a);
+                } else {
+                    f[i] = m2a_topic_filter_generalise(a, b);
+                    free(a);
+                    free(b);
+                }
+                memmove(&f[j], &f[j + 1], (n - j - 1) * sizeof(char *));
+                n--;
+                changed = true;
+            }
+        }
+    }
+    return n;
 }
 
 void m2a_topic_to_routing_key(const char *s, size_t len, struct m2a_buf *out)

@@ -1,8 +1,10 @@
 /* mqtt_in.c - the MQTT side of the bridge: subscribe, map, spool, acknowledge.
  *
  * Threads: one thread (started here, "m2a-mqtt") owns the libmosquitto
- * handle, the route scratch and the spool writer (append, flush, tick). It
- * shares only the counters (atomics) and the stop flag with other threads.
+ * handle, the route scratch, the spool writer (append, flush, tick) and a
+ * reference to the generation it maps through. It shares only the counters
+ * (atomics), the stop flag and the next generation's mailbox (an atomic
+ * pointer) with other threads.
  *
  * Why the loop looks like this: libmosquitto has no manual-ack API; it queues
  * the PUBACK of a QoS 1 message around on_message. In external-thread mode
@@ -39,10 +41,10 @@
 #include <mqtt_protocol.h>
 
 #include "mqtt2amqp/backoff.h"
-#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/tls.h"
@@ -64,17 +66,18 @@ struct m2a_mqtt_in {
     pthread_t thread;
     atomic_bool stop;
     atomic_bool in_connect; /* inside libmosquitto's blocking connect: stop signals it */
-    struct m2a_route_scratch *scratch;
+    struct m2a_routes_scratch *scratch;
+    /* The generation this thread runs (a reference of its own) and its
+     * routes; a reload hands over the next one through `pending` (taken
+     * with an atomic exchange, between two read batches). */
+    struct m2a_generation *gen;
+    const struct m2a_routes *routes;
+    _Atomic(struct m2a_generation *) pending;
     char **subs; /* subscription strings, with the $share prefix if any */
     size_t nsubs;
     int *sub_mids; /* mid of the SUBSCRIBE sent for subs[i] on this connection */
-    /* Live reload: a table handed over by m2a_mqtt_in_set_routes (taken with
-     * an atomic exchange), whether o.routes is ours to free, the counters of
-     * o.routes by route index, and filters a reload dropped while
-     * disconnected (unsubscribed at the next CONNACK). */
-    _Atomic(struct m2a_routes *) pending_routes;
-    bool routes_owned;
-    struct m2a_route_counters **route_ctr;
+    /* Filters a reload dropped while disconnected (unsubscribed at the next
+     * CONNACK). */
     char **unsubs;
     size_t nunsubs;
     struct m2a_backoff backoff;
@@ -101,8 +104,8 @@ struct m2a_mqtt_in {
     int batch_err;        /* first append failure; the batch must not be acknowledged */
     const struct m2a_mqtt_msg *cur_msg;
 
-    struct m2a_ratelimit rl_route, rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
-    struct m2a_dl_scratch *dl_scratch;
+    struct m2a_ratelimit rl_spool, rl_connect, rl_tick, rl_pause, rl_resume, rl_drop;
+    struct m2a_policy *policy;
     uint64_t spool_dropped;  /* m2a_spool_stats.dropped already counted */
     uint64_t drops_unlogged; /* of those, not yet in a log line */
 };
@@ -159,7 +162,7 @@ static void update_pause(struct m2a_mqtt_in *mi)
     uint64_t high = max - max / 10, low = max - max / 5;
     if (!mi->paused && ss.bytes >= high) {
         mi->paused = true;
-        M2A_STAT_SET(mi->o.stats, mqtt_paused, 1);
+        M2A_STAT_SET(mi->o.stats, mqtt_paused, true);
         if (m2a_ratelimit_ok(&mi->rl_pause, &sup))
             m2a_warn(COMPONENT,
                      "spool holds %" PRIu64 " of %" PRIu64 " bytes (>= 90%%): pausing MQTT reads; "
@@ -168,7 +171,7 @@ static void update_pause(struct m2a_mqtt_in *mi)
                      ss.bytes, max, sup);
     } else if (mi->paused && ss.bytes < low) {
         mi->paused = false;
-        M2A_STAT_SET(mi->o.stats, mqtt_paused, 0);
+        M2A_STAT_SET(mi->o.stats, mqtt_paused, false);
         if (m2a_ratelimit_ok(&mi->rl_resume, &sup))
             m2a_info(COMPONENT,
                      "spool down to %" PRIu64 " of %" PRIu64 " bytes (< 80%%): resuming MQTT "
@@ -190,49 +193,29 @@ static void appended(struct m2a_mqtt_in *mi, const struct m2a_envelope *env)
 }
 
 /* A message its route cannot forward (routing error, or too large for the
- * spool). With a dead_letter section its dead letter is appended to the
- * spool in the current batch, so the message's PUBACK leaves only once the
- * dead letter is as durable as any record (an append failure fails the
- * batch: the broker redelivers). A too-large message's dead letter leaves
- * the body out. Without the section, or if even the dead letter cannot fit,
- * the message is counted as dropped. Either way, one line (rate-limited). */
-static void undeliverable(struct m2a_mqtt_in *mi, size_t route_index,
-                          const struct m2a_envelope *env, enum m2a_dl_reason reason,
-                          const char *why)
+ * spool): the policy decides. A dead letter is appended to the spool in the
+ * current batch, so the message's PUBACK leaves only once the dead letter
+ * is as durable as any record (an append failure fails the batch: the
+ * broker redelivers, and nothing is counted yet). A dead letter that
+ * cannot fit either leaves the message dropped. */
+static void undeliverable(struct m2a_mqtt_in *mi, const struct m2a_envelope *env,
+                          enum m2a_policy_event event, const char *why)
 {
-    struct m2a_stats *st = mi->o.stats;
-    const struct m2a_mqtt_msg *m = mi->cur_msg;
-    int tlen = (int)(m->topic_len > LOG_TOPIC_MAX ? LOG_TOPIC_MAX : m->topic_len);
-    const char *fate = "no dead_letter section: dropped";
-    bool dead = false;
-    uint64_t sup;
-    if (mi->o.dead_letter && mi->o.dead_letter->enabled) {
-        struct m2a_envelope dle;
-        m2a_dl_build(mi->o.dead_letter, env, reason, true, mi->dl_scratch, &dle);
+    struct m2a_policy_case c = {.event = event, .env = env, .detail = why};
+    struct m2a_envelope dle;
+    enum m2a_fate fate = m2a_policy_decide(mi->policy, mi->gen, &c, &dle), done = fate;
+    if (fate == M2A_FATE_DEAD_LETTER) {
         int rc = m2a_spool_append(mi->o.spool, &dle, NULL);
         if (rc != 0 && rc != M2A_ERR_ARG) {
             mi->batch_err = rc; /* transient: not acknowledged, redelivered */
             return;
         }
-        dead = rc == 0;
-        if (dead) {
+        if (rc == 0)
             appended(mi, &dle);
-            M2A_STAT_ADD(st, dead_lettered, 1);
-            M2A_ROUTE_ADD(mi->route_ctr[route_index], dead_lettered, 1);
-        }
-        fate = !dead ? "its dead letter does not fit in the spool either: dropped"
-               : reason == M2A_DL_TOO_LARGE ? "dropped, a dead letter without the body sent"
-                                            : "dead-lettered";
+        else
+            done = M2A_FATE_DROP;
     }
-    if (!dead || reason == M2A_DL_TOO_LARGE) {
-        M2A_STAT_ADD(st, dropped, 1);
-        M2A_ROUTE_ADD(mi->route_ctr[route_index], dropped, 1);
-    }
-    if (m2a_ratelimit_ok(&mi->rl_route, &sup))
-        M2A_LOG(dead ? M2A_LOG_WARN : M2A_LOG_ERROR, COMPONENT,
-                "route %s: topic %.*s: %s; %s (x-death-reason %s) (%" PRIu64 " similar suppressed)",
-                m2a_routes_name(mi->o.routes, route_index), tlen, m->topic, why, fate,
-                m2a_dl_reason_name(reason), sup);
+    m2a_policy_account(mi->policy, mi->gen, &c, fate, done, 0);
 }
 
 static void on_route(void *ud, size_t route_index, const struct m2a_envelope *env, int err)
@@ -242,22 +225,20 @@ static void on_route(void *ud, size_t route_index, const struct m2a_envelope *en
 
     if (mi->batch_err != 0)
         return; /* the batch will not be acknowledged anyway */
-    M2A_ROUTE_ADD(mi->route_ctr[route_index], matched, 1);
+    M2A_ROUTE_ADD(m2a_routes_counters(mi->routes, route_index), matched, 1);
     if (err != 0) {
-        M2A_STAT_ADD(mi->o.stats, route_errors, 1);
-        undeliverable(mi, route_index, env, M2A_DL_ROUTING_ERROR, m2a_strerror(err));
+        undeliverable(mi, env, M2A_POLICY_ROUTING_ERROR, m2a_strerror(err));
         return;
     }
     int rc = m2a_spool_append(mi->o.spool, env, NULL);
     if (rc == M2A_ERR_ARG) {
         /* Too big to ever fit: waiting would block the session behind it
          * forever, so it is acknowledged and dead-lettered or dropped. */
-        M2A_STAT_ADD(mi->o.stats, route_errors, 1);
         snprintf(why, sizeof(why),
                  "a %zu-byte message can never fit in the spool (max_bytes %" PRIu64
                  ", record limit %u)",
                  mi->cur_msg->payload_len, mi->o.spool_max_bytes, (unsigned)M2A_SPOOL_MAX_PAYLOAD);
-        undeliverable(mi, route_index, env, M2A_DL_TOO_LARGE, why);
+        undeliverable(mi, env, M2A_POLICY_TOO_LARGE, why);
         return;
     }
     if (rc != 0) {
@@ -283,7 +264,7 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
                                .retain = m->retain,
                                .timestamp_ms = mi->batch_wall_ms};
     mi->cur_msg = &msg;
-    size_t n = m2a_routes_map(mi->o.routes, &msg, mi->scratch, on_route, mi);
+    size_t n = m2a_routes_map(mi->routes, &msg, mi->scratch, on_route, mi);
     mi->cur_msg = NULL;
     if (n == 0) {
         M2A_STAT_ADD(mi->o.stats, unmatched, 1);
@@ -346,7 +327,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
     mi->connack_ok = true;
     if (mi->nconnacks++ > 0)
         M2A_STAT_ADD(mi->o.stats, mqtt_reconnects, 1);
-    M2A_STAT_SET(mi->o.stats, mqtt_connected, 1);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, true);
     if (!mi->spool_failing)
         m2a_backoff_reset(&mi->backoff);
     mi->rl_connect.next_ms = 0; /* the next failure is news again */
@@ -541,7 +522,7 @@ static void drop_connection(struct m2a_mqtt_in *mi, int rc, bool quiet)
     mosquitto_destroy(mi->mosq); /* closes the socket; queued packets die with it */
     mi->mosq = NULL;
     mi->connack_ok = false;
-    M2A_STAT_SET(mi->o.stats, mqtt_connected, 0);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, false);
     mi->next_attempt_ms = m2a_now_ms() + m2a_backoff_next(&mi->backoff);
 }
 
@@ -562,20 +543,7 @@ static void spool_failed(struct m2a_mqtt_in *mi, int err)
     drop_connection(mi, MOSQ_ERR_CONN_LOST, true);
 }
 
-/* --- routes: per-route counters and live reload ---------------------------------- */
-
-/* The counters of every route of o.routes, by route index (registered by
- * the bridge before the table reached us; NULL: not counted). */
-static void bind_route_counters(struct m2a_mqtt_in *mi)
-{
-    size_t n = m2a_routes_count(mi->o.routes);
-    free(mi->route_ctr);
-    mi->route_ctr = xcalloc(n ? n : 1, sizeof(*mi->route_ctr));
-    for (size_t i = 0; i < n; i++) {
-        const char *name = m2a_routes_name(mi->o.routes, i);
-        mi->route_ctr[i] = m2a_route_stats_find(mi->o.stats->routes, name, strlen(name));
-    }
-}
+/* --- routes: the generation and live reload ------------------------------------- */
 
 static void free_subs(char **v, size_t n)
 {
@@ -584,15 +552,15 @@ static void free_subs(char **v, size_t n)
     free(v);
 }
 
-/* subs from o.routes' subscription set, with the $share prefix if any. */
+/* subs from the routes' subscription set, with the $share prefix if any. */
 static void set_subscriptions(struct m2a_mqtt_in *mi)
 {
     const char *group = mi->o.conf->share_group;
-    mi->nsubs = m2a_routes_nsubscriptions(mi->o.routes);
+    mi->nsubs = m2a_routes_nsubscriptions(mi->routes);
     mi->subs = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->subs));
     mi->sub_mids = xcalloc(mi->nsubs ? mi->nsubs : 1, sizeof(*mi->sub_mids));
     for (size_t i = 0; i < mi->nsubs; i++) {
-        const char *f = m2a_routes_subscription(mi->o.routes, i);
+        const char *f = m2a_routes_subscription(mi->routes, i);
         mi->subs[i] = group ? xasprintf("$share/%s/%s", group, f) : xstrdup(f);
     }
 }
@@ -605,25 +573,23 @@ static long find_sub(char *const *v, size_t n, const char *s)
     return -1;
 }
 
-/* Takes the table m2a_mqtt_in_set_routes handed over, between two read
- * batches: every message of a batch maps through one table. Subscribes to
- * the filters it adds before unsubscribing from the ones it drops, so no
- * message published meanwhile falls between the two (one matching both an
- * added and a dropped filter in that instant may arrive twice: at least
- * once holds). The old table is freed here, its last user being us. */
-static void adopt_routes(struct m2a_mqtt_in *mi)
+/* Takes the generation m2a_mqtt_in_set_generation handed over, between two
+ * read batches: every message of a batch maps through one generation.
+ * Subscribes to the filters it adds before unsubscribing from the ones it
+ * drops, so no message published meanwhile falls between the two (one
+ * matching both an added and a dropped filter in that instant may arrive
+ * twice: at least once holds). Drops our reference to the old one. */
+static void adopt_generation(struct m2a_mqtt_in *mi)
 {
-    struct m2a_routes *r = atomic_exchange(&mi->pending_routes, NULL);
-    if (!r)
+    struct m2a_generation *g = atomic_exchange(&mi->pending, NULL);
+    if (!g)
         return;
     char **old = mi->subs;
     size_t nold = mi->nsubs, added = 0, removed = 0;
     int *old_mids = mi->sub_mids;
-    if (mi->routes_owned)
-        m2a_routes_free((struct m2a_routes *)mi->o.routes);
-    mi->o.routes = r;
-    mi->routes_owned = true;
-    bind_route_counters(mi);
+    m2a_generation_unref(mi->gen);
+    mi->gen = g;
+    mi->routes = m2a_generation_routes(g);
     set_subscriptions(mi);
     bool live = mi->mosq && mi->connack_ok;
     for (size_t i = 0; i < mi->nsubs; i++) {
@@ -654,8 +620,10 @@ static void adopt_routes(struct m2a_mqtt_in *mi)
     }
     free_subs(old, nold);
     free(old_mids);
-    m2a_info(COMPONENT, "routes reloaded: %zu routes, %zu subscriptions (%zu added, %zu removed)",
-             m2a_routes_count(r), mi->nsubs, added, removed);
+    m2a_info(COMPONENT,
+             "routes reloaded (generation %" PRIu64 "): %zu routes, %zu subscriptions (%zu "
+             "added, %zu removed)",
+             m2a_generation_number(g), m2a_routes_count(mi->routes), mi->nsubs, added, removed);
 }
 
 /* --- the loop -------------------------------------------------------------------- */
@@ -915,7 +883,7 @@ static void shutdown_connection(struct m2a_mqtt_in *mi)
     }
     mosquitto_destroy(mi->mosq);
     mi->mosq = NULL;
-    M2A_STAT_SET(mi->o.stats, mqtt_connected, 0);
+    M2A_STAT_SET(mi->o.stats, mqtt_connected, false);
 }
 
 static void *run(void *arg)
@@ -924,7 +892,7 @@ static void *run(void *arg)
     uint64_t sup;
     pthread_setname_np(pthread_self(), "m2a-mqtt");
     while (!atomic_load(&mi->stop)) {
-        adopt_routes(mi);
+        adopt_generation(mi);
         update_pause(mi);
         count_spool_drops(mi);
         if (mi->flush_wait)
@@ -947,9 +915,9 @@ static void *run(void *arg)
 /* The config was validated when it was loaded (config.c): only pointers. */
 static int check_conf(const struct m2a_mqtt_in_opts *o, char *err, size_t errlen)
 {
-    if (o->conf && o->routes && o->spool && o->stats)
+    if (o->conf && o->generation && o->spool && o->stats)
         return 0;
-    snprintf(err, errlen, "missing conf, routes, spool or stats");
+    snprintf(err, errlen, "missing conf, generation, spool or stats");
     return M2A_ERR_ARG;
 }
 
@@ -958,12 +926,10 @@ static void free_mi(struct m2a_mqtt_in *mi)
     free_subs(mi->subs, mi->nsubs);
     free(mi->sub_mids);
     free_subs(mi->unsubs, mi->nunsubs);
-    free(mi->route_ctr);
-    m2a_routes_free(atomic_exchange(&mi->pending_routes, NULL));
-    if (mi->routes_owned)
-        m2a_routes_free((struct m2a_routes *)mi->o.routes);
-    m2a_route_scratch_free(mi->scratch);
-    m2a_dl_scratch_free(mi->dl_scratch);
+    m2a_generation_unref(atomic_exchange(&mi->pending, NULL));
+    m2a_generation_unref(mi->gen);
+    m2a_routes_scratch_free(mi->scratch);
+    m2a_policy_free(mi->policy);
     SSL_CTX_free(mi->ssl_ctx);
     free(mi);
 }
@@ -979,17 +945,18 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
     struct m2a_mqtt_in *mi = xcalloc(1, sizeof(*mi));
     mi->o = *opts;
     atomic_init(&mi->stop, false);
-    struct m2a_ratelimit *limiters[] = {&mi->rl_route, &mi->rl_spool, &mi->rl_connect,
-                                        &mi->rl_tick,  &mi->rl_pause, &mi->rl_resume,
-                                        &mi->rl_drop};
+    struct m2a_ratelimit *limiters[] = {&mi->rl_spool, &mi->rl_connect, &mi->rl_tick,
+                                        &mi->rl_pause, &mi->rl_resume,  &mi->rl_drop};
     for (size_t i = 0; i < sizeof(limiters) / sizeof(limiters[0]); i++)
         *limiters[i] = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_INTERVAL_MS);
-    mi->scratch = m2a_route_scratch_new();
-    mi->dl_scratch = m2a_dl_scratch_new();
+    mi->scratch = m2a_routes_scratch_new();
+    mi->policy = m2a_policy_new(&(struct m2a_policy_opts){
+        .stats = opts->stats, .component = COMPONENT, .log_interval_ms = LOG_INTERVAL_MS});
     const struct m2a_conf_mqtt *c = opts->conf;
-    atomic_init(&mi->pending_routes, NULL);
+    mi->gen = m2a_generation_ref(opts->generation);
+    mi->routes = m2a_generation_routes(mi->gen);
+    atomic_init(&mi->pending, NULL);
     set_subscriptions(mi);
-    bind_route_counters(mi);
     m2a_backoff_init(&mi->backoff, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);
 
     /* Build one handle now so bad settings (TLS files...) fail the start,
@@ -1026,10 +993,10 @@ out:
     return rc;
 }
 
-void m2a_mqtt_in_set_routes(struct m2a_mqtt_in *mi, struct m2a_routes *routes)
+void m2a_mqtt_in_set_generation(struct m2a_mqtt_in *mi, struct m2a_generation *gen)
 {
-    /* A table handed over earlier but not adopted yet is ours again. */
-    m2a_routes_free(atomic_exchange(&mi->pending_routes, routes));
+    /* One handed over earlier but not adopted yet is superseded. */
+    m2a_generation_unref(atomic_exchange(&mi->pending, m2a_generation_ref(gen)));
 }
 
 void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi)

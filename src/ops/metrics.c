@@ -131,7 +131,7 @@ static void render_latency(struct m2a_buf *b, struct m2a_route_stats *rs)
 {
     const char *name = "mqtt2amqp_confirm_latency_seconds";
     struct m2a_latency_snapshot l;
-    m2a_latency_get(rs, &l);
+    m2a_route_stats_latency(rs, &l);
     header(b, name, "histogram", "time from basic.publish to its basic.ack");
     uint64_t cum = 0;
     for (size_t i = 0; i < M2A_LATENCY_BUCKETS; i++) {

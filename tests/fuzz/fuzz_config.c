@@ -103,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_short_strings(cfg);
     struct m2a_routes *rt = NULL;
     char cerr[512] = "";
-    rc = m2a_routes_compile(cfg, &rt, cerr, sizeof(cerr));
+    rc = m2a_routes_compile(cfg, NULL, &rt, cerr, sizeof(cerr));
     FUZZ_CHECK(rc == 0, "the loader accepted routes that do not compile: %s", cerr);
     FUZZ_CHECK(m2a_routes_count(rt) == cfg->nroutes, "%zu routes compiled from %zu",
                m2a_routes_count(rt), cfg->nroutes);

@@ -138,11 +138,11 @@ static void check_filter(const char *f)
 static bool check_template(const char *t, int ncap)
 {
     char err[512] = "";
-    if (m2a_template_check(t, ncap, err, sizeof(err)) != 0) {
+    if (m2a_routes_template_check(t, ncap, err, sizeof(err)) != 0) {
         FUZZ_CHECK(err[0] != '\0', "rejected template without a reason");
         return false;
     }
-    FUZZ_CHECK(m2a_template_check(t, M2A_MAX_CAPTURES, NULL, 0) == 0,
+    FUZZ_CHECK(m2a_routes_template_check(t, M2A_MAX_CAPTURES, NULL, 0) == 0,
                "template valid for %d captures but not for 9", ncap);
     return true;
 }
@@ -242,7 +242,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     struct m2a_routes *rt = NULL;
     char err[512] = "";
-    int rc = m2a_routes_compile(&cfg, &rt, err, sizeof(err));
+    int rc = m2a_routes_compile(&cfg, NULL, &rt, err, sizeof(err));
     FUZZ_CHECK((rc == 0) == expect, "compile returned %d (%s), templates %s", rc, err,
                expect ? "valid" : "invalid");
     if (rc != 0) {
@@ -257,12 +257,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!tmpl_ok[r][1])
                 c->nheaders = 0;
         }
-        rc = m2a_routes_compile(&cfg, &rt, err, sizeof(err));
+        rc = m2a_routes_compile(&cfg, NULL, &rt, err, sizeof(err));
         FUZZ_CHECK(rc == 0, "compile without the bad templates: %s", err);
     }
     FUZZ_CHECK(m2a_routes_nsubscriptions(rt) <= cfg.nroutes, "more subscriptions than routes");
 
-    struct m2a_route_scratch *scratch = m2a_route_scratch_new();
+    struct m2a_routes_scratch *scratch = m2a_routes_scratch_new();
     for (size_t i = 5; i < 5 + MAX_TOPICS && i < nlines; i++) {
         const struct line *t = &lines[i];
         bool m[NROUTES] = {false, false};
@@ -306,7 +306,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(st.seen[k] == want[k], "callback %zu for route %zu, expected %zu", k,
                        st.seen[k], want[k]);
     }
-    m2a_route_scratch_free(scratch);
+    m2a_routes_scratch_free(scratch);
     m2a_routes_free(rt);
     m2a_buf_free(&st.enc);
     free(st.hbuf);

@@ -89,6 +89,14 @@ static void check_envelope(const uint8_t *p, size_t n, struct m2a_header **hbuf,
         return;
     m2a_buf_reset(enc);
     m2a_envelope_encode(&env, enc);
+    /* A version 1 envelope (an older spool) re-encodes as version 2: 4 bytes
+     * of route id more, the rest after them the same but for the flags. */
+    if (p[0] == 1) {
+        FUZZ_CHECK(enc->len == n + 4 &&
+                       memcmp(enc->data + 1 + 4 + 8 + 2, p + 1 + 8 + 2, n - 11) == 0,
+                   "decoded version 1 envelope re-encodes differently");
+        return;
+    }
     FUZZ_CHECK(enc->len == n && memcmp(enc->data, p, n) == 0,
                "decoded envelope re-encodes differently (%zu bytes, was %zu)", enc->len, n);
 }

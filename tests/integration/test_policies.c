@@ -27,6 +27,25 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
+/* The first line of the bridge's log (all runs) holding needle, as a
+ * NUL-terminated copy valid until the next call; NULL if none. */
+static const char *log_line(struct th_bridge *b, const char *needle)
+{
+    static char line[4096];
+    char *log = th_read_file(b->proc.log_path, NULL);
+    const char *at = log ? strstr(log, needle) : NULL;
+    if (!at) {
+        free(log);
+        return NULL;
+    }
+    const char *bol = at, *eol = strchr(at, '\n');
+    while (bol > log && bol[-1] != '\n')
+        bol--;
+    snprintf(line, sizeof(line), "%.*s", (int)(eol ? eol - bol : (long)strlen(bol)), bol);
+    free(log);
+    return line;
+}
+
 /* Which seqs of 0..n-1 a queue must hold. */
 typedef bool (*want_fn)(long seq, long arg);
 
@@ -318,12 +337,87 @@ START_TEST(nacked_past_max_retries_goes_to_the_dead_letter_exchange)
     /* Each rejected message: published 1 + max_retries times, nacked each time. */
     ck_assert_int_eq(th_bridge_stat(b, "nacked"), (n - cap) * 3);
     ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0);
+    /* A nack names no queue; the log names what the bridge knows. */
+    const char *nack_line = log_line(b, "of route small nacked by the broker");
+    ck_assert_ptr_nonnull(nack_line);
+    ck_assert_ptr_nonnull(strstr(nack_line, "exchange 'it.pol.nack', routing key 'nack.a'"));
+    ck_assert_ptr_nonnull(strstr(nack_line, " warn "));
+    ck_assert_int_ge(th_proc_log_count(&b->proc, "dead-lettered after 3 nacks (max_retries 2)"), 1);
 
     th_msgs_free(&dead);
     th_msgs_free(&kept);
     th_amqp_delete(small, "it.pol.nack.small");
     th_amqp_free(small);
     th_amqp_free(dlq);
+    th_bridge_free(b);
+    th_mosq_free(mq);
+}
+END_TEST
+
+/* The dead-letter queue refuses everything too: a dead letter is never
+ * dead-lettered again nor dropped, it is retried with backoff; and since
+ * its dead-letter exchange needs a queue that takes it, every nack of it is
+ * logged as an error (the README says so; it used to be one warning for
+ * every nack, naming no route). */
+static const char *const dead_nack_yaml =
+    "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-pol-dead-nack}\n"
+    "amqp:\n"
+    "  port: ${AMQP_PORT}\n"
+    "  reconnect_min_ms: 20\n"
+    "  reconnect_max_ms: 200\n"
+    "  topology:\n"
+    "    exchanges: [{name: it.pol.dnack, type: topic}, {name: it.pol.dnack.dlx, type: topic}]\n"
+    "    queues:\n"
+    "      - name: it.pol.dnack.none\n"
+    "        arguments: {x-max-length: 0, x-overflow: reject-publish}\n"
+    "        bindings: [{exchange: it.pol.dnack, routing_key: \"#\"}]\n"
+    "      - name: it.pol.dnack.dlq\n"
+    "        arguments: {x-max-length: 0, x-overflow: reject-publish}\n"
+    "        bindings: [{exchange: it.pol.dnack.dlx, routing_key: \"#\"}]\n"
+    "dead_letter: {exchange: it.pol.dnack.dlx, max_retries: 0}\n"
+    "spool: {dir: ${SPOOL_DIR}}\n"
+    "routes:\n"
+    "  - {name: refused, topic: \"dnack/#\", exchange: it.pol.dnack}\n"
+    "log: {stats_interval: 1}\n"
+    "shutdown_timeout: 1\n";
+
+START_TEST(a_nacked_dead_letter_is_retried_and_logged_as_an_error)
+{
+    static const char *const topics[] = {"dnack/a"};
+    struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
+    ck_assert_ptr_nonnull(mq);
+    struct th_amqp *c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    ck_assert_ptr_nonnull(c);
+    th_amqp_delete(c, "it.pol.dnack.none"); /* the bridge declares them */
+    th_amqp_delete(c, "it.pol.dnack.dlq");
+    struct th_bridge *b = th_bridge_new(mq);
+    ck_assert_int_eq(th_bridge_config(b, dead_nack_yaml), 0);
+    ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
+    ck_assert_int_eq(publish(mq->port, topics, 1, 0, 1, 20), 1);
+
+    int logged = th_bridge_wait_log(b, "dead letter ", 30000);
+    /* retried, not given up: nacked again and again */
+    int again = th_bridge_wait_stat(b, "nacked", 4, 30000);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
+    ck_assert_int_eq(logged, 0);
+    ck_assert_int_eq(again, 0);
+    const char *l = log_line(b, "of route refused nacked by the broker");
+    ck_assert_ptr_nonnull(l);
+    ck_assert_ptr_nonnull(strstr(l, "dead-lettered after 1 nacks (max_retries 0)"));
+    l = log_line(b, "dead letter ");
+    ck_assert_ptr_nonnull(l);
+    ck_assert_ptr_nonnull(strstr(l, " error "));
+    ck_assert_ptr_nonnull(strstr(l, "of route refused nacked by the broker"));
+    ck_assert_ptr_nonnull(strstr(l, "exchange 'it.pol.dnack.dlx', routing key 'refused'"));
+    ck_assert_ptr_nonnull(strstr(l, "it is a dead letter: retrying in"));
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), 1);
+    ck_assert_int_eq(th_bridge_stat(b, "dropped"), 0);
+    /* unconfirmed, it stays in the spool */
+    ck_assert_int_eq(th_proc_log_count(&b->proc, "1 unconfirmed messages kept"), 1);
+
+    th_amqp_delete(c, "it.pol.dnack.none");
+    th_amqp_delete(c, "it.pol.dnack.dlq");
+    th_amqp_free(c);
     th_bridge_free(b);
     th_mosq_free(mq);
 }
@@ -669,6 +763,7 @@ int main(void)
     tcase_add_test(tc, unroutable_dead_letter_drop_and_retry);
     tcase_add_test(tc, routing_error_goes_to_the_dead_letter_exchange);
     tcase_add_test(tc, nacked_past_max_retries_goes_to_the_dead_letter_exchange);
+    tcase_add_test(tc, a_nacked_dead_letter_is_retried_and_logged_as_an_error);
     tcase_add_test(tc, drop_oldest_loses_exactly_the_counted_oldest);
     tcase_add_test(tc, records_older_than_max_age_expire_to_the_dead_letter_exchange);
     suite_add_tcase(s, tc);

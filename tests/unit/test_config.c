@@ -1016,7 +1016,7 @@ START_TEST(bad_topic_filters_are_refused_needs_topic_c)
 }
 END_TEST
 
-/* Depends on the real m2a_template_check (routes.c). */
+/* Depends on the real m2a_routes_template_check (routes.c). */
 START_TEST(bad_templates_are_refused_needs_routes_c)
 {
     refuse("routes:\n  - name: r\n    topic: a/+\n    exchange: amq.topic\n"

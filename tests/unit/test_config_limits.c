@@ -19,9 +19,10 @@
 #include <unistd.h>
 
 #include "mqtt2amqp/config.h"
-#include "mqtt2amqp/dead_letter.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/generation.h"
+#include "mqtt2amqp/policy.h"
 #include "check_main.h"
 
 #define ROUTE "routes:\n  - {name: r, topic: a/b, exchange: amq.topic}\n"
@@ -147,16 +148,21 @@ START_TEST(longest_dead_letter_exchange_encodes)
                                 .topic = {"a/b", 3},
                                 .qos = 1,
                                 .body = {"hi", 2}};
-    struct m2a_dl_scratch *s = m2a_dl_scratch_new();
+    struct m2a_generation *g = NULL;
+    ck_assert_int_eq(m2a_generation_new(c, NULL, NULL, &g, err, sizeof(err)), 0); /* takes c */
+    struct m2a_stats st = {0};
+    struct m2a_policy *p = m2a_policy_new(
+        &(struct m2a_policy_opts){.stats = &st, .component = "test", .log_interval_ms = 1000});
+    struct m2a_policy_case pc = {.event = M2A_POLICY_ROUTING_ERROR, .env = &orig};
     struct m2a_envelope dl;
-    m2a_dl_build(&c->dead_letter, &orig, M2A_DL_ROUTING_ERROR, true, s, &dl);
+    ck_assert_int_eq(m2a_policy_decide(p, g, &pc, &dl), M2A_FATE_DEAD_LETTER);
     ck_assert_uint_eq(dl.exchange.len, 255);
     struct m2a_buf buf = {0};
     m2a_envelope_encode(&dl, &buf);
     ck_assert_uint_eq(buf.len, m2a_envelope_encoded_size(&dl));
     m2a_buf_free(&buf);
-    m2a_dl_scratch_free(s);
-    m2a_config_free(c);
+    m2a_policy_free(p);
+    m2a_generation_unref(g);
     free(yaml);
     free(x);
 }

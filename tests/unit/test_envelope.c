@@ -1,4 +1,5 @@
-/* test_envelope.c - the envelope encoding: pinned layout, round trips,
+/* test_envelope.c - the envelope encoding: pinned layout (version 2, and
+ * version 1 still read), the route id patched in place, round trips,
  * encoded size, and a decoder that rejects every truncation, trailing
  * garbage and bad lengths, and survives random damage (run it under ASan:
  * every decode reads from an exactly sized heap copy). */
@@ -23,7 +24,10 @@ str_eq(struct m2a_str a, struct m2a_str b)
 
 static void assert_same(const struct m2a_envelope *a, const struct m2a_envelope *b)
 {
+    ck_assert_uint_eq(a->route_id, b->route_id);
     ck_assert_uint_eq(a->timestamp_ms, b->timestamp_ms);
+    ck_assert(a->dead_letter == b->dead_letter);
+    ck_assert(str_eq(a->properties, b->properties));
     ck_assert(str_eq(a->route, b->route));
     ck_assert(str_eq(a->exchange, b->exchange));
     ck_assert(str_eq(a->routing_key, b->routing_key));
@@ -62,6 +66,7 @@ static struct m2a_envelope sample(size_t nheaders)
         hdrs[i].value = (struct m2a_str){hvals[i], i == 3 ? 0 : strlen(hvals[i])};
     }
     return (struct m2a_envelope){
+        .route_id = 3,
         .timestamp_ms = 0x0123456789abcdefull,
         .route = S("telemetry"),
         .exchange = S("amq.topic"),
@@ -81,6 +86,7 @@ START_TEST(layout_is_pinned)
 {
     struct m2a_header h = {S("k"), S("vv")};
     struct m2a_envelope env = {
+        .route_id = 0x0a0b0c0d,
         .timestamp_ms = 0x0102030405060708ull,
         .route = S("r"),
         .exchange = S("ex"),
@@ -95,6 +101,68 @@ START_TEST(layout_is_pinned)
         .body = S("xyz"),
     };
     static const unsigned char want[] = {
+        2,                                          /* version */
+        0x0d, 0x0c, 0x0b, 0x0a,                     /* route id, little-endian */
+        8,    7,    6,    5,    4,   3,   2,   1,   /* timestamp, little-endian */
+        2,                                          /* qos */
+        2,                                          /* flags: persistent */
+        1,    'r',                                  /* route */
+        2,    'e',  'x',                            /* exchange */
+        3,    'a',  '.',  'b',                      /* routing key */
+        0,                                          /* content type */
+        3,    0,    'a',  '/',  'b',                /* topic, u16 */
+        1,    0,                                    /* header count, u16 */
+        1,    'k',  2,    0,    0,   0,   'v', 'v', /* key u8, value u32 */
+        3,    0,    0,    0,    'x', 'y', 'z',      /* body, u32 */
+    };
+    struct m2a_buf b = {0};
+    m2a_envelope_encode(&env, &b);
+    ck_assert_uint_eq(b.len, sizeof(want));
+    ck_assert(memcmp(b.data, want, sizeof(want)) == 0);
+    ck_assert_uint_eq(m2a_envelope_encoded_size(&env), sizeof(want));
+
+    /* A dead letter with (issue 11's) properties: flags bits 2 and 3, the
+     * properties between the headers and the body. */
+    env.dead_letter = true;
+    env.properties = S("P");
+    env.nheaders = 0;
+    static const unsigned char want_dl[] = {
+        2, 0x0d, 0x0c, 0x0b, 0x0a, 8,   7,   6,   5,   4, 3, 2, 1,   2,   0x0e, /* flags:
+                                                                                   persistent, dead
+                                                                                   letter,
+                                                                                   properties */
+        1, 'r',  2,    'e',  'x',  3,   'a', '.', 'b', 0, 3, 0, 'a', '/', 'b',  0,
+        0,                        /* no headers */
+        1, 0,    0,    0,    'P', /* properties, u32 */
+        3, 0,    0,    0,    'x',  'y', 'z',
+    };
+    m2a_buf_reset(&b);
+    m2a_envelope_encode(&env, &b);
+    ck_assert_uint_eq(b.len, sizeof(want_dl));
+    ck_assert(memcmp(b.data, want_dl, sizeof(want_dl)) == 0);
+    ck_assert_uint_eq(m2a_envelope_encoded_size(&env), sizeof(want_dl));
+    struct m2a_header *hb = NULL;
+    size_t hcap = 0;
+    struct m2a_envelope out;
+    unsigned char *copy;
+    ck_assert_int_eq(decode_copy(b.data, b.len, &out, &hb, &hcap, &copy), 0);
+    ck_assert(out.dead_letter);
+    ck_assert(str_eq(out.properties, S("P")));
+    ck_assert_uint_eq(out.route_id, 0x0a0b0c0d);
+    free(copy);
+    free(hb);
+    m2a_buf_free(&b);
+}
+END_TEST
+
+/* Records written by 0.1.0 (envelope version 1: no route id, no dead-letter
+ * flag) are still read after an upgrade: the bytes below are what that
+ * version's encoder wrote for this envelope (its pinned layout test). The
+ * route is unknown until resolved by name; a dead letter is recognised by
+ * its x-death-reason header. */
+START_TEST(version_1_records_still_decode)
+{
+    static const unsigned char v1[] = {
         1,                                    /* version */
         8, 7,   6,   5,   4,   3,   2,   1,   /* timestamp, little-endian */
         2,                                    /* qos */
@@ -108,11 +176,68 @@ START_TEST(layout_is_pinned)
         1, 'k', 2,   0,   0,   0,   'v', 'v', /* key u8, value u32 */
         3, 0,   0,   0,   'x', 'y', 'z',      /* body, u32 */
     };
+    struct m2a_header *hb = NULL;
+    size_t hcap = 0;
+    struct m2a_envelope out;
+    unsigned char *copy;
+    ck_assert_int_eq(decode_copy(v1, sizeof(v1), &out, &hb, &hcap, &copy), 0);
+    ck_assert_uint_eq(out.route_id, M2A_ROUTE_NONE);
+    ck_assert_uint_eq(out.timestamp_ms, 0x0102030405060708ull);
+    ck_assert(str_eq(out.route, S("r")));
+    ck_assert(str_eq(out.exchange, S("ex")));
+    ck_assert(str_eq(out.routing_key, S("a.b")));
+    ck_assert(str_eq(out.topic, S("a/b")));
+    ck_assert_uint_eq(out.qos, 2);
+    ck_assert(out.persistent && !out.retain && !out.dead_letter);
+    ck_assert_uint_eq(out.nheaders, 1);
+    ck_assert(str_eq(out.headers[0].value, S("vv")));
+    ck_assert_uint_eq(out.properties.len, 0);
+    ck_assert(str_eq(out.body, S("xyz")));
+    /* Not patched in place: it must be re-encoded (as version 2). */
+    ck_assert_int_eq(m2a_envelope_set_route_id(copy, sizeof(v1), 7), M2A_ERR_CORRUPT);
     struct m2a_buf b = {0};
-    m2a_envelope_encode(&env, &b);
-    ck_assert_uint_eq(b.len, sizeof(want));
-    ck_assert(memcmp(b.data, want, sizeof(want)) == 0);
-    ck_assert_uint_eq(m2a_envelope_encoded_size(&env), sizeof(want));
+    out.route_id = 7;
+    m2a_envelope_encode(&out, &b);
+    free(copy);
+    ck_assert_int_eq(decode_copy(b.data, b.len, &out, &hb, &hcap, &copy), 0);
+    ck_assert_uint_eq(out.route_id, 7);
+    ck_assert(str_eq(out.body, S("xyz")));
+    free(copy);
+
+    /* A version 1 dead letter: flagged from its header. */
+    unsigned char v1dl[sizeof(v1) + 20];
+    size_t hdr = 26; /* offset of the header count in v1 */
+    memcpy(v1dl, v1, hdr);
+    memcpy(v1dl + hdr, (const unsigned char[]){1, 0, 14}, 3);
+    memcpy(v1dl + hdr + 3, "x-death-reason", 14);
+    memcpy(v1dl + hdr + 17, (const unsigned char[]){0, 0, 0, 0}, 4);
+    memcpy(v1dl + hdr + 21, v1 + sizeof(v1) - 7, 7);
+    ck_assert_int_eq(decode_copy(v1dl, hdr + 28, &out, &hb, &hcap, &copy), 0);
+    ck_assert(out.dead_letter);
+    free(copy);
+    free(hb);
+    m2a_buf_free(&b);
+}
+END_TEST
+
+START_TEST(route_id_is_patched_in_place)
+{
+    struct m2a_envelope in = sample(2);
+    in.route_id = 5;
+    struct m2a_buf b = {0};
+    m2a_envelope_encode(&in, &b);
+    ck_assert_int_eq(m2a_envelope_set_route_id(b.data, b.len, 9), 0);
+    struct m2a_header *hb = NULL;
+    size_t hcap = 0;
+    struct m2a_envelope out;
+    unsigned char *copy;
+    ck_assert_int_eq(decode_copy(b.data, b.len, &out, &hb, &hcap, &copy), 0);
+    ck_assert_uint_eq(out.route_id, 9);
+    in.route_id = 9;
+    assert_same(&in, &out);
+    ck_assert_int_eq(m2a_envelope_set_route_id(b.data, 3, 9), M2A_ERR_CORRUPT);
+    free(copy);
+    free(hb);
     m2a_buf_free(&b);
 }
 END_TEST
@@ -165,6 +290,9 @@ START_TEST(round_trip_of_empty_and_maximal_fields)
     big.retain = false;
     big.persistent = false;
     big.timestamp_ms = UINT64_MAX;
+    big.route_id = UINT32_MAX - 1;
+    big.dead_letter = true;
+    big.properties = S(topic);
     const struct m2a_envelope *cases[] = {&empty, &big};
     struct m2a_header *hb = NULL;
     size_t hcap = 0;
@@ -209,8 +337,8 @@ END_TEST
 
 /* Offsets of the fixed fields in an encoding of sample(n). */
 #define OFF_VERSION 0
-#define OFF_QOS     9
-#define OFF_FLAGS   10
+#define OFF_QOS     13
+#define OFF_FLAGS   14
 
 START_TEST(bad_fields_are_rejected)
 {
@@ -226,8 +354,15 @@ START_TEST(bad_fields_are_rejected)
         size_t off;
         unsigned char val;
     } bad[] = {
-        {OFF_VERSION, 0}, {OFF_VERSION, 2}, {OFF_QOS, 3},
-        {OFF_QOS, 0xff},  {OFF_FLAGS, 4},   {OFF_FLAGS, 0x83},
+        {OFF_VERSION, 0},
+        {OFF_VERSION, 3},
+        {OFF_QOS, 3},
+        {OFF_QOS, 0xff},
+        {OFF_FLAGS, 0x10},
+        {OFF_FLAGS, 0x83},
+        /* the properties flag without properties: the body length is read
+         * as theirs, and an empty block is not canonical either way */
+        {OFF_FLAGS, 0x0b},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
         unsigned char saved = b.data[bad[i].off];
@@ -312,7 +447,7 @@ START_TEST(random_garbage_never_crashes)
         for (size_t i = 0; i < len; i++)
             buf[i] = (unsigned char)rand_r(&seed);
         if (len > 0)
-            buf[0] = 1; /* get past the version byte */
+            buf[0] = (unsigned char)(1 + iter % 2); /* get past the version byte */
         struct m2a_envelope out;
         unsigned char *copy;
         int rc = decode_copy(buf, len, &out, &hb, &hcap, &copy);
@@ -329,6 +464,8 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, layout_is_pinned);
+    tcase_add_test(tc, version_1_records_still_decode);
+    tcase_add_test(tc, route_id_is_patched_in_place);
     tcase_add_test(tc, round_trip_with_0_to_n_headers);
     tcase_add_test(tc, round_trip_of_empty_and_maximal_fields);
     tcase_add_test(tc, every_truncation_and_any_trailing_byte_is_rejected);

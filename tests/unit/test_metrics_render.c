@@ -69,7 +69,8 @@ START_TEST(exposition_has_every_series_with_its_type)
     M2A_STAT_ADD(&f.st, confirmed, 5);
     M2A_STAT_SET(&f.st, mqtt_connected, 1);
     M2A_STAT_ADD(&f.st, amqp_reconnects, 2);
-    struct m2a_route_counters *r = m2a_route_stats_register(f.st.routes, "tele\"metry\\x");
+    struct m2a_route_counters *r =
+        m2a_route_stats_at(f.st.routes, m2a_route_stats_register(f.st.routes, "tele\"metry\\x"));
     M2A_ROUTE_ADD(r, matched, 4);
     M2A_ROUTE_ADD(r, confirmed, 3);
     m2a_route_stats_register(f.st.routes, "idle");
@@ -112,9 +113,9 @@ START_TEST(histogram_is_cumulative_and_counts_match)
 {
     struct fixture f;
     fixture_init(&f);
-    m2a_latency_observe(f.st.routes, 400);     /* le 0.0005 */
-    m2a_latency_observe(f.st.routes, 2000);    /* le 0.0025 */
-    m2a_latency_observe(f.st.routes, 2000000); /* le 2.5 */
+    m2a_route_stats_observe_latency(f.st.routes, 400);     /* le 0.0005 */
+    m2a_route_stats_observe_latency(f.st.routes, 2000);    /* le 0.0025 */
+    m2a_route_stats_observe_latency(f.st.routes, 2000000); /* le 2.5 */
     char *t = render(&f);
     assert_line(t, "mqtt2amqp_confirm_latency_seconds_bucket{le=\"0.0005\"} 1");
     assert_line(t, "mqtt2amqp_confirm_latency_seconds_bucket{le=\"0.001\"} 1");

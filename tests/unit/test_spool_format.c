@@ -2,8 +2,9 @@
  * not change: the bytes below were written by the spool of main at 52c6cf8
  * (before spool_format.c existed): segment 1 holding records 1 and 2,
  * segment 3 holding record 3, a checkpoint at 1. The format functions
- * produce and accept exactly them, today's writer writes exactly them, and
- * today's spool opens that directory and replays records 2 and 3. */
+ * produce and accept exactly them, today's writer writes the same framing
+ * (around version 2 envelopes since route ids), and today's spool opens
+ * that directory and replays records 2 and 3 (version 1 envelopes). */
 #include <check.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -189,7 +190,26 @@ START_TEST(format_functions_make_and_accept_mains_bytes)
 }
 END_TEST
 
-/* Today's writer writes what main wrote, byte for byte. */
+/* The segment today's writer makes of golden records first..last: main's
+ * framing (pinned above against main's bytes) around this version's
+ * envelope encoding (version 2 since route ids; pinned in test_envelope.c;
+ * main's version 1 payloads are still read, below). */
+static void expected_segment(uint64_t first, uint64_t last, struct m2a_buf *out)
+{
+    char body[16];
+    m2a_buf_reset(out);
+    for (uint64_t n = first; n <= last; n++) {
+        struct m2a_envelope e = golden(body, sizeof(body), n);
+        size_t at = out->len;
+        m2a_buf_reserve(out, HDR);
+        out->len += HDR;
+        m2a_envelope_encode(&e, out);
+        m2a_spool_format_record_header(out->data + at, out->len - at - HDR, n);
+    }
+}
+
+/* Today's writer writes main's framing, byte for byte, around today's
+ * envelopes, and the same checkpoint. */
 START_TEST(writer_writes_mains_bytes)
 {
     struct m2a_spool *s = open_spool(NULL);
@@ -207,17 +227,20 @@ START_TEST(writer_writes_mains_bytes)
     ck_assert_int_eq(m2a_spool_read(s, &seq, &data, &len), 0);
     ck_assert_int_eq(m2a_spool_commit(s, 1), 0);
     m2a_spool_close(s);
-    struct m2a_buf b = {0};
+    struct m2a_buf b = {0}, want = {0};
     get_file("00000000000000000001.seg", &b);
-    ck_assert_uint_eq(b.len, sizeof(golden_seg1));
-    ck_assert_int_eq(memcmp(b.data, golden_seg1, b.len), 0);
+    expected_segment(1, 2, &want);
+    ck_assert_uint_eq(b.len, want.len);
+    ck_assert_int_eq(memcmp(b.data, want.data, b.len), 0);
     get_file("00000000000000000003.seg", &b);
-    ck_assert_uint_eq(b.len, sizeof(golden_seg3));
-    ck_assert_int_eq(memcmp(b.data, golden_seg3, b.len), 0);
+    expected_segment(3, 3, &want);
+    ck_assert_uint_eq(b.len, want.len);
+    ck_assert_int_eq(memcmp(b.data, want.data, b.len), 0);
     get_file(M2A_SPOOL_CHECKPOINT_FILE, &b);
     ck_assert_uint_eq(b.len, sizeof(golden_ckpt));
     ck_assert_int_eq(memcmp(b.data, golden_ckpt, b.len), 0);
     m2a_buf_free(&b);
+    m2a_buf_free(&want);
 }
 END_TEST
 

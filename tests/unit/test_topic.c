@@ -1,11 +1,13 @@
 /* test_topic.c - topic filter and name validation, matching with captures,
- * '$' topics, filter overlap, and the topic -> routing key conversion. */
+ * '$' topics, the filter algebra (overlap, cover, generalisation, reduction),
+ * and the topic -> routing key conversion. */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/topic.h"
+#include "mqtt2amqp/util.h"
 #include "check_main.h"
 
 START_TEST(valid_filters_are_accepted)
@@ -229,6 +231,59 @@ START_TEST(overlap_between_filters)
 }
 END_TEST
 
+START_TEST(cover_between_filters)
+{
+    struct {
+        const char *a, *b;
+        bool covers;
+    } cases[] = {
+        {"a/b", "a/b", true},       {"a/+", "a/b", true},      {"a/b", "a/+", false},
+        {"a/#", "a", true},         {"a/#", "a/b/c", true},    {"a/+", "a/#", false},
+        {"#", "x/y", true},         {"#", "$SYS/x", false},    {"+/x", "$SYS/x", false},
+        {"$SYS/#", "$SYS/+", true}, {"a/+/c", "a/b/+", false}, {"+/+", "+", false},
+        {"+/#", "+", true},         {"a//b", "a/+/b", false},  {"a/+/b", "a//b", true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++)
+        ck_assert_msg(m2a_topic_filter_covers(cases[i].a, cases[i].b) == cases[i].covers,
+                      "%s covers %s", cases[i].a, cases[i].b);
+}
+END_TEST
+
+START_TEST(generalisation_covers_both_filters)
+{
+    struct {
+        const char *a, *b, *want;
+    } cases[] = {
+        {"a/+/c", "a/b/+", "a/+/+"}, {"a/+/#", "+/b", "+/+/#"}, {"a/#", "+/b", "+/#"},
+        {"a/b", "a/b/c", "a/b/#"},   {"x", "y", "+"},           {"#", "a", "#"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char *g = m2a_topic_filter_generalise(cases[i].a, cases[i].b);
+        ck_assert_str_eq(g, cases[i].want);
+        ck_assert(m2a_topic_filter_covers(g, cases[i].a));
+        ck_assert(m2a_topic_filter_covers(g, cases[i].b));
+        free(g);
+    }
+}
+END_TEST
+
+START_TEST(reduction_leaves_no_two_filters_overlapping)
+{
+    const char *in[] = {"a/b", "a/+/c", "x/y", "a/b/+", "$SYS/#", "x/y", "#"};
+    size_t n = sizeof(in) / sizeof(*in);
+    char *f[sizeof(in) / sizeof(*in)];
+    for (size_t i = 0; i < n; i++)
+        f[i] = xstrdup(in[i]);
+    n = m2a_topic_filters_reduce(f, n);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(f[0], "#");
+    ck_assert_str_eq(f[1], "$SYS/#");
+    for (size_t i = 0; i < n; i++)
+        free(f[i]);
+    ck_assert_uint_eq(m2a_topic_filters_reduce(NULL, 0), 0);
+}
+END_TEST
+
 START_TEST(routing_key_conversion_swaps_slash_and_dot)
 {
     struct m2a_buf b = {0};
@@ -258,6 +313,9 @@ int main(void)
     tcase_add_test(tc, topic_is_not_assumed_nul_terminated);
     tcase_add_test(tc, captures_report_what_each_wildcard_matched);
     tcase_add_test(tc, overlap_between_filters);
+    tcase_add_test(tc, cover_between_filters);
+    tcase_add_test(tc, generalisation_covers_both_filters);
+    tcase_add_test(tc, reduction_leaves_no_two_filters_overlapping);
     tcase_add_test(tc, routing_key_conversion_swaps_slash_and_dot);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
