@@ -279,13 +279,31 @@ static void diff_tls(struct diff *d, const char *p, const struct m2a_conf_tls *a
     SAME_NUM(d, sub, a, b, verify_hostname);
 }
 
+/* The brokers of a side: named as the user wrote them ("host", "port" for
+ * the shorthand, else "hosts"). */
+static void diff_endpoints(struct diff *d, const char *p, const struct m2a_conf_endpoint *a,
+                           size_t na, bool a_list, const struct m2a_conf_endpoint *b, size_t nb,
+                           bool b_list)
+{
+    if (!a_list && !b_list) {
+        SAME_STR(d, p, a, b, host);
+        SAME_NUM(d, p, a, b, port);
+        return;
+    }
+    bool same = na == nb;
+    for (size_t i = 0; same && i < na; i++)
+        same = a[i].port == b[i].port && !strcmp(a[i].host, b[i].host);
+    if (!same)
+        report(d, p, "hosts");
+}
+
 size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_config *next,
                             void (*cb)(void *ud, const char *key), void *ud)
 {
     struct diff d = {cb, ud, 0};
     const struct m2a_conf_mqtt *m = &running->mqtt, *mn = &next->mqtt;
-    SAME_STR(&d, "mqtt.", m, mn, host);
-    SAME_NUM(&d, "mqtt.", m, mn, port);
+    diff_endpoints(&d, "mqtt.", m->endpoints, m->nendpoints, m->nhosts > 0, mn->endpoints,
+                   mn->nendpoints, mn->nhosts > 0);
     SAME_STR(&d, "mqtt.", m, mn, client_id);
     SAME_NUM(&d, "mqtt.", m, mn, clean_session);
     SAME_NUM(&d, "mqtt.", m, mn, keepalive);
@@ -300,8 +318,8 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
     diff_tls(&d, "mqtt.tls", &m->tls, &mn->tls);
 
     const struct m2a_conf_amqp *a = &running->amqp, *an = &next->amqp;
-    SAME_STR(&d, "amqp.", a, an, host);
-    SAME_NUM(&d, "amqp.", a, an, port);
+    diff_endpoints(&d, "amqp.", a->endpoints, a->nendpoints, a->nhosts > 0, an->endpoints,
+                   an->nendpoints, an->nhosts > 0);
     SAME_STR(&d, "amqp.", a, an, vhost);
     SAME_STR(&d, "amqp.", a, an, username);
     SAME_STR(&d, "amqp.", a, an, password);

@@ -41,9 +41,20 @@ struct m2a_conf_tls {
 /* The MQTT protocol version, named by the number users write. */
 enum m2a_mqtt_protocol { M2A_MQTT_V311 = 311, M2A_MQTT_V5 = 5 };
 
+/* One broker of a side: from "hosts" (each "HOST:PORT"), or the
+ * one-host shorthand "host" + "port". */
+struct m2a_conf_endpoint {
+    char *host; /* a name or an address, brackets of IPv6 removed */
+    int port;
+};
+
 struct m2a_conf_mqtt {
-    char *host;                      /* default "127.0.0.1" */
-    int port;                        /* default 1883 */
+    char *host;   /* shorthand, default "127.0.0.1"; use endpoints */
+    int port;     /* shorthand, default 1883; use endpoints */
+    char **hosts; /* "hosts" as written; not with host/port */
+    size_t nhosts;
+    struct m2a_conf_endpoint *endpoints; /* the brokers to try, >= 1: hosts, else host:port */
+    size_t nendpoints;
     char *client_id;                 /* default "mqtt2amqp" */
     bool clean_session;              /* default false */
     int keepalive;                   /* seconds, default 30, 5..65535 */
@@ -94,8 +105,12 @@ struct m2a_conf_queue {
 enum m2a_mqtt_headers { M2A_MQTT_HEADERS_ALL, M2A_MQTT_HEADERS_TOPIC, M2A_MQTT_HEADERS_NONE };
 
 struct m2a_conf_amqp {
-    char *host;                         /* default "127.0.0.1" */
-    int port;                           /* default 5672 */
+    char *host;   /* shorthand, default "127.0.0.1"; use endpoints */
+    int port;     /* shorthand, default 5672; use endpoints */
+    char **hosts; /* "hosts" as written (cluster nodes); not with host/port */
+    size_t nhosts;
+    struct m2a_conf_endpoint *endpoints; /* the nodes to try, >= 1: hosts, else host:port */
+    size_t nendpoints;
     char *vhost;                        /* default "/" */
     char *username;                     /* default "guest" */
     char *password;                     /* default "guest"; secret */

@@ -34,15 +34,17 @@
 #include <mosquitto.h>
 
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/routes.h"
 #include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
 
-#define MSG_LEN         256
-#define SHARE_PREFIX    "$share/"
-#define LISTEN_HOST_MAX 255 /* what metrics.c can hold of "HOST:PORT" */
+#define MSG_LEN           256
+#define SHARE_PREFIX      "$share/"
+#define MQTT_DEFAULT_PORT 1883
+#define AMQP_DEFAULT_PORT 5672
 
 /* ---- value checks ------------------------------------------------------- */
 
@@ -65,18 +67,18 @@ static int check_tls_file(const char *s, char *msg, size_t msglen)
  * metrics server starts. */
 static int check_listen(const char *s, char *msg, size_t msglen)
 {
-    const char *colon = strrchr(s, ':');
-    char *end = NULL;
-    long port = colon ? strtol(colon + 1, &end, 10) : 0;
-    size_t hlen = colon ? (size_t)(colon - s) : 0;
-    if (hlen >= 2 && s[0] == '[' && s[hlen - 1] == ']')
-        hlen -= 2;
-    if (!colon || hlen == 0 || hlen > LISTEN_HOST_MAX || !colon[1] || *end || port < 1 ||
-        port > 65535) {
-        snprintf(msg, msglen, "'%.60s' is not HOST:PORT (e.g. 127.0.0.1:9464)", s);
-        return -1;
-    }
-    return 0;
+    char host[M2A_HOST_MAX + 1];
+    int port;
+    return m2a_hostport_parse(s, 0, host, sizeof(host), &port, msg, msglen);
+}
+
+/* An element of mqtt.hosts / amqp.hosts: HOST:PORT, or HOST (the side's
+ * default port). */
+static int check_hostport(const char *s, char *msg, size_t msglen)
+{
+    char host[M2A_HOST_MAX + 1];
+    int port;
+    return m2a_hostport_parse(s, 1, host, sizeof(host), &port, msg, msglen);
 }
 
 /* What libmosquitto accepts as a client id or user name (mosquitto_new and
@@ -188,6 +190,55 @@ static int check_tls(const struct m2a_bind_scope *s, const struct m2a_conf_tls *
     return 0;
 }
 
+static void default_endpoint(struct m2a_conf_endpoint **out, size_t *nout, const char *host,
+                             int port)
+{
+    *out = xcalloc(1, sizeof(**out));
+    (*out)[0] = (struct m2a_conf_endpoint){xstrdup(host), port};
+    *nout = 1;
+}
+
+/* Fills endpoints from hosts (each already checked by check_hostport), or
+ * from the host/port shorthand; refuses both forms together and a broker
+ * named twice. */
+static int build_endpoints(const struct m2a_bind_scope *s, char **hosts, size_t nhosts,
+                           const char *host, int port, int default_port,
+                           struct m2a_conf_endpoint **out, size_t *nout)
+{
+    const char *path = m2a_bind_path(s);
+    if (nhosts && (m2a_bind_has(s, "host") || m2a_bind_has(s, "port")))
+        return m2a_bind_fail(s, m2a_bind_at(s, "hosts", NULL),
+                             "%s: hosts and host/port are two ways to say the same: use one", path);
+    if (m2a_bind_has(s, "hosts") && !nhosts)
+        return m2a_bind_fail_key(s, "hosts", "the list is empty");
+    if (!nhosts) {
+        default_endpoint(out, nout, host, port);
+        return 0;
+    }
+    size_t n = nhosts;
+    struct m2a_conf_endpoint *e = xcalloc(n, sizeof(*e));
+    *out = e;
+    *nout = n;
+    for (size_t i = 0; i < n; i++) {
+        char h[M2A_HOST_MAX + 1], msg[160];
+        int p;
+        if (m2a_hostport_parse(hosts[i], default_port, h, sizeof(h), &p, msg, sizeof(msg)) != 0)
+            return m2a_bind_fail_key(s, "hosts", "%s", msg); /* checked per element already */
+        e[i] = (struct m2a_conf_endpoint){xstrdup(h), p};
+        for (size_t j = 0; j < i; j++)
+            if (e[j].port == p && !strcmp(e[j].host, h))
+                return m2a_bind_fail_key(s, "hosts", "%s:%d is listed twice", h, p);
+    }
+    return 0;
+}
+
+static void free_endpoints(struct m2a_conf_endpoint *e, size_t n)
+{
+    for (size_t i = 0; e && i < n; i++)
+        free(e[i].host);
+    free(e);
+}
+
 /* What the two client sections share, but TLS: checked last, it reads files. */
 static int check_client(const struct m2a_bind_scope *s, int min_ms, int max_ms)
 {
@@ -205,21 +256,27 @@ static int check_client(const struct m2a_bind_scope *s, int min_ms, int max_ms)
 static int mqtt_check(const struct m2a_bind_scope *s, void *base)
 {
     struct m2a_conf_mqtt *m = base;
-    int rc = check_client(s, m->reconnect_min_ms, m->reconnect_max_ms);
+    int rc = build_endpoints(s, m->hosts, m->nhosts, m->host, m->port, MQTT_DEFAULT_PORT,
+                             &m->endpoints, &m->nendpoints);
+    if (rc == 0)
+        rc = check_client(s, m->reconnect_min_ms, m->reconnect_max_ms);
     if (rc)
         return rc;
     /* MQTT 3.1.1 forbids a password without a user name; MQTT 5 allows it */
     if (m->protocol == M2A_MQTT_V311 && m->password && !m->username)
         return m2a_bind_fail(s, m2a_bind_at(s, "password", "password_file", NULL),
                              "%s: with protocol 311 a password needs a username", m2a_bind_path(s));
-    return check_tls(s, &m->tls, m->host);
+    return check_tls(s, &m->tls, m->endpoints[0].host);
 }
 
 static int amqp_check(const struct m2a_bind_scope *s, void *base)
 {
     struct m2a_conf_amqp *a = base;
-    int rc = check_client(s, a->reconnect_min_ms, a->reconnect_max_ms);
-    return rc ? rc : check_tls(s, &a->tls, a->host);
+    int rc = build_endpoints(s, a->hosts, a->nhosts, a->host, a->port, AMQP_DEFAULT_PORT,
+                             &a->endpoints, &a->nendpoints);
+    if (rc == 0)
+        rc = check_client(s, a->reconnect_min_ms, a->reconnect_max_ms);
+    return rc ? rc : check_tls(s, &a->tls, a->endpoints[0].host);
 }
 
 static int tls_check(const struct m2a_bind_scope *s, void *base)
@@ -386,6 +443,8 @@ static const struct m2a_bind_section tls_section = {
 
 #define T struct m2a_conf_mqtt
 static const struct m2a_bind_opt mqtt_opts[] = {
+    M2A_BIND_STRS(T, "hosts", hosts, nhosts, M2A_BIND_NONEMPTY,
+                  "brokers to try in turn, HOST:PORT each", .check = check_hostport),
     M2A_BIND_STR(T, "host", host, "127.0.0.1", M2A_BIND_NONEMPTY, "MQTT broker host"),
     M2A_BIND_INT(T, "port", port, "1883", 1, 65535, "MQTT broker TCP port"),
     M2A_BIND_STR(T, "client_id", client_id, "mqtt2amqp", M2A_BIND_NONEMPTY,
@@ -463,6 +522,8 @@ static const struct m2a_bind_opt topology_opts[] = {
 static const struct m2a_bind_section topology_section = {M2A_BIND_OPTS(topology_opts)};
 
 static const struct m2a_bind_opt amqp_opts[] = {
+    M2A_BIND_STRS(T, "hosts", hosts, nhosts, M2A_BIND_NONEMPTY,
+                  "cluster nodes to try in turn, HOST:PORT each", .check = check_hostport),
     M2A_BIND_STR(T, "host", host, "127.0.0.1", M2A_BIND_NONEMPTY, "RabbitMQ host"),
     M2A_BIND_INT(T, "port", port, "5672", 1, 65535, "RabbitMQ TCP port"),
     M2A_BIND_STR(T, "vhost", vhost, "/", M2A_BIND_NONEMPTY, "virtual host, an AMQP short string",
@@ -593,6 +654,14 @@ int m2a_config_load_buffer(const char *name, const char *data, size_t len, struc
     struct m2a_config *cfg = xcalloc(1, sizeof(*cfg));
     cfg->path = xstrdup(name);
     int rc = m2a_bind_parse(&top_section, cfg, cfg, name, data, len, err, errlen);
+    /* A section left out was never checked: its broker is the shorthand's
+     * defaults. */
+    if (rc == 0 && !cfg->mqtt.endpoints)
+        default_endpoint(&cfg->mqtt.endpoints, &cfg->mqtt.nendpoints, cfg->mqtt.host,
+                         cfg->mqtt.port);
+    if (rc == 0 && !cfg->amqp.endpoints)
+        default_endpoint(&cfg->amqp.endpoints, &cfg->amqp.nendpoints, cfg->amqp.host,
+                         cfg->amqp.port);
     if (rc) {
         m2a_config_free(cfg);
         cfg = NULL;
@@ -617,6 +686,8 @@ void m2a_config_free(struct m2a_config *cfg)
 {
     if (!cfg)
         return;
+    free_endpoints(cfg->mqtt.endpoints, cfg->mqtt.nendpoints);
+    free_endpoints(cfg->amqp.endpoints, cfg->amqp.nendpoints);
     m2a_bind_free(&top_section, cfg);
     free(cfg->path);
     free(cfg);

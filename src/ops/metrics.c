@@ -33,6 +33,7 @@
 #include <microhttpd.h>
 
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
@@ -316,25 +317,16 @@ unsigned m2a_metrics_connection_limit(uint64_t nofile)
 /* A listening socket on "HOST:PORT"; -1 with a sentence in err. */
 static int listen_on(const char *spec, bool *v6, char *err, size_t errlen)
 {
-    char host[256];
-    const char *colon = strrchr(spec, ':');
-    if (!colon || (size_t)(colon - spec) >= sizeof(host)) {
-        snprintf(err, errlen, "'%s' is not HOST:PORT", spec);
+    char host[M2A_HOST_MAX + 1], port[8];
+    int p;
+    if (m2a_hostport_parse(spec, 0, host, sizeof(host), &p, err, errlen) != 0)
         return -1;
-    }
-    const char *h = spec;
-    size_t hlen = (size_t)(colon - spec);
-    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
-        h++;
-        hlen -= 2;
-    }
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
+    snprintf(port, sizeof(port), "%d", p);
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
-    int grc = getaddrinfo(host, colon + 1, &hints, &ai);
+    int grc = getaddrinfo(host, port, &hints, &ai);
     if (grc != 0) {
         snprintf(err, errlen, "cannot resolve '%s': %s", host, gai_strerror(grc));
         return -1;

@@ -1049,6 +1049,64 @@ START_TEST(recursive_aliases_terminate)
 }
 END_TEST
 
+/* ---- brokers: hosts lists and the host/port shorthand --------------------- */
+
+START_TEST(endpoints_come_from_the_shorthand_or_its_defaults)
+{
+    struct m2a_config *c = load(ROUTE);
+    ck_assert_uint_eq(c->mqtt.nendpoints, 1);
+    ck_assert_str_eq(c->mqtt.endpoints[0].host, "127.0.0.1");
+    ck_assert_int_eq(c->mqtt.endpoints[0].port, 1883);
+    ck_assert_uint_eq(c->amqp.nendpoints, 1);
+    ck_assert_str_eq(c->amqp.endpoints[0].host, "127.0.0.1");
+    ck_assert_int_eq(c->amqp.endpoints[0].port, 5672);
+    m2a_config_free(c);
+    c = load("mqtt: {host: m.example, port: 8883}\namqp: {port: 5671}\n" ROUTE);
+    ck_assert_str_eq(c->mqtt.endpoints[0].host, "m.example");
+    ck_assert_int_eq(c->mqtt.endpoints[0].port, 8883);
+    ck_assert_int_eq(c->amqp.endpoints[0].port, 5671);
+    m2a_config_free(c);
+}
+END_TEST
+
+START_TEST(hosts_lists_keep_their_order_and_default_ports)
+{
+    struct m2a_config *c = load("amqp:\n  hosts: [\"r1:5673\", \"[::1]:5674\", r3]\n"
+                                "mqtt:\n  hosts: [\"emqx-0:1884\", emqx-1]\n" ROUTE);
+    ck_assert_uint_eq(c->amqp.nendpoints, 3);
+    ck_assert_str_eq(c->amqp.endpoints[0].host, "r1");
+    ck_assert_int_eq(c->amqp.endpoints[0].port, 5673);
+    ck_assert_str_eq(c->amqp.endpoints[1].host, "::1");
+    ck_assert_int_eq(c->amqp.endpoints[1].port, 5674);
+    ck_assert_str_eq(c->amqp.endpoints[2].host, "r3");
+    ck_assert_int_eq(c->amqp.endpoints[2].port, 5672);
+    ck_assert_uint_eq(c->mqtt.nendpoints, 2);
+    ck_assert_int_eq(c->mqtt.endpoints[0].port, 1884);
+    ck_assert_str_eq(c->mqtt.endpoints[1].host, "emqx-1");
+    ck_assert_int_eq(c->mqtt.endpoints[1].port, 1883);
+    m2a_config_free(c);
+}
+END_TEST
+
+START_TEST(bad_hosts_lists_are_refused_where_they_are)
+{
+    refuse("amqp:\n  host: a\n  hosts: [\"b:1\"]\n" ROUTE,
+           "t.yaml:3:10: amqp: hosts and host/port are two ways to say the same", NULL);
+    refuse("mqtt:\n  hosts: [\"b:1\"]\n  port: 2\n" ROUTE,
+           "t.yaml:2:10: mqtt: hosts and host/port are two ways to say the same", NULL);
+    refuse("amqp:\n  hosts: []\n" ROUTE, "t.yaml:2:10: amqp.hosts: the list is empty", NULL);
+    refuse("amqp:\n  hosts: [a, \"::1:5672\"]\n" ROUTE,
+           "t.yaml:2:14: amqp.hosts[1]: ", "IPv6 address in brackets");
+    refuse("amqp:\n  hosts: [\"a:70000\"]\n" ROUTE,
+           "t.yaml:2:11: amqp.hosts[0]: ", "from 1 to 65535");
+    refuse("mqtt:\n  hosts: [\"[::1\"]\n" ROUTE, "t.yaml:2:11: mqtt.hosts[0]: ", "no ']'");
+    refuse("mqtt:\n  hosts: [\":1883\"]\n" ROUTE,
+           "t.yaml:2:11: mqtt.hosts[0]: ", "the host is empty");
+    refuse("mqtt:\n  hosts: [b, \"b:1883\"]\n" ROUTE,
+           "t.yaml:2:10: mqtt.hosts: b:1883 is listed twice", NULL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("config");
@@ -1100,6 +1158,9 @@ int main(void)
     tcase_add_test(tc, bad_templates_are_refused_needs_routes_c);
     tcase_add_test(tc, good_templates_are_accepted);
     tcase_add_test(tc, recursive_aliases_terminate);
+    tcase_add_test(tc, endpoints_come_from_the_shorthand_or_its_defaults);
+    tcase_add_test(tc, hosts_lists_keep_their_order_and_default_ports);
+    tcase_add_test(tc, bad_hosts_lists_are_refused_where_they_are);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }

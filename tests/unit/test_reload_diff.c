@@ -13,7 +13,7 @@
 #define BASE                                                                                       \
     "mqtt: {host: 127.0.0.1, client_id: a%s}\n"                                                    \
     "amqp:\n"                                                                                      \
-    "  port: 5672\n%s"                                                                             \
+    "  vhost: /\n%s"                                                                               \
     "  topology:\n"                                                                                \
     "    exchanges: [{name: x1}%s]\n"                                                              \
     "    queues: [{name: q1, bindings: [{exchange: x1}]}%s]\n"                                     \
@@ -75,6 +75,24 @@ START_TEST(connection_spool_and_metrics_changes_are_named)
 }
 END_TEST
 
+START_TEST(a_changed_hosts_list_is_named_once)
+{
+    struct m2a_config *a =
+        load("", "  hosts: [\"r1:5672\", \"r2:5672\"]\n", "", "", "", "", "info", "");
+    struct m2a_config *b =
+        load("", "  hosts: [\"r1:5672\", \"r3:5672\"]\n", "", "", "", "", "info", "");
+    struct m2a_config *c = load("", "  hosts: [\"r1:5672\", \"r2\"]\n", "", "", "", "", "info", "");
+    struct keys k = {""};
+    ck_assert_uint_eq(m2a_reload_unapplied(a, b, collect, &k), 1);
+    ck_assert_str_eq(k.list, "amqp.hosts ");
+    /* the same brokers written another way: nothing changed */
+    ck_assert_uint_eq(m2a_reload_unapplied(a, c, NULL, NULL), 0);
+    m2a_config_free(a);
+    m2a_config_free(b);
+    m2a_config_free(c);
+}
+END_TEST
+
 START_TEST(tls_changes_are_named_per_key)
 {
     struct m2a_config *a = load(", tls: {verify_hostname: true}",
@@ -109,6 +127,7 @@ int main(void)
     tcase_add_test(tc, routes_topology_and_log_level_are_applied_silently);
     tcase_add_test(tc, connection_spool_and_metrics_changes_are_named);
     tcase_add_test(tc, tls_changes_are_named_per_key);
+    tcase_add_test(tc, a_changed_hosts_list_is_named_once);
     tcase_add_test(tc, removed_exchanges_and_queues_are_listed);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
