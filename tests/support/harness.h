@@ -319,6 +319,8 @@ struct th_pub {
     int protocol;        /* 0 or 4 = MQTT 3.1.1, 5 = MQTT 5 */
     bool retain;
     const char *client_id; /* NULL: generated */
+    const char *username;  /* NULL: none (some brokers require one: brokers.h) */
+    const char *password;  /* with username; NULL: none */
     int timeout_ms;        /* whole run, including connect */
     bool quiet;            /* do not print the summary line */
 };
