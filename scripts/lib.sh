@@ -8,6 +8,7 @@
 #               m2a_wait_port PORT SECONDS PID     until PORT accepts, or PID exits
 #   Mosquitto   m2a_mosquitto_conf KIND PORT DATA_DIR   the config, on stdout
 #               m2a_mosquitto_start DIR [PORT]     from the shipped config; sets MOSQ_PID, MOSQ_PORT
+#               m2a_mosquitto_restart DIR          same config, port and data (sessions kept)
 #               m2a_mosquitto_stop [DIR]
 #   RabbitMQ    m2a_rabbit VERB DIR [ARGS]         a private node (verbs: scripts/test-rabbitmq.sh);
 #                                                  `start DIR mqtt` adds the MQTT plugin (MQTT_PORT)
@@ -177,6 +178,29 @@ m2a_mosquitto_start() {
     echo "$MOSQ_PID" >"$dir/mosquitto.pid"
     if ! m2a_wait_port "$port" 15 "$MOSQ_PID"; then
         echo "Mosquitto did not start on 127.0.0.1:$port; last lines of $dir/mosquitto.log:" >&2
+        tail -n 20 "$dir/mosquitto.log" >&2
+        m2a_mosquitto_stop "$dir"
+        return 1
+    fi
+}
+
+# m2a_mosquitto_restart DIR: stops the Mosquitto m2a_mosquitto_start started
+# in DIR (if it runs) and starts it again with the same config, port and data
+# (its sessions survive); waits up to 15 s. Sets MOSQ_PID. The port is not
+# probed first: the connections of the stopped broker linger on it (TIME_WAIT).
+m2a_mosquitto_restart() {
+    local dir=$1 port
+    port=$(sed -n 's/^listener \([0-9]*\) .*/\1/p' "$dir/mosquitto.conf" | head -n 1)
+    [ -n "$port" ] || {
+        echo "m2a_mosquitto_restart: no listener in $dir/mosquitto.conf" >&2
+        return 1
+    }
+    m2a_mosquitto_stop
+    setsid mosquitto -c "$dir/mosquitto.conf" </dev/null >>"$dir/mosquitto.log" 2>&1 &
+    MOSQ_PID=$!
+    echo "$MOSQ_PID" >"$dir/mosquitto.pid"
+    if ! m2a_wait_port "$port" 15 "$MOSQ_PID"; then
+        echo "Mosquitto did not restart on 127.0.0.1:$port; last lines of $dir/mosquitto.log:" >&2
         tail -n 20 "$dir/mosquitto.log" >&2
         m2a_mosquitto_stop "$dir"
         return 1
