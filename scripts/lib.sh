@@ -171,17 +171,9 @@ m2a_mosquitto_start() {
         m2a_free_port port || return 1
     fi
     m2a_mosquitto_conf shipped "$port" "$dir/data" >"$dir/mosquitto.conf" || return 1
-    setsid mosquitto -c "$dir/mosquitto.conf" </dev/null >>"$dir/mosquitto.log" 2>&1 &
-    MOSQ_PID=$!
     # shellcheck disable=SC2034 # for the caller
     MOSQ_PORT=$port
-    echo "$MOSQ_PID" >"$dir/mosquitto.pid"
-    if ! m2a_wait_port "$port" 15 "$MOSQ_PID"; then
-        echo "Mosquitto did not start on 127.0.0.1:$port; last lines of $dir/mosquitto.log:" >&2
-        tail -n 20 "$dir/mosquitto.log" >&2
-        m2a_mosquitto_stop "$dir"
-        return 1
-    fi
+    m2a_mosquitto_launch "$dir" "$port"
 }
 
 # m2a_mosquitto_restart DIR: stops the Mosquitto m2a_mosquitto_start started
@@ -196,11 +188,18 @@ m2a_mosquitto_restart() {
         return 1
     }
     m2a_mosquitto_stop
+    m2a_mosquitto_launch "$dir" "$port"
+}
+
+# m2a_mosquitto_launch DIR PORT: runs mosquitto -c DIR/mosquitto.conf in a
+# session of its own, records MOSQ_PID, waits until PORT accepts.
+m2a_mosquitto_launch() {
+    local dir=$1 port=$2
     setsid mosquitto -c "$dir/mosquitto.conf" </dev/null >>"$dir/mosquitto.log" 2>&1 &
     MOSQ_PID=$!
     echo "$MOSQ_PID" >"$dir/mosquitto.pid"
     if ! m2a_wait_port "$port" 15 "$MOSQ_PID"; then
-        echo "Mosquitto did not restart on 127.0.0.1:$port; last lines of $dir/mosquitto.log:" >&2
+        echo "Mosquitto did not start on 127.0.0.1:$port; last lines of $dir/mosquitto.log:" >&2
         tail -n 20 "$dir/mosquitto.log" >&2
         m2a_mosquitto_stop "$dir"
         return 1
@@ -263,8 +262,13 @@ m2a_ejabberd_exec() {
     mkdir -p "$dir/spool" "$dir/log" || return 1
     [ -f "$dir/ejabberd.yml" ] || m2a_ejabberd_conf "$port" >"$dir/ejabberd.yml" || return 1
     printf '%s\n' '{lookup,["file","native"]}.' '{host,{127,0,0,1}, ["localhost"]}.' >"$dir/inetrc"
-    local ebin
-    ebin=$(ls -d /usr/lib/*/ejabberd-*/ebin 2>/dev/null | head -n 1)
+    local ebin="" d
+    for d in /usr/lib/*/ejabberd-*/ebin; do
+        if [ -d "$d" ]; then
+            ebin=$d
+            break
+        fi
+    done
     [ -n "$ebin" ] || {
         echo "ejabberd is not installed (scripts/deps.sh installs it)" >&2
         return 1
