@@ -180,7 +180,7 @@ while :; do
     if [ $t -ge $next_sample ]; then
         sample "$t"
         # A fault that took long (RabbitMQ's restart) delays a sample; none is made up for.
-        while [ $next_sample -le $t ]; do next_sample=$((next_sample + SAMPLE_EVERY)); done
+        next_sample=$(((t / SAMPLE_EVERY + 1) * SAMPLE_EVERY))
     fi
     if [ $t -ge "$next_fault" ]; then
         f=${FAULTS[$((k % ${#FAULTS[@]}))]}
@@ -224,7 +224,9 @@ read -r rss_all rss_within <<<"$(slopes 3)"
 read -r fd_all fd_within <<<"$(slopes 4)"
 nproc_bridge=$(cut -f2 "$SAMPLES" | sort -u | wc -l)
 echo
-echo "soak: ${DURATION}s at $RATE msg/s (${MAX:+half the measured maximum of $MAX msg/s}${MAX:-M2A_SOAK_RATE}), fsync $FSYNC, $k faults:$(cut -d: -f2 "$FAULT_LOG" | awk '{print $1}' | sort | uniq -c | awk '{printf " %s %s", $1, $2}')"
+how="half the measured maximum of ${MAX:-} msg/s"
+[ -n "${MAX:-}" ] || how="M2A_SOAK_RATE"
+echo "soak: ${DURATION}s at $RATE msg/s ($how), fsync $FSYNC, $k faults:$(cut -d: -f2 "$FAULT_LOG" | awk '{print $1}' | sort | uniq -c | awk '{printf " %s %s", $1, $2}')"
 echo "${RESULT:-soak: no result from m2a-soak (exit $drc)}"
 echo "slope RSS: $rss_all kB/s over the run, $rss_within kB/s within a bridge process ($nproc_bridge processes)"
 echo "slope descriptors: $fd_all /s over the run, $fd_within /s within a bridge process"
