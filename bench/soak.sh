@@ -230,5 +230,5 @@ echo "soak: ${DURATION}s at $RATE msg/s ($how), fsync $FSYNC, $k faults:$(cut -d
 echo "${RESULT:-soak: no result from m2a-soak (exit $drc)}"
 echo "slope RSS: $rss_all kB/s over the run, $rss_within kB/s within a bridge process ($nproc_bridge processes)"
 echo "slope descriptors: $fd_all /s over the run, $fd_within /s within a bridge process"
-echo "samples: $SAMPLES (t, pid, rss kB, fds, threads, spool bytes)"
+[ "$KEEP" != 1 ] || echo "samples: $SAMPLES (t, pid, rss kB, fds, threads, spool bytes)"
 [ "$drc" = 0 ]
