@@ -25,7 +25,15 @@ PACKAGES=(
     dpkg-dev lintian                           # cpack -G DEB (dpkg-shlibdeps), its lint
     prometheus                                 # promtool: alerting rules, live /metrics
     curl                                       # the README's "Try it in one minute"
+    ejabberd                                   # interop tests: mod_mqtt (tests/support/brokers.h)
 )
+# The interop tests also run aedes, installed at test time with npm from the
+# lockfile in tests/support/aedes/. aedes 1.x needs Node.js 20 or later: the
+# machine's own (this project's machines have 20); Debian 12's nodejs is 18,
+# installed only where there is no node at all, and then aedes will refuse.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

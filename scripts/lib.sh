@@ -8,12 +8,20 @@
 #               m2a_wait_port PORT SECONDS PID     until PORT accepts, or PID exits
 #   Mosquitto   m2a_mosquitto_conf KIND PORT DATA_DIR   the config, on stdout
 #               m2a_mosquitto_start DIR [PORT]     from the shipped config; sets MOSQ_PID, MOSQ_PORT
+#               m2a_mosquitto_restart DIR          same config, port and data (sessions kept)
 #               m2a_mosquitto_stop [DIR]
-#   RabbitMQ    m2a_rabbit VERB DIR [ARGS]         a private node (verbs: scripts/test-rabbitmq.sh)
+#   RabbitMQ    m2a_rabbit VERB DIR [ARGS]         a private node (verbs: scripts/test-rabbitmq.sh);
+#                                                  `start DIR mqtt` adds the MQTT plugin (MQTT_PORT)
+#   ejabberd    m2a_ejabberd_conf PORT             an ejabberd.yml for mod_mqtt, on stdout
+#               m2a_ejabberd_exec DIR PORT         becomes a private ejabberd (exec)
+#   aedes       m2a_aedes_install INSTALL          the pinned npm packages into INSTALL (once)
+#               m2a_aedes_exec INSTALL DIR PORT [P] becomes a private aedes (exec)
 #
-# Sourced by scripts/run.sh, scripts/test-rabbitmq.sh and bench/lib.sh. The C
-# test harness (tests/support/harness.c) calls m2a_mosquitto_conf through
-# `bash -c`, so the tests, the benchmarks and run.sh start Mosquitto from one
+# Sourced by scripts/run.sh, scripts/test-rabbitmq.sh, bench/lib.sh and
+# bench/soak.sh. The C test harness (tests/support/harness.c, brokers.c) calls
+# m2a_mosquitto_conf, m2a_aedes_install and the _exec functions through
+# `bash -c` (an _exec function becomes the broker, so the harness's child is
+# the broker itself and dies with the test), so the tests, the benchmarks and run.sh start Mosquitto from one
 # transformation of docker/mosquitto/mosquitto.conf: what is tested is what
 # is shipped, and what is benchmarked too.
 #
@@ -163,10 +171,32 @@ m2a_mosquitto_start() {
         m2a_free_port port || return 1
     fi
     m2a_mosquitto_conf shipped "$port" "$dir/data" >"$dir/mosquitto.conf" || return 1
-    setsid mosquitto -c "$dir/mosquitto.conf" </dev/null >>"$dir/mosquitto.log" 2>&1 &
-    MOSQ_PID=$!
     # shellcheck disable=SC2034 # for the caller
     MOSQ_PORT=$port
+    m2a_mosquitto_launch "$dir" "$port"
+}
+
+# m2a_mosquitto_restart DIR: stops the Mosquitto m2a_mosquitto_start started
+# in DIR (if it runs) and starts it again with the same config, port and data
+# (its sessions survive); waits up to 15 s. Sets MOSQ_PID. The port is not
+# probed first: the connections of the stopped broker linger on it (TIME_WAIT).
+m2a_mosquitto_restart() {
+    local dir=$1 port
+    port=$(sed -n 's/^listener \([0-9]*\) .*/\1/p' "$dir/mosquitto.conf" | head -n 1)
+    [ -n "$port" ] || {
+        echo "m2a_mosquitto_restart: no listener in $dir/mosquitto.conf" >&2
+        return 1
+    }
+    m2a_mosquitto_stop
+    m2a_mosquitto_launch "$dir" "$port"
+}
+
+# m2a_mosquitto_launch DIR PORT: runs mosquitto -c DIR/mosquitto.conf in a
+# session of its own, records MOSQ_PID, waits until PORT accepts.
+m2a_mosquitto_launch() {
+    local dir=$1 port=$2
+    setsid mosquitto -c "$dir/mosquitto.conf" </dev/null >>"$dir/mosquitto.log" 2>&1 &
+    MOSQ_PID=$!
     echo "$MOSQ_PID" >"$dir/mosquitto.pid"
     if ! m2a_wait_port "$port" 15 "$MOSQ_PID"; then
         echo "Mosquitto did not start on 127.0.0.1:$port; last lines of $dir/mosquitto.log:" >&2
@@ -181,6 +211,123 @@ m2a_mosquitto_stop() {
     m2a_stop_pid "${MOSQ_PID:-}" TERM 30
     MOSQ_PID=""
     [ -z "${1:-}" ] || rm -f "$1/mosquitto.pid"
+}
+
+# ---- ejabberd (mod_mqtt) -------------------------------------------------------
+
+# m2a_ejabberd_conf PORT: an ejabberd.yml for a private MQTT broker on
+# 127.0.0.1:PORT, on stdout. mod_mqtt needs a user name on every CONNECT:
+# anonymous login (login_anon) takes any name and password. The mod_mqtt
+# settings are those the README's "Brokers" section recommends:
+#   session_expiry  the longest session a client may ask for (default 5
+#                   minutes; the bridge asks for 7 days)
+#   max_queue       messages kept for a client that is away (default 5000,
+#                   then the oldest are dropped)
+# mod_mqtt keeps sessions in RAM tables: a restart of ejabberd loses them
+# (and what they held), whatever these say.
+m2a_ejabberd_conf() {
+    cat <<EOF
+# private test broker, written by scripts/lib.sh m2a_ejabberd_conf
+hosts: [localhost]
+loglevel: info
+log_rotate_count: 0
+listen:
+  - port: $1
+    ip: 127.0.0.1
+    module: mod_mqtt
+    backlog: 1000
+auth_method: [anonymous]
+anonymous_protocol: login_anon
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: all
+modules:
+  mod_mqtt:
+    session_expiry: 7 days
+    max_queue: unlimited
+EOF
+}
+
+# m2a_ejabberd_exec DIR PORT: becomes (exec) an ejabberd that serves MQTT on
+# 127.0.0.1:PORT with config DIR/ejabberd.yml (written when missing), Mnesia
+# in DIR/spool, log DIR/log/ejabberd.log: an Erlang VM without distribution,
+# so no epmd and no node name to collide with. Not through ejabberdctl,
+# which would switch to the ejabberd user and look for other nodes by name.
+# SIGTERM stops it cleanly. The caller records the pid (it is the VM's).
+m2a_ejabberd_exec() {
+    local dir=$1 port=$2
+    mkdir -p "$dir/spool" "$dir/log" || return 1
+    [ -f "$dir/ejabberd.yml" ] || m2a_ejabberd_conf "$port" >"$dir/ejabberd.yml" || return 1
+    printf '%s\n' '{lookup,["file","native"]}.' '{host,{127,0,0,1}, ["localhost"]}.' >"$dir/inetrc"
+    local ebin="" d
+    for d in /usr/lib/*/ejabberd-*/ebin; do
+        if [ -d "$d" ]; then
+            ebin=$d
+            break
+        fi
+    done
+    [ -n "$ebin" ] || {
+        echo "ejabberd is not installed (scripts/deps.sh installs it)" >&2
+        return 1
+    }
+    cd "$dir" || return 1
+    HOME=$dir EJABBERD_CONFIG_PATH=$dir/ejabberd.yml EJABBERD_LOG_PATH=$dir/log/ejabberd.log \
+        ERL_LIBS=$(dirname "$(dirname "$ebin")") ERL_INETRC=$dir/inetrc \
+        ERL_CRASH_DUMP=$dir/log/erl_crash.dump \
+        exec erl +K true -noinput -mnesia dir "\"$dir/spool\"" -s ejabberd
+}
+
+# ---- aedes (npm) ---------------------------------------------------------------
+
+# m2a_aedes_install DIR: installs the npm packages tests/support/aedes/
+# pins (package.json and its package-lock.json: aedes, aedes-persistence-level,
+# level) into DIR/node_modules with `npm ci`, unless DIR already holds that
+# lockfile's install, and copies broker.js beside them. Under a lock, so
+# concurrent callers install once. Needs Node.js 20 or later and npm.
+m2a_aedes_install() {
+    local dir=$1 src=$M2A_ROOT/tests/support/aedes
+    mkdir -p "$dir" || return 1
+    command -v npm >/dev/null 2>&1 || {
+        echo "m2a_aedes_install: npm not found (Node.js 20 or later is needed)" >&2
+        return 1
+    }
+    (
+        flock -w 300 9 || {
+            echo "m2a_aedes_install: $dir/.lock busy for 300 s" >&2
+            exit 1
+        }
+        cp "$src/broker.js" "$dir/broker.js" || exit 1
+        if cmp -s "$src/package-lock.json" "$dir/installed-lock.json" &&
+            [ -d "$dir/node_modules/aedes" ]; then
+            exit 0
+        fi
+        rm -f "$dir/installed-lock.json"
+        cp "$src/package.json" "$src/package-lock.json" "$dir/" || exit 1
+        echo "m2a_aedes_install: npm ci in $dir" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error </dev/null >npm.log 2>&1) || {
+            tail -n 20 "$dir/npm.log" >&2
+            exit 1
+        }
+        cp "$src/package-lock.json" "$dir/installed-lock.json"
+    ) 9>"$dir/.lock"
+}
+
+# m2a_aedes_exec INSTALL DIR PORT [memory|level]: becomes (exec) aedes on
+# 127.0.0.1:PORT, from what m2a_aedes_install put in INSTALL. Sessions in
+# memory (default: kept while aedes runs), or with `level` in the LevelDB
+# DIR/db (kept across restarts, but it loses QoS 1 messages under a burst:
+# README, "Brokers"). SIGTERM closes it cleanly.
+m2a_aedes_exec() {
+    local install=$1 dir=$2 port=$3 persistence=${4:-memory}
+    [ -f "$install/broker.js" ] || {
+        echo "m2a_aedes_exec: no install in $install (m2a_aedes_install)" >&2
+        return 1
+    }
+    mkdir -p "$dir" && cd "$dir" || return 1
+    exec node "$install/broker.js" "$port" "$dir/db" "$persistence"
 }
 
 # ---- RabbitMQ ------------------------------------------------------------------
@@ -250,6 +397,7 @@ m2a_rabbit_write_env() {
         printf 'WRAPPER_PID=%q\n' "${WRAPPER_PID:-}"
         printf 'EPMD_PID=%q\n' "${EPMD_PID:-}"
         printf 'START_SECONDS=%q\n' "${START_SECONDS:-}"
+        printf 'MQTT_PORT=%q\n' "${MQTT_PORT:-}"
         echo "# environment for rabbitmqctl against this node:"
         printf 'HOME=%q\n' "$RMQ_DIR/home"
         printf 'RABBITMQ_NODENAME=%q\n' "$NODENAME"
@@ -274,6 +422,10 @@ listeners.tcp.default = 127.0.0.1:$AMQP_PORT
 log.console = false
 log.file.level = info
 EOF
+    if [ -n "${MQTT_PORT:-}" ]; then
+        echo "[rabbitmq_mqtt]." >"$RMQ_DIR/enabled_plugins"
+        m2a_rabbit_mqtt_conf "$MQTT_PORT" >>"$RMQ_DIR/rabbitmq.conf"
+    fi
     if [ -f "$RMQ_DIR/extra.conf" ]; then
         cat "$RMQ_DIR/extra.conf" >>"$RMQ_DIR/rabbitmq.conf"
     fi
@@ -294,6 +446,20 @@ m2a_rabbit_start_epmd() {
         [ $SECONDS -lt $end ] || m2a_rabbit_die "epmd did not listen on $EPMD_PORT"
         sleep 0.05
     done
+}
+
+# m2a_rabbit_mqtt_conf PORT: the rabbitmq.conf lines of the MQTT plugin, as the
+# README's "Brokers" section recommends them (RabbitMQ 3.10: MQTT 3.1.1 only).
+#   prefetch          QoS 1 messages in flight to one subscriber (the plugin's
+#                     default 10 caps a bridge at one round trip per 10 messages)
+#   subscription_ttl  how long the session queue of a client that is away lives;
+#                     the default is 24 h, here 7 days, the bridge's session_expiry
+#   allow_anonymous   on a loopback test node; give the bridge a user elsewhere
+m2a_rabbit_mqtt_conf() {
+    printf '%s\n' "mqtt.listeners.tcp.default = 127.0.0.1:$1" \
+        "mqtt.allow_anonymous = true" \
+        "mqtt.prefetch = ${M2A_RABBIT_MQTT_PREFETCH:-1000}" \
+        "mqtt.subscription_ttl = 604800000"
 }
 
 # Starts the node with the ports in the current variables and waits until it is ready.
@@ -338,7 +504,7 @@ m2a_rabbit_start_node() {
     fi
     START_SECONDS=$((SECONDS - t0))
     m2a_rabbit_write_env
-    m2a_rabbit_say "node $NODENAME ready on 127.0.0.1:$AMQP_PORT (pid $SERVER_PID) in ${START_SECONDS}s"
+    m2a_rabbit_say "node $NODENAME ready on 127.0.0.1:$AMQP_PORT${MQTT_PORT:+ (MQTT on $MQTT_PORT)} (pid $SERVER_PID) in ${START_SECONDS}s"
 }
 
 m2a_rabbit_start_fresh() {
@@ -361,6 +527,14 @@ m2a_rabbit_start_fresh() {
     [ -n "$AMQP_PORT" ] || m2a_free_port AMQP_PORT || m2a_rabbit_die "no free port"
     m2a_free_port DIST_PORT || m2a_rabbit_die "no free port"
     m2a_free_port EPMD_PORT || m2a_rabbit_die "no free port"
+    MQTT_PORT=""
+    local opt
+    for opt in "$@"; do
+        case $opt in
+        mqtt) m2a_free_port MQTT_PORT || m2a_rabbit_die "no free port" ;;
+        *) m2a_rabbit_die "start: unknown option '$opt' (known: mqtt)" ;;
+        esac
+    done
     m2a_rabbit_start_node
 }
 
@@ -420,7 +594,7 @@ m2a_rabbit_main() {
     RMQ_ENV=$RMQ_DIR/env
     shift 2
     case $verb in
-    start) m2a_rabbit_start_fresh ;;
+    start) m2a_rabbit_start_fresh "$@" ;;
     stop) m2a_rabbit_stop ;;
     restart) m2a_rabbit_restart ;;
     kill) m2a_rabbit_kill ;;

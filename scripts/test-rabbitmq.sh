@@ -3,8 +3,10 @@
 # the benchmarks (the code is m2a_rabbit_main in scripts/lib.sh).
 #
 # Usage: test-rabbitmq.sh VERB DIR [ARGS...]
-#   start      fresh node: stop whatever DIR recorded, wipe DIR, pick free loopback ports,
-#              start epmd + rabbitmq-server, wait until it accepts work, write DIR/env
+#   start [mqtt]  fresh node: stop whatever DIR recorded, wipe DIR, pick free loopback ports,
+#              start epmd + rabbitmq-server, wait until it accepts work, write DIR/env;
+#              with `mqtt`, also the MQTT plugin on a port of its own (MQTT_PORT in DIR/env,
+#              settings: m2a_rabbit_mqtt_conf in lib.sh), kept by restart
 #   stop       graceful `rabbitmqctl stop`, wait for the pid, stop epmd (no-op if stopped)
 #   restart    stop (if running), then start again with the SAME node name, ports and
 #              mnesia dir, so durable queues and persistent messages survive

@@ -10,7 +10,17 @@
 static void *flow_main(void *arg)
 {
     struct th_flow *f = arg;
+    uint64_t t0 = m2a_now_ms();
     while (!atomic_load(&f->stop) && atomic_load(&f->published) < f->max) {
+        if (f->rate > 0) {
+            /* Pacing, not synchronisation: no earlier than the rate allows. */
+            uint64_t due = t0 + (uint64_t)(atomic_load(&f->published) * 1000 / f->rate);
+            uint64_t now = m2a_now_ms();
+            if (due > now) {
+                th_sleep_ms((int)(due - now));
+                continue;
+            }
+        }
         long first = atomic_load(&f->published);
         long n = f->chunk;
         if (first + n > f->max)
@@ -23,6 +33,8 @@ static void *flow_main(void *arg)
                            .payload_size = 100,
                            .qos = 1,
                            .protocol = f->protocol,
+                           .username = f->username,
+                           .password = f->password,
                            .timeout_ms = 60000,
                            .quiet = true};
         long acked = th_mqtt_publish(&p);

@@ -17,9 +17,11 @@ struct th_flow {
     int port;
     const char *const *topics;
     size_t ntopics;
-    long chunk;   /* messages per chunk */
-    long max;     /* never publish more than this many in total */
-    int protocol; /* 0/4: 3.1.1, 5: MQTT 5 */
+    long chunk;                      /* messages per chunk */
+    long max;                        /* never publish more than this many in total */
+    int protocol;                    /* 0/4: 3.1.1, 5: MQTT 5 */
+    const char *username, *password; /* NULL: none; not copied */
+    long rate; /* at most this many messages a second; 0: as fast as acknowledged */
     /* state, read by the test thread */
     _Atomic long published; /* acknowledged by Mosquitto: seqs 0 .. published-1 */
     _Atomic bool stop;
@@ -27,7 +29,9 @@ struct th_flow {
     pthread_t thread;
 };
 
-/* Starts publishing chunk after chunk (seq 0, 1, 2 ...). */
+/* Starts publishing chunk after chunk (seq 0, 1, 2 ...), paced to `rate`
+ * if set (a broker that delivers slower than it accepts would otherwise
+ * build a backlog the test then waits for). */
 void th_flow_start(struct th_flow *f);
 /* Asks the thread to finish its current chunk and joins it. Returns the
  * number of messages Mosquitto acknowledged (all of seq 0 .. n-1). */

@@ -1451,6 +1451,8 @@ long th_mqtt_publish(const struct th_pub *p)
         mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
     /* Our own window decides; the library must not queue behind its own. */
     mosquitto_max_inflight_messages_set(mosq, (unsigned)window);
+    if (p->username)
+        mosquitto_username_pw_set(mosq, p->username, p->password);
     mosquitto_connect_callback_set(mosq, pub_on_connect);
     mosquitto_publish_callback_set(mosq, pub_on_publish);
     mosquitto_disconnect_callback_set(mosq, pub_on_disconnect);

@@ -3,7 +3,8 @@
  * not link it): real brokers, the real bridge binary, an AMQP consumer, an
  * MQTT publisher and a delivery checker. The rest of the library:
  * files.h (temp dirs, whole files; included here), config_check.h
- * (configurations from text), flow.h (traffic under faults), proxy.h (a
+ * (configurations from text), flow.h (traffic under faults), brokers.h (the
+ * other MQTT brokers: RabbitMQ's plugin, ejabberd, aedes), proxy.h (a
  * link that breaks), tls.h (certificates, TLS brokers), http.h.
  *
  * Processes: everything spawned here is recorded by pid, gets
@@ -319,6 +320,8 @@ struct th_pub {
     int protocol;        /* 0 or 4 = MQTT 3.1.1, 5 = MQTT 5 */
     bool retain;
     const char *client_id; /* NULL: generated */
+    const char *username;  /* NULL: none (some brokers require one: brokers.h) */
+    const char *password;  /* with username; NULL: none */
     int timeout_ms;        /* whole run, including connect */
     bool quiet;            /* do not print the summary line */
 };
