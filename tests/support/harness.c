@@ -996,6 +996,16 @@ int th_amqp_declare(struct th_amqp *c, const char *queue, bool durable, bool exc
     return amqp_check(c, amqp_get_rpc_reply(c->conn), "queue.declare");
 }
 
+int th_amqp_declare_quorum(struct th_amqp *c, const char *queue)
+{
+    amqp_table_entry_t e = {
+        .key = amqp_cstring_bytes("x-queue-type"),
+        .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}};
+    amqp_table_t args = {.num_entries = 1, .entries = &e};
+    amqp_queue_declare(c->conn, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
+    return amqp_check(c, amqp_get_rpc_reply(c->conn), "queue.declare(quorum)");
+}
+
 int th_amqp_declare_exchange(struct th_amqp *c, const char *exchange, const char *type,
                              bool durable)
 {

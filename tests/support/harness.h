@@ -270,6 +270,9 @@ void th_amqp_free(struct th_amqp *c);
 /* Declares queue (durable or not; exclusive queues vanish with the
  * connection). 0 on success. */
 int th_amqp_declare(struct th_amqp *c, const char *queue, bool durable, bool exclusive);
+/* Declares a durable quorum queue (x-queue-type: quorum; on a cluster, one
+ * replica per member, the leader on the node c is connected to). */
+int th_amqp_declare_quorum(struct th_amqp *c, const char *queue);
 int th_amqp_bind(struct th_amqp *c, const char *queue, const char *exchange,
                  const char *binding_key);
 /* Declares a durable or not topic exchange. */
