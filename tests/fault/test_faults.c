@@ -41,7 +41,6 @@
 #include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
-#include "check_main.h"
 
 #define WAIT_MS     60000
 #define COLLECT_MS  180000
@@ -883,10 +882,6 @@ int main(void)
     const char *env = getenv("M2A_FAULT_SEED");
     seed = env && *env ? (unsigned)strtoul(env, NULL, 10)
                        : (unsigned)(m2a_now_us() ^ (uint64_t)getpid());
-    th_fault_table_begin();
-    Suite *su = suite_create("faults");
-    TCase *tc = tcase_create("faults");
-    tcase_set_timeout(tc, 300);
     /* Cheap faults first; the RabbitMQ restarts last, so a node that fails
      * to come back costs no other case. M2A_FAULT_ONLY=<case> runs one. */
     const TTest *cases[] = {bridge_sigkill_at_random_moments,
@@ -900,14 +895,10 @@ int main(void)
                             spool_full_under_drop_oldest,
                             corrupted_segment_is_quarantined,
                             rabbitmq_memory_alarm_blocks_the_connection,
-                            rabbitmq_sigkill_and_restart};
-    const char *only = getenv("M2A_FAULT_ONLY");
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        if (!only || !*only || strcmp(only, cases[i]->name) == 0)
-            tcase_add_test(tc, cases[i]);
-    suite_add_tcase(su, tc);
-    int failed = m2a_check_failures(su);
-    printf("\nfault suite (seed %u): %s\n", seed, failed ? "FAILURES" : "all passed");
-    th_fault_table_print();
+                            rabbitmq_sigkill_and_restart,
+                            NULL};
+    char *title = xasprintf("fault suite (seed %u)", seed);
+    int failed = th_fault_run("faults", title, cases, 300);
+    free(title);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -51,7 +51,6 @@
 #include "proxy.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
-#include "check_main.h"
 
 #define WAIT_MS    60000
 #define COLLECT_MS 180000
@@ -149,9 +148,8 @@ static void member_start(struct member *m)
     free(path);
 }
 
-/* Mosquitto (the shipped config), the consumer, and `n` members with the
- * default options, started. */
-static void fleet_start(struct fleet *fl, const char *name, int n)
+/* Mosquitto (the shipped config) and the consumer; no member yet. */
+static void fleet_open(struct fleet *fl, const char *name)
 {
     memset(fl, 0, sizeof(*fl));
     fl->name = name;
@@ -161,11 +159,31 @@ static void fleet_start(struct fleet *fl, const char *name, int n)
     ck_assert_ptr_nonnull(fl->mq);
     fl->c = th_amqp_consumer(th_rabbit_port(), fl->queue, fl->queue, "#");
     ck_assert_ptr_nonnull(fl->c);
+}
+
+/* fleet_open, then `n` members with the default options, started. */
+static void fleet_start(struct fleet *fl, const char *name, int n)
+{
+    fleet_open(fl, name);
     struct mopts o = {0};
     for (int i = 0; i < n; i++)
         member_add(fl, &o);
     for (int i = 0; i < n; i++)
         member_start(&fl->m[i]);
+}
+
+/* fleet_open, then NMEMBERS members, the last one with `last`'s options,
+ * started. Returns the last one. */
+static struct member *fleet_start_last(struct fleet *fl, const char *name, const struct mopts *last)
+{
+    fleet_open(fl, name);
+    struct mopts o = {0};
+    for (int i = 0; i < NMEMBERS - 1; i++)
+        member_add(fl, &o);
+    struct member *m = member_add(fl, last);
+    for (int i = 0; i < NMEMBERS; i++)
+        member_start(&fl->m[i]);
+    return m;
 }
 
 static void fleet_free(struct fleet *fl)
@@ -252,6 +270,22 @@ static void split_of(const struct fleet *fl, long lo, long hi, long *split, char
     fprintf(stderr, "split of seq %ld..%ld: %s\n", lo, hi - 1, text);
 }
 
+/* Publishes seq first .. first+count-1 as fast as Mosquitto acknowledges
+ * them (a window of 1000); returns how many it acknowledged. */
+static long burst(struct fleet *fl, long first, long count)
+{
+    struct th_pub p = {.port = fl->mq->port,
+                       .topics = topics,
+                       .ntopics = 4,
+                       .first = first,
+                       .count = count,
+                       .payload_size = 100,
+                       .qos = 1,
+                       .window = 1000,
+                       .timeout_ms = 120000};
+    return th_mqtt_publish(&p);
+}
+
 /* Stops the flow after `tail` more, then collects and checks it. */
 static struct th_fres finish_flow(struct fleet *fl, long tail, long *n_out)
 {
@@ -282,16 +316,7 @@ START_TEST(share_group_splits_a_burst)
     struct fleet fl;
     fleet_start(&fl, "split", NMEMBERS);
     const long n = 30000;
-    struct th_pub p = {.port = fl.mq->port,
-                       .topics = topics,
-                       .ntopics = 4,
-                       .first = 0,
-                       .count = n,
-                       .payload_size = 100,
-                       .qos = 1,
-                       .window = 1000,
-                       .timeout_ms = 120000};
-    ck_assert_int_eq(th_mqtt_publish(&p), n);
+    ck_assert_int_eq(burst(&fl, 0, n), n);
     ck_assert_int_eq(collect(&fl, (size_t)n, COLLECT_MS), 0);
     struct th_fres r = collect_all(&fl, NULL, n, 0);
     long split[MAXMEMBERS + 1];
@@ -367,18 +392,6 @@ static long missing_in(const struct fleet *fl, long lo, long hi)
     return miss;
 }
 
-struct stat_wait {
-    struct th_bridge *b;
-    const char *name;
-    long at_least;
-};
-
-static bool stat_reached(void *arg)
-{
-    struct stat_wait *w = arg;
-    return th_bridge_stat(w->b, w->name) >= w->at_least;
-}
-
 /* Member 3 is SIGKILLed under traffic and not restarted; its link to
  * RabbitMQ was made half-open just before (a proxy holds every byte), so
  * its spool holds messages it had acknowledged to Mosquitto but RabbitMQ
@@ -391,29 +404,17 @@ static bool stat_reached(void *arg)
 START_TEST(member_gone_for_good)
 {
     struct fleet fl;
-    memset(&fl, 0, sizeof(fl));
-    fl.name = "gone";
-    fl.t0 = m2a_now_ms();
-    fl.queue = xasprintf("fl.%s", fl.name);
-    fl.mq = th_mosq_start(TH_MOSQ_SHIPPED);
-    ck_assert_ptr_nonnull(fl.mq);
-    fl.c = th_amqp_consumer(th_rabbit_port(), fl.queue, fl.queue, "#");
-    ck_assert_ptr_nonnull(fl.c);
     struct th_proxy *px = th_proxy_new(th_rabbit_port());
     ck_assert_ptr_nonnull(px);
-    struct mopts o = {0}, via_proxy = {.amqp_port = th_proxy_port(px)};
-    member_add(&fl, &o);
-    member_add(&fl, &o);
-    struct member *dead = member_add(&fl, &via_proxy);
-    for (int i = 0; i < NMEMBERS; i++)
-        member_start(&fl.m[i]);
+    struct mopts via_proxy = {.amqp_port = th_proxy_port(px)};
+    struct member *dead = fleet_start_last(&fl, "gone", &via_proxy);
     th_pflow_start(&fl.f, fl.mq->port, topics, 4, false, 400000);
     ck_assert_int_eq(delivered_more(&fl, 2000), 0);
     /* RabbitMQ stops confirming its publishes; it goes on spooling. */
     ck_assert_int_eq(th_proxy_blackhole(px), 0);
     long at_blackhole = atomic_load(&fl.f.next);
-    struct stat_wait sw = {dead->b, "spool_messages", 300}; /* the unconfirmed backlog */
-    ck_assert_int_eq(th_poll_until(stat_reached, &sw, WAIT_MS), 0);
+    /* spool_messages: its unconfirmed backlog */
+    ck_assert_int_eq(th_bridge_wait_stat(dead->b, "spool_messages", 300, WAIT_MS), 0);
     char *old_spool = xstrdup(dead->spool_dir);
     th_bridge_kill(dead->b);
     th_proxy_free(px);
@@ -475,20 +476,8 @@ END_TEST
 START_TEST(member_session_expires)
 {
     struct fleet fl;
-    memset(&fl, 0, sizeof(fl));
-    fl.name = "expiry";
-    fl.t0 = m2a_now_ms();
-    fl.queue = xasprintf("fl.%s", fl.name);
-    fl.mq = th_mosq_start(TH_MOSQ_SHIPPED);
-    ck_assert_ptr_nonnull(fl.mq);
-    fl.c = th_amqp_consumer(th_rabbit_port(), fl.queue, fl.queue, "#");
-    ck_assert_ptr_nonnull(fl.c);
-    struct mopts o = {0}, short_lived = {.session_expiry = 3};
-    member_add(&fl, &o);
-    member_add(&fl, &o);
-    struct member *dead = member_add(&fl, &short_lived);
-    for (int i = 0; i < NMEMBERS; i++)
-        member_start(&fl.m[i]);
+    struct mopts short_lived = {.session_expiry = 3};
+    struct member *dead = fleet_start_last(&fl, "expiry", &short_lived);
     th_pflow_start(&fl.f, fl.mq->port, topics, 4, false, 400000);
     ck_assert_int_eq(delivered_more(&fl, 2000), 0);
     int expiring = mosq_log_count(&fl, "Expiring client");
@@ -546,20 +535,8 @@ END_TEST
 START_TEST(clean_session_member_loses_its_inflight)
 {
     struct fleet fl;
-    memset(&fl, 0, sizeof(fl));
-    fl.name = "clean";
-    fl.t0 = m2a_now_ms();
-    fl.queue = xasprintf("fl.%s", fl.name);
-    fl.mq = th_mosq_start(TH_MOSQ_SHIPPED);
-    ck_assert_ptr_nonnull(fl.mq);
-    fl.c = th_amqp_consumer(th_rabbit_port(), fl.queue, fl.queue, "#");
-    ck_assert_ptr_nonnull(fl.c);
-    struct mopts o = {0}, clean = {.clean = true};
-    member_add(&fl, &o);
-    member_add(&fl, &o);
-    struct member *m = member_add(&fl, &clean);
-    for (int i = 0; i < NMEMBERS; i++)
-        member_start(&fl.m[i]);
+    struct mopts clean = {.clean = true};
+    struct member *m = fleet_start_last(&fl, "clean", &clean);
     th_pflow_start(&fl.f, fl.mq->port, topics, 4, false, 400000);
     ck_assert_int_eq(delivered_more(&fl, 2000), 0);
     ck_assert_int_eq(th_bridge_signal(m->b, SIGSTOP), 0);
@@ -669,28 +646,21 @@ START_TEST(share_group_not_restored_by_mosquitto_restart)
     struct fleet fl;
     fleet_start(&fl, "restore", NMEMBERS);
     const long chunk = 300;
-    struct th_pub p = {.port = fl.mq->port,
-                       .topics = topics,
-                       .ntopics = 4,
-                       .count = chunk,
-                       .payload_size = 100,
-                       .qos = 1,
-                       .timeout_ms = 60000};
-    ck_assert_int_eq(th_mqtt_publish(&p), chunk); /* seq 0..299: delivered at once */
+    ck_assert_int_eq(burst(&fl, 0, chunk), chunk); /* seq 0..299: delivered at once */
     ck_assert_int_eq(collect(&fl, (size_t)chunk, WAIT_MS), 0);
     stop_all(&fl);
-    p.first = chunk; /* 300..599: queued in the members' sessions */
-    ck_assert_int_eq(th_mqtt_publish(&p), chunk);
+    /* 300..599: queued in the members' sessions */
+    ck_assert_int_eq(burst(&fl, chunk, chunk), chunk);
     ck_assert_int_eq(th_mosq_stop(fl.mq), 0);
     ck_assert_int_eq(th_mosq_restart(fl.mq), 0);
-    p.first = 2 * chunk; /* 600..899: after the restart, nobody subscribed */
-    ck_assert_int_eq(th_mqtt_publish(&p), chunk);
+    /* 600..899: after the restart, nobody subscribed */
+    ck_assert_int_eq(burst(&fl, 2 * chunk, chunk), chunk);
     for (int i = 0; i < NMEMBERS; i++) {
         ck_assert_int_eq(th_bridge_start_ready(fl.m[i].b, WAIT_MS), 0);
         ck_assert_int_eq(th_bridge_wait_log(fl.m[i].b, "session present: yes", WAIT_MS), 0);
     }
-    p.first = 3 * chunk; /* 900..1199: subscribed again */
-    ck_assert_int_eq(th_mqtt_publish(&p), chunk);
+    /* 900..1199: subscribed again */
+    ck_assert_int_eq(burst(&fl, 3 * chunk, chunk), chunk);
     const long n = 4 * chunk;
     ck_assert_int_eq(collect(&fl, (size_t)(n - chunk), COLLECT_MS), 0);
     drain_quiet(&fl);
@@ -727,14 +697,7 @@ START_TEST(second_bridge_on_the_same_spool_is_refused)
     ck_assert_int_eq(code, 1);
     /* The first one never noticed. */
     const long n = 2000;
-    struct th_pub p = {.port = fl.mq->port,
-                       .topics = topics,
-                       .ntopics = 4,
-                       .count = n,
-                       .payload_size = 100,
-                       .qos = 1,
-                       .timeout_ms = 60000};
-    ck_assert_int_eq(th_mqtt_publish(&p), n);
+    ck_assert_int_eq(burst(&fl, 0, n), n);
     struct th_fres r = collect_all(&fl, NULL, n, 0);
     th_fault_row("fleet: 2nd bridge on a spool in use", 1, &r, fl.t0,
                  "refused at start: exit %d, \"spool directory ... is in use by another "
@@ -768,14 +731,7 @@ struct takeover {
 static void takeover_run(struct fleet *fl, struct takeover *t)
 {
     memset(t, 0, sizeof(*t));
-    memset(fl, 0, sizeof(*fl));
-    fl->name = "sameid";
-    fl->t0 = m2a_now_ms();
-    fl->queue = xasprintf("fl.%s", fl->name);
-    fl->mq = th_mosq_start(TH_MOSQ_SHIPPED);
-    ck_assert_ptr_nonnull(fl->mq);
-    fl->c = th_amqp_consumer(th_rabbit_port(), fl->queue, fl->queue, "#");
-    ck_assert_ptr_nonnull(fl->c);
+    fleet_open(fl, "sameid");
     struct mopts o = {.client_id = "sameid", .no_group = true};
     member_add(fl, &o);
     member_add(fl, &o);
@@ -861,10 +817,6 @@ int main(void)
     const char *env = getenv("M2A_FAULT_SEED");
     seed = env && *env ? (unsigned)strtoul(env, NULL, 10)
                        : (unsigned)(m2a_now_us() ^ (uint64_t)getpid());
-    th_fault_table_begin();
-    Suite *su = suite_create("fleet");
-    TCase *tc = tcase_create("fleet");
-    tcase_set_timeout(tc, 300);
     const TTest *cases[] = {share_group_splits_a_burst,
                             second_bridge_on_the_same_spool_is_refused,
                             member_sigkill_and_restart,
@@ -878,13 +830,8 @@ int main(void)
                             client_id_takeover_backs_off,
 #endif
                             NULL};
-    const char *only = getenv("M2A_FAULT_ONLY");
-    for (size_t i = 0; cases[i]; i++)
-        if (!only || !*only || strcmp(only, cases[i]->name) == 0)
-            tcase_add_test(tc, cases[i]);
-    suite_add_tcase(su, tc);
-    int failed = m2a_check_failures(su);
-    printf("\nfleet suite (seed %u): %s\n", seed, failed ? "FAILURES" : "all passed");
-    th_fault_table_print();
+    char *title = xasprintf("fleet suite (seed %u)", seed);
+    int failed = th_fault_run("fleet", title, cases, 300);
+    free(title);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

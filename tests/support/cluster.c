@@ -13,20 +13,10 @@
 
 #define CLUSTER_DIR M2A_TEST_STATE "/rabbitmq-cluster"
 
-/* The value of KEY in DIR/cluster.env (th_rabbit_env_get reads DIR/env). */
+/* The value of KEY in DIR/cluster.env. */
 static char *cluster_env_get(const char *key)
 {
-    char *path = xasprintf("%s/cluster.env", CLUSTER_DIR);
-    char *s = th_read_file(path, NULL);
-    free(path);
-    char *val = NULL;
-    size_t klen = strlen(key);
-    for (char *save = NULL, *l = s ? strtok_r(s, "\n", &save) : NULL; l && !val;
-         l = strtok_r(NULL, "\n", &save))
-        if (strncmp(l, key, klen) == 0 && l[klen] == '=')
-            val = xstrdup(l + klen + 1);
-    free(s);
-    return val;
+    return th_kv_file_get(CLUSTER_DIR "/cluster.env", key);
 }
 
 static int member_env_int(const char *dir, const char *key)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
 
@@ -273,4 +274,21 @@ void th_fault_table_print(void)
     }
     fflush(stdout);
     free(t);
+}
+
+int th_fault_run(const char *suite, const char *title, const TTest *const *cases, int timeout_s)
+{
+    th_fault_table_begin();
+    Suite *su = suite_create(suite);
+    TCase *tc = tcase_create(suite);
+    tcase_set_timeout(tc, timeout_s);
+    const char *only = getenv("M2A_FAULT_ONLY");
+    for (size_t i = 0; cases[i]; i++)
+        if (!only || !*only || strcmp(only, cases[i]->name) == 0)
+            tcase_add_test(tc, cases[i]);
+    suite_add_tcase(su, tc);
+    int failed = m2a_check_failures(su);
+    printf("\n%s: %s\n", title, failed ? "FAILURES" : "all passed");
+    th_fault_table_print();
+    return failed;
 }

@@ -18,6 +18,7 @@
 #ifndef M2A_TEST_FAULT_H
 #define M2A_TEST_FAULT_H
 
+#include <check.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -116,5 +117,11 @@ void th_fault_row(const char *fault, int iterations, const struct th_fres *r, ui
                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Prints the header and every row of the table on stdout. */
 void th_fault_table_print(void);
+
+/* The main() of a fault suite: empties the table (th_fault_table_begin),
+ * runs cases[] (NULL-terminated; only the one named by M2A_FAULT_ONLY if
+ * set) in one test case of timeout_s seconds, prints "\n<title>: all
+ * passed" or "FAILURES" and the table. Returns how many failed. */
+int th_fault_run(const char *suite, const char *title, const TTest *const *cases, int timeout_s);
 
 #endif

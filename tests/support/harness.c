@@ -614,8 +614,14 @@ static char *unquote(const char *v)
 char *th_rabbit_env_get(const char *dir, const char *key)
 {
     char *path = xasprintf("%s/env", dir);
-    char *s = th_read_file(path, NULL);
+    char *val = th_kv_file_get(path, key);
     free(path);
+    return val;
+}
+
+char *th_kv_file_get(const char *path, const char *key)
+{
+    char *s = th_read_file(path, NULL);
     char *val = NULL;
     size_t klen = strlen(key);
     for (char *save = NULL, *l = s ? strtok_r(s, "\n", &save) : NULL; l && !val;

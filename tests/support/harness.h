@@ -161,6 +161,10 @@ int th_rabbit_port(void);
 /* The value of KEY in DIR/env, the file scripts/test-rabbitmq.sh writes for
  * a node (unquoted; NULL if absent). Caller frees. */
 char *th_rabbit_env_get(const char *dir, const char *key);
+/* The value of KEY in a file of KEY=VALUE lines written with bash's
+ * printf %q (DIR/env, a cluster's cluster.env), unquoted; NULL if absent.
+ * Caller frees. */
+char *th_kv_file_get(const char *path, const char *key);
 /* Runs scripts/test-rabbitmq.sh VERB DIR [args] (NULL-terminated, may be
  * NULL) to completion (180 s), capturing its output in r. 0 if it exited 0.
  * For a node of a test's own; the fixture's: th_rabbit_do, th_rabbit_ctl. */
