@@ -12,6 +12,8 @@
 #               m2a_mosquitto_stop [DIR]
 #   RabbitMQ    m2a_rabbit VERB DIR [ARGS]         a private node (verbs: scripts/test-rabbitmq.sh);
 #                                                  `start DIR mqtt` adds the MQTT plugin (MQTT_PORT)
+#               m2a_rabbit cluster-start DIR [N]   a private cluster of N nodes (DIR/r1 ..; the
+#                                                  node verbs work on DIR/rI), cluster-stop DIR
 #   ejabberd    m2a_ejabberd_conf PORT             an ejabberd.yml for mod_mqtt, on stdout
 #               m2a_ejabberd_exec DIR PORT         becomes a private ejabberd (exec)
 #   aedes       m2a_aedes_install INSTALL          the pinned npm packages into INSTALL (once)
@@ -390,6 +392,9 @@ m2a_rabbit_write_env() {
         echo "# written by scripts/test-rabbitmq.sh; source it with: set -a; . $RMQ_ENV; set +a"
         printf 'RABBITMQ_DIR=%q\n' "$RMQ_DIR"
         printf 'NODENAME=%q\n' "$NODENAME"
+        # a member of the cluster in CLUSTER_DIR (cluster-start), on its epmd
+        printf 'CLUSTER_DIR=%q\n' "${CLUSTER_DIR:-}"
+        printf 'EPMD_SHARED=%q\n' "${EPMD_SHARED:-}"
         printf 'AMQP_PORT=%q\n' "$AMQP_PORT"
         printf 'DIST_PORT=%q\n' "$DIST_PORT"
         printf 'EPMD_PORT=%q\n' "$EPMD_PORT"
@@ -429,9 +434,14 @@ EOF
     if [ -f "$RMQ_DIR/extra.conf" ]; then
         cat "$RMQ_DIR/extra.conf" >>"$RMQ_DIR/rabbitmq.conf"
     fi
-    # The Erlang cookie must be private to HOME or erl refuses it.
+    # The Erlang cookie must be private to HOME or erl refuses it. The nodes
+    # of a cluster share one (CLUSTER_DIR/cookie), or they cannot talk.
     if [ ! -f "$RMQ_DIR/home/.erlang.cookie" ]; then
-        (umask 077 && printf 'm2a%s%s' "$RANDOM$RANDOM" "$$" >"$RMQ_DIR/home/.erlang.cookie")
+        if [ -n "${CLUSTER_DIR:-}" ]; then
+            (umask 077 && cp "$CLUSTER_DIR/cookie" "$RMQ_DIR/home/.erlang.cookie")
+        else
+            (umask 077 && printf 'm2a%s%s' "$RANDOM$RANDOM" "$$" >"$RMQ_DIR/home/.erlang.cookie")
+        fi
     fi
 }
 
@@ -467,7 +477,12 @@ m2a_rabbit_start_node() {
     local t0=$SECONDS end pid=""
     m2a_rabbit_write_config
     m2a_rabbit_export_env
-    m2a_rabbit_start_epmd
+    if [ -n "${EPMD_SHARED:-}" ]; then
+        # The cluster's epmd (cluster-start started it; stopped by cluster-stop).
+        m2a_port_in_use "$EPMD_PORT" || m2a_rabbit_die "the cluster's epmd is not listening on $EPMD_PORT"
+    else
+        m2a_rabbit_start_epmd
+    fi
     rm -f "$RMQ_DIR/server.pid"
     # rabbitmq-server (without RABBITMQ_ALLOW_INPUT) is a sh wrapper that runs erl in the
     # background and turns SIGTERM into a clean stop; erl execs into beam.smp, whose pid
@@ -508,6 +523,9 @@ m2a_rabbit_start_node() {
 }
 
 m2a_rabbit_start_fresh() {
+    if m2a_rabbit_load_env && [ -n "${CLUSTER_DIR:-}" ]; then
+        m2a_rabbit_die "$RMQ_DIR is a member of the cluster in $CLUSTER_DIR: restart it, or cluster-start $CLUSTER_DIR"
+    fi
     # Wipe only a directory this script made (or an empty one).
     if [ ! -f "$RMQ_ENV" ] && [ -n "$(ls -A "$RMQ_DIR")" ]; then
         m2a_rabbit_die "$RMQ_DIR is not empty and has no env file: refusing to wipe it"
@@ -583,6 +601,146 @@ m2a_rabbit_restart() {
     m2a_rabbit_start_node
 }
 
+# ---- a RabbitMQ cluster --------------------------------------------------------
+#
+# DIR/cluster.env (NODES, NODE_DIRS, NODENAMES, AMQP_PORTS, EPMD_PORT, EPMD_PID,
+# START_SECONDS) and one node dir per member, DIR/r1 .. DIR/rN, each an
+# ordinary node dir (its own env file): `kill DIR/r2`, `restart DIR/r2`,
+# `stop DIR/r2`, `ctl DIR/r1 ARGS` work on one member. The members share one
+# epmd (started here, on a port of its own: nodes find each other through
+# it) and one Erlang cookie (DIR/cookie, copied into every member's HOME,
+# which rabbitmqctl uses too).
+
+m2a_rabbit_cluster_load() {
+    [ -f "$CLU_DIR/cluster.env" ] || return 1
+    # shellcheck disable=SC1091
+    . "$CLU_DIR/cluster.env"
+}
+
+m2a_rabbit_cluster_write() {
+    {
+        echo "# written by scripts/test-rabbitmq.sh cluster-start; members in r1 .. r$NODES"
+        printf 'NODES=%q\n' "$NODES"
+        printf 'NODE_DIRS=%q\n' "$NODE_DIRS"
+        printf 'NODENAMES=%q\n' "$NODENAMES"
+        printf 'AMQP_PORTS=%q\n' "$AMQP_PORTS"
+        printf 'EPMD_PORT=%q\n' "$EPMD_PORT"
+        printf 'EPMD_PID=%q\n' "${EPMD_PID:-}"
+        printf 'START_SECONDS=%q\n' "${START_SECONDS:-}"
+    } >"$CLU_DIR/cluster.env.tmp"
+    mv "$CLU_DIR/cluster.env.tmp" "$CLU_DIR/cluster.env"
+}
+
+# Runs in a subshell of its own (the node's exported environment stays there).
+m2a_rabbit_cluster_member() {
+    RMQ_DIR=$1 NODENAME=$2 AMQP_PORT=$3 DIST_PORT=$4
+    RMQ_ENV=$RMQ_DIR/env
+    CLUSTER_DIR=$CLU_DIR EPMD_SHARED=1 EPMD_PID=""
+    mkdir -p "$RMQ_DIR"
+    m2a_rabbit_start_node
+}
+
+# Runs rabbitmqctl against member dir $1 (in a subshell: the exports stay there).
+m2a_rabbit_cluster_ctl() {
+    (
+        RMQ_DIR=$1 RMQ_ENV=$1/env
+        shift
+        m2a_rabbit_load_env
+        m2a_rabbit_ctl "$@"
+    )
+}
+
+# The members rabbitmqctl cluster_status on member dir $1 lists as running.
+m2a_rabbit_cluster_running() {
+    m2a_rabbit_cluster_ctl "$1" -q cluster_status --formatter json 2>/dev/null |
+        python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("running_nodes", [])))' \
+            2>/dev/null || echo 0
+}
+
+m2a_rabbit_cluster_start() {
+    local n=${1:-3} i t0=$SECONDS pids=() first rc=0 dir end
+    case $n in '' | *[!0-9]* | 0 | 1) m2a_rabbit_die "cluster-start: N is 2 or more, not '$n'" ;; esac
+    if [ ! -f "$CLU_DIR/cluster.env" ] && [ -n "$(ls -A "$CLU_DIR")" ]; then
+        m2a_rabbit_die "$CLU_DIR is not empty and has no cluster.env: refusing to wipe it"
+    fi
+    m2a_rabbit_cluster_stop
+    rm -rf "$CLU_DIR"
+    mkdir -p "$CLU_DIR"
+    (umask 077 && printf 'm2a%s%s' "$RANDOM$RANDOM$RANDOM" "$$" >"$CLU_DIR/cookie")
+    NODES=$n NODE_DIRS="" NODENAMES="" AMQP_PORTS=""
+    # Every port is picked here, before the members start in parallel
+    # subshells that would not see each other's picks.
+    local amqp=() dist=()
+    m2a_free_port EPMD_PORT || m2a_rabbit_die "no free port"
+    for i in $(seq 1 "$n"); do
+        m2a_free_port "amqp[$i]" || m2a_rabbit_die "no free port"
+        m2a_free_port "dist[$i]" || m2a_rabbit_die "no free port"
+        NODE_DIRS="$NODE_DIRS${NODE_DIRS:+ }$CLU_DIR/r$i"
+        NODENAMES="$NODENAMES${NODENAMES:+ }r$i-$$@localhost"
+        AMQP_PORTS="$AMQP_PORTS${AMQP_PORTS:+ }${amqp[$i]}"
+    done
+    RMQ_DIR=$CLU_DIR
+    mkdir -p "$CLU_DIR/log"
+    m2a_rabbit_start_epmd
+    mv "$CLU_DIR/epmd.pid" "$CLU_DIR/cluster-epmd.pid"
+    m2a_rabbit_cluster_write
+    # All members start at once (standalone), then r2..rN join r1: on two
+    # cores three nodes start in about the time of two one after the other.
+    for i in $(seq 1 "$n"); do
+        (m2a_rabbit_cluster_member "$CLU_DIR/r$i" "r$i-$$@localhost" "${amqp[$i]}" "${dist[$i]}") &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || rc=1
+    done
+    if [ $rc != 0 ]; then
+        m2a_rabbit_cluster_stop
+        m2a_rabbit_die "cluster-start: a member did not start (logs in $CLU_DIR/r*/log)"
+    fi
+    first="r1-$$@localhost"
+    for i in $(seq 2 "$n"); do
+        dir=$CLU_DIR/r$i
+        if ! { m2a_rabbit_cluster_ctl "$dir" stop_app &&
+            m2a_rabbit_cluster_ctl "$dir" join_cluster "$first" &&
+            m2a_rabbit_cluster_ctl "$dir" start_app &&
+            m2a_rabbit_cluster_ctl "$dir" -q await_startup --timeout 120; } >>"$dir/log/ctl.log" 2>&1; then
+            tail -n 20 "$dir/log/ctl.log" >&2 || true
+            m2a_rabbit_cluster_stop
+            m2a_rabbit_die "cluster-start: r$i did not join $first (logs in $dir/log)"
+        fi
+    done
+    end=$((SECONDS + 60))
+    until [ "$(m2a_rabbit_cluster_running "$CLU_DIR/r1")" = "$n" ]; do
+        if [ $SECONDS -ge $end ]; then
+            m2a_rabbit_cluster_ctl "$CLU_DIR/r1" cluster_status >&2 || true
+            m2a_rabbit_cluster_stop
+            m2a_rabbit_die "cluster-start: r1 does not see $n running members"
+        fi
+        sleep 0.2
+    done
+    START_SECONDS=$((SECONDS - t0))
+    m2a_rabbit_cluster_write
+    m2a_rabbit_say "cluster of $n ready in ${START_SECONDS}s: $NODENAMES on 127.0.0.1 ports $AMQP_PORTS"
+}
+
+# Stops every member (in parallel), then the epmd. No-op when nothing runs.
+m2a_rabbit_cluster_stop() {
+    local d pids=()
+    m2a_rabbit_cluster_load || return 0
+    for d in $NODE_DIRS; do
+        [ -f "$d/env" ] || continue
+        (RMQ_DIR=$d RMQ_ENV=$d/env && m2a_rabbit_stop) &
+        pids+=($!)
+    done
+    for d in "${pids[@]}"; do
+        wait "$d" || true
+    done
+    m2a_stop_pid "${EPMD_PID:-}" TERM 10
+    EPMD_PID=""
+    rm -f "$CLU_DIR/cluster-epmd.pid"
+    m2a_rabbit_cluster_write
+}
+
 # m2a_rabbit_main VERB DIR [ARGS]: the body of scripts/test-rabbitmq.sh.
 m2a_rabbit_main() {
     [ $# -ge 2 ] ||
@@ -609,6 +767,18 @@ m2a_rabbit_main() {
     status)
         m2a_rabbit_load_env || exit 1
         m2a_alive "${SERVER_PID:-}"
+        ;;
+    cluster-start | cluster-stop | cluster-status)
+        # DIR holds the cluster: cluster.env, the cookie, the epmd, r1 .. rN.
+        CLU_DIR=$RMQ_DIR
+        case $verb in
+        cluster-start) m2a_rabbit_cluster_start "$@" ;;
+        cluster-stop) m2a_rabbit_cluster_stop ;;
+        cluster-status)
+            m2a_rabbit_cluster_load || m2a_rabbit_die "no cluster recorded in $CLU_DIR"
+            m2a_rabbit_cluster_ctl "$CLU_DIR/r1" cluster_status
+            ;;
+        esac
         ;;
     *) m2a_rabbit_die "unknown verb $verb" ;;
     esac

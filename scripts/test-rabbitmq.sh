@@ -15,6 +15,14 @@
 #   start_app  rabbitmqctl start_app
 #   ctl ARGS   run rabbitmqctl ARGS against this node
 #   status     exit 0 if the recorded server pid is alive
+#   cluster-start [N]  a fresh cluster of N nodes (default 3) in DIR: members DIR/r1 .. DIR/rN
+#              (node names rI-PID@localhost, ports of their own, one epmd, one Erlang cookie)
+#              start in parallel, then r2 .. rN `join_cluster` r1; waits until r1 sees N running
+#              members; writes DIR/cluster.env (NODES, NODE_DIRS, NODENAMES, AMQP_PORTS,
+#              EPMD_PORT, EPMD_PID, START_SECONDS). The verbs above work on one member:
+#              `kill DIR/r2`, `restart DIR/r2` (it rejoins), `ctl DIR/r1 ARGS`.
+#   cluster-stop       stop every member, then the cluster's epmd
+#   cluster-status     rabbitmqctl cluster_status on r1
 #
 # DIR/env holds shell-sourceable KEY=VALUE lines: AMQP_PORT, NODENAME, SERVER_PID, EPMD_PID,
 # the ports, and the environment rabbitmqctl needs (HOME, RABBITMQ_NODENAME, ERL_EPMD_PORT, ...).

@@ -17,8 +17,8 @@
  *
  * Each case appends one row to M2A_TEST_STATE/fault-table.txt before its
  * asserts (so a failing case still shows its figures); main() prints the
- * table after the run. The publisher is paced (PACE_CHUNK messages every
- * PACE_MS) so a case's backlog stays small and the suite stays short.
+ * table after the run. The publisher is paced (TH_PFLOW_CHUNK messages every
+ * TH_PFLOW_PACE_MS) so a case's backlog stays small and the suite stays short.
  * M2A_FAULT_SEED=<n> repeats a run's random delays. */
 #include <check.h>
 #include <dirent.h>
@@ -26,7 +26,6 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,273 +34,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "flow.h"
 #include "harness.h"
 #include "proxy.h"
 #include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
-#include "check_main.h"
 
-#define TABLE_PATH  M2A_TEST_STATE "/fault-table.txt"
-#define PACE_CHUNK  200 /* messages per publisher connection ... */
-#define PACE_MS     100 /* ... at most once per this: <= 2000 msg/s */
 #define WAIT_MS     60000
 #define COLLECT_MS  180000
 #define KEEPALIVE_S 5 /* link tests: the smallest the bridge accepts */
 #define HEARTBEAT_S 2
 #define REC_HDR     20 /* spool record: magic u32 | len u32 | crc u32 | seq u64 */
 #define REC_MAGIC   0x5251324du
-#define MAX_AMBIG   64
 #define NKILLS      20
 
 static const char *const topics[] = {"load/a", "load/b/c", "load/d.e", "load/f"};
 static unsigned seed;
 static uint64_t case_t0; /* when this case (its own process) started */
-
-/* ---- paced publisher ---------------------------------------------------- */
-
-/* Publishes seq 0, 1, 2 ... in chunks, one connection per chunk (th_pub).
- * A chunk cut short by a broker going away leaves a range whose messages
- * may or may not have reached the broker: with `tolerant` it is recorded as
- * ambiguous (checked neither way) and publishing goes on; otherwise the
- * thread stops and sets failed, as th_flow does. */
-struct pflow {
-    int port;
-    bool tolerant;
-    long max;
-    _Atomic long next; /* seqs below are published (acknowledged or ambiguous) */
-    _Atomic bool stop, failed;
-    _Atomic bool hold, holding; /* the test asks for a pause between chunks */
-    pthread_mutex_t mu;
-    long amb[MAX_AMBIG][2]; /* [lo, hi) ranges, under mu */
-    int namb;
-    pthread_t thread;
-};
-
-static void *pflow_main(void *arg)
-{
-    struct pflow *f = arg;
-    while (!atomic_load(&f->stop) && atomic_load(&f->next) < f->max) {
-        if (atomic_load(&f->hold)) {
-            atomic_store(&f->holding, true);
-            th_sleep_ms(PACE_MS);
-            continue;
-        }
-        atomic_store(&f->holding, false);
-        uint64_t t0 = m2a_now_ms();
-        long first = atomic_load(&f->next), n = PACE_CHUNK;
-        if (first + n > f->max)
-            n = f->max - first;
-        struct th_pub p = {.port = f->port,
-                           .topics = topics,
-                           .ntopics = 4,
-                           .first = first,
-                           .count = n,
-                           .payload_size = 100,
-                           .qos = 1,
-                           .timeout_ms = 10000,
-                           .quiet = true};
-        long acked = th_mqtt_publish(&p);
-        if (acked < 0) {
-            /* Never connected: nothing of this chunk was sent; retry it. */
-            if (!f->tolerant) {
-                atomic_store(&f->failed, true);
-                break;
-            }
-            th_sleep_ms(PACE_MS);
-            continue;
-        }
-        if (acked < n) {
-            fprintf(stderr, "pflow: chunk at %ld cut short (%ld/%ld acknowledged)\n", first, acked,
-                    n);
-            pthread_mutex_lock(&f->mu);
-            bool room = f->namb < MAX_AMBIG;
-            if (room) {
-                f->amb[f->namb][0] = first + acked;
-                f->amb[f->namb][1] = first + n;
-                f->namb++;
-            }
-            pthread_mutex_unlock(&f->mu);
-            if (!f->tolerant || !room) {
-                atomic_store(&f->failed, true);
-                atomic_store(&f->next, first + acked);
-                break;
-            }
-        }
-        atomic_store(&f->next, first + n);
-        uint64_t spent = m2a_now_ms() - t0;
-        if (spent < PACE_MS)
-            th_sleep_ms((int)(PACE_MS - spent)); /* pacing, not synchronisation */
-    }
-    return NULL;
-}
-
-static void pflow_start(struct pflow *f, int port, bool tolerant, long max)
-{
-    memset(f, 0, sizeof(*f));
-    f->port = port;
-    f->tolerant = tolerant;
-    f->max = max;
-    pthread_mutex_init(&f->mu, NULL);
-    if (pthread_create(&f->thread, NULL, pflow_main, f) != 0)
-        abort();
-}
-
-static long pflow_stop(struct pflow *f)
-{
-    atomic_store(&f->stop, true);
-    pthread_join(f->thread, NULL);
-    long n = atomic_load(&f->next);
-    fprintf(stderr, "pflow: published seq 0..%ld (%d ambiguous ranges)\n", n - 1, f->namb);
-    return n;
-}
-
-static bool pflow_holding(void *arg)
-{
-    return atomic_load(&((struct pflow *)arg)->holding);
-}
-
-/* Pauses publishing between two chunks (returns once no chunk is under
- * way), or resumes it. */
-static int pflow_hold(struct pflow *f, bool on)
-{
-    atomic_store(&f->holding, false);
-    atomic_store(&f->hold, on);
-    return on ? th_poll_until(pflow_holding, f, WAIT_MS) : 0;
-}
-
-struct pflow_wait {
-    struct pflow *f;
-    long n;
-};
-
-static bool pflow_reached(void *arg)
-{
-    struct pflow_wait *w = arg;
-    return atomic_load(&w->f->next) >= w->n || atomic_load(&w->f->failed);
-}
-
-/* Waits until `more` messages beyond what is published now are published. */
-static int pflow_wait_more(struct pflow *f, long more)
-{
-    struct pflow_wait w = {f, atomic_load(&f->next) + more};
-    th_poll_until(pflow_reached, &w, WAIT_MS);
-    return atomic_load(&f->next) >= w.n ? 0 : M2A_ERR_TIMEOUT;
-}
-
-static bool pflow_ambiguous(struct pflow *f, long seq)
-{
-    for (int i = 0; i < f->namb; i++)
-        if (seq >= f->amb[i][0] && seq < f->amb[i][1])
-            return true;
-    return false;
-}
-
-/* ---- checking ----------------------------------------------------------- */
-
-struct fres {
-    long sent;       /* acknowledged by Mosquitto, so owed to RabbitMQ */
-    long delivered;  /* of those, distinct seqs that arrived */
-    long lost;       /* of those, never arrived */
-    long duplicated; /* extra copies */
-    long unexpected; /* outside 0..n-1, or no seq */
-    long amb, amb_delivered;
-    /* Where the extra copies came from: the consumer's own redelivery
-     * (RabbitMQ requeued what our consumer had not acked), the bridge
-     * re-publishing a spool record (same message_id), or Mosquitto
-     * redelivering a message the bridge had spooled (a new message_id). */
-    long dup_consumer, dup_republished, dup_respooled;
-    long lost_seq[16]; /* the first lost seqs */
-    long lost_min, lost_max;
-};
-
-static struct fres check_flow(struct pflow *f, long n, const struct th_msgs *got, bool print)
-{
-    struct fres r = {0};
-    unsigned *count = xcalloc(n > 0 ? (size_t)n : 1, sizeof(unsigned));
-    size_t *first = xcalloc(n > 0 ? (size_t)n : 1, sizeof(size_t));
-    for (size_t i = 0; i < got->n; i++) {
-        const struct th_msg *m = &got->v[i];
-        long s = m->seq;
-        if (s < 0 || s >= n) {
-            r.unexpected++;
-            continue;
-        }
-        if (count[s]++ == 0) {
-            first[s] = i;
-            continue;
-        }
-        const char *id0 = got->v[first[s]].message_id;
-        bool same = id0 && m->message_id && strcmp(id0, m->message_id) == 0;
-        if (same && m->redelivered)
-            r.dup_consumer++;
-        else if (same)
-            r.dup_republished++;
-        else
-            r.dup_respooled++;
-    }
-    free(first);
-    long dup_lo = -1, dup_ranges = 0;
-    for (long s = 0; s < n; s++) {
-        if (count[s] > 1)
-            r.duplicated += count[s] - 1;
-        /* Where duplicates cluster says which fault made them. */
-        if (print && count[s] > 1 && dup_lo < 0)
-            dup_lo = s;
-        if (print && dup_lo >= 0 && (count[s] <= 1 || s == n - 1)) {
-            if (dup_ranges++ < 12)
-                fprintf(stderr, "duplicated: seq %ld..%ld\n", dup_lo, count[s] > 1 ? s : s - 1);
-            dup_lo = -1;
-        }
-        if (pflow_ambiguous(f, s)) {
-            r.amb++;
-            r.amb_delivered += count[s] > 0;
-        } else if (count[s] == 0) {
-            if (r.lost < 16)
-                r.lost_seq[r.lost] = s;
-            if (r.lost == 0)
-                r.lost_min = s;
-            r.lost_max = s;
-            r.sent++;
-            r.lost++;
-        } else {
-            r.sent++;
-            r.delivered++;
-        }
-    }
-    free(count);
-    if (print)
-        printf("delivery: sent=%ld delivered=%ld lost=%ld duplicated=%ld unexpected=%ld "
-               "ambiguous=%ld (delivered %ld); duplicates: %ld consumer redeliveries, %ld "
-               "re-published by the bridge, %ld redelivered by Mosquitto and spooled again\n",
-               r.sent, r.delivered, r.lost, r.duplicated, r.unexpected, r.amb, r.amb_delivered,
-               r.dup_consumer, r.dup_republished, r.dup_respooled);
-    fflush(stdout);
-    return r;
-}
-
-static void table_row(const char *fault, int iterations, const struct fres *r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void table_row(const char *fault, int iterations, const struct fres *r, const char *fmt, ...)
-{
-    char note[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(note, sizeof(note), fmt, ap);
-    va_end(ap);
-    char *line = xasprintf("%s\t%d\t%ld\t%ld\t%ld\t%ld\t%.0f\t%s\n", fault, iterations, r->sent,
-                           r->delivered, r->lost, r->duplicated,
-                           (double)(m2a_now_ms() - case_t0) / 1000.0, note);
-    int fd = open(TABLE_PATH, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-        (void)!write(fd, line, strlen(line)); /* one write: rows never interleave */
-        close(fd);
-    }
-    fprintf(stderr, "ROW %s", line);
-    free(line);
-}
 
 /* ---- setup -------------------------------------------------------------- */
 
@@ -318,7 +69,7 @@ struct setup {
     struct th_bridge *b;
     struct th_amqp *c;
     char *queue;
-    struct pflow f;
+    struct th_pflow f;
     struct th_msgs got;
 };
 
@@ -401,11 +152,11 @@ static int delivered_more(struct setup *s, size_t more)
 
 /* Collects until every acknowledged seq below n arrived but `may_lose` (or
  * the deadline), then drains stragglers (duplicates) for a moment. */
-static struct fres collect_all(struct setup *s, long n, long may_lose)
+static struct th_fres collect_all(struct setup *s, long n, long may_lose)
 {
     uint64_t deadline = m2a_now_ms() + COLLECT_MS;
     for (;;) {
-        struct fres r = check_flow(&s->f, n, &s->got, false);
+        struct th_fres r = th_fault_check(&s->f, n, &s->got, false);
         uint64_t now = m2a_now_ms();
         if (r.lost <= may_lose || now >= deadline)
             break;
@@ -417,7 +168,7 @@ static struct fres collect_all(struct setup *s, long n, long may_lose)
     }
     if (s->c)
         th_amqp_drain(s->c, &s->got, 500);
-    return check_flow(&s->f, n, &s->got, true);
+    return th_fault_check(&s->f, n, &s->got, true);
 }
 
 static int log_count(struct setup *s, const char *needle)
@@ -426,22 +177,13 @@ static int log_count(struct setup *s, const char *needle)
 }
 
 /* Stops traffic (after `tail` more messages got through), collects, checks. */
-static struct fres finish_flow(struct setup *s, long tail, long *n_out)
+static struct th_fres finish_flow(struct setup *s, long tail, long *n_out)
 {
-    ck_assert_int_eq(pflow_wait_more(&s->f, tail), 0);
-    long n = pflow_stop(&s->f);
+    ck_assert_int_eq(th_pflow_wait_more(&s->f, tail), 0);
+    long n = th_pflow_stop(&s->f);
     ck_assert(!atomic_load(&s->f.failed));
     *n_out = n;
     return collect_all(s, n, 0);
-}
-
-static void assert_nothing_lost(const struct fres *r)
-{
-    for (long i = 0; i < r->lost && i < 16; i++)
-        fprintf(stderr, "lost seq %ld\n", r->lost_seq[i]);
-    ck_assert_int_gt(r->sent, 0);
-    ck_assert_int_eq(r->lost, 0);
-    ck_assert_int_eq(r->unexpected, 0);
 }
 
 /* ---- bridge SIGKILL ----------------------------------------------------- */
@@ -453,7 +195,7 @@ START_TEST(bridge_sigkill_at_random_moments)
     setup_start(&s, "kill", &o);
     unsigned rng = seed;
     fprintf(stderr, "bridge-kill: seed %u (M2A_FAULT_SEED=%u repeats these delays)\n", seed, seed);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     ck_assert_int_eq(delivered_more(&s, 500), 0);
 
     int early = 0, max_delay = 0;
@@ -479,10 +221,10 @@ START_TEST(bridge_sigkill_at_random_moments)
     ck_assert_int_eq(th_bridge_wait_log(s.b, "mqtt: subscribed to", WAIT_MS), 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "amqp: connected to", WAIT_MS), 0);
     long n;
-    struct fres r = finish_flow(&s, 2000, &n);
-    table_row("bridge SIGKILL (random moment)", NKILLS, &r,
-              "seed %u; delays 0..%d ms; %d kills during start-up", seed, max_delay, early);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 2000, &n);
+    th_fault_row("bridge SIGKILL (random moment)", NKILLS, &r, case_t0,
+                 "seed %u; delays 0..%d ms; %d kills during start-up", seed, max_delay, early);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -495,7 +237,7 @@ START_TEST(rabbitmq_sigkill_and_restart)
     struct setup s;
     struct opts o = {0};
     setup_start(&s, "rabbitkill", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 2;
     long during = 0;
     for (int k = 1; k <= iters; k++) {
@@ -505,16 +247,17 @@ START_TEST(rabbitmq_sigkill_and_restart)
         ck_assert_int_eq(th_rabbit_do("kill"), 0);
         long at_kill = atomic_load(&s.f.next);
         /* Traffic keeps coming while RabbitMQ is gone: it goes to the spool. */
-        ck_assert_int_eq(pflow_wait_more(&s.f, 1000), 0);
+        ck_assert_int_eq(th_pflow_wait_more(&s.f, 1000), 0);
         ck_assert_int_eq(th_rabbit_do("restart"), 0);
         during += atomic_load(&s.f.next) - at_kill;
         ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", k + 1, WAIT_MS), 0);
     }
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("RabbitMQ SIGKILL + restart", iters, &r,
-              "durable classic queue, persistent; %ld published while RabbitMQ was down", during);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("RabbitMQ SIGKILL + restart", iters, &r, case_t0,
+                 "durable classic queue, persistent; %ld published while RabbitMQ was down",
+                 during);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -530,7 +273,7 @@ START_TEST(mosquitto_restart_with_persistence)
     struct setup s;
     struct opts o = {0};
     setup_start(&s, "mosqrestart", &o);
-    pflow_start(&s.f, s.mq->port, true, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, true, 400000);
     const int iters = 3;
     long queued = 0;
     for (int k = 1; k <= iters; k++) {
@@ -539,7 +282,7 @@ START_TEST(mosquitto_restart_with_persistence)
         if (bridge_away) {
             ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
             long at = atomic_load(&s.f.next);
-            ck_assert_int_eq(pflow_wait_more(&s.f, 1000), 0);
+            ck_assert_int_eq(th_pflow_wait_more(&s.f, 1000), 0);
             queued = atomic_load(&s.f.next) - at;
         }
         ck_assert_int_eq(th_mosq_stop(s.mq), 0); /* SIGTERM: Mosquitto saves its database */
@@ -552,11 +295,11 @@ START_TEST(mosquitto_restart_with_persistence)
         ck_assert_int_eq(log_count(&s, "session present: no"), bridge_away ? 0 : 1);
     }
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("Mosquitto restart (persistence)", iters, &r,
-              "session kept; %ld queued while bridge away; %ld in-doubt publishes (%ld arrived)",
-              queued, r.amb, r.amb_delivered);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("Mosquitto restart (persistence)", iters, &r, case_t0,
+                 "session kept; %ld queued while bridge away; %ld in-doubt publishes (%ld arrived)",
+                 queued, r.amb, r.amb_delivered);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -585,7 +328,7 @@ static void cut_link_loop(struct setup *s, struct th_proxy *px, int iters, const
         long refused = th_proxy_refused(px);
         ck_assert_int_eq(th_proxy_cut(px), 0);
         ck_assert_int_eq(th_bridge_wait_log_count(s->b, down, k, WAIT_MS), 0);
-        ck_assert_int_eq(pflow_wait_more(&s->f, 1000), 0);
+        ck_assert_int_eq(th_pflow_wait_more(&s->f, 1000), 0);
         /* The bridge keeps trying while the link is down. */
         struct refused_wait w = {px, refused};
         ck_assert_int_eq(th_poll_until(refused_more, &w, WAIT_MS), 0);
@@ -620,16 +363,17 @@ START_TEST(mqtt_link_cut_and_restored)
     struct setup s;
     struct opts o = {.keepalive = KEEPALIVE_S, .heartbeat = HEARTBEAT_S, .mqtt_proxy = true};
     setup_start(&s, "mqttcut", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 3;
     cut_link_loop(&s, s.mp, iters, "mqtt: disconnected from", "mqtt: connected to");
     /* Each reconnect found the persistent session in place. */
     ck_assert_int_eq(log_count(&s, "session present: yes"),
                      log_count(&s, "mqtt: connected to") - 1);
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("link bridge<->Mosquitto cut", iters, &r, "RST, new connections refused while cut");
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("link bridge<->Mosquitto cut", iters, &r, case_t0,
+                 "RST, new connections refused while cut");
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -640,7 +384,7 @@ START_TEST(mqtt_link_half_open)
     struct setup s;
     struct opts o = {.keepalive = KEEPALIVE_S, .heartbeat = HEARTBEAT_S, .mqtt_proxy = true};
     setup_start(&s, "mqtthalf", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 2;
     /* libmosquitto sends PINGREQ after keepalive s without input and gives
      * up keepalive s later: about 2 x keepalive. */
@@ -649,10 +393,10 @@ START_TEST(mqtt_link_half_open)
     ck_assert_int_eq(log_count(&s, "session present: yes"),
                      log_count(&s, "mqtt: connected to") - 1);
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("link bridge<->Mosquitto half-open", iters, &r,
-              "keepalive %d s: detected in <= %.1f s", KEEPALIVE_S, (double)worst / 1000.0);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("link bridge<->Mosquitto half-open", iters, &r, case_t0,
+                 "keepalive %d s: detected in <= %.1f s", KEEPALIVE_S, (double)worst / 1000.0);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -663,13 +407,14 @@ START_TEST(amqp_link_cut_and_restored)
     struct setup s;
     struct opts o = {.keepalive = KEEPALIVE_S, .heartbeat = HEARTBEAT_S, .amqp_proxy = true};
     setup_start(&s, "amqpcut", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 3;
     cut_link_loop(&s, s.ap, iters, "amqp: disconnected from", "amqp: connected to");
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("link bridge<->RabbitMQ cut", iters, &r, "RST, new connections refused while cut");
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("link bridge<->RabbitMQ cut", iters, &r, case_t0,
+                 "RST, new connections refused while cut");
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -680,15 +425,15 @@ START_TEST(amqp_link_half_open)
     struct setup s;
     struct opts o = {.keepalive = KEEPALIVE_S, .heartbeat = HEARTBEAT_S, .amqp_proxy = true};
     setup_start(&s, "amqphalf", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 2;
     long worst = halfopen_loop(&s, s.ap, iters, "heartbeat timeout", "amqp: connected to",
                                6 * HEARTBEAT_S * 1000);
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("link bridge<->RabbitMQ half-open", iters, &r,
-              "heartbeat %d s: detected in <= %.1f s", HEARTBEAT_S, (double)worst / 1000.0);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("link bridge<->RabbitMQ half-open", iters, &r, case_t0,
+                 "heartbeat %d s: detected in <= %.1f s", HEARTBEAT_S, (double)worst / 1000.0);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -724,7 +469,7 @@ START_TEST(spool_full_under_block)
     struct setup s;
     struct opts o = {.spool_extra = ", max_bytes: 256KiB, segment_bytes: 64KiB"};
     setup_start(&s, "spoolfull", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 2;
     uint64_t peak = 0;
     long held = 0;
@@ -738,7 +483,7 @@ START_TEST(spool_full_under_block)
         ck_assert_int_eq(th_bridge_wait_log_count(s.b, "mqtt_paused=1", paused + 1, WAIT_MS), 0);
         long at = atomic_load(&s.f.next);
         /* ... while Mosquitto keeps queueing in the bridge's session. */
-        ck_assert_int_eq(pflow_wait_more(&s.f, 2000), 0);
+        ck_assert_int_eq(th_pflow_wait_more(&s.f, 2000), 0);
         held += atomic_load(&s.f.next) - at;
         uint64_t bytes = segments_bytes(s.b->spool_dir);
         if (bytes > peak)
@@ -748,11 +493,11 @@ START_TEST(spool_full_under_block)
         ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", k + 1, WAIT_MS), 0);
     }
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("spool full, overflow block", iters, &r,
-              "max_bytes 256KiB (peak %" PRIu64 " B on disk); %ld published while paused", peak,
-              held);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("spool full, overflow block", iters, &r, case_t0,
+                 "max_bytes 256KiB (peak %" PRIu64 " B on disk); %ld published while paused", peak,
+                 held);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
     setup_free(&s);
 }
@@ -921,7 +666,7 @@ START_TEST(corrupted_segment_is_quarantined)
     struct setup s;
     struct opts o = {.spool_extra = ", segment_bytes: 64KiB"};
     setup_start(&s, "corrupt", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     ck_assert_int_eq(delivered_more(&s, 1000), 0);
 
     /* Nothing confirms from here on, so what arrives now stays unconfirmed. */
@@ -930,8 +675,8 @@ START_TEST(corrupted_segment_is_quarantined)
     ck_assert_int_eq(th_rabbit_do("stop_app"), 0);
     ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: disconnected from", 1, WAIT_MS), 0);
     long lo = atomic_load(&s.f.next);
-    ck_assert_int_eq(pflow_wait_more(&s.f, 2000), 0);
-    long n = pflow_stop(&s.f);
+    ck_assert_int_eq(th_pflow_wait_more(&s.f, 2000), 0);
+    long n = th_pflow_stop(&s.f);
     ck_assert(!atomic_load(&s.f.failed));
     struct spool_has w = {s.b->spool_dir, lo, n};
     ck_assert_int_eq(th_poll_until(spool_holds, &w, WAIT_MS), 0);
@@ -978,14 +723,14 @@ START_TEST(corrupted_segment_is_quarantined)
     ck_assert_int_eq(th_rabbit_do("start_app"), 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "amqp: connected to", WAIT_MS), 0);
 
-    struct fres r = collect_all(&s, n, expect_lost);
+    struct th_fres r = collect_all(&s, n, expect_lost);
     bool exact = r.lost == expect_lost;
     for (long i = 0; i < r.lost && i < 16; i++)
         exact &= r.lost_seq[i] == dmg_seq[0] || r.lost_seq[i] == dmg_seq[1];
-    table_row("corrupted segment", 1, &r,
-              "%zu records damaged (seq %ld, %ld), %d quarantine files, %" PRIu64
-              " B; lost %s the damaged ones",
-              nc, dmg_seq[0], dmg_seq[1], qfiles, qbytes, exact ? "= exactly" : "!=");
+    th_fault_row("corrupted segment", 1, &r, case_t0,
+                 "%zu records damaged (seq %ld, %ld), %d quarantine files, %" PRIu64
+                 " B; lost %s the damaged ones",
+                 nc, dmg_seq[0], dmg_seq[1], qfiles, qbytes, exact ? "= exactly" : "!=");
     ck_assert_int_eq(qfiles, (int)nc);
     ck_assert_uint_eq(qbytes, dmg_bytes);
     ck_assert_int_eq(r.unexpected, 0);
@@ -1004,7 +749,7 @@ START_TEST(rabbitmq_memory_alarm_blocks_the_connection)
     struct opts o = {.keepalive = KEEPALIVE_S};
     setup_start(&s, "memalarm", &o);
     atexit(th_rabbit_restore_watermark);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     const int iters = 2;
     long during = 0;
     for (int k = 1; k <= iters; k++) {
@@ -1015,20 +760,21 @@ START_TEST(rabbitmq_memory_alarm_blocks_the_connection)
         long at = atomic_load(&s.f.next);
         /* Blocked: MQTT keeps flowing into the spool, longer than one MQTT
          * keepalive, and the session must stay up. */
-        ck_assert_int_eq(pflow_wait_more(&s.f, 3 * KEEPALIVE_S * 1000 / 2 * PACE_CHUNK / PACE_MS),
+        ck_assert_int_eq(th_pflow_wait_more(&s.f, 3 * KEEPALIVE_S * 1000 / 2 * TH_PFLOW_CHUNK /
+                                                      TH_PFLOW_PACE_MS),
                          0);
         during += atomic_load(&s.f.next) - at;
         th_rabbit_restore_watermark();
         ck_assert_int_eq(th_bridge_wait_log_count(s.b, "connection unblocked", k, WAIT_MS), 0);
     }
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
+    struct th_fres r = finish_flow(&s, 1000, &n);
     int mqtt_drops = log_count(&s, "mqtt: disconnected from");
     int amqp_drops = log_count(&s, "amqp: disconnected from");
-    table_row("RabbitMQ memory alarm (blocked)", iters, &r,
-              "%ld published while blocked; connections lost: mqtt %d, amqp %d", during, mqtt_drops,
-              amqp_drops);
-    assert_nothing_lost(&r);
+    th_fault_row("RabbitMQ memory alarm (blocked)", iters, &r, case_t0,
+                 "%ld published while blocked; connections lost: mqtt %d, amqp %d", during,
+                 mqtt_drops, amqp_drops);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     ck_assert_int_eq(mqtt_drops, 0);
     ck_assert_int_eq(amqp_drops, 0);
     ck_assert_int_eq(th_bridge_stop(s.b, 30000), 0);
@@ -1053,35 +799,35 @@ START_TEST(spool_full_under_drop_oldest)
                          ", max_bytes: 256KiB, segment_bytes: 64KiB, overflow: drop_oldest",
                      .amqp_proxy = true};
     setup_start(&s, "dropoldest", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     ck_assert_int_eq(delivered_more(&s, 1000), 0);
     /* The link goes down with nothing in flight, so every record dropped
      * later was never published: lost must be exactly the drops. */
-    ck_assert_int_eq(pflow_hold(&s.f, true), 0);
+    ck_assert_int_eq(th_pflow_hold(&s.f, true), 0);
     long cut_at = atomic_load(&s.f.next);
     ck_assert_int_eq(th_amqp_collect(s.c, &s.got, (size_t)cut_at, WAIT_MS), 0);
     ck_assert_int_eq(wait_backlog_empty(&s), 0);
     ck_assert_int_eq(th_proxy_cut(s.ap), 0);
     ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: disconnected from", 1, WAIT_MS), 0);
-    ck_assert_int_eq(pflow_hold(&s.f, false), 0);
+    ck_assert_int_eq(th_pflow_hold(&s.f, false), 0);
     /* Traffic flows into a spool that cannot drain: the oldest go. */
     ck_assert_int_eq(
         th_bridge_wait_log_count(s.b, "spool full (overflow: drop_oldest): discarded", 1, WAIT_MS),
         0);
-    ck_assert_int_eq(pflow_wait_more(&s.f, 2000), 0);
+    ck_assert_int_eq(th_pflow_wait_more(&s.f, 2000), 0);
     ck_assert_int_eq(th_proxy_restore(s.ap), 0);
     ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 2, WAIT_MS), 0);
-    ck_assert_int_eq(pflow_wait_more(&s.f, 1000), 0);
-    long n = pflow_stop(&s.f);
+    ck_assert_int_eq(th_pflow_wait_more(&s.f, 1000), 0);
+    long n = th_pflow_stop(&s.f);
     ck_assert(!atomic_load(&s.f.failed));
     ck_assert_int_eq(wait_backlog_empty(&s), 0); /* no more drops from here */
     long dropped = th_bridge_stat(s.b, "dropped");
-    struct fres r = collect_all(&s, n, dropped);
+    struct th_fres r = collect_all(&s, n, dropped);
     bool oldest = r.lost == 0 || (r.lost_min == cut_at && r.lost_max - r.lost_min + 1 == r.lost);
-    table_row("spool full, overflow drop_oldest", 1, &r,
-              "max_bytes 256KiB; dropped=%ld counted; lost %s, %s", dropped,
-              r.lost == dropped ? "= dropped" : "!= dropped",
-              oldest ? "the oldest (one range from the cut)" : "NOT the oldest");
+    th_fault_row("spool full, overflow drop_oldest", 1, &r, case_t0,
+                 "max_bytes 256KiB; dropped=%ld counted; lost %s, %s", dropped,
+                 r.lost == dropped ? "= dropped" : "!= dropped",
+                 oldest ? "the oldest (one range from the cut)" : "NOT the oldest");
     ck_assert_int_gt(dropped, 0);
     ck_assert_int_eq(r.unexpected, 0);
     ck_assert_int_eq(r.lost, dropped);
@@ -1099,7 +845,7 @@ START_TEST(sigterm_during_traffic)
     struct setup s;
     struct opts o = {0};
     setup_start(&s, "sigterm", &o);
-    pflow_start(&s.f, s.mq->port, false, 400000);
+    th_pflow_start(&s.f, s.mq->port, topics, 4, false, 400000);
     unsigned rng = seed ^ 0x5157u;
     const int iters = 5;
     long kept = 0;
@@ -1116,10 +862,10 @@ START_TEST(sigterm_during_traffic)
         ck_assert_int_eq(th_bridge_start_ready(s.b, WAIT_MS), 0);
     }
     long n;
-    struct fres r = finish_flow(&s, 1000, &n);
-    table_row("SIGTERM during traffic", iters, &r,
-              "exit 0 each time; %ld kept in spool across stops", kept);
-    assert_nothing_lost(&r);
+    struct th_fres r = finish_flow(&s, 1000, &n);
+    th_fault_row("SIGTERM during traffic", iters, &r, case_t0,
+                 "exit 0 each time; %ld kept in spool across stops", kept);
+    TH_FAULT_ASSERT_NOTHING_LOST(&r);
     /* A clean stop lets every PUBACK reach the broker and waits for the
      * confirms: nothing arrives twice (regression: Mosquitto used to see an
      * RST and drop the last batches' PUBACKs; mqtt_in.c disconnect_and_drain). */
@@ -1131,37 +877,11 @@ END_TEST
 
 /* ---- the table ---------------------------------------------------------- */
 
-static void print_table(int failed)
-{
-    char *t = th_read_file(TABLE_PATH, NULL);
-    printf("\nfault suite (seed %u): %s\n", seed, failed ? "FAILURES" : "all passed");
-    printf("%-36s %10s %8s %10s %6s %10s %5s  %s\n", "fault", "iterations", "sent", "delivered",
-           "lost", "duplicated", "secs", "notes");
-    for (char *save = NULL, *l = t ? strtok_r(t, "\n", &save) : NULL; l;
-         l = strtok_r(NULL, "\n", &save)) {
-        char *f[8] = {0};
-        int nf = 0;
-        for (char *s2 = NULL, *x = strtok_r(l, "\t", &s2); x && nf < 8;
-             x = strtok_r(NULL, "\t", &s2))
-            f[nf++] = x;
-        if (nf < 7)
-            continue;
-        printf("%-36s %10s %8s %10s %6s %10s %5s  %s\n", f[0], f[1], f[2], f[3], f[4], f[5], f[6],
-               nf > 7 ? f[7] : "");
-    }
-    fflush(stdout);
-    free(t);
-}
-
 int main(void)
 {
     const char *env = getenv("M2A_FAULT_SEED");
     seed = env && *env ? (unsigned)strtoul(env, NULL, 10)
                        : (unsigned)(m2a_now_us() ^ (uint64_t)getpid());
-    unlink(TABLE_PATH);
-    Suite *su = suite_create("faults");
-    TCase *tc = tcase_create("faults");
-    tcase_set_timeout(tc, 300);
     /* Cheap faults first; the RabbitMQ restarts last, so a node that fails
      * to come back costs no other case. M2A_FAULT_ONLY=<case> runs one. */
     const TTest *cases[] = {bridge_sigkill_at_random_moments,
@@ -1175,13 +895,10 @@ int main(void)
                             spool_full_under_drop_oldest,
                             corrupted_segment_is_quarantined,
                             rabbitmq_memory_alarm_blocks_the_connection,
-                            rabbitmq_sigkill_and_restart};
-    const char *only = getenv("M2A_FAULT_ONLY");
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        if (!only || !*only || strcmp(only, cases[i]->name) == 0)
-            tcase_add_test(tc, cases[i]);
-    suite_add_tcase(su, tc);
-    int failed = m2a_check_failures(su);
-    print_table(failed);
+                            rabbitmq_sigkill_and_restart,
+                            NULL};
+    char *title = xasprintf("fault suite (seed %u)", seed);
+    int failed = th_fault_run("faults", title, cases, 300);
+    free(title);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

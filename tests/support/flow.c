@@ -96,17 +96,20 @@ int th_bridge_start_ready(struct th_bridge *b, int timeout_ms)
     return rc;
 }
 
-int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct th_msgs *out,
-                                 size_t want, int timeout_ms)
+int th_amqp_collect_reconnecting_to(struct th_amqp **c, const int *ports, size_t nports,
+                                    const char *queue, struct th_msgs *out, size_t want,
+                                    int timeout_ms)
 {
     uint64_t deadline = m2a_now_ms() + (uint64_t)timeout_ms;
+    size_t cur = 0; /* the port to (re)connect to; the next one after a failure */
     while (m2a_now_ms() < deadline) {
         int left = (int)(deadline - m2a_now_ms());
         if (!*c) {
-            *c = th_amqp_connect(th_rabbit_port(), left < 2000 ? left : 2000, true);
+            *c = th_amqp_connect(ports[cur], left < 2000 ? left : 2000, true);
             if (!*c || th_amqp_consume(*c, queue) != 0) {
                 th_amqp_free(*c);
                 *c = NULL;
+                cur = (cur + 1) % nports;
                 /* the broker is still starting: poll again, bounded by deadline */
                 th_sleep_ms(200);
                 continue;
@@ -119,8 +122,16 @@ int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct t
             return rc;
         th_amqp_free(*c);
         *c = NULL;
+        cur = (cur + 1) % nports;
         fprintf(stderr, "collect: consumer connection lost after %zu distinct; reconnecting\n",
                 th_msgs_distinct(out));
     }
     return M2A_ERR_TIMEOUT;
+}
+
+int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct th_msgs *out,
+                                 size_t want, int timeout_ms)
+{
+    int port = th_rabbit_port();
+    return th_amqp_collect_reconnecting_to(c, &port, 1, queue, out, want, timeout_ms);
 }

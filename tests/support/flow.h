@@ -48,5 +48,10 @@ int th_bridge_start_ready(struct th_bridge *b, int timeout_ms);
  * while RabbitMQ restarts. *c may be replaced. */
 int th_amqp_collect_reconnecting(struct th_amqp **c, const char *queue, struct th_msgs *out,
                                  size_t want, int timeout_ms);
+/* The same against one of several nodes (a cluster): a lost connection is
+ * made again to the next port of ports[0 .. nports), in turn. */
+int th_amqp_collect_reconnecting_to(struct th_amqp **c, const int *ports, size_t nports,
+                                    const char *queue, struct th_msgs *out, size_t want,
+                                    int timeout_ms);
 
 #endif

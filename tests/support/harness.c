@@ -614,8 +614,14 @@ static char *unquote(const char *v)
 char *th_rabbit_env_get(const char *dir, const char *key)
 {
     char *path = xasprintf("%s/env", dir);
-    char *s = th_read_file(path, NULL);
+    char *val = th_kv_file_get(path, key);
     free(path);
+    return val;
+}
+
+char *th_kv_file_get(const char *path, const char *key)
+{
+    char *s = th_read_file(path, NULL);
     char *val = NULL;
     size_t klen = strlen(key);
     for (char *save = NULL, *l = s ? strtok_r(s, "\n", &save) : NULL; l && !val;
@@ -994,6 +1000,16 @@ int th_amqp_declare(struct th_amqp *c, const char *queue, bool durable, bool exc
     amqp_queue_declare(c->conn, 1, amqp_cstring_bytes(queue), 0, durable, exclusive, 0,
                        amqp_empty_table);
     return amqp_check(c, amqp_get_rpc_reply(c->conn), "queue.declare");
+}
+
+int th_amqp_declare_quorum(struct th_amqp *c, const char *queue)
+{
+    amqp_table_entry_t e = {
+        .key = amqp_cstring_bytes("x-queue-type"),
+        .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}};
+    amqp_table_t args = {.num_entries = 1, .entries = &e};
+    amqp_queue_declare(c->conn, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
+    return amqp_check(c, amqp_get_rpc_reply(c->conn), "queue.declare(quorum)");
 }
 
 int th_amqp_declare_exchange(struct th_amqp *c, const char *exchange, const char *type,

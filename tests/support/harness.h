@@ -162,6 +162,10 @@ int th_rabbit_port(void);
 /* The value of KEY in DIR/env, the file scripts/test-rabbitmq.sh writes for
  * a node (unquoted; NULL if absent). Caller frees. */
 char *th_rabbit_env_get(const char *dir, const char *key);
+/* The value of KEY in a file of KEY=VALUE lines written with bash's
+ * printf %q (DIR/env, a cluster's cluster.env), unquoted; NULL if absent.
+ * Caller frees. */
+char *th_kv_file_get(const char *path, const char *key);
 /* Runs scripts/test-rabbitmq.sh VERB DIR [args] (NULL-terminated, may be
  * NULL) to completion (180 s), capturing its output in r. 0 if it exited 0.
  * For a node of a test's own; the fixture's: th_rabbit_do, th_rabbit_ctl. */
@@ -271,6 +275,9 @@ void th_amqp_free(struct th_amqp *c);
 /* Declares queue (durable or not; exclusive queues vanish with the
  * connection). 0 on success. */
 int th_amqp_declare(struct th_amqp *c, const char *queue, bool durable, bool exclusive);
+/* Declares a durable quorum queue (x-queue-type: quorum; on a cluster, one
+ * replica per member, the leader on the node c is connected to). */
+int th_amqp_declare_quorum(struct th_amqp *c, const char *queue);
 int th_amqp_bind(struct th_amqp *c, const char *queue, const char *exchange,
                  const char *binding_key);
 /* Declares a durable or not topic exchange. */
