@@ -11,8 +11,17 @@
  * slot's current tag differs. m2a_cwin_pop_confirmed() hands back the
  * contiguous confirmed prefix, the position the spool may commit.
  *
- * Not thread-safe: owned by the AMQP thread. Steady state allocates nothing:
- * slot buffers and the FIFO only grow. */
+ * Memory: the window is bounded in records (capacity) and in bytes
+ * (max_bytes: it takes a new record only while the records it holds add up
+ * to less, so it holds at most max_bytes plus one record). A slot's buffer
+ * is kept for the next record only if it is at most M2A_CW_KEEP_BYTES and
+ * the buffers kept idle stay within max_bytes; others are freed when their
+ * slot is popped. So what the window allocates is at most about
+ *   max_bytes + the largest record + min(max_bytes, capacity x KEEP_BYTES)
+ * (m2a_cwin_usage says how much it is now).
+ *
+ * Not thread-safe: owned by the AMQP thread. Steady state allocates
+ * nothing: slot buffers are reused and the FIFO only grows. */
 #ifndef MQTT2AMQP_CONFIRM_WINDOW_H
 #define MQTT2AMQP_CONFIRM_WINDOW_H
 
@@ -29,36 +38,56 @@ enum m2a_cw_state {
     M2A_CW_CONFIRMED, /* acked; waits for the slots before it to be confirmed */
 };
 
+/* A slot's buffer at most this large is kept for the next record. */
+#define M2A_CW_KEEP_BYTES (64u * 1024u)
+
 struct m2a_cw_slot {
     uint64_t seq;         /* spool sequence number */
     uint64_t tag;         /* current delivery tag while INFLIGHT, else 0 */
     uint64_t retry_at_ms; /* RETRY: monotonic time of the next attempt */
     uint32_t retries;     /* nacks so far */
-    uint32_t returns;     /* basic.returns so far (counted by the owner; zeroed by push) */
     enum m2a_cw_state state;
-    struct m2a_buf rec; /* the encoded record; owned by the window */
+    /* The encoded record: read it here, change it with m2a_cwin_set_rec. */
+    struct m2a_buf rec;
     /* The caller's, cleared by m2a_cwin_push: when the last publish left
-     * (monotonic microseconds) and a per-record pointer (route counters). */
+     * (monotonic microseconds), a per-record pointer (route counters), the
+     * record's route id, the basic.returns it met and the nacks its owner
+     * did not count against a retry limit. */
     uint64_t sent_us;
     void *ud;
+    uint32_t route;
+    uint32_t returns;
+    uint32_t excused;
 };
 
 struct m2a_cwin;
 
-/* capacity: 1..65535 slots. */
-struct m2a_cwin *m2a_cwin_new(uint32_t capacity);
+/* capacity: 1..65535 slots; max_bytes: the bound on the records held
+ * (0: none). */
+struct m2a_cwin *m2a_cwin_new(uint32_t capacity, uint64_t max_bytes);
 void m2a_cwin_free(struct m2a_cwin *cw);
 
 /* Slots in use (every state): what counts against the window. */
 uint32_t m2a_cwin_count(const struct m2a_cwin *cw);
+/* True when the window takes no new record: capacity slots in use, or
+ * records of max_bytes or more held (never when empty). */
 bool m2a_cwin_full(const struct m2a_cwin *cw);
-/* Slots currently INFLIGHT. */
-uint32_t m2a_cwin_inflight(const struct m2a_cwin *cw);
 
-/* Appends a slot for seq in state UNSENT (rec emptied; its capacity kept
- * unless over 256 KiB).
- * Returns NULL when full. The pointer stays valid until the slot is popped. */
-struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq);
+/* What the window holds now. */
+struct m2a_cwin_usage {
+    uint32_t inflight; /* slots INFLIGHT */
+    uint64_t bytes;    /* the records in use (what max_bytes bounds) */
+    uint64_t held;     /* the buffers allocated: records in use and kept for reuse */
+};
+struct m2a_cwin_usage m2a_cwin_usage(const struct m2a_cwin *cw);
+
+/* Appends a slot for seq in state UNSENT holding a copy of rec[0..len).
+ * Returns NULL when full (m2a_cwin_full). The pointer stays valid until the
+ * slot is popped. */
+struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq, const void *rec, size_t len);
+
+/* Replaces the record a slot holds (rec must not point into it). */
+void m2a_cwin_set_rec(struct m2a_cwin *cw, struct m2a_cw_slot *slot, const void *rec, size_t len);
 
 /* slot was published with delivery tag `tag` (strictly greater than every
  * tag given before since the last requeue): state INFLIGHT. */

@@ -14,15 +14,19 @@ struct tag_ent {
     uint32_t slot;
 };
 
-/* A slot's record buffer larger than this is released when the slot is
- * reused, instead of being kept for the next record. */
-#define M2A_CW_KEEP_BYTES (256u * 1024u)
+/* Buffers up to KEEP_BYTES grow in steps of this, so that records of about
+ * the same size reuse a buffer without a reallocation each. */
+#define SMALL_STEP 256u
 
 struct m2a_cwin {
     struct m2a_cw_slot *slots;
     uint32_t cap;
-    uint32_t head;  /* index of the oldest slot */
-    uint32_t count; /* slots in use, from head */
+    uint64_t max_bytes; /* bound on `bytes` before a push; 0: none */
+    uint64_t bytes;     /* sum of rec.len of the slots in use */
+    uint64_t held;      /* sum of rec.cap of every slot */
+    uint64_t spare;     /* sum of rec.cap of the slots not in use */
+    uint32_t head;      /* index of the oldest slot */
+    uint32_t count;     /* slots in use, from head */
     uint32_t inflight;
     uint32_t nretry;
     uint32_t unsent_from; /* logical offset: no UNSENT slot before it */
@@ -48,13 +52,14 @@ static struct tag_ent *fifo_at(const struct m2a_cwin *cw, size_t logical)
     return &cw->fifo[(cw->fhead + logical) & (cw->fcap - 1)];
 }
 
-struct m2a_cwin *m2a_cwin_new(uint32_t capacity)
+struct m2a_cwin *m2a_cwin_new(uint32_t capacity, uint64_t max_bytes)
 {
     if (capacity == 0)
         capacity = 1;
     struct m2a_cwin *cw = xcalloc(1, sizeof(*cw));
     cw->slots = xcalloc(capacity, sizeof(*cw->slots));
     cw->cap = capacity;
+    cw->max_bytes = max_bytes;
     cw->fcap = 16;
     while (cw->fcap < 2 * (size_t)capacity)
         cw->fcap *= 2;
@@ -81,32 +86,66 @@ uint32_t m2a_cwin_count(const struct m2a_cwin *cw)
 
 bool m2a_cwin_full(const struct m2a_cwin *cw)
 {
-    return cw->count == cw->cap;
+    return cw->count == cw->cap || (cw->count > 0 && cw->max_bytes && cw->bytes >= cw->max_bytes);
 }
 
-uint32_t m2a_cwin_inflight(const struct m2a_cwin *cw)
+struct m2a_cwin_usage m2a_cwin_usage(const struct m2a_cwin *cw)
 {
-    return cw->inflight;
+    struct m2a_cwin_usage u = {cw->inflight, cw->bytes, cw->held};
+    return u;
 }
 
-struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq)
+/* Copies rec into the slot's buffer, sized to fit (small ones in steps of
+ * SMALL_STEP, large ones exactly), keeping held and bytes right. */
+static void fill(struct m2a_cwin *cw, struct m2a_cw_slot *s, const void *rec, size_t len)
 {
-    if (cw->count == cw->cap)
+    cw->bytes -= s->rec.len;
+    if (s->rec.cap < len + 1) {
+        size_t cap = len + 1;
+        if (cap <= M2A_CW_KEEP_BYTES)
+            cap = (cap + SMALL_STEP - 1) / SMALL_STEP * SMALL_STEP;
+        cw->held -= s->rec.cap;
+        free(s->rec.data);
+        s->rec.data = xmalloc(cap);
+        s->rec.cap = cap;
+        cw->held += cap;
+    }
+    if (len)
+        memcpy(s->rec.data, rec, len);
+    s->rec.len = len;
+    cw->bytes += len;
+}
+
+struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq, const void *rec, size_t len)
+{
+    if (m2a_cwin_full(cw))
         return NULL;
     struct m2a_cw_slot *s = slot_at(cw, cw->count++);
-    s->seq = seq;
-    s->tag = 0;
-    s->retry_at_ms = 0;
-    s->retries = 0;
-    s->returns = 0;
-    s->state = M2A_CW_UNSENT;
-    s->sent_us = 0;
-    s->ud = NULL;
-    /* One huge message must not pin its size in this slot for ever. */
-    if (s->rec.cap > M2A_CW_KEEP_BYTES)
+    cw->spare -= s->rec.cap;
+    if (s->rec.cap > 256u * 1024u) { /* one huge message must not pin its size for ever */
+        cw->held -= s->rec.cap;
         m2a_buf_free(&s->rec);
-    m2a_buf_reset(&s->rec);
+    }
+    struct m2a_buf keep = s->rec;
+    keep.len = 0;
+    *s = (struct m2a_cw_slot){.seq = seq, .state = M2A_CW_UNSENT, .rec = keep};
+    fill(cw, s, rec, len);
     return s;
+}
+
+void m2a_cwin_set_rec(struct m2a_cwin *cw, struct m2a_cw_slot *slot, const void *rec, size_t len)
+{
+    fill(cw, slot, rec, len);
+}
+
+/* A popped slot: its buffer is kept for the next record if small and if
+ * the spare buffers stay within max_bytes; else freed, so that a burst of
+ * large messages leaves nothing behind once confirmed. */
+static void retire(struct m2a_cwin *cw, struct m2a_cw_slot *s)
+{
+    cw->bytes -= s->rec.len;
+    s->rec.len = 0;
+    cw->spare += s->rec.cap;
 }
 
 static void advance_unsent(struct m2a_cwin *cw)
@@ -147,23 +186,29 @@ static void fifo_pop_stale(struct m2a_cwin *cw)
     }
 }
 
-/* Leaves a slot's current state, keeping the counters right. */
-static void leave_state(struct m2a_cwin *cw, struct m2a_cw_slot *s)
+/* Moves a slot to state (its tag cleared), keeping the counters right; a
+ * slot entering RETRY is due at retry_at_ms. */
+static void enter(struct m2a_cwin *cw, struct m2a_cw_slot *s, enum m2a_cw_state state,
+                  uint64_t retry_at_ms)
 {
-    if (s->state == M2A_CW_INFLIGHT)
-        cw->inflight--;
-    else if (s->state == M2A_CW_RETRY)
-        cw->nretry--;
+    cw->inflight -= s->state == M2A_CW_INFLIGHT;
+    cw->nretry -= s->state == M2A_CW_RETRY;
     s->tag = 0;
+    s->state = state;
+    cw->inflight += state == M2A_CW_INFLIGHT;
+    if (state != M2A_CW_RETRY)
+        return;
+    cw->nretry++;
+    s->retry_at_ms = retry_at_ms;
+    if (retry_at_ms < cw->retry_min)
+        cw->retry_min = retry_at_ms;
 }
 
 void m2a_cwin_sent(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t tag)
 {
     assert(slot->state == M2A_CW_UNSENT || slot->state == M2A_CW_RETRY);
-    leave_state(cw, slot);
-    slot->state = M2A_CW_INFLIGHT;
+    enter(cw, slot, M2A_CW_INFLIGHT, 0);
     slot->tag = tag;
-    cw->inflight++;
     fifo_push(cw, tag, (uint32_t)(slot - cw->slots));
     advance_unsent(cw);
 }
@@ -172,8 +217,7 @@ void m2a_cwin_drop(struct m2a_cwin *cw, struct m2a_cw_slot *slot)
 {
     if (slot->state == M2A_CW_CONFIRMED)
         return;
-    leave_state(cw, slot);
-    slot->state = M2A_CW_CONFIRMED;
+    enter(cw, slot, M2A_CW_CONFIRMED, 0);
     advance_unsent(cw);
     fifo_pop_stale(cw);
 }
@@ -204,20 +248,15 @@ struct settle {
 
 static void settle_one(struct m2a_cwin *cw, struct m2a_cw_slot *s, const struct settle *how)
 {
-    leave_state(cw, s);
     if (how->ack) {
-        s->state = M2A_CW_CONFIRMED;
+        enter(cw, s, M2A_CW_CONFIRMED, 0);
         if (cw->on_confirm)
             cw->on_confirm(cw->on_confirm_ctx, s);
         return;
     }
     uint32_t d = how->delay_ms ? how->delay_ms(how->ctx, s->retries) : 0;
-    s->state = M2A_CW_RETRY;
-    s->retry_at_ms = how->now_ms + d;
+    enter(cw, s, M2A_CW_RETRY, how->now_ms + d);
     s->retries++;
-    cw->nretry++;
-    if (s->retry_at_ms < cw->retry_min)
-        cw->retry_min = s->retry_at_ms;
 }
 
 static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const struct settle *how)
@@ -301,12 +340,7 @@ struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, 
 void m2a_cwin_retry(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t retry_at_ms)
 {
     assert(slot->state == M2A_CW_INFLIGHT || slot->state == M2A_CW_RETRY);
-    leave_state(cw, slot);
-    slot->state = M2A_CW_RETRY;
-    slot->retry_at_ms = retry_at_ms;
-    cw->nretry++;
-    if (retry_at_ms < cw->retry_min)
-        cw->retry_min = retry_at_ms;
+    enter(cw, slot, M2A_CW_RETRY, retry_at_ms);
     fifo_pop_stale(cw);
 }
 
@@ -336,6 +370,7 @@ bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)
     bool popped = false;
     while (cw->count && cw->slots[cw->head].state == M2A_CW_CONFIRMED) {
         *seq = cw->slots[cw->head].seq;
+        retire(cw, &cw->slots[cw->head]);
         cw->head = (cw->head + 1) % cw->cap;
         cw->count--;
         if (cw->unsent_from)

@@ -17,7 +17,7 @@ static uint32_t fixed_delay(void *ctx, uint32_t retries)
 static void push_send(struct m2a_cwin *cw, uint64_t first, int n, uint64_t *tag)
 {
     for (int i = 0; i < n; i++) {
-        struct m2a_cw_slot *s = m2a_cwin_push(cw, first + (uint64_t)i);
+        struct m2a_cw_slot *s = m2a_cwin_push(cw, first + (uint64_t)i, "r", 1);
         ck_assert_ptr_nonnull(s);
         m2a_cwin_sent(cw, s, ++*tag);
     }
@@ -25,10 +25,10 @@ static void push_send(struct m2a_cwin *cw, uint64_t first, int n, uint64_t *tag)
 
 START_TEST(multiple_ack_commits_the_contiguous_prefix)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8);
+    struct m2a_cwin *cw = m2a_cwin_new(8, 0);
     uint64_t tag = 0, seq = 0;
     push_send(cw, 10, 5, &tag);
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 5);
+    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 5);
     ck_assert_uint_eq(m2a_cwin_ack(cw, 3, true), 3);
     ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, 12);
@@ -40,14 +40,14 @@ START_TEST(multiple_ack_commits_the_contiguous_prefix)
     ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, 14);
     ck_assert_uint_eq(m2a_cwin_count(cw), 0);
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 0);
+    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 0);
     m2a_cwin_free(cw);
 }
 END_TEST
 
 START_TEST(repeated_and_unknown_tags_confirm_nothing)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(4);
+    struct m2a_cwin *cw = m2a_cwin_new(4, 0);
     uint64_t tag = 0;
     push_send(cw, 1, 3, &tag);
     ck_assert_uint_eq(m2a_cwin_ack(cw, 2, false), 1);
@@ -63,12 +63,12 @@ END_TEST
 
 START_TEST(window_is_bounded_and_wraps)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(3);
+    struct m2a_cwin *cw = m2a_cwin_new(3, 0);
     uint64_t tag = 0, seq = 0;
     for (uint64_t round = 0; round < 100; round++) {
         push_send(cw, round * 3 + 1, 3, &tag);
         ck_assert(m2a_cwin_full(cw));
-        ck_assert_ptr_null(m2a_cwin_push(cw, 999));
+        ck_assert_ptr_null(m2a_cwin_push(cw, 999, "r", 1));
         ck_assert_uint_eq(m2a_cwin_ack(cw, tag, true), 3);
         ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
         ck_assert_uint_eq(seq, round * 3 + 3);
@@ -79,11 +79,11 @@ END_TEST
 
 START_TEST(nack_schedules_a_retry_with_a_new_tag)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8);
+    struct m2a_cwin *cw = m2a_cwin_new(8, 0);
     uint64_t tag = 0, seq = 0, next = 0;
     push_send(cw, 1, 4, &tag);
     ck_assert_uint_eq(m2a_cwin_nack(cw, 2, false, 1000, fixed_delay, NULL), 1);
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 3);
+    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 3);
     ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 1050, &next));
     ck_assert_uint_eq(next, 1100);
     struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, 1100, &next);
@@ -109,11 +109,11 @@ END_TEST
 
 START_TEST(nack_multiple_backs_off_per_slot)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8);
+    struct m2a_cwin *cw = m2a_cwin_new(8, 0);
     uint64_t tag = 0, next = 0;
     push_send(cw, 1, 3, &tag);
     ck_assert_uint_eq(m2a_cwin_nack(cw, 3, true, 0, fixed_delay, NULL), 3);
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 0);
+    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 0);
     for (int i = 0; i < 3; i++) {
         struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, 100, NULL);
         ck_assert_ptr_nonnull(s);
@@ -130,15 +130,15 @@ END_TEST
 
 START_TEST(requeue_resends_unconfirmed_and_keeps_confirmed)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8);
+    struct m2a_cwin *cw = m2a_cwin_new(8, 0);
     uint64_t tag = 0, seq = 0;
     push_send(cw, 1, 5, &tag);
     ck_assert_uint_eq(m2a_cwin_ack(cw, 3, false), 1);
     ck_assert_uint_eq(m2a_cwin_nack(cw, 4, false, 0, fixed_delay, NULL), 1);
-    struct m2a_cw_slot *unsent = m2a_cwin_push(cw, 6);
+    struct m2a_cw_slot *unsent = m2a_cwin_push(cw, 6, "r", 1);
     ck_assert_ptr_nonnull(unsent);
     m2a_cwin_requeue(cw); /* connection lost; a new channel numbers tags from 1 */
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 0);
+    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 0);
     uint64_t expect[] = {1, 2, 4, 5, 6};
     tag = 0;
     for (int i = 0; i < 5; i++) {
@@ -158,9 +158,9 @@ END_TEST
 
 START_TEST(drop_counts_as_confirmed)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(4);
+    struct m2a_cwin *cw = m2a_cwin_new(4, 0);
     uint64_t tag = 0, seq = 0;
-    struct m2a_cw_slot *bad = m2a_cwin_push(cw, 1);
+    struct m2a_cw_slot *bad = m2a_cwin_push(cw, 1, "r", 1);
     m2a_cwin_drop(cw, bad);
     push_send(cw, 2, 1, &tag);
     ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
@@ -177,7 +177,7 @@ END_TEST
 START_TEST(random_operations_commit_each_record_once_in_order)
 {
     enum { CAP = 16, N = 20000 };
-    struct m2a_cwin *cw = m2a_cwin_new(CAP);
+    struct m2a_cwin *cw = m2a_cwin_new(CAP, 0);
     unsigned rng = 12345;
     uint64_t tag = 0, next_seq = 1, committed = 0, now = 0;
     static unsigned char acked[N + CAP + 2];
@@ -188,7 +188,7 @@ START_TEST(random_operations_commit_each_record_once_in_order)
         now += 7;
         if (op < 4) {
             if (!m2a_cwin_full(cw) && next_seq <= N)
-                ck_assert_ptr_nonnull(m2a_cwin_push(cw, next_seq++));
+                ck_assert_ptr_nonnull(m2a_cwin_push(cw, next_seq++, "r", 1));
             struct m2a_cw_slot *s = m2a_cwin_next_to_send(cw, now, NULL);
             if (s)
                 m2a_cwin_sent(cw, s, ++tag);
@@ -196,10 +196,10 @@ START_TEST(random_operations_commit_each_record_once_in_order)
             uint64_t back = (rng >> 8) % 5;
             uint64_t t = tag > back ? tag - back : tag;
             bool multiple = (rng >> 12) & 1;
-            uint32_t before = m2a_cwin_inflight(cw);
+            uint32_t before = m2a_cwin_usage(cw).inflight;
             size_t n = op < 7 ? m2a_cwin_ack(cw, t, multiple)
                               : m2a_cwin_nack(cw, t, multiple, now, fixed_delay, NULL);
-            ck_assert_uint_eq(m2a_cwin_inflight(cw), before - n);
+            ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, before - n);
         } else if (op == 8 && (rng >> 20) % 50 == 0) {
             m2a_cwin_requeue(cw);
             tag = 0;
@@ -214,7 +214,7 @@ START_TEST(random_operations_commit_each_record_once_in_order)
             }
         }
         ck_assert_uint_le(m2a_cwin_count(cw), CAP);
-        ck_assert_uint_le(m2a_cwin_inflight(cw), m2a_cwin_count(cw));
+        ck_assert_uint_le(m2a_cwin_usage(cw).inflight, m2a_cwin_count(cw));
     }
     for (uint64_t q = 1; q <= N; q++)
         ck_assert_uint_eq(acked[q], 1);
@@ -226,6 +226,7 @@ int main(void)
 {
     Suite *s = suite_create("amqp_window");
     TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60); /* a loaded 2-core machine runs the random test for seconds */
     tcase_add_test(tc, multiple_ack_commits_the_contiguous_prefix);
     tcase_add_test(tc, repeated_and_unknown_tags_confirm_nothing);
     tcase_add_test(tc, window_is_bounded_and_wraps);

@@ -417,9 +417,9 @@ END_TEST
  * is ignored, and it is confirmed only by the ack of its re-publish. */
 START_TEST(window_resend_after_return_ignores_the_stale_ack)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8);
+    struct m2a_cwin *cw = m2a_cwin_new(8, 0);
     for (uint64_t seq = 10; seq < 14; seq++)
-        m2a_cwin_sent(cw, m2a_cwin_push(cw, seq), seq - 9); /* tags 1..4 */
+        m2a_cwin_sent(cw, m2a_cwin_push(cw, seq, "r", 1), seq - 9); /* tags 1..4 */
     ck_assert_ptr_null(m2a_cwin_find(cw, 9));
     ck_assert_ptr_null(m2a_cwin_find(cw, 14));
     struct m2a_cw_slot *ret = m2a_cwin_find(cw, 12);
@@ -429,7 +429,7 @@ START_TEST(window_resend_after_return_ignores_the_stale_ack)
 
     m2a_cwin_retry(cw, ret, 1000);
     ck_assert_uint_eq(ret->retries, 0);
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 3);
+    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 3);
     uint64_t next = 0;
     ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 999, &next));
     ck_assert_uint_eq(next, 1000);
