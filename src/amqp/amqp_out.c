@@ -122,7 +122,7 @@ struct m2a_amqp_out {
 
     /* Undeliverable messages (see the comment above put_dead_letter). */
     struct m2a_policy *policy;
-    struct m2a_buf dl_buf;
+    struct m2a_buf enc_buf;      /* a record re-encoded: a dead letter, a version 1 one */
     struct m2a_cw_slot **nacked; /* the slots one basic.nack names */
     size_t nacked_cap;
     struct m2a_header *hdrs; /* envelope decode scratch, grown only */
@@ -192,15 +192,25 @@ static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
         m2a_route_stats_observe_latency(ao->stats->routes, ao->frame_us - slot->sent_us);
 }
 
+/* env becomes the record of slot. env may point into the slot's record:
+ * it is encoded elsewhere first (a buffer that a large record does not
+ * pin). */
+static void reencode(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+                     const struct m2a_envelope *env)
+{
+    m2a_buf_reset(&ao->enc_buf);
+    m2a_envelope_encode(env, &ao->enc_buf);
+    m2a_cwin_set_rec(ao->cw, slot, ao->enc_buf.data, ao->enc_buf.len);
+    if (ao->enc_buf.cap > M2A_CW_KEEP_BYTES)
+        m2a_buf_free(&ao->enc_buf);
+}
+
 /* The dead letter dle takes the place of the record in slot. */
 static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
                             const struct m2a_envelope *dle)
 {
-    /* dle points into slot->rec: encode elsewhere first. */
-    m2a_buf_reset(&ao->dl_buf);
-    m2a_envelope_encode(dle, &ao->dl_buf);
-    m2a_cwin_set_rec(ao->cw, slot, ao->dl_buf.data, ao->dl_buf.len);
-    slot->retries = 0; /* the dead letter's own nacks start from zero */
+    reencode(ao, slot, dle); /* dle points into slot->rec */
+    slot->retries = 0;       /* the dead letter's own nacks start from zero */
     slot->excused = 0;
 }
 
@@ -387,9 +397,7 @@ static void resolve_route(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     if (m2a_envelope_set_route_id(slot->rec.data, slot->rec.len, id) == 0)
         return;
     env.route_id = id; /* version 1: re-encoded as version 2 */
-    m2a_buf_reset(&ao->dl_buf);
-    m2a_envelope_encode(&env, &ao->dl_buf);
-    m2a_cwin_set_rec(ao->cw, slot, ao->dl_buf.data, ao->dl_buf.len);
+    reencode(ao, slot, &env);
 }
 
 /* ------------------------------------------------------------------ */
@@ -878,7 +886,7 @@ static void out_free(struct m2a_amqp_out *ao)
     m2a_generation_unref(atomic_exchange(&ao->gen_offer, NULL));
     m2a_generation_unref(ao->gen);
     free(ao->nacked);
-    m2a_buf_free(&ao->dl_buf);
+    m2a_buf_free(&ao->enc_buf);
     free(ao->hdrs);
     free(ao);
 }
@@ -907,7 +915,7 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
                                                           .log_interval_ms = LOG_EVERY_MS});
     ao->rl_spool = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->rl_drop = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
-    ao->cw = m2a_cwin_new((uint32_t)c->confirm_window, 0);
+    ao->cw = m2a_cwin_new((uint32_t)c->confirm_window, c->max_inflight_bytes);
     m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
     ao->pub = m2a_amqp_publish_new();
     m2a_failover_init(&ao->nodes, 1, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);

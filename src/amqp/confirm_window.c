@@ -122,10 +122,6 @@ struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq, const void 
         return NULL;
     struct m2a_cw_slot *s = slot_at(cw, cw->count++);
     cw->spare -= s->rec.cap;
-    if (s->rec.cap > 256u * 1024u) { /* one huge message must not pin its size for ever */
-        cw->held -= s->rec.cap;
-        m2a_buf_free(&s->rec);
-    }
     struct m2a_buf keep = s->rec;
     keep.len = 0;
     *s = (struct m2a_cw_slot){.seq = seq, .state = M2A_CW_UNSENT, .rec = keep};
@@ -145,7 +141,13 @@ static void retire(struct m2a_cwin *cw, struct m2a_cw_slot *s)
 {
     cw->bytes -= s->rec.len;
     s->rec.len = 0;
-    cw->spare += s->rec.cap;
+    uint64_t room = cw->max_bytes ? cw->max_bytes : UINT64_MAX;
+    if (s->rec.cap <= M2A_CW_KEEP_BYTES && cw->spare + s->rec.cap <= room) {
+        cw->spare += s->rec.cap;
+        return;
+    }
+    cw->held -= s->rec.cap;
+    m2a_buf_free(&s->rec);
 }
 
 static void advance_unsent(struct m2a_cwin *cw)

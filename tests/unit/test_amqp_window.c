@@ -172,6 +172,73 @@ START_TEST(drop_counts_as_confirmed)
 }
 END_TEST
 
+/* Regression (issue 9): a slot kept a large record's buffer until the slot
+ * was reused, a whole window later, so twenty 16 MiB messages took the
+ * bridge from 7 MB to 433 MB of RSS and every further one added ~16 MB
+ * (up to confirm_window x 16 MiB). Once confirmed and popped, a large
+ * record's buffer is gone. */
+START_TEST(large_records_are_released_once_confirmed)
+{
+    enum { N = 20, BIG = 16 << 20 };
+    struct m2a_cwin *cw = m2a_cwin_new(1000, 64u << 20);
+    unsigned char *big = calloc(1, BIG);
+    ck_assert_ptr_nonnull(big);
+    uint64_t tag = 0, seq = 0;
+    for (int i = 0; i < N; i++) {
+        struct m2a_cw_slot *s = m2a_cwin_push(cw, (uint64_t)i + 1, big, BIG);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_uint_ge(m2a_cwin_usage(cw).held, BIG);
+        m2a_cwin_sent(cw, s, ++tag);
+        ck_assert_uint_eq(m2a_cwin_ack(cw, tag, false), 1);
+        ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+        ck_assert_uint_eq(seq, (uint64_t)i + 1);
+        ck_assert_uint_le(m2a_cwin_usage(cw).held, M2A_CW_KEEP_BYTES);
+    }
+    ck_assert_uint_eq(m2a_cwin_usage(cw).bytes, 0);
+    /* Small records keep their buffers: the steady state allocates nothing. */
+    for (int i = 0; i < 3; i++) {
+        struct m2a_cw_slot *s = m2a_cwin_push(cw, (uint64_t)N + 1 + (uint64_t)i, big, 100);
+        m2a_cwin_sent(cw, s, ++tag);
+    }
+    ck_assert_uint_eq(m2a_cwin_ack(cw, tag, true), 3);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_uint_gt(m2a_cwin_usage(cw).held, 0);
+    ck_assert_uint_le(m2a_cwin_usage(cw).held, 3 * 512);
+    free(big);
+    m2a_cwin_free(cw);
+}
+END_TEST
+
+/* amqp.max_inflight_bytes: a record is taken while what is held is below
+ * the bound, so at most the bound plus one record is held; an empty
+ * window takes any record, however large. */
+START_TEST(window_holds_at_most_max_bytes_plus_one_record)
+{
+    enum { MAX = 64 << 20, REC = 10 << 20 };
+    struct m2a_cwin *cw = m2a_cwin_new(1000, MAX);
+    unsigned char *buf = calloc(1, 2 * (size_t)MAX);
+    ck_assert_ptr_nonnull(buf);
+    uint64_t seq = 0, tag = 0;
+    while (!m2a_cwin_full(cw))
+        ck_assert_ptr_nonnull(m2a_cwin_push(cw, ++seq, buf, REC));
+    ck_assert_uint_eq(m2a_cwin_count(cw), 7); /* 60 MiB < 64 MiB: a 7th is taken */
+    ck_assert_uint_eq(m2a_cwin_usage(cw).bytes, 7u * REC);
+    ck_assert_ptr_null(m2a_cwin_push(cw, ++seq, buf, 1));
+    /* Room again once the first is confirmed. */
+    m2a_cwin_sent(cw, m2a_cwin_at(cw, 0), ++tag);
+    ck_assert_uint_eq(m2a_cwin_ack(cw, tag, false), 1);
+    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert(!m2a_cwin_full(cw));
+    m2a_cwin_free(cw);
+
+    cw = m2a_cwin_new(1000, 1024);
+    ck_assert_ptr_nonnull(m2a_cwin_push(cw, 1, buf, 2 * (size_t)MAX)); /* one always fits */
+    ck_assert(m2a_cwin_full(cw));
+    m2a_cwin_free(cw);
+    free(buf);
+}
+END_TEST
+
 /* Random acks, nacks, retries and reconnects: every sequence number is
  * committed exactly once, in order, and the counters stay consistent. */
 START_TEST(random_operations_commit_each_record_once_in_order)
@@ -235,6 +302,8 @@ int main(void)
     tcase_add_test(tc, requeue_resends_unconfirmed_and_keeps_confirmed);
     tcase_add_test(tc, drop_counts_as_confirmed);
     tcase_add_test(tc, random_operations_commit_each_record_once_in_order);
+    tcase_add_test(tc, large_records_are_released_once_confirmed);
+    tcase_add_test(tc, window_holds_at_most_max_bytes_plus_one_record);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }
