@@ -145,6 +145,11 @@ int m2a_amqp_conn_settle(struct m2a_amqp_conn *c, uint64_t delivery_tag, enum m2
 enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,
                                             const struct m2a_amqp_conn_events *ev, void *ud);
 
+/* The owner's wait saw the socket readable (or hung up): the broker sent
+ * something. A heartbeat counts, though rabbitmq-c consumes it without
+ * handing it over, so only this tells a quiet broker from a silent one. */
+void m2a_amqp_conn_input_seen(struct m2a_amqp_conn *c);
+
 /* True when frames are already in rabbitmq-c's buffers: read before
  * waiting on the socket, which will not signal them. */
 bool m2a_amqp_conn_buffered(struct m2a_amqp_conn *c);

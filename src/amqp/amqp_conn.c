@@ -637,6 +637,11 @@ enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,
     return M2A_AMQP_CONN_OK;
 }
 
+void m2a_amqp_conn_input_seen(struct m2a_amqp_conn *c)
+{
+    c->last_rx_ms = m2a_now_ms();
+}
+
 bool m2a_amqp_conn_buffered(struct m2a_amqp_conn *c)
 {
     return c->st && (amqp_frames_enqueued(c->st) || amqp_data_in_buffer(c->st));

@@ -50,6 +50,7 @@
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/failover.h"
+#include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/loop.h"
 #include "mqtt2amqp/policy.h"
@@ -118,7 +119,8 @@ struct m2a_amqp_out {
     uint64_t spool_retry_ms; /* no spool reads before this (after an error) */
     unsigned nconnects;
     struct m2a_ratelimit rl_spool, rl_drop;
-    char why[640]; /* why the session ended, for the log */
+    char why[640];  /* why the session ended, for the log */
+    char left[800]; /* the node left last and why: logged with the next connect */
 
     /* Undeliverable messages (see the comment above put_dead_letter). */
     struct m2a_policy *policy;
@@ -160,6 +162,12 @@ static int conn_fd(const struct m2a_amqp_out *ao)
 static const struct m2a_conf_endpoint *node_now(const struct m2a_amqp_out *ao)
 {
     return &ao->conf->endpoints[m2a_failover_node(&ao->nodes)];
+}
+
+/* "HOST:PORT" of the current node, for the log. */
+static const char *node_name(const struct m2a_amqp_out *ao, char *buf, size_t len)
+{
+    return m2a_hostport_format(buf, len, node_now(ao)->host, node_now(ao)->port);
 }
 
 /* ------------------------------------------------------------------ */
@@ -617,9 +625,14 @@ static int adopt_offer(struct m2a_amqp_out *ao, bool connected, enum session_end
 /* ------------------------------------------------------------------ */
 /* The loop                                                            */
 
+/* The turn reads the frames; a readable socket says the broker is there
+ * even when all it sent was a heartbeat. */
 static void on_socket(struct m2a_loop *loop, int fd, unsigned events, void *ud)
 {
-    (void)loop, (void)fd, (void)events, (void)ud; /* the turn reads the frames */
+    (void)loop, (void)fd;
+    struct m2a_amqp_out *ao = ud;
+    if (events & (M2A_LOOP_READ | M2A_LOOP_HUP | M2A_LOOP_ERR))
+        m2a_amqp_conn_input_seen(ao->conn);
 }
 
 static void on_spool_maint(struct m2a_loop *loop, int fd, unsigned events, void *ud)
@@ -768,49 +781,56 @@ static void teardown(struct m2a_amqp_out *ao, bool polite)
     ao->next_tag = 0;
 }
 
+/* Why the last node was left, for the line that says where we went. */
+static void remember_left(struct m2a_amqp_out *ao, const char *node)
+{
+    if (ao->conf->nendpoints > 1)
+        snprintf(ao->left, sizeof(ao->left), "%s: %.500s", node, ao->why);
+}
+
 static void log_connected(struct m2a_amqp_out *ao)
 {
     const struct m2a_conf_amqp *c = ao->conf;
-    const struct m2a_conf_endpoint *ep = node_now(ao);
-    char which[48] = "";
+    char node[M2A_HOSTPORT_MAX], which[48] = "";
     if (c->nendpoints > 1)
         snprintf(which, sizeof(which), " (node %zu of %zu)", m2a_failover_node(&ao->nodes) + 1,
                  c->nendpoints);
     m2a_info(COMPONENT,
-             "connected to %s:%d%s vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
-             "%u to re-publish)",
-             ep->host, ep->port, which, c->vhost, c->username,
-             m2a_amqp_conn_params(ao->conn)->heartbeat_s, c->confirm_window,
-             m2a_cwin_count(ao->cw));
+             "connected to %s%s vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
+             "%u to re-publish)%s%s",
+             node_name(ao, node, sizeof(node)), which, c->vhost, c->username,
+             m2a_amqp_conn_params(ao->conn)->heartbeat_s, c->confirm_window, m2a_cwin_count(ao->cw),
+             ao->left[0] ? "; left " : "", ao->left);
+    ao->left[0] = '\0';
 }
 
 /* A connect failed: moves on (the next node, or a backoff after a round)
  * and says so. */
 static void connect_failed(struct m2a_amqp_out *ao, bool refused)
 {
-    const struct m2a_conf_endpoint *ep = node_now(ao);
-    char host[300];
-    snprintf(host, sizeof(host), "%s:%d", ep->host, ep->port);
+    char node[M2A_HOSTPORT_MAX], next[M2A_HOSTPORT_MAX];
+    node_name(ao, node, sizeof(node));
+    remember_left(ao, node);
     bool round_over;
     uint32_t delay = m2a_failover_failed(&ao->nodes, &round_over);
-    const struct m2a_conf_endpoint *next = node_now(ao);
+    node_name(ao, next, sizeof(next));
     /* Refusals (credentials, vhost, topology, certificates) need an operator: error. */
     enum m2a_log_level lvl = refused ? M2A_LOG_ERROR : M2A_LOG_WARN;
     if (ao->conf->nendpoints == 1)
-        M2A_LOG(lvl, COMPONENT, "%s: %s; retrying in %u ms", host, ao->why, delay);
+        M2A_LOG(lvl, COMPONENT, "%s: %s; retrying in %u ms", node, ao->why, delay);
     else if (!round_over)
-        M2A_LOG(lvl, COMPONENT, "%s: %s; trying %s:%d next", host, ao->why, next->host, next->port);
+        M2A_LOG(lvl, COMPONENT, "%s: %s; trying %s next", node, ao->why, next);
     else
-        M2A_LOG(lvl, COMPONENT, "%s: %s; no node of %zu answered, retrying from %s:%d in %u ms",
-                host, ao->why, ao->conf->nendpoints, next->host, next->port, delay);
+        M2A_LOG(lvl, COMPONENT, "%s: %s; none of the %zu nodes answered: retrying from %s in %u ms",
+                node, ao->why, ao->conf->nendpoints, next, delay);
     pause_for(ao, delay);
 }
 
 static void *thread_main(void *arg)
 {
     struct m2a_amqp_out *ao = arg;
-    const struct m2a_conf_amqp *c = ao->conf;
     enum session_end unused;
+    char node[M2A_HOSTPORT_MAX], next[M2A_HOSTPORT_MAX + 8];
     while (!stopping(ao)) {
         ao->why[0] = '\0';
         ao->progress = false;
@@ -822,8 +842,7 @@ static void *thread_main(void *arg)
             /* A channel-level failure (topology) leaves the connection usable. */
             teardown(ao, rc == M2A_ERR_AMQP);
             if (stopping(ao)) {
-                m2a_info(COMPONENT, "%s:%d: %s; stopping", node_now(ao)->host, node_now(ao)->port,
-                         ao->why);
+                m2a_info(COMPONENT, "%s: %s; stopping", node_name(ao, node, sizeof(node)), ao->why);
                 break;
             }
             connect_failed(ao, refused);
@@ -837,23 +856,26 @@ static void *thread_main(void *arg)
         ao->connected_ms = m2a_now_ms();
         log_connected(ao);
 
-        const struct m2a_conf_endpoint *ep = node_now(ao);
         enum session_end end = session(ao);
+        node_name(ao, node, sizeof(node));
         if (end == END_STOPPED) {
             teardown(ao, true);
-            m2a_info(COMPONENT, "disconnected from %s:%d: stopping", ep->host, ep->port);
+            m2a_info(COMPONENT, "disconnected from %s: stopping", node);
             break;
         }
         bool stable = ao->progress || m2a_now_ms() - ao->connected_ms >= STABLE_SESSION_MS;
         teardown(ao, end == END_CHANNEL);
+        remember_left(ao, node);
         uint32_t delay = m2a_failover_lost(&ao->nodes, stable);
-        char next[320] = "";
-        if (c->nendpoints > 1)
-            snprintf(next, sizeof(next), " to %s:%d", node_now(ao)->host, node_now(ao)->port);
+        next[0] = '\0';
+        if (ao->conf->nendpoints > 1) {
+            memcpy(next, " to ", 5);
+            node_name(ao, next + 4, sizeof(next) - 4);
+        }
         m2a_warn(COMPONENT,
-                 "disconnected from %s:%d: %s; %u unconfirmed message(s) will be "
+                 "disconnected from %s: %s; %u unconfirmed message(s) will be "
                  "re-published; reconnecting%s in %u ms",
-                 ep->host, ep->port, ao->why, m2a_cwin_count(ao->cw), next, delay);
+                 node, ao->why, m2a_cwin_count(ao->cw), next, delay);
         pause_for(ao, delay);
     }
     pthread_mutex_lock(&ao->mu);
@@ -918,7 +940,8 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     ao->cw = m2a_cwin_new((uint32_t)c->confirm_window, c->max_inflight_bytes);
     m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
     ao->pub = m2a_amqp_publish_new();
-    m2a_failover_init(&ao->nodes, 1, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);
+    m2a_failover_init(&ao->nodes, c->nendpoints, (uint32_t)c->reconnect_min_ms,
+                      (uint32_t)c->reconnect_max_ms);
     m2a_backoff_init(&ao->nack_backoff, (uint32_t)c->reconnect_min_ms,
                      (uint32_t)c->reconnect_max_ms);
     ao->next_retry_ms = UINT64_MAX;
