@@ -51,13 +51,11 @@ struct m2a_cw_slot {
     struct m2a_buf rec;
     /* The caller's, cleared by m2a_cwin_push: when the last publish left
      * (monotonic microseconds), a per-record pointer (route counters), the
-     * record's route id, the basic.returns it met and the nacks its owner
-     * did not count against a retry limit. */
+     * record's route id and the basic.returns it met. */
     uint64_t sent_us;
     void *ud;
     uint32_t route;
     uint32_t returns;
-    uint32_t excused;
 };
 
 struct m2a_cwin;

@@ -122,6 +122,13 @@ struct m2a_amqp_out {
     char why[640];  /* why the session ended, for the log */
     char left[800]; /* the node left last and why: logged with the next connect */
 
+    /* Routes (by id) of which a message was confirmed on this connection;
+     * until then their nacks are not counted against max_retries (see
+     * on_nack). Cleared at every connect. */
+    unsigned char *route_acked;
+    size_t route_acked_cap;
+    bool none_acked; /* the same for records of no known route */
+
     /* Undeliverable messages (see the comment above put_dead_letter). */
     struct m2a_policy *policy;
     struct m2a_buf enc_buf;      /* a record re-encoded: a dead letter, a version 1 one */
@@ -191,10 +198,36 @@ static struct m2a_route_counters *route_ctr(struct m2a_amqp_out *ao, uint32_t id
     return m2a_route_stats_at(ao->stats->routes, id);
 }
 
+/* Whether a message of route id was confirmed on this connection. */
+static bool route_acked(const struct m2a_amqp_out *ao, uint32_t id)
+{
+    if (id == M2A_ROUTE_NONE)
+        return ao->none_acked;
+    return id < ao->route_acked_cap && ao->route_acked[id];
+}
+
+static void mark_route_acked(struct m2a_amqp_out *ao, uint32_t id)
+{
+    if (id == M2A_ROUTE_NONE) {
+        ao->none_acked = true;
+        return;
+    }
+    if (id >= ao->route_acked_cap) {
+        size_t cap = ao->route_acked_cap ? ao->route_acked_cap : 64;
+        while (cap <= id)
+            cap *= 2;
+        ao->route_acked = xrealloc(ao->route_acked, cap);
+        memset(ao->route_acked + ao->route_acked_cap, 0, cap - ao->route_acked_cap);
+        ao->route_acked_cap = cap;
+    }
+    ao->route_acked[id] = 1;
+}
+
 /* Per-route confirms and the confirm latency (set as the window's hook). */
 static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
 {
     struct m2a_amqp_out *ao = ctx;
+    mark_route_acked(ao, slot->route);
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, confirmed, 1);
     if (slot->sent_us)
         m2a_route_stats_observe_latency(ao->stats->routes, ao->frame_us - slot->sent_us);
@@ -219,7 +252,6 @@ static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
 {
     reencode(ao, slot, dle); /* dle points into slot->rec */
     slot->retries = 0;       /* the dead letter's own nacks start from zero */
-    slot->excused = 0;
 }
 
 /* Our message ids are "<spool id>-<seq>": the seq, or false if not ours. */
@@ -303,7 +335,22 @@ static void on_returned(void *ud, const struct m2a_amqp_return *r)
 /* basic.nack: every slot it names goes to RETRY with backoff (the window
  * counts the nack); then the policy decides for each, by name: one nacked
  * more than dead_letter.max_retries times becomes a dead letter, sent at
- * once. Without a dead_letter section nacks are retried for ever. */
+ * once. Without a dead_letter section nacks are retried for ever.
+ *
+ * A message is dead-lettered for its nacks only once RabbitMQ has
+ * confirmed something of its route on this connection (policy.h: unready):
+ * until then the nacks say that the route's destination is not ready for
+ * this connection, not that it refuses this message. That is what a
+ * quorum queue without a reachable leader does in RabbitMQ 3.10: a channel
+ * registers with the queue's leader before its first publish there, and
+ * until that works every publish of the channel to the queue is nacked, at
+ * once when the node it asks is down, after net_ticktime + 5 s (65 s) when
+ * no leader answers; so each connection made after a node failure or
+ * during a lost majority meets a burst of nacks. Confirms lag behind
+ * rejections (a persistent message is confirmed once on disk), so the
+ * check is made at each nack, not against the first one: a queue that
+ * took the earlier messages and rejects the rest (x-overflow
+ * reject-publish) dead-letters them after max_retries nacks as before. */
 static void on_nack(void *ud, uint64_t tag, bool multiple)
 {
     struct m2a_amqp_out *ao = ud;
@@ -329,7 +376,8 @@ static void on_nack(void *ud, uint64_t tag, bool multiple)
         struct m2a_policy_case c = {.event = M2A_POLICY_NACKED,
                                     .env = &env,
                                     .seq = slot->seq,
-                                    .attempts = slot->retries - slot->excused};
+                                    .attempts = slot->retries,
+                                    .unready = !route_acked(ao, slot->route)};
         enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
         uint32_t delay = slot->retry_at_ms > now ? (uint32_t)(slot->retry_at_ms - now) : 0;
         m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
@@ -849,6 +897,9 @@ static void *thread_main(void *arg)
             continue;
         }
         m2a_failover_connected(&ao->nodes);
+        if (ao->route_acked)
+            memset(ao->route_acked, 0, ao->route_acked_cap);
+        ao->none_acked = false;
         if (ao->nconnects++ > 0)
             M2A_STAT_ADD(ao->stats, amqp_reconnects, 1);
         M2A_STAT_SET(ao->stats, amqp_connected, true);
@@ -908,6 +959,7 @@ static void out_free(struct m2a_amqp_out *ao)
     m2a_generation_unref(atomic_exchange(&ao->gen_offer, NULL));
     m2a_generation_unref(ao->gen);
     free(ao->nacked);
+    free(ao->route_acked);
     m2a_buf_free(&ao->enc_buf);
     free(ao->hdrs);
     free(ao);

@@ -44,6 +44,21 @@ static void collect_both(struct th_amqp *a, struct th_amqp *b, struct th_msgs *o
     }
 }
 
+static long publish_to(int port, const char *topic, long first, long count)
+{
+    const char *const topics[] = {topic};
+    struct th_pub p = {.port = port,
+                       .topics = topics,
+                       .ntopics = 1,
+                       .first = first,
+                       .count = count,
+                       .payload_size = 100,
+                       .qos = 1,
+                       .timeout_ms = 30000,
+                       .quiet = true};
+    return th_mqtt_publish(&p);
+}
+
 /* ---- failover ------------------------------------------------------------ */
 
 static const char *const round_yaml =
@@ -238,6 +253,79 @@ START_TEST(killing_the_node_in_use_moves_on_and_loses_nothing)
 }
 END_TEST
 
+/* ---- nacks of a destination that is not ready ------------------------------ */
+
+static const char *const unready_yaml =
+    "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-nodes-unready}\n"
+    "amqp:\n"
+    "  port: ${AMQP_PORT}\n"
+    "  reconnect_min_ms: 50\n"
+    "  reconnect_max_ms: 200\n"
+    "  topology:\n"
+    "    exchanges: [{name: it.unready, type: topic}, {name: it.unready.dlx, type: topic}]\n"
+    "    queues:\n"
+    "      - name: it.unready.q\n"
+    "        arguments: {x-max-length: 1, x-overflow: reject-publish}\n"
+    "        bindings: [{exchange: it.unready, routing_key: \"#\"}]\n"
+    "dead_letter: {exchange: it.unready.dlx, max_retries: 2}\n"
+    "spool: {dir: ${SPOOL_DIR}}\n"
+    "routes:\n"
+    "  - {name: unready, topic: \"unready/#\", exchange: it.unready}\n"
+    "log: {stats_interval: 1}\n";
+
+/* Issue 10: nacks before RabbitMQ has confirmed anything of the route on
+ * the connection say that its destination is not ready (a quorum queue
+ * without a leader nacks every publish of a channel that could not
+ * register with it, RabbitMQ 3.10); they are retried past max_retries,
+ * not dead-lettered early. Here a queue full from the start (x-overflow
+ * reject-publish) stands in for it: every message is nacked many times
+ * more than max_retries (main dead-lettered each after 3), and once the
+ * queue takes messages again all of them arrive. */
+START_TEST(nacks_before_any_confirm_of_the_route_are_retried_not_dead_lettered)
+{
+    const long n = 5;
+    struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
+    ck_assert_ptr_nonnull(mq);
+    struct th_amqp *c = th_amqp_connect(th_rabbit_port(), 10000, false);
+    ck_assert_ptr_nonnull(c);
+    th_amqp_delete(c, "it.unready.q"); /* the bridge declares it */
+    struct th_bridge *b = th_bridge_new(mq);
+    ck_assert_int_eq(th_bridge_config(b, unready_yaml), 0);
+    ck_assert_int_eq(th_bridge_start_ready(b, 60000), 0);
+    ck_assert_int_eq(th_amqp_publish(c, "", "it.unready.q", "filler", true), 0); /* now full */
+
+    ck_assert_int_eq(publish_to(mq->port, "unready/a", 0, n), n);
+    ck_assert_int_eq(th_bridge_wait_stat(b, "nacked", n * 6, 60000), 0);
+    long dead_while_full = th_bridge_stat(b, "dead_lettered");
+    const char *why = "nothing of the route confirmed on this connection yet";
+    int said = th_proc_log_count(&b->proc, why);
+
+    /* The queue takes messages again. */
+    ck_assert_int_eq(th_amqp_consume(c, "it.unready.q"), 0);
+    struct th_msgs got = {0};
+    int rc = th_amqp_collect(c, &got, (size_t)n, 60000);
+    th_amqp_drain(c, &got, 500);
+    ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
+    long seqs[64];
+    size_t k = 0;
+    for (size_t i = 0; i < got.n && k < 64; i++)
+        if (strcmp(got.v[i].body, "filler") != 0)
+            seqs[k++] = got.v[i].seq;
+    struct th_delivery d = th_check_seqs(0, n, seqs, k);
+    ck_assert_int_eq(dead_while_full, 0);
+    ck_assert_int_ge(said, 1);
+    ck_assert_int_eq(rc, 0);
+    TH_ASSERT_EXACT(d);
+    ck_assert_int_eq(th_bridge_stat(b, "dead_lettered"), 0);
+
+    th_msgs_free(&got);
+    th_amqp_delete(c, "it.unready.q");
+    th_amqp_free(c);
+    th_bridge_free(b);
+    th_mosq_free(mq);
+}
+END_TEST
+
 /* ---- heartbeats ----------------------------------------------------------- */
 
 static const char *const idle_yaml =
@@ -286,21 +374,6 @@ static const char *const unpub_yaml =
     "    routing_key: wide\n"
     "    headers: {h1: \"{1}\", h2: \"{1}\", h3: \"{1}\", h4: \"{1}\"}\n"
     "log: {stats_interval: 1}\n";
-
-static long publish_to(int port, const char *topic, long first, long count)
-{
-    const char *const topics[] = {topic};
-    struct th_pub p = {.port = port,
-                       .topics = topics,
-                       .ntopics = 1,
-                       .first = first,
-                       .count = count,
-                       .payload_size = 100,
-                       .qos = 1,
-                       .timeout_ms = 30000,
-                       .quiet = true};
-    return th_mqtt_publish(&p);
-}
 
 /* Regression (issue 9): a record whose frames cannot be encoded ended the
  * AMQP session and was re-published for ever after each reconnect; and the
@@ -375,6 +448,7 @@ int main(void)
     tcase_add_test(tc, killing_the_node_in_use_moves_on_and_loses_nothing);
     tcase_add_test(tc, unpublishable_record_is_dead_lettered_and_the_session_stays);
     tcase_add_test(tc, an_idle_connection_stays_up);
+    tcase_add_test(tc, nacks_before_any_confirm_of_the_route_are_retried_not_dead_lettered);
     suite_add_tcase(s, tc);
     int rc = m2a_check_run(s);
     th_rabbit_node_free(small);

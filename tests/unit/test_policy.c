@@ -375,6 +375,37 @@ static void nack_one_of_each(struct m2a_policy *p, const struct m2a_generation *
     handle(p, g, M2A_POLICY_NACKED, &e);
 }
 
+/* Issue 10: a nack while nothing of the route has been confirmed on the
+ * connection (a quorum queue without a leader nacks every publish of a
+ * channel that has not registered with it, RabbitMQ 3.10) is retried past
+ * max_retries; once the route is confirmed on the connection, the next nack
+ * over max_retries dead-letters; max_retries 0 dead-letters at the first
+ * nack whatever. */
+START_TEST(nacks_of_an_unready_destination_are_retried_past_max_retries)
+{
+    struct m2a_conf_dead_letter dl = {.enabled = true, .exchange = "dlx", .max_retries = 2};
+    struct m2a_generation *g = generation(&dl, M2A_UNROUTABLE_DEAD_LETTER, NULL);
+    struct m2a_policy *p = policy(NULL);
+    struct m2a_envelope e = original(), out;
+    struct m2a_policy_case c = {.event = M2A_POLICY_NACKED, .env = &e, .unready = true};
+    for (c.attempts = 1; c.attempts <= 50; c.attempts++)
+        ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_RETRY);
+    c.unready = false;
+    ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_DEAD_LETTER);
+    c.attempts = 2;
+    ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_RETRY);
+    m2a_generation_unref(g);
+
+    dl.max_retries = 0;
+    g = generation(&dl, M2A_UNROUTABLE_DEAD_LETTER, NULL);
+    c = (struct m2a_policy_case){
+        .event = M2A_POLICY_NACKED, .env = &e, .attempts = 1, .unready = true};
+    ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_DEAD_LETTER);
+    m2a_generation_unref(g);
+    m2a_policy_free(p);
+}
+END_TEST
+
 /* The line of log holding needle (NUL-terminated copy), or NULL. */
 static const char *line_with(const char *log, const char *needle)
 {
@@ -458,6 +489,7 @@ int main(void)
     tcase_add_test(tc, the_rules_are_the_readme_table);
     tcase_add_test(tc, expiry_spares_dead_letters);
     tcase_add_test(tc, counting_follows_the_readme);
+    tcase_add_test(tc, nacks_of_an_unready_destination_are_retried_past_max_retries);
     tcase_add_test(tc, nacks_are_logged_by_route_and_a_nacked_dead_letter_as_an_error);
     tcase_add_test(tc, returned_message_keeps_everything_and_says_why);
     tcase_add_test(tc, reasons_shape_the_dead_letter);
