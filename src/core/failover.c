@@ -3,12 +3,22 @@
  * thread that connects. */
 #include "mqtt2amqp/failover.h"
 
+/* splitmix64's finalizer: every bit of the seed moves every bit out. */
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
 void m2a_failover_init(struct m2a_failover *f, size_t n, uint32_t min_ms, uint32_t max_ms)
 {
     m2a_backoff_init(&f->backoff, min_ms, max_ms);
     f->n = n ? n : 1;
-    /* The backoff's seed is random enough to spread bridges over the list. */
-    f->cur = (size_t)(f->backoff.rng >> 11) % f->n;
+    /* The backoff's seed (clock, pid, address) mixed: bridges started
+     * together, or one restarted, pick their first node independently. */
+    f->cur = (size_t)(mix(f->backoff.rng) % f->n);
     f->failed = 0;
 }
 
