@@ -55,8 +55,9 @@
 #   M2A_BENCH_BUILD=DIR             build directory (build-bench)
 #   M2A_BENCH_KEEP=1                keep the temp dir (logs, configs) and say where
 #   M2A_BENCH_BRIDGE2=PATH          a second bridge binary (say, main's build): every
-#                                   bridge throughput row is run again with it, right
-#                                   after, as an extra row "... [LABEL]" of the same pass
+#                                   bridge throughput row is run again with it, next to
+#                                   it (before or after, alternately), as an extra row
+#                                   "... [LABEL]" of the same pass
 #   M2A_BENCH_BRIDGE2_LABEL=other   that LABEL
 set -euo pipefail
 
@@ -315,19 +316,30 @@ rate_of() { # ROW
     cut -d'|' -f3 <<<"$1"
 }
 
-# bridge_rows KEY SIZE FSYNC COUNT LABEL BASE_RATE: the scenario with this tree's bridge,
-# then (M2A_BENCH_BRIDGE2) with the other binary, each kept as a throughput row.
+# bridge_rows KEY SIZE FSYNC COUNT LABEL BASE_RATE: the scenario with this tree's bridge
+# and (M2A_BENCH_BRIDGE2) with the other binary, each kept as a throughput row; which
+# goes first alternates from pass to pass, so that neither always follows the other.
 bridge_rows() {
     local key=$1 label=$5
-    run_bridge "$@"
-    keep_row "$key"
-    if [ -n "$BRIDGE2" ]; then
-        local mine=$BRIDGE
-        BRIDGE=$BRIDGE2
-        run_bridge "$key-b2" "$2" "$3" "$4" "$label [$BRIDGE2_LABEL]" "$6"
-        BRIDGE=$mine
-        keep_row "$key-b2"
+    if [ -z "$BRIDGE2" ]; then
+        run_bridge "$@"
+        keep_row "$key"
+        return
     fi
+    local mine=$BRIDGE first=0
+    [ $((pass % 2)) = 1 ] || first=1
+    for which in $first $((1 - first)); do
+        if [ "$which" = 0 ]; then
+            BRIDGE=$mine
+            run_bridge "$@"
+            keep_row "$key"
+        else
+            BRIDGE=$BRIDGE2
+            run_bridge "$key-b2" "$2" "$3" "$4" "$label [$BRIDGE2_LABEL]" "$6"
+            keep_row "$key-b2"
+        fi
+    done
+    BRIDGE=$mine
 }
 
 [ -z "$BRIDGE2" ] || [ -x "$BRIDGE2" ] || die "M2A_BENCH_BRIDGE2=$BRIDGE2 is not an executable"
