@@ -59,7 +59,7 @@ struct m2a_amqp_conn_opts {
 /* basic.return, once its content header has arrived. The strings and the
  * properties point into the library's frame buffers: valid during the
  * callback only. */
-struct m2a_amqp_return {
+struct m2a_amqp_conn_return {
     uint16_t reply_code;
     amqp_bytes_t reply_text;
     amqp_bytes_t exchange;
@@ -68,7 +68,7 @@ struct m2a_amqp_return {
 };
 
 /* basic.deliver with its whole body. Valid during the callback only. */
-struct m2a_amqp_delivery {
+struct m2a_amqp_conn_delivery {
     uint64_t delivery_tag;
     bool redelivered;
     amqp_bytes_t consumer_tag;
@@ -82,8 +82,8 @@ struct m2a_amqp_delivery {
 struct m2a_amqp_conn_events {
     void (*ack)(void *ud, uint64_t tag, bool multiple);
     void (*nack)(void *ud, uint64_t tag, bool multiple);
-    void (*returned)(void *ud, const struct m2a_amqp_return *r);
-    void (*deliver)(void *ud, const struct m2a_amqp_delivery *d);
+    void (*returned)(void *ud, const struct m2a_amqp_conn_return *r);
+    void (*deliver)(void *ud, const struct m2a_amqp_conn_delivery *d);
     /* connection.blocked (reason given) and connection.unblocked. */
     void (*blocked)(void *ud, bool blocked, amqp_bytes_t reason);
     /* basic.cancel from the broker: the consumer's queue went away. */
@@ -127,16 +127,17 @@ int m2a_amqp_conn_consume(struct m2a_amqp_conn *c, const char *queue, uint16_t p
                           size_t tag_len, uint64_t deadline_ms);
 
 /* What a consumer does with a delivery. */
-enum m2a_amqp_settle {
-    M2A_AMQP_ACK,          /* basic.ack of this delivery */
-    M2A_AMQP_ACK_MULTIPLE, /* basic.ack of it and every earlier one */
-    M2A_AMQP_REJECT,       /* basic.reject, not requeued: to the queue's dead-letter exchange */
-    M2A_AMQP_REQUEUE,      /* basic.reject, requeued */
+enum m2a_amqp_conn_settlement {
+    M2A_AMQP_CONN_ACK,          /* basic.ack of this delivery */
+    M2A_AMQP_CONN_ACK_MULTIPLE, /* basic.ack of it and every earlier one */
+    M2A_AMQP_CONN_REJECT,  /* basic.reject, not requeued: to the queue's dead-letter exchange */
+    M2A_AMQP_CONN_REQUEUE, /* basic.reject, requeued */
 };
 
 /* Settles a delivery (no reply from the broker). Returns 0 or M2A_ERR_IO
  * (the connection failed). */
-int m2a_amqp_conn_settle(struct m2a_amqp_conn *c, uint64_t delivery_tag, enum m2a_amqp_settle how);
+int m2a_amqp_conn_settle(struct m2a_amqp_conn *c, uint64_t delivery_tag,
+                         enum m2a_amqp_conn_settlement how);
 
 /* Reads every frame that has arrived, without blocking, and hands each
  * event to ev (with ud). Sends a heartbeat if one is due. Returns how the
@@ -163,7 +164,7 @@ void m2a_amqp_conn_close(struct m2a_amqp_conn *c, bool close_channel, uint64_t d
 struct m2a_amqp_conn_params {
     /* The socket (-1 before the TCP connect) and, over TLS, the session:
      * where m2a_amqp_frames_send writes. */
-    struct m2a_amqp_wire wire;
+    struct m2a_amqp_frames_wire wire;
     int heartbeat_s;    /* negotiated; 0: none */
     uint32_t frame_max; /* negotiated: the largest frame */
     uint16_t channel;

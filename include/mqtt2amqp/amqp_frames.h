@@ -41,7 +41,7 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
 /* Where frames are written: a connected non-blocking socket, or the TLS
  * session over it (ssl not NULL; then every byte goes through SSL_write).
  * Borrowed from the connection that owns them. */
-struct m2a_amqp_wire {
+struct m2a_amqp_frames_wire {
     int fd;
     SSL *ssl;
 };
@@ -53,7 +53,7 @@ struct m2a_amqp_wire {
  * M2A_ERR_TIMEOUT or M2A_ERR_IO (errno says why: EPIPE, ECONNRESET, ...;
  * EPROTO for a TLS error). On error out keeps what was not written, and the
  * connection is unusable (a TLS write cut short cannot be abandoned). */
-int m2a_amqp_frames_send(const struct m2a_amqp_wire *w, struct m2a_buf *out, int stall_ms,
+int m2a_amqp_frames_send(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out, int stall_ms,
                          uint64_t deadline_ms);
 
 #endif

@@ -456,11 +456,13 @@ int m2a_amqp_conn_consume(struct m2a_amqp_conn *c, const char *queue, uint16_t p
     return 0;
 }
 
-int m2a_amqp_conn_settle(struct m2a_amqp_conn *c, uint64_t delivery_tag, enum m2a_amqp_settle how)
+int m2a_amqp_conn_settle(struct m2a_amqp_conn *c, uint64_t delivery_tag,
+                         enum m2a_amqp_conn_settlement how)
 {
-    bool ack = how == M2A_AMQP_ACK || how == M2A_AMQP_ACK_MULTIPLE;
-    int rc = ack ? amqp_basic_ack(c->st, c->p.channel, delivery_tag, how == M2A_AMQP_ACK_MULTIPLE)
-                 : amqp_basic_reject(c->st, c->p.channel, delivery_tag, how == M2A_AMQP_REQUEUE);
+    bool ack = how == M2A_AMQP_CONN_ACK || how == M2A_AMQP_CONN_ACK_MULTIPLE;
+    int rc =
+        ack ? amqp_basic_ack(c->st, c->p.channel, delivery_tag, how == M2A_AMQP_CONN_ACK_MULTIPLE)
+            : amqp_basic_reject(c->st, c->p.channel, delivery_tag, how == M2A_AMQP_CONN_REQUEUE);
     if (rc == AMQP_STATUS_OK)
         return 0;
     set_why(c, "%s: %s", ack ? "basic.ack" : "basic.reject", amqp_error_string2(rc));
@@ -475,13 +477,13 @@ static void on_deliver_done(struct m2a_amqp_conn *c, const struct m2a_amqp_conn_
 {
     c->content = CONTENT_NONE;
     if (ev->deliver) {
-        struct m2a_amqp_delivery d = {.delivery_tag = c->del->delivery_tag,
-                                      .redelivered = c->del->redelivered,
-                                      .consumer_tag = c->del->consumer_tag,
-                                      .exchange = c->del->exchange,
-                                      .routing_key = c->del->routing_key,
-                                      .props = c->del_props,
-                                      .body = {c->body.len, c->body.data}};
+        struct m2a_amqp_conn_delivery d = {.delivery_tag = c->del->delivery_tag,
+                                           .redelivered = c->del->redelivered,
+                                           .consumer_tag = c->del->consumer_tag,
+                                           .exchange = c->del->exchange,
+                                           .routing_key = c->del->routing_key,
+                                           .props = c->del_props,
+                                           .body = {c->body.len, c->body.data}};
         ev->deliver(ud, &d);
     }
     if (c->body.cap > BODY_KEEP_BYTES)
@@ -497,11 +499,11 @@ static void on_content(struct m2a_amqp_conn *c, const amqp_frame_t *f,
         const amqp_basic_properties_t *p = f->payload.properties.decoded;
         c->body_left = f->payload.properties.body_size;
         if (c->content == CONTENT_RETURN_HEADER) {
-            struct m2a_amqp_return r = {.reply_code = c->ret->reply_code,
-                                        .reply_text = c->ret->reply_text,
-                                        .exchange = c->ret->exchange,
-                                        .routing_key = c->ret->routing_key,
-                                        .props = p};
+            struct m2a_amqp_conn_return r = {.reply_code = c->ret->reply_code,
+                                             .reply_text = c->ret->reply_text,
+                                             .exchange = c->ret->exchange,
+                                             .routing_key = c->ret->routing_key,
+                                             .props = p};
             c->content = c->body_left ? CONTENT_RETURN_BODY : CONTENT_NONE;
             if (ev->returned)
                 ev->returned(ud, &r);

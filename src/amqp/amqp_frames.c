@@ -86,7 +86,7 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
  * with errno set. A TLS write is at most one record, so that a large buffer
  * shows progress record by record (the stall timer sees it), and a write
  * that said "try again" is retried with the same bytes, as OpenSSL wants. */
-static ssize_t wire_write(const struct m2a_amqp_wire *w, const unsigned char *p, size_t len,
+static ssize_t wire_write(const struct m2a_amqp_frames_wire *w, const unsigned char *p, size_t len,
                           short *want)
 {
     *want = POLLOUT;
@@ -120,7 +120,7 @@ static ssize_t wire_write(const struct m2a_amqp_wire *w, const unsigned char *p,
     }
 }
 
-int m2a_amqp_frames_send(const struct m2a_amqp_wire *w, struct m2a_buf *out, int stall_ms,
+int m2a_amqp_frames_send(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out, int stall_ms,
                          uint64_t deadline_ms)
 {
     size_t off = 0;

@@ -107,7 +107,7 @@ struct m2a_amqp_out {
     uint64_t trusted_from_seq; /* records from here on were written by this process */
     struct m2a_amqp_conn *conn;
     struct m2a_amqp_publish *pub;
-    struct m2a_cwin *cw;
+    struct m2a_confirm_window *cw;
     struct m2a_failover nodes;       /* which node next, reconnect delays */
     struct m2a_backoff nack_backoff; /* per-message retries after basic.nack */
     uint64_t next_tag;               /* last delivery tag used on the channel */
@@ -131,8 +131,8 @@ struct m2a_amqp_out {
 
     /* Undeliverable messages (see the comment above put_dead_letter). */
     struct m2a_policy *policy;
-    struct m2a_buf enc_buf;      /* a record re-encoded: a dead letter, a version 1 one */
-    struct m2a_cw_slot **nacked; /* the slots one basic.nack names */
+    struct m2a_buf enc_buf; /* a record re-encoded: a dead letter, a version 1 one */
+    struct m2a_confirm_window_slot **nacked; /* the slots one basic.nack names */
     size_t nacked_cap;
     struct m2a_header *hdrs; /* envelope decode scratch, grown only */
     size_t hdrs_cap;
@@ -224,7 +224,7 @@ static void mark_route_acked(struct m2a_amqp_out *ao, uint32_t id)
 }
 
 /* Per-route confirms and the confirm latency (set as the window's hook). */
-static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
+static void on_confirmed(void *ctx, const struct m2a_confirm_window_slot *slot)
 {
     struct m2a_amqp_out *ao = ctx;
     mark_route_acked(ao, slot->route);
@@ -236,18 +236,18 @@ static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
 /* env becomes the record of slot. env may point into the slot's record:
  * it is encoded elsewhere first (a buffer that a large record does not
  * pin). */
-static void reencode(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+static void reencode(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
                      const struct m2a_envelope *env)
 {
     m2a_buf_reset(&ao->enc_buf);
     m2a_envelope_encode(env, &ao->enc_buf);
-    m2a_cwin_set_rec(ao->cw, slot, ao->enc_buf.data, ao->enc_buf.len);
-    if (ao->enc_buf.cap > M2A_CW_KEEP_BYTES)
+    m2a_confirm_window_set_rec(ao->cw, slot, ao->enc_buf.data, ao->enc_buf.len);
+    if (ao->enc_buf.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES)
         m2a_buf_free(&ao->enc_buf);
 }
 
 /* The dead letter dle takes the place of the record in slot. */
-static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
                             const struct m2a_envelope *dle)
 {
     reencode(ao, slot, dle); /* dle points into slot->rec */
@@ -278,7 +278,7 @@ static uint32_t nack_delay(void *ctx, uint32_t retries)
     return m2a_backoff_next(b);
 }
 
-static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_cw_slot *slot,
+static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_confirm_window_slot *slot,
                         struct m2a_envelope *env)
 {
     return m2a_envelope_decode(slot->rec.data, slot->rec.len, env, &ao->hdrs, &ao->hdrs_cap) == 0;
@@ -289,7 +289,7 @@ static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_cw_slot *slot,
  * after returning it); a dead letter or a retry moves it to RETRY, so that
  * ack finds a stale tag and is ignored, while a drop lets the ack confirm
  * it. */
-static void on_returned(void *ud, const struct m2a_amqp_return *r)
+static void on_returned(void *ud, const struct m2a_amqp_conn_return *r)
 {
     struct m2a_amqp_out *ao = ud;
     M2A_STAT_ADD(ao->stats, returned, 1);
@@ -304,10 +304,10 @@ static void on_returned(void *ud, const struct m2a_amqp_return *r)
         m2a_warn(COMPONENT, "returned message without a message id of ours: ignored (%s)", what);
         return;
     }
-    struct m2a_cw_slot *slot = m2a_cwin_find(ao->cw, seq);
+    struct m2a_confirm_window_slot *slot = m2a_confirm_window_find(ao->cw, seq);
     struct m2a_envelope env, dle;
     uint64_t now = m2a_now_ms();
-    if (!slot || slot->state != M2A_CW_INFLIGHT || !decode_slot(ao, slot, &env)) {
+    if (!slot || slot->state != M2A_CONFIRM_WINDOW_INFLIGHT || !decode_slot(ao, slot, &env)) {
         m2a_debug(COMPONENT, "returned message %" PRIu64 " is not in flight: ignored", seq);
         return;
     }
@@ -322,12 +322,12 @@ static void on_returned(void *ud, const struct m2a_amqp_return *r)
     if (fate == M2A_FATE_DEAD_LETTER) {
         m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
         put_dead_letter(ao, slot, &dle); /* env and dle are gone from here */
-        m2a_cwin_retry(ao->cw, slot, now);
+        m2a_confirm_window_retry(ao->cw, slot, now);
         return;
     }
     if (fate == M2A_FATE_RETRY) {
         delay = nack_delay(&ao->nack_backoff, slot->returns - 1);
-        m2a_cwin_retry(ao->cw, slot, now + delay);
+        m2a_confirm_window_retry(ao->cw, slot, now + delay);
     }
     m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
 }
@@ -355,9 +355,10 @@ static void on_nack(void *ud, uint64_t tag, bool multiple)
 {
     struct m2a_amqp_out *ao = ud;
     size_t n = 0;
-    for (uint32_t i = 0; i < m2a_cwin_count(ao->cw); i++) {
-        struct m2a_cw_slot *slot = m2a_cwin_at(ao->cw, i);
-        if (slot->state != M2A_CW_INFLIGHT || (multiple ? slot->tag > tag : slot->tag != tag))
+    for (uint32_t i = 0; i < m2a_confirm_window_count(ao->cw); i++) {
+        struct m2a_confirm_window_slot *slot = m2a_confirm_window_at(ao->cw, i);
+        if (slot->state != M2A_CONFIRM_WINDOW_INFLIGHT ||
+            (multiple ? slot->tag > tag : slot->tag != tag))
             continue;
         if (n == ao->nacked_cap) {
             ao->nacked_cap = ao->nacked_cap ? 2 * ao->nacked_cap : 16;
@@ -366,12 +367,13 @@ static void on_nack(void *ud, uint64_t tag, bool multiple)
         ao->nacked[n++] = slot;
     }
     uint64_t now = m2a_now_ms();
-    size_t nacked = m2a_cwin_nack(ao->cw, tag, multiple, now, nack_delay, &ao->nack_backoff);
+    size_t nacked =
+        m2a_confirm_window_nack(ao->cw, tag, multiple, now, nack_delay, &ao->nack_backoff);
     M2A_STAT_ADD(ao->stats, nacked, nacked);
     for (size_t k = 0; k < n; k++) {
-        struct m2a_cw_slot *slot = ao->nacked[k];
+        struct m2a_confirm_window_slot *slot = ao->nacked[k];
         struct m2a_envelope env, dle;
-        if (slot->state != M2A_CW_RETRY || !decode_slot(ao, slot, &env))
+        if (slot->state != M2A_CONFIRM_WINDOW_RETRY || !decode_slot(ao, slot, &env))
             continue;
         struct m2a_policy_case c = {.event = M2A_POLICY_NACKED,
                                     .env = &env,
@@ -383,7 +385,7 @@ static void on_nack(void *ud, uint64_t tag, bool multiple)
         m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
         if (fate == M2A_FATE_DEAD_LETTER) {
             put_dead_letter(ao, slot, &dle);
-            m2a_cwin_retry(ao->cw, slot, now);
+            m2a_confirm_window_retry(ao->cw, slot, now);
         }
     }
 }
@@ -392,7 +394,7 @@ static void on_ack(void *ud, uint64_t tag, bool multiple)
 {
     struct m2a_amqp_out *ao = ud;
     ao->frame_us = m2a_now_us(); /* for on_confirmed */
-    size_t n = m2a_cwin_ack(ao->cw, tag, multiple);
+    size_t n = m2a_confirm_window_ack(ao->cw, tag, multiple);
     M2A_STAT_ADD(ao->stats, confirmed, n);
     ao->progress |= n > 0;
 }
@@ -420,7 +422,7 @@ static const struct m2a_amqp_conn_events conn_events = {
  * is dead-lettered (reason expired) or, without a dead_letter section,
  * dropped. Age is wall-clock time since the bridge received the message.
  * Dead letters never expire. */
-static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+static void check_age(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot)
 {
     struct m2a_envelope env, dle;
     uint64_t now = m2a_wall_ms();
@@ -437,14 +439,14 @@ static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     if (fate == M2A_FATE_DEAD_LETTER)
         put_dead_letter(ao, slot, &dle);
     else
-        m2a_cwin_drop(ao->cw, slot);
+        m2a_confirm_window_drop(ao->cw, slot);
 }
 
 /* A record spooled by an earlier process carries a route id of that
  * process (or none: envelope version 1): resolve it by name, once, as it is
  * read, so that everything after joins on the id. A name no route ever had
  * in this process stays M2A_ROUTE_NONE (not counted; the default policy). */
-static void resolve_route(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+static void resolve_route(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot)
 {
     struct m2a_envelope env;
     if (!decode_slot(ao, slot, &env))
@@ -459,7 +461,8 @@ static void resolve_route(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
 /* ------------------------------------------------------------------ */
 /* Publishing                                                          */
 
-static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const char *why)
+static void drop_record(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
+                        const char *why)
 {
     uint64_t sup;
     M2A_STAT_ADD(ao->stats, dropped, 1);
@@ -467,12 +470,12 @@ static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const
         m2a_error(COMPONENT,
                   "dropping spool record %" PRIu64 ": %s (%" PRIu64 " similar suppressed)",
                   slot->seq, why, sup);
-    m2a_cwin_drop(ao->cw, slot);
+    m2a_confirm_window_drop(ao->cw, slot);
 }
 
 /* A record that cannot be published at all: through the policy, as
  * unpublishable. True if a dead letter now holds its slot (to publish). */
-static bool unpublishable(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+static bool unpublishable(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
                           const struct m2a_envelope *env, const char *why)
 {
     struct m2a_envelope dle;
@@ -481,7 +484,7 @@ static bool unpublishable(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
     enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
     m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
     if (fate != M2A_FATE_DEAD_LETTER) {
-        m2a_cwin_drop(ao->cw, slot);
+        m2a_confirm_window_drop(ao->cw, slot);
         return false;
     }
     put_dead_letter(ao, slot, &dle);
@@ -490,7 +493,7 @@ static bool unpublishable(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
 
 /* Encodes the slot's record as a publish (or, if it cannot be published,
  * its dead letter) into the pass's frames. */
-static void publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+static void publish_slot(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot)
 {
     struct m2a_envelope env;
     char msgid[160];
@@ -509,7 +512,7 @@ static void publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
                                           "name is longer than 255 bytes"))
             return;
     }
-    m2a_cwin_sent(ao->cw, slot, ++ao->next_tag);
+    m2a_confirm_window_sent(ao->cw, slot, ++ao->next_tag);
     M2A_STAT_ADD(ao->stats, published, 1);
     /* A dead letter counts in its route's dead_lettered, not as a publish. */
     slot->ud = env.dead_letter ? NULL : route_ctr(ao, env.route_id);
@@ -519,7 +522,7 @@ static void publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
 }
 
 /* Moves the next spool record into a new window slot. NULL when none. */
-static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
+static struct m2a_confirm_window_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
 {
     if (now < ao->spool_retry_ms)
         return NULL;
@@ -537,7 +540,7 @@ static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
         ao->spool_retry_ms = now + SPOOL_RETRY_MS;
         return NULL;
     }
-    struct m2a_cw_slot *slot = m2a_cwin_push(ao->cw, seq, data, len);
+    struct m2a_confirm_window_slot *slot = m2a_confirm_window_push(ao->cw, seq, data, len);
     if (seq < ao->trusted_from_seq)
         resolve_route(ao, slot);
     check_age(ao, slot);
@@ -565,12 +568,13 @@ static int publish_some(struct m2a_amqp_out *ao)
     if (ao->blocked)
         return 0;
     for (;;) {
-        struct m2a_cw_slot *slot = m2a_cwin_next_to_send(ao->cw, now, &ao->next_retry_ms);
-        if (!slot && !m2a_cwin_full(ao->cw) && !stopping(ao))
+        struct m2a_confirm_window_slot *slot =
+            m2a_confirm_window_next_to_send(ao->cw, now, &ao->next_retry_ms);
+        if (!slot && !m2a_confirm_window_full(ao->cw) && !stopping(ao))
             slot = read_record(ao, now);
         if (!slot)
             break;
-        if (slot->state == M2A_CW_CONFIRMED)
+        if (slot->state == M2A_CONFIRM_WINDOW_CONFIRMED)
             continue; /* expired and dropped as it was read */
         if (budget == 0) {
             int rc = flush_frames(ao);
@@ -604,7 +608,7 @@ static void maintain_spool(struct m2a_amqp_out *ao)
 static void commit_confirmed(struct m2a_amqp_out *ao)
 {
     uint64_t seq;
-    if (!m2a_cwin_pop_confirmed(ao->cw, &seq))
+    if (!m2a_confirm_window_pop_confirmed(ao->cw, &seq))
         return;
     int rc = m2a_spool_commit(ao->spool, seq);
     uint64_t sup;
@@ -715,7 +719,7 @@ static void wait_turn(struct m2a_amqp_out *ao)
     if (m2a_amqp_conn_buffered(ao->conn))
         until = now; /* the socket will not signal what the library holds */
     /* Spool news matters only if we would read it now. */
-    bool reading = !ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw);
+    bool reading = !ao->blocked && !stopping(ao) && !m2a_confirm_window_full(ao->cw);
     m2a_loop_set_events(ao->loop, m2a_spool_notify_fd(ao->spool), reading ? M2A_LOOP_READ : 0);
     m2a_loop_set_events(ao->loop, conn_fd(ao),
                         M2A_LOOP_READ | (ao->want_write ? M2A_LOOP_WRITE : 0));
@@ -740,13 +744,13 @@ static enum session_end session(struct m2a_amqp_out *ao)
         commit_confirmed(ao);
         maintain_spool(ao);
         if (stopping(ao)) {
-            if (m2a_cwin_count(ao->cw) == 0)
+            if (m2a_confirm_window_count(ao->cw) == 0)
                 return END_STOPPED;
             if (m2a_now_ms() >= drain_deadline(ao)) {
                 m2a_warn(COMPONENT,
                          "stop deadline reached with %u unconfirmed message(s); "
                          "they stay in the spool",
-                         m2a_cwin_count(ao->cw));
+                         m2a_confirm_window_count(ao->cw));
                 return END_STOPPED;
             }
         }
@@ -824,8 +828,8 @@ static void teardown(struct m2a_amqp_out *ao, bool polite)
         M2A_STAT_SET(ao->stats, amqp_blocked, false);
     ao->blocked = false;
     ao->want_write = false;
-    m2a_amqp_publish_discard(ao->pub); /* never written: the window re-publishes them */
-    m2a_cwin_requeue(ao->cw);          /* tags restart at 1 on the next channel */
+    m2a_amqp_publish_discard(ao->pub);  /* never written: the window re-publishes them */
+    m2a_confirm_window_requeue(ao->cw); /* tags restart at 1 on the next channel */
     ao->next_tag = 0;
 }
 
@@ -847,8 +851,8 @@ static void log_connected(struct m2a_amqp_out *ao)
              "connected to %s%s vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
              "%u to re-publish)%s%s",
              node_name(ao, node, sizeof(node)), which, c->vhost, c->username,
-             m2a_amqp_conn_params(ao->conn)->heartbeat_s, c->confirm_window, m2a_cwin_count(ao->cw),
-             ao->left[0] ? "; left " : "", ao->left);
+             m2a_amqp_conn_params(ao->conn)->heartbeat_s, c->confirm_window,
+             m2a_confirm_window_count(ao->cw), ao->left[0] ? "; left " : "", ao->left);
     ao->left[0] = '\0';
 }
 
@@ -926,7 +930,7 @@ static void *thread_main(void *arg)
         m2a_warn(COMPONENT,
                  "disconnected from %s: %s; %u unconfirmed message(s) will be "
                  "re-published; reconnecting%s in %u ms",
-                 node, ao->why, m2a_cwin_count(ao->cw), next, delay);
+                 node, ao->why, m2a_confirm_window_count(ao->cw), next, delay);
         pause_for(ao, delay);
     }
     pthread_mutex_lock(&ao->mu);
@@ -953,7 +957,7 @@ static void out_free(struct m2a_amqp_out *ao)
     m2a_loop_free(ao->loop);
     pthread_mutex_destroy(&ao->mu);
     pthread_cond_destroy(&ao->cv);
-    m2a_cwin_free(ao->cw);
+    m2a_confirm_window_free(ao->cw);
     m2a_amqp_publish_free(ao->pub);
     m2a_policy_free(ao->policy);
     m2a_generation_unref(atomic_exchange(&ao->gen_offer, NULL));
@@ -989,8 +993,8 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
                                                           .log_interval_ms = LOG_EVERY_MS});
     ao->rl_spool = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->rl_drop = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
-    ao->cw = m2a_cwin_new((uint32_t)c->confirm_window, c->max_inflight_bytes);
-    m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
+    ao->cw = m2a_confirm_window_new((uint32_t)c->confirm_window, c->max_inflight_bytes);
+    m2a_confirm_window_on_confirm(ao->cw, on_confirmed, ao);
     ao->pub = m2a_amqp_publish_new();
     m2a_failover_init(&ao->nodes, c->nendpoints, (uint32_t)c->reconnect_min_ms,
                       (uint32_t)c->reconnect_max_ms);

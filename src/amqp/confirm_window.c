@@ -18,8 +18,8 @@ struct tag_ent {
  * the same size reuse a buffer without a reallocation each. */
 #define SMALL_STEP 256u
 
-struct m2a_cwin {
-    struct m2a_cw_slot *slots;
+struct m2a_confirm_window {
+    struct m2a_confirm_window_slot *slots;
     uint32_t cap;
     uint64_t max_bytes; /* bound on `bytes` before a push; 0: none */
     uint64_t bytes;     /* sum of rec.len of the slots in use */
@@ -38,25 +38,26 @@ struct m2a_cwin {
     struct tag_ent *fifo;
     size_t fcap, fhead, flen;
 
-    m2a_cw_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
+    m2a_confirm_window_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
     void *on_confirm_ctx;
 };
 
-static struct m2a_cw_slot *slot_at(const struct m2a_cwin *cw, uint32_t logical)
+static struct m2a_confirm_window_slot *slot_at(const struct m2a_confirm_window *cw,
+                                               uint32_t logical)
 {
     return &cw->slots[(cw->head + logical) % cw->cap];
 }
 
-static struct tag_ent *fifo_at(const struct m2a_cwin *cw, size_t logical)
+static struct tag_ent *fifo_at(const struct m2a_confirm_window *cw, size_t logical)
 {
     return &cw->fifo[(cw->fhead + logical) & (cw->fcap - 1)];
 }
 
-struct m2a_cwin *m2a_cwin_new(uint32_t capacity, uint64_t max_bytes)
+struct m2a_confirm_window *m2a_confirm_window_new(uint32_t capacity, uint64_t max_bytes)
 {
     if (capacity == 0)
         capacity = 1;
-    struct m2a_cwin *cw = xcalloc(1, sizeof(*cw));
+    struct m2a_confirm_window *cw = xcalloc(1, sizeof(*cw));
     cw->slots = xcalloc(capacity, sizeof(*cw->slots));
     cw->cap = capacity;
     cw->max_bytes = max_bytes;
@@ -68,7 +69,7 @@ struct m2a_cwin *m2a_cwin_new(uint32_t capacity, uint64_t max_bytes)
     return cw;
 }
 
-void m2a_cwin_free(struct m2a_cwin *cw)
+void m2a_confirm_window_free(struct m2a_confirm_window *cw)
 {
     if (!cw)
         return;
@@ -79,30 +80,31 @@ void m2a_cwin_free(struct m2a_cwin *cw)
     free(cw);
 }
 
-uint32_t m2a_cwin_count(const struct m2a_cwin *cw)
+uint32_t m2a_confirm_window_count(const struct m2a_confirm_window *cw)
 {
     return cw->count;
 }
 
-bool m2a_cwin_full(const struct m2a_cwin *cw)
+bool m2a_confirm_window_full(const struct m2a_confirm_window *cw)
 {
     return cw->count == cw->cap || (cw->count > 0 && cw->max_bytes && cw->bytes >= cw->max_bytes);
 }
 
-struct m2a_cwin_usage m2a_cwin_usage(const struct m2a_cwin *cw)
+struct m2a_confirm_window_usage m2a_confirm_window_usage(const struct m2a_confirm_window *cw)
 {
-    struct m2a_cwin_usage u = {cw->inflight, cw->bytes, cw->held};
+    struct m2a_confirm_window_usage u = {cw->inflight, cw->bytes, cw->held};
     return u;
 }
 
 /* Copies rec into the slot's buffer, sized to fit (small ones in steps of
  * SMALL_STEP, large ones exactly), keeping held and bytes right. */
-static void fill(struct m2a_cwin *cw, struct m2a_cw_slot *s, const void *rec, size_t len)
+static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, const void *rec,
+                 size_t len)
 {
     cw->bytes -= s->rec.len;
     if (s->rec.cap < len + 1) {
         size_t cap = len + 1;
-        if (cap <= M2A_CW_KEEP_BYTES)
+        if (cap <= M2A_CONFIRM_WINDOW_KEEP_BYTES)
             cap = (cap + SMALL_STEP - 1) / SMALL_STEP * SMALL_STEP;
         cw->held -= s->rec.cap;
         free(s->rec.data);
@@ -116,20 +118,23 @@ static void fill(struct m2a_cwin *cw, struct m2a_cw_slot *s, const void *rec, si
     cw->bytes += len;
 }
 
-struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq, const void *rec, size_t len)
+struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
+                                                        const void *rec, size_t len)
 {
-    if (m2a_cwin_full(cw))
+    if (m2a_confirm_window_full(cw))
         return NULL;
-    struct m2a_cw_slot *s = slot_at(cw, cw->count++);
+    struct m2a_confirm_window_slot *s = slot_at(cw, cw->count++);
     cw->spare -= s->rec.cap;
     struct m2a_buf keep = s->rec;
     keep.len = 0;
-    *s = (struct m2a_cw_slot){.seq = seq, .state = M2A_CW_UNSENT, .rec = keep};
+    *s = (struct m2a_confirm_window_slot){
+        .seq = seq, .state = M2A_CONFIRM_WINDOW_UNSENT, .rec = keep};
     fill(cw, s, rec, len);
     return s;
 }
 
-void m2a_cwin_set_rec(struct m2a_cwin *cw, struct m2a_cw_slot *slot, const void *rec, size_t len)
+void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
+                                const void *rec, size_t len)
 {
     fill(cw, slot, rec, len);
 }
@@ -137,12 +142,12 @@ void m2a_cwin_set_rec(struct m2a_cwin *cw, struct m2a_cw_slot *slot, const void 
 /* A popped slot: its buffer is kept for the next record if small and if
  * the spare buffers stay within max_bytes; else freed, so that a burst of
  * large messages leaves nothing behind once confirmed. */
-static void retire(struct m2a_cwin *cw, struct m2a_cw_slot *s)
+static void retire(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s)
 {
     cw->bytes -= s->rec.len;
     s->rec.len = 0;
     uint64_t room = cw->max_bytes ? cw->max_bytes : UINT64_MAX;
-    if (s->rec.cap <= M2A_CW_KEEP_BYTES && cw->spare + s->rec.cap <= room) {
+    if (s->rec.cap <= M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->spare + s->rec.cap <= room) {
         cw->spare += s->rec.cap;
         return;
     }
@@ -150,13 +155,14 @@ static void retire(struct m2a_cwin *cw, struct m2a_cw_slot *s)
     m2a_buf_free(&s->rec);
 }
 
-static void advance_unsent(struct m2a_cwin *cw)
+static void advance_unsent(struct m2a_confirm_window *cw)
 {
-    while (cw->unsent_from < cw->count && slot_at(cw, cw->unsent_from)->state != M2A_CW_UNSENT)
+    while (cw->unsent_from < cw->count &&
+           slot_at(cw, cw->unsent_from)->state != M2A_CONFIRM_WINDOW_UNSENT)
         cw->unsent_from++;
 }
 
-static void fifo_push(struct m2a_cwin *cw, uint64_t tag, uint32_t slot)
+static void fifo_push(struct m2a_confirm_window *cw, uint64_t tag, uint32_t slot)
 {
     if (cw->flen == cw->fcap) {
         /* Only stale entries behind a long-unconfirmed front get us here. */
@@ -174,13 +180,13 @@ static void fifo_push(struct m2a_cwin *cw, uint64_t tag, uint32_t slot)
     e->slot = slot;
 }
 
-static bool ent_live(const struct m2a_cwin *cw, const struct tag_ent *e)
+static bool ent_live(const struct m2a_confirm_window *cw, const struct tag_ent *e)
 {
-    const struct m2a_cw_slot *s = &cw->slots[e->slot];
-    return s->state == M2A_CW_INFLIGHT && s->tag == e->tag;
+    const struct m2a_confirm_window_slot *s = &cw->slots[e->slot];
+    return s->state == M2A_CONFIRM_WINDOW_INFLIGHT && s->tag == e->tag;
 }
 
-static void fifo_pop_stale(struct m2a_cwin *cw)
+static void fifo_pop_stale(struct m2a_confirm_window *cw)
 {
     while (cw->flen && !ent_live(cw, fifo_at(cw, 0))) {
         cw->fhead = (cw->fhead + 1) & (cw->fcap - 1);
@@ -190,15 +196,15 @@ static void fifo_pop_stale(struct m2a_cwin *cw)
 
 /* Moves a slot to state (its tag cleared), keeping the counters right; a
  * slot entering RETRY is due at retry_at_ms. */
-static void enter(struct m2a_cwin *cw, struct m2a_cw_slot *s, enum m2a_cw_state state,
-                  uint64_t retry_at_ms)
+static void enter(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s,
+                  enum m2a_confirm_window_state state, uint64_t retry_at_ms)
 {
-    cw->inflight -= s->state == M2A_CW_INFLIGHT;
-    cw->nretry -= s->state == M2A_CW_RETRY;
+    cw->inflight -= s->state == M2A_CONFIRM_WINDOW_INFLIGHT;
+    cw->nretry -= s->state == M2A_CONFIRM_WINDOW_RETRY;
     s->tag = 0;
     s->state = state;
-    cw->inflight += state == M2A_CW_INFLIGHT;
-    if (state != M2A_CW_RETRY)
+    cw->inflight += state == M2A_CONFIRM_WINDOW_INFLIGHT;
+    if (state != M2A_CONFIRM_WINDOW_RETRY)
         return;
     cw->nretry++;
     s->retry_at_ms = retry_at_ms;
@@ -206,26 +212,27 @@ static void enter(struct m2a_cwin *cw, struct m2a_cw_slot *s, enum m2a_cw_state 
         cw->retry_min = retry_at_ms;
 }
 
-void m2a_cwin_sent(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t tag)
+void m2a_confirm_window_sent(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
+                             uint64_t tag)
 {
-    assert(slot->state == M2A_CW_UNSENT || slot->state == M2A_CW_RETRY);
-    enter(cw, slot, M2A_CW_INFLIGHT, 0);
+    assert(slot->state == M2A_CONFIRM_WINDOW_UNSENT || slot->state == M2A_CONFIRM_WINDOW_RETRY);
+    enter(cw, slot, M2A_CONFIRM_WINDOW_INFLIGHT, 0);
     slot->tag = tag;
     fifo_push(cw, tag, (uint32_t)(slot - cw->slots));
     advance_unsent(cw);
 }
 
-void m2a_cwin_drop(struct m2a_cwin *cw, struct m2a_cw_slot *slot)
+void m2a_confirm_window_drop(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot)
 {
-    if (slot->state == M2A_CW_CONFIRMED)
+    if (slot->state == M2A_CONFIRM_WINDOW_CONFIRMED)
         return;
-    enter(cw, slot, M2A_CW_CONFIRMED, 0);
+    enter(cw, slot, M2A_CONFIRM_WINDOW_CONFIRMED, 0);
     advance_unsent(cw);
     fifo_pop_stale(cw);
 }
 
 /* Index of the FIFO entry with tag, or -1. */
-static long fifo_find(const struct m2a_cwin *cw, uint64_t tag)
+static long fifo_find(const struct m2a_confirm_window *cw, uint64_t tag)
 {
     size_t lo = 0, hi = cw->flen;
     while (lo < hi) {
@@ -248,20 +255,22 @@ struct settle {
     void *ctx;
 };
 
-static void settle_one(struct m2a_cwin *cw, struct m2a_cw_slot *s, const struct settle *how)
+static void settle_one(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s,
+                       const struct settle *how)
 {
     if (how->ack) {
-        enter(cw, s, M2A_CW_CONFIRMED, 0);
+        enter(cw, s, M2A_CONFIRM_WINDOW_CONFIRMED, 0);
         if (cw->on_confirm)
             cw->on_confirm(cw->on_confirm_ctx, s);
         return;
     }
     uint32_t d = how->delay_ms ? how->delay_ms(how->ctx, s->retries) : 0;
-    enter(cw, s, M2A_CW_RETRY, how->now_ms + d);
+    enter(cw, s, M2A_CONFIRM_WINDOW_RETRY, how->now_ms + d);
     s->retries++;
 }
 
-static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const struct settle *how)
+static size_t settle(struct m2a_confirm_window *cw, uint64_t tag, bool multiple,
+                     const struct settle *how)
 {
     size_t n = 0;
     if (multiple) {
@@ -285,35 +294,37 @@ static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const str
     return n;
 }
 
-void m2a_cwin_on_confirm(struct m2a_cwin *cw, m2a_cw_confirm_fn fn, void *ctx)
+void m2a_confirm_window_on_confirm(struct m2a_confirm_window *cw, m2a_confirm_window_confirm_fn fn,
+                                   void *ctx)
 {
     cw->on_confirm = fn;
     cw->on_confirm_ctx = ctx;
 }
 
-size_t m2a_cwin_ack(struct m2a_cwin *cw, uint64_t tag, bool multiple)
+size_t m2a_confirm_window_ack(struct m2a_confirm_window *cw, uint64_t tag, bool multiple)
 {
     struct settle how = {.ack = true};
     return settle(cw, tag, multiple, &how);
 }
 
-size_t m2a_cwin_nack(struct m2a_cwin *cw, uint64_t tag, bool multiple, uint64_t now_ms,
-                     uint32_t (*delay_ms)(void *ctx, uint32_t retries), void *ctx)
+size_t m2a_confirm_window_nack(struct m2a_confirm_window *cw, uint64_t tag, bool multiple,
+                               uint64_t now_ms, uint32_t (*delay_ms)(void *ctx, uint32_t retries),
+                               void *ctx)
 {
     struct settle how = {.ack = false, .now_ms = now_ms, .delay_ms = delay_ms, .ctx = ctx};
     return settle(cw, tag, multiple, &how);
 }
 
 /* The first RETRY slot due at now_ms; recomputes retry_min on the way. */
-static struct m2a_cw_slot *due_retry(struct m2a_cwin *cw, uint64_t now_ms)
+static struct m2a_confirm_window_slot *due_retry(struct m2a_confirm_window *cw, uint64_t now_ms)
 {
     if (cw->nretry == 0 || now_ms < cw->retry_min)
         return NULL;
-    struct m2a_cw_slot *due = NULL;
+    struct m2a_confirm_window_slot *due = NULL;
     uint64_t min = UINT64_MAX;
     for (uint32_t i = 0; i < cw->count; i++) {
-        struct m2a_cw_slot *s = slot_at(cw, i);
-        if (s->state != M2A_CW_RETRY)
+        struct m2a_confirm_window_slot *s = slot_at(cw, i);
+        if (s->state != M2A_CONFIRM_WINDOW_RETRY)
             continue;
         if (!due && s->retry_at_ms <= now_ms)
             due = s;
@@ -326,9 +337,10 @@ static struct m2a_cw_slot *due_retry(struct m2a_cwin *cw, uint64_t now_ms)
     return due;
 }
 
-struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, uint64_t *next_ms)
+struct m2a_confirm_window_slot *m2a_confirm_window_next_to_send(struct m2a_confirm_window *cw,
+                                                                uint64_t now_ms, uint64_t *next_ms)
 {
-    struct m2a_cw_slot *s = due_retry(cw, now_ms);
+    struct m2a_confirm_window_slot *s = due_retry(cw, now_ms);
     if (!s) {
         advance_unsent(cw);
         if (cw->unsent_from < cw->count)
@@ -339,24 +351,25 @@ struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, 
     return s;
 }
 
-void m2a_cwin_retry(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t retry_at_ms)
+void m2a_confirm_window_retry(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
+                              uint64_t retry_at_ms)
 {
-    assert(slot->state == M2A_CW_INFLIGHT || slot->state == M2A_CW_RETRY);
-    enter(cw, slot, M2A_CW_RETRY, retry_at_ms);
+    assert(slot->state == M2A_CONFIRM_WINDOW_INFLIGHT || slot->state == M2A_CONFIRM_WINDOW_RETRY);
+    enter(cw, slot, M2A_CONFIRM_WINDOW_RETRY, retry_at_ms);
     fifo_pop_stale(cw);
 }
 
-struct m2a_cw_slot *m2a_cwin_at(struct m2a_cwin *cw, uint32_t i)
+struct m2a_confirm_window_slot *m2a_confirm_window_at(struct m2a_confirm_window *cw, uint32_t i)
 {
     return i < cw->count ? slot_at(cw, i) : NULL;
 }
 
-struct m2a_cw_slot *m2a_cwin_find(struct m2a_cwin *cw, uint64_t seq)
+struct m2a_confirm_window_slot *m2a_confirm_window_find(struct m2a_confirm_window *cw, uint64_t seq)
 {
     uint32_t lo = 0, hi = cw->count;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        struct m2a_cw_slot *s = slot_at(cw, mid);
+        struct m2a_confirm_window_slot *s = slot_at(cw, mid);
         if (s->seq == seq)
             return s;
         if (s->seq < seq)
@@ -367,10 +380,10 @@ struct m2a_cw_slot *m2a_cwin_find(struct m2a_cwin *cw, uint64_t seq)
     return NULL;
 }
 
-bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)
+bool m2a_confirm_window_pop_confirmed(struct m2a_confirm_window *cw, uint64_t *seq)
 {
     bool popped = false;
-    while (cw->count && cw->slots[cw->head].state == M2A_CW_CONFIRMED) {
+    while (cw->count && cw->slots[cw->head].state == M2A_CONFIRM_WINDOW_CONFIRMED) {
         *seq = cw->slots[cw->head].seq;
         retire(cw, &cw->slots[cw->head]);
         cw->head = (cw->head + 1) % cw->cap;
@@ -382,12 +395,12 @@ bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)
     return popped;
 }
 
-void m2a_cwin_requeue(struct m2a_cwin *cw)
+void m2a_confirm_window_requeue(struct m2a_confirm_window *cw)
 {
     for (uint32_t i = 0; i < cw->count; i++) {
-        struct m2a_cw_slot *s = slot_at(cw, i);
-        if (s->state == M2A_CW_INFLIGHT || s->state == M2A_CW_RETRY) {
-            s->state = M2A_CW_UNSENT;
+        struct m2a_confirm_window_slot *s = slot_at(cw, i);
+        if (s->state == M2A_CONFIRM_WINDOW_INFLIGHT || s->state == M2A_CONFIRM_WINDOW_RETRY) {
+            s->state = M2A_CONFIRM_WINDOW_UNSENT;
             s->tag = 0;
         }
     }

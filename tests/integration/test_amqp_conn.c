@@ -34,7 +34,7 @@ struct seen {
 };
 
 /* Settles each delivery as it comes: ack, reject (not requeued), ack. */
-static void on_deliver(void *ud, const struct m2a_amqp_delivery *d)
+static void on_deliver(void *ud, const struct m2a_amqp_conn_delivery *d)
 {
     struct seen *s = ud;
     int i = s->deliveries++;
@@ -43,7 +43,7 @@ static void on_deliver(void *ud, const struct m2a_amqp_delivery *d)
     snprintf(s->head[i], sizeof(s->head[i]), "%.*s", (int)(d->body.len < 15 ? d->body.len : 15),
              (const char *)d->body.bytes);
     s->redelivered[i] = d->redelivered;
-    enum m2a_amqp_settle how = i == 1 ? M2A_AMQP_REJECT : M2A_AMQP_ACK;
+    enum m2a_amqp_conn_settlement how = i == 1 ? M2A_AMQP_CONN_REJECT : M2A_AMQP_CONN_ACK;
     ck_assert_int_eq(m2a_amqp_conn_settle(s->c, d->delivery_tag, how), 0);
 }
 
@@ -61,7 +61,7 @@ static void on_nack(void *ud, uint64_t tag, bool multiple)
     ((struct seen *)ud)->nacks++;
 }
 
-static void on_returned(void *ud, const struct m2a_amqp_return *r)
+static void on_returned(void *ud, const struct m2a_amqp_conn_return *r)
 {
     struct seen *s = ud;
     s->returns++;

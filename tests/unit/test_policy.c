@@ -448,36 +448,37 @@ END_TEST
  * is ignored, and it is confirmed only by the ack of its re-publish. */
 START_TEST(window_resend_after_return_ignores_the_stale_ack)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8, 0);
+    struct m2a_confirm_window *cw = m2a_confirm_window_new(8, 0);
     for (uint64_t seq = 10; seq < 14; seq++)
-        m2a_cwin_sent(cw, m2a_cwin_push(cw, seq, "r", 1), seq - 9); /* tags 1..4 */
-    ck_assert_ptr_null(m2a_cwin_find(cw, 9));
-    ck_assert_ptr_null(m2a_cwin_find(cw, 14));
-    struct m2a_cw_slot *ret = m2a_cwin_find(cw, 12);
+        m2a_confirm_window_sent(cw, m2a_confirm_window_push(cw, seq, "r", 1),
+                                seq - 9); /* tags 1..4 */
+    ck_assert_ptr_null(m2a_confirm_window_find(cw, 9));
+    ck_assert_ptr_null(m2a_confirm_window_find(cw, 14));
+    struct m2a_confirm_window_slot *ret = m2a_confirm_window_find(cw, 12);
     ck_assert_ptr_nonnull(ret);
-    ck_assert_ptr_eq(m2a_cwin_at(cw, 2), ret);
-    ck_assert_ptr_null(m2a_cwin_at(cw, 4));
+    ck_assert_ptr_eq(m2a_confirm_window_at(cw, 2), ret);
+    ck_assert_ptr_null(m2a_confirm_window_at(cw, 4));
 
-    m2a_cwin_retry(cw, ret, 1000);
+    m2a_confirm_window_retry(cw, ret, 1000);
     ck_assert_uint_eq(ret->retries, 0);
-    ck_assert_uint_eq(m2a_cwin_usage(cw).inflight, 3);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).inflight, 3);
     uint64_t next = 0;
-    ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 999, &next));
+    ck_assert_ptr_null(m2a_confirm_window_next_to_send(cw, 999, &next));
     ck_assert_uint_eq(next, 1000);
 
     /* The broker acks everything, the returned publish included. */
-    ck_assert_uint_eq(m2a_cwin_ack(cw, 4, true), 3);
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, 4, true), 3);
     uint64_t seq = 0;
-    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, 11); /* stops before the returned one */
 
-    ck_assert_ptr_eq(m2a_cwin_next_to_send(cw, 1000, NULL), ret);
-    m2a_cwin_sent(cw, ret, 5);
-    ck_assert_uint_eq(m2a_cwin_ack(cw, 5, false), 1);
-    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_ptr_eq(m2a_confirm_window_next_to_send(cw, 1000, NULL), ret);
+    m2a_confirm_window_sent(cw, ret, 5);
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, 5, false), 1);
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, 13);
-    ck_assert_uint_eq(m2a_cwin_count(cw), 0);
-    m2a_cwin_free(cw);
+    ck_assert_uint_eq(m2a_confirm_window_count(cw), 0);
+    m2a_confirm_window_free(cw);
 }
 END_TEST
 
