@@ -54,6 +54,11 @@
 #                                   each row is then the median pass (3: about +3 min)
 #   M2A_BENCH_BUILD=DIR             build directory (build-bench)
 #   M2A_BENCH_KEEP=1                keep the temp dir (logs, configs) and say where
+#   M2A_BENCH_BRIDGE2=PATH          a second bridge binary (say, main's build): every
+#                                   bridge throughput row is run again with it, next to
+#                                   it (before or after, alternately), as an extra row
+#                                   "... [LABEL]" of the same pass
+#   M2A_BENCH_BRIDGE2_LABEL=other   that LABEL
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +76,8 @@ WINDOW=${M2A_BENCH_WINDOW:-1000}
 ONLY=${M2A_BENCH_ONLY:-}
 REPEAT=${M2A_BENCH_REPEAT:-1}
 KEEP=${M2A_BENCH_KEEP:-0}
+BRIDGE2=${M2A_BENCH_BRIDGE2:-}
+BRIDGE2_LABEL=${M2A_BENCH_BRIDGE2_LABEL:-other}
 
 case ${1:-} in
 -h | --help)
@@ -309,6 +316,33 @@ rate_of() { # ROW
     cut -d'|' -f3 <<<"$1"
 }
 
+# bridge_rows KEY SIZE FSYNC COUNT LABEL BASE_RATE: the scenario with this tree's bridge
+# and (M2A_BENCH_BRIDGE2) with the other binary, each kept as a throughput row; which
+# goes first alternates from pass to pass, so that neither always follows the other.
+bridge_rows() {
+    local key=$1 label=$5
+    if [ -z "$BRIDGE2" ]; then
+        run_bridge "$@"
+        keep_row "$key"
+        return
+    fi
+    local mine=$BRIDGE first=0
+    [ $((pass % 2)) = 1 ] || first=1
+    for which in $first $((1 - first)); do
+        if [ "$which" = 0 ]; then
+            BRIDGE=$mine
+            run_bridge "$@"
+            keep_row "$key"
+        else
+            BRIDGE=$BRIDGE2
+            run_bridge "$key-b2" "$2" "$3" "$4" "$label [$BRIDGE2_LABEL]" "$6"
+            keep_row "$key-b2"
+        fi
+    done
+    BRIDGE=$mine
+}
+
+[ -z "$BRIDGE2" ] || [ -x "$BRIDGE2" ] || die "M2A_BENCH_BRIDGE2=$BRIDGE2 is not an executable"
 BASE100=0 BASE1K=0 PASS_SUFFIX=""
 for pass in $(seq 1 "$REPEAT"); do
     # Every pass gets fresh directories, spools, sessions and queues.
@@ -325,14 +359,12 @@ for pass in $(seq 1 "$REPEAT"); do
     fi
     for f in batch interval never; do
         if want "${f}100"; then
-            run_bridge "${f}100" 100 "$f" "$N100" "bridge 100 B fsync $f" "$BASE100"
-            keep_row "${f}100"
+            bridge_rows "${f}100" 100 "$f" "$N100" "bridge 100 B fsync $f" "$BASE100"
         fi
     done
     if want batch100n; then
-        BRIDGE_MQTT_HEADERS=none run_bridge batch100n 100 batch "$N100" \
+        BRIDGE_MQTT_HEADERS=none bridge_rows batch100n 100 batch "$N100" \
             "bridge 100 B fsync batch, mqtt_headers: none" "$BASE100"
-        keep_row batch100n
     fi
     if want direct1k; then
         run_direct direct1k 1024 "$N1K" "direct AMQP 1 KiB (baseline)" 0
@@ -341,8 +373,7 @@ for pass in $(seq 1 "$REPEAT"); do
     fi
     for f in batch interval never; do
         if want "${f}1k"; then
-            run_bridge "${f}1k" 1024 "$f" "$N1K" "bridge 1 KiB fsync $f" "$BASE1K"
-            keep_row "${f}1k"
+            bridge_rows "${f}1k" 1024 "$f" "$N1K" "bridge 1 KiB fsync $f" "$BASE1K"
         fi
     done
 done
@@ -354,7 +385,7 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     r=$(median_row "$key")
     case $key in
     direct100 | direct1k) ratio=1.00 ;;
-    *1k) ratio=$(div "$(rate_of "$r")" "$BASE1K") ;;
+    *1k | *1k-b2) ratio=$(div "$(rate_of "$r")" "$BASE1K") ;;
     *) ratio=$(div "$(rate_of "$r")" "$BASE100") ;;
     esac
     IFS='|' read -r -a c <<<"$r"
@@ -406,7 +437,8 @@ fi
 {
     echo
     echo "mqtt2amqp benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)," \
-        "tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+        "tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
+        "${BRIDGE2:+(rows marked [$BRIDGE2_LABEL]: $BRIDGE2)}"
     echo
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' scenario \
         messages "msg/s" "x direct" "p50 ms" "p99 ms" "bridge CPU us/msg" "bridge peak RSS" lost \

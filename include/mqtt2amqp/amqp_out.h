@@ -1,16 +1,19 @@
-/* amqp_out.h - the AMQP side: one thread that owns the rabbitmq-c
- * connection, the confirm window, the spool reader and a reference to the
- * generation it runs.
+/* amqp_out.h - the AMQP side: one thread, with an event loop of its own
+ * (loop.h), that owns the connection to RabbitMQ (amqp_conn.h), the
+ * publisher (amqp_publish.h), the confirm window (confirm_window.h), the
+ * spool reader and a reference to the generation it runs.
  *
- * It connects (advertising connection.blocked), declares its generation's
- * topology, enables publisher confirms and publishes spool records with a
- * window of at most confirm_window unconfirmed messages. basic.ack advances
- * the spool's committed position over the contiguous confirmed prefix;
- * basic.nack re-publishes with backoff; a nack, a basic.return, an expired
- * or unpublishable record go through the undeliverable-message policy
- * (policy.h). Heartbeats are serviced even when idle. On any connection
- * error it reconnects with backoff and jitter and replays every unconfirmed
- * record. It never blocks the MQTT side: they share only the spool. */
+ * It connects to a node of amqp.hosts (advertising connection.blocked),
+ * declares its generation's topology, enables publisher confirms and
+ * publishes spool records with a window of at most confirm_window
+ * unconfirmed messages. basic.ack advances the spool's committed position
+ * over the contiguous confirmed prefix; basic.nack re-publishes with
+ * backoff; a nack, a basic.return, an expired or unpublishable record go
+ * through the undeliverable-message policy (policy.h). Heartbeats are
+ * serviced even when idle. On any connection error it moves on to the next
+ * node (failover.h), backing off after a round of failures, and replays
+ * every unconfirmed record. It never blocks the MQTT side: they share only
+ * the spool. */
 #ifndef MQTT2AMQP_AMQP_OUT_H
 #define MQTT2AMQP_AMQP_OUT_H
 
@@ -59,8 +62,9 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
 bool m2a_amqp_out_offer(struct m2a_amqp_out *ao, struct m2a_generation *gen);
 
 /* Stops publishing new records, waits up to timeout_ms for the outstanding
- * confirms, closes the connection and joins the thread. What is not
- * confirmed stays in the spool. NULL is a no-op. */
+ * confirms, closes the connection (within 1 s more) and joins the thread:
+ * one stop deadline bounds every blocking call the thread makes. What is
+ * not confirmed stays in the spool. NULL is a no-op. */
 void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms);
 
 #endif

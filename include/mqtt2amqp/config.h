@@ -116,6 +116,7 @@ struct m2a_conf_amqp {
     char *password;                     /* default "guest"; secret */
     int heartbeat;                      /* seconds, default 30, 0..3600 */
     int confirm_window;                 /* default 1000, 1..65535 */
+    uint64_t max_inflight_bytes;        /* default 64 MiB: bytes of unconfirmed messages held */
     int reconnect_min_ms;               /* default 100 */
     int reconnect_max_ms;               /* default 30000 */
     enum m2a_mqtt_headers mqtt_headers; /* default all */

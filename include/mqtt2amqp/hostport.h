@@ -2,7 +2,8 @@
  * an IPv4 address, or an IPv6 address in brackets ("[::1]:5672"); the port
  * may be left out where the caller has a default. The one parser of the
  * tree: config (mqtt.hosts, amqp.hosts, metrics.listen) and the metrics
- * server use it. Pure functions, no allocation. */
+ * server use it; and the one way to print one (logs, metrics). Pure
+ * functions, no allocation. */
 #ifndef MQTT2AMQP_HOSTPORT_H
 #define MQTT2AMQP_HOSTPORT_H
 
@@ -10,6 +11,8 @@
 
 /* Longest host part accepted (a DNS name is at most 253 bytes). */
 #define M2A_HOST_MAX 255
+/* Room for "[HOST]:PORT" and its NUL. */
+#define M2A_HOSTPORT_MAX (M2A_HOST_MAX + 9)
 
 /* Splits s into host (brackets removed, NUL-terminated, hostlen >= 256)
  * and *port. Without ":PORT", *port = default_port, or the string is
@@ -18,5 +21,10 @@
  * a host over M2A_HOST_MAX bytes). */
 int m2a_hostport_parse(const char *s, int default_port, char *host, size_t hostlen, int *port,
                        char *msg, size_t msglen);
+
+/* Writes "HOST:PORT" ("[HOST]:PORT" for an IPv6 address, the way it is
+ * written in the configuration) into buf (len >= M2A_HOSTPORT_MAX to never
+ * cut it) and returns buf. */
+const char *m2a_hostport_format(char *buf, size_t len, const char *host, int port);
 
 #endif

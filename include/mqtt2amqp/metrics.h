@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mqtt2amqp/config.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/stats.h"
 #include "mqtt2amqp/util.h"
@@ -39,6 +40,10 @@ struct m2a_metrics_opts {
     struct m2a_spool *spool;
     uint64_t spool_max_bytes;
     _Atomic uint64_t *heartbeat_ms; /* m2a_now_ms() of the main loop's last turn */
+    /* The RabbitMQ nodes of the config (stats->amqp_node indexes them):
+     * mqtt2amqp_broker_connected has a series for each. NULL: none. */
+    const struct m2a_conf_endpoint *amqp_nodes;
+    size_t namqp_nodes;
 };
 
 struct m2a_metrics;

@@ -79,7 +79,9 @@ int m2a_policy_key_check(const char *tmpl, char *err, size_t errlen);
  *                                     (drop without dl), drop -> drop,
  *                                     retry -> retry
  *   nacked                            dead letter once attempts > max_retries
- *                                     (with dl), else retry
+ *                                     (with dl) and the destination is not
+ *                                     `unready` (max_retries 0: at once),
+ *                                     else retry
  *   routing error, expired, too large, unpublishable
  *                                     dead letter with dl, else drop */
 enum m2a_fate m2a_policy_fate(enum m2a_policy_event event, bool dead_letter,
@@ -97,7 +99,12 @@ struct m2a_policy_case {
     const struct m2a_envelope *env; /* the message (maybe a dead letter already) */
     uint64_t seq;                   /* its spool sequence number; 0 before it is spooled */
     uint32_t attempts;              /* RETURNED, NACKED: times so far, this one included */
-    const char *detail;             /* what happened, for the log line; may be NULL */
+    /* NACKED: nothing of the message's route has been confirmed on this
+     * connection yet, so the nack says that its destination is not ready
+     * (a quorum queue without a leader), not that it refuses the message:
+     * retried, not dead-lettered, however often (unless max_retries is 0). */
+    bool unready;
+    const char *detail; /* what happened, for the log line; may be NULL */
 };
 
 struct m2a_policy;

@@ -25,7 +25,7 @@
  * reader's loop, which is a poll() wake-up when the reader is idle or
  * between publishes, since the loop polls m2a_spool_maint_fd in every state
  * and calls m2a_spool_maintain every turn. The reader serves nothing while
- * it is inside a blocking call; in the AMQP thread (amqp_out.c) those are:
+ * it is inside a blocking call; in the AMQP thread (amqp_out.c, amqp_conn.c) those are:
  *  - a connect attempt: TCP connect, and over TLS the TLS handshake,
  *    together up to CONNECT_TIMEOUT_S = 5 s; the AMQP handshake up to 5 s;
  *    channel.open, each topology declaration and confirm.select up to
@@ -34,10 +34,9 @@
  *    that is down or refuses costs nothing, a host that drops packets 5 s.
  *  - a reload's topology declarations on a live connection (10 s each);
  *  - a polite close (CLOSE_TIMEOUT_MS = 1 s);
- *  - a publish into a socket that takes nothing: on plain TCP up to two
- *    heartbeat intervals (60 s with the default 30 s heartbeat; 30 s
- *    without heartbeats), over TLS without a deadline (rabbitmq-c's own
- *    send) until the broker reads or the connection fails.
+ *  - a publish into a socket that takes nothing: up to two heartbeat
+ *    intervals (60 s with the default 30 s heartbeat; 30 s without
+ *    heartbeats), on plain TCP and over TLS alike (amqp_publish.c).
  * Nothing is lost while the writer waits: the MQTT thread holds its batch
  * and its PUBACKs, and the broker keeps queueing in the session. */
 #ifndef MQTT2AMQP_SPOOL_H

@@ -39,6 +39,9 @@ struct m2a_stats {
     _Atomic bool amqp_connected;
     _Atomic bool amqp_blocked; /* connection.blocked in force */
     _Atomic bool mqtt_paused;  /* reading paused, spool full */
+    /* The RabbitMQ node the AMQP side is connected to: 1 + its index in the
+     * config's amqp endpoints; 0 while not connected. */
+    _Atomic unsigned amqp_node;
     /* Per-route counters and confirm latency (route_stats.h), owned by the
      * bridge; NULL: not kept (unit tests). Set before any thread starts. */
     struct m2a_route_stats *routes;

@@ -1,5 +1,6 @@
 /* amqp_frames.c - encodes basic.publish frames into a buffer and writes the
- * buffer to the socket (see amqp_frames.h for why). */
+ * buffer to the connection's socket or TLS session (see amqp_frames.h for
+ * why). Runs on the thread that owns the connection. */
 #include "mqtt2amqp/amqp_frames.h"
 
 #include <errno.h>
@@ -7,13 +8,17 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <openssl/err.h>
+
 #include "mqtt2amqp/bytes.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/loop.h"
 
 #define FRAME_HEADER  7 /* type (1), channel (2), payload size (4) */
 #define FRAME_END_LEN 1
 #define FRAME_END     0xCE
-#define HEADER_FIXED  12 /* content header: class (2), weight (2), body size (8) */
+#define HEADER_FIXED  12    /* content header: class (2), weight (2), body size (8) */
+#define TLS_RECORD    16384 /* the largest TLS plaintext record */
 
 /* Starts a frame at out->len with room for max_payload; returns its start. */
 static unsigned char *frame_begin(struct m2a_buf *out, uint8_t type, uint16_t channel,
@@ -76,32 +81,76 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
     return 0;
 }
 
-int m2a_amqp_frames_send(int fd, struct m2a_buf *out, int stall_ms)
+/* One write of up to len bytes: > 0 bytes written, 0 the wire is full (wait
+ * for *want: POLLOUT, or POLLIN when TLS must read first), < 0 an error
+ * with errno set. A TLS write is at most one record, so that a large buffer
+ * shows progress record by record (the stall timer sees it), and a write
+ * that said "try again" is retried with the same bytes, as OpenSSL wants. */
+static ssize_t wire_write(const struct m2a_amqp_frames_wire *w, const unsigned char *p, size_t len,
+                          short *want)
+{
+    *want = POLLOUT;
+    if (!w->ssl) {
+        ssize_t n = send(w->fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return 0;
+        return n;
+    }
+    size_t n = len < TLS_RECORD ? len : TLS_RECORD, done = 0;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_write_ex(w->ssl, p, n, &done) == 1)
+        return (ssize_t)done;
+    switch (SSL_get_error(w->ssl, 0)) {
+    case SSL_ERROR_WANT_WRITE:
+        return 0;
+    case SSL_ERROR_WANT_READ: /* a renegotiation or key update in progress */
+        *want = POLLIN;
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0)
+            errno = EPIPE;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        errno = EPIPE;
+        return -1;
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+int m2a_amqp_frames_send(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out, int stall_ms,
+                         uint64_t deadline_ms)
 {
     size_t off = 0;
     int rc = 0;
+    uint64_t stall_at = m2a_now_ms() + (uint64_t)(stall_ms > 0 ? stall_ms : 0);
     while (off < out->len) {
-        ssize_t n = send(fd, out->data + off, out->len - off, MSG_NOSIGNAL);
+        short want;
+        ssize_t n = wire_write(w, out->data + off, out->len - off, &want);
         if (n > 0) {
             off += (size_t)n;
+            stall_at = m2a_now_ms() + (uint64_t)(stall_ms > 0 ? stall_ms : 0);
             continue;
         }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct pollfd p = {.fd = fd, .events = POLLOUT};
-            int pr = poll(&p, 1, stall_ms);
-            if (pr > 0)
-                continue; /* writable, or an error the next send() reports */
-            if (pr == 0) {
-                rc = M2A_ERR_TIMEOUT;
-                break;
-            }
-            if (errno == EINTR)
-                continue;
+        if (n < 0) {
+            rc = M2A_ERR_IO;
+            break;
         }
-        rc = M2A_ERR_IO;
-        break;
+        uint64_t until = stall_at < deadline_ms ? stall_at : deadline_ms;
+        struct pollfd p = {.fd = w->fd, .events = want};
+        int pr = poll(&p, 1, m2a_loop_timeout_ms(until));
+        if (pr > 0)
+            continue; /* ready, or an error the next write reports */
+        if (pr == 0 || m2a_now_ms() >= until) {
+            rc = M2A_ERR_TIMEOUT;
+            break;
+        }
+        if (errno != EINTR) {
+            rc = M2A_ERR_IO;
+            break;
+        }
     }
     if (off == out->len) {
         out->len = 0;

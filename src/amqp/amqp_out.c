@@ -1,35 +1,31 @@
 /* amqp_out.c - the AMQP side of the bridge: one thread that reads the spool
- * and publishes to RabbitMQ with publisher confirms.
+ * and publishes to RabbitMQ with publisher confirms (see amqp_out.h).
  *
- * Thread ownership: the AMQP thread owns the rabbitmq-c connection (never
- * shared: rabbitmq-c is not thread-safe), the confirm window and the spool
- * reader, and holds a reference to the generation it runs. start, stop and
- * offer run on the caller's thread and touch only the stop flag, the
- * offered generation (an atomic pointer), the wake eventfd and, as a last
- * resort when the thread is stuck in a blocking library call, shutdown() of
- * the socket under `mu`.
+ * Thread ownership: the AMQP thread owns its event loop (core/loop.c), the
+ * connection (amqp_conn.c: rabbitmq-c is never shared), the publisher
+ * (amqp_publish.c), the confirm window (confirm_window.c), the spool
+ * reader and its housekeeping, the policy scratch, and a reference to the
+ * generation it runs. start, offer and stop run on the caller's thread and
+ * touch only the loop's wake-ups and stop deadline, the offered generation
+ * (an atomic pointer) and, as a last resort when the thread is stuck in a
+ * send of rabbitmq-c's own past the stop deadline, shutdown() of the socket
+ * under `mu`.
  *
- * The loop: connect (advertising connection.blocked and friends), declare
- * the topology, confirm.select, then alternate between reading frames
- * (acks, nacks, returns, blocked/unblocked, closes), committing the
- * confirmed prefix to the spool, publishing spool records while the window
- * has room, and poll() on the socket, the spool's notify fd and the wake fd.
- * rabbitmq-c 0.11 has no confirm wait and services heartbeats only inside
- * its own calls, so the poll timeout is short and every iteration calls
- * amqp_simple_wait_frame_noblock() at least once.
+ * The loop: connect to a node (amqp_conn.c), declare the topology,
+ * confirm.select, then turn: read the frames that arrived (acks, nacks,
+ * returns, blocked/unblocked, closes), take an offered generation, commit
+ * the confirmed prefix to the spool, keep up the spool's housekeeping,
+ * publish spool records while the window has room and the socket takes
+ * data, and wait in the loop on the socket, the spool's maintenance and
+ * notify descriptors and the wake-up (a stop, an offer). rabbitmq-c 0.11 has
+ * no confirm wait and services heartbeats only inside its own calls, so a
+ * turn lasts at most POLL_MAX_MS (less with a short heartbeat) and reads
+ * frames every time.
  *
- * Why not SO_SNDTIMEO: rabbitmq-c puts its sockets in O_NONBLOCK and waits
- * for POLLOUT itself with an infinite deadline in amqp_basic_publish, so a
- * send timeout never fires. Instead we publish only while the socket polls
- * writable (checked every WRITE_CHECK_BYTES), and stop() shuts the socket
- * down if the thread has not finished by its deadline, which makes any
- * blocked library call return an error.
- *
- * Publishing on plain TCP bypasses amqp_basic_publish: a pass's frames are
- * encoded into one buffer (amqp_frames.c) and written before any other
- * rabbitmq-c call, waiting for POLLOUT at most two heartbeat intervals.
- * Over TLS the bytes must go through rabbitmq-c's SSL socket, so each
- * publish is an amqp_basic_publish as before.
+ * Deadlines: one stop deadline (m2a_loop_stop) bounds every blocking call
+ * of the thread: the connect, the handshake and each RPC (amqp_conn.c), the
+ * write of a pass of publishes, the polite close. The drain after a stop
+ * ends CLOSE_GRACE_MS before it, so the close has that long.
  *
  * On a lost connection every unconfirmed record is re-published from the
  * copies in the window (same message id), so the spool cursor never moves
@@ -38,130 +34,109 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
-#include <amqp.h>
-#include <amqp_framing.h>
-#include <amqp_ssl_socket.h>
-#include <amqp_tcp_socket.h>
-
-#include "mqtt2amqp/amqp_frames.h"
+#include "mqtt2amqp/amqp_conn.h"
+#include "mqtt2amqp/amqp_publish.h"
 #include "mqtt2amqp/backoff.h"
 #include "mqtt2amqp/confirm_window.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/failover.h"
+#include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/log.h"
+#include "mqtt2amqp/loop.h"
 #include "mqtt2amqp/policy.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
-#include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
 
 #define COMPONENT         "amqp"
 #define CHANNEL           1
-#define POLL_MAX_MS       100   /* also bounds heartbeat servicing */
-#define CONNECT_TIMEOUT_S 5     /* TCP connect and AMQP handshake */
-#define RPC_TIMEOUT_S     10    /* declare / confirm.select replies */
-#define CLOSE_TIMEOUT_MS  1000  /* channel.close / connection.close at stop */
+#define POLL_MAX_MS       100   /* a turn at least this often: heartbeats, housekeeping */
+#define CLOSE_GRACE_MS    1000  /* the polite close after the drain of a stop */
 #define STOP_GRACE_MS     2000  /* after the stop deadline, before shutdown() */
 #define WRITE_CHECK_BYTES 32768 /* re-check POLLOUT after this much published */
 #define LOG_EVERY_MS      1000  /* rate limit of per-message warnings */
 #define STABLE_SESSION_MS 10000 /* a session this long resets the backoff */
 #define SPOOL_RETRY_MS    1000  /* after a spool read error */
-#define FRAME_SLACK       4096  /* frame_max minus this bounds the properties */
-#define SEND_STALL_MS     30000 /* a write taking nothing this long: connection lost */
 
-/* What a session ended with. */
+/* Wake-up reasons beside M2A_WAKE_STOP. */
+#define WAKE_OFFER M2A_WAKE_USER_0 /* m2a_amqp_out_offer handed over a generation */
+
+/* How a session ended. */
 enum session_end {
-    END_LOST = 1, /* connection failed: tear down, back off, reconnect */
-    END_BROKER,   /* broker closed it (connection.close answered) */
-    END_CHANNEL,  /* broker closed our channel: close the connection politely */
-    END_STOPPED,  /* stop requested and drained (or timed out) */
-};
-
-/* Where a basic.return stands: its content header and body frames follow
- * the method on the channel. */
-enum return_state {
-    RETURN_NONE,
-    RETURN_HEADER, /* the content header (naming the message) is next */
-    RETURN_BODY,   /* body frames are next (skipped: the window has a copy) */
+    END_LOST,    /* the connection failed: tear down, back off, reconnect */
+    END_CLOSED,  /* the broker closed it (connection.close answered) */
+    END_CHANNEL, /* the broker closed our channel: close the connection politely */
+    END_STOPPED, /* stop requested and drained (or the drain deadline passed) */
 };
 
 struct m2a_amqp_out {
+    /* --- set by start, read-only after --- */
     const struct m2a_conf_amqp *conf; /* connection settings: never reloaded */
     struct m2a_spool *spool;
     struct m2a_stats *stats;
     const char *spool_id;
+    void (*on_generation)(void *ud, struct m2a_generation *gen, int rc, const char *why);
+    void *on_generation_ud;
 
-    pthread_t thread;
-    int wake_fd; /* eventfd: stop() interrupts poll() and the backoff sleep */
-    _Atomic int stopping;
-    _Atomic uint64_t stop_deadline_ms;
-    pthread_mutex_t mu; /* guards sockfd and done */
-    pthread_cond_t cv;  /* signalled when done */
-    int sockfd;         /* the open connection's socket, else -1 */
-    bool done;
-
+    /* --- shared with the caller's thread --- */
+    struct m2a_loop *loop; /* wake-ups (stop, offer) and the stop deadline */
     /* Live reload: the main thread offers the next generation here (newest
      * wins); the AMQP thread takes it, declares its topology and answers
      * through on_generation. */
     _Atomic(struct m2a_generation *) gen_offer;
-    void (*on_generation)(void *ud, struct m2a_generation *gen, int rc, const char *why);
-    void *on_generation_ud;
+    pthread_t thread;
+    pthread_mutex_t mu; /* guards sockfd and done */
+    pthread_cond_t cv;  /* signalled when done */
+    int sockfd;         /* the open connection's socket, else -1 */
+    bool done;
 
     /* --- AMQP thread only --- */
     /* The generation this thread runs (a reference of its own): the
      * topology declared at connect, the rules for undeliverable messages. */
     struct m2a_generation *gen;
     uint64_t trusted_from_seq; /* records from here on were written by this process */
-    amqp_connection_state_t conn;
-    struct m2a_cwin *cw;
-    struct m2a_backoff backoff;      /* reconnects */
+    struct m2a_amqp_conn *conn;
+    struct m2a_amqp_publish *pub;
+    struct m2a_confirm_window *cw;
+    struct m2a_failover nodes;       /* which node next, reconnect delays */
     struct m2a_backoff nack_backoff; /* per-message retries after basic.nack */
     uint64_t next_tag;               /* last delivery tag used on the channel */
     uint64_t connected_ms;
-    uint64_t last_rx_ms; /* last time the broker sent anything */
-    int heartbeat_s;     /* negotiated */
     bool blocked;
     bool progress;   /* a confirm arrived in this session */
-    bool refused;    /* the broker refused the login or the topology */
     bool want_write; /* publishing waits for POLLOUT */
     uint64_t next_retry_ms;
     uint64_t spool_retry_ms; /* no spool reads before this (after an error) */
     unsigned nconnects;
-    /* basic.return: its content header and body frames follow on the channel */
-    enum return_state return_state;
-    uint64_t return_left;
-    char return_what[640]; /* the return's exchange, key and reply, for the log */
     struct m2a_ratelimit rl_spool, rl_drop;
+    char why[640];  /* why the session ended, for the log */
+    char left[800]; /* the node left last and why: logged with the next connect */
+
+    /* Routes (by id) of which a message was confirmed on this connection;
+     * until then their nacks are not counted against max_retries (see
+     * on_nack). Cleared at every connect. */
+    unsigned char *route_acked;
+    size_t route_acked_cap;
+    bool none_acked; /* the same for records of no known route */
 
     /* Undeliverable messages (see the comment above put_dead_letter). */
     struct m2a_policy *policy;
-    struct m2a_buf dl_buf;
-    struct m2a_cw_slot **nacked; /* the slots one basic.nack names */
+    struct m2a_buf enc_buf; /* a record re-encoded: a dead letter, a version 1 one */
+    struct m2a_confirm_window_slot **nacked; /* the slots one basic.nack names */
     size_t nacked_cap;
-    char end_reason[256];
-
-    /* publish scratch, grown only */
-    struct m2a_header *hdrs;
+    struct m2a_header *hdrs; /* envelope decode scratch, grown only */
     size_t hdrs_cap;
-    amqp_table_entry_t *entries;
-    size_t entries_cap;
-    /* Plain TCP: a pass's publishes are encoded here and written at once
-     * (amqp_frames.h); empty whenever a rabbitmq-c call runs. */
-    bool raw_frames;
-    struct m2a_buf frames;
+
     /* One clock read per publish pass and per confirm frame, not per message. */
     uint64_t pass_us;  /* publish_some's start: the messages' sent time */
     uint64_t frame_us; /* arrival of the basic.ack being handled */
@@ -169,337 +144,37 @@ struct m2a_amqp_out {
 
 static bool stopping(const struct m2a_amqp_out *ao)
 {
-    return atomic_load_explicit(&ao->stopping, memory_order_acquire) != 0;
+    return m2a_loop_stopping(ao->loop);
 }
 
-static amqp_bytes_t str_bytes(struct m2a_str s)
+/* The deadline of a blocking call that wants up to want_ms from now. */
+static uint64_t deadline_in(const struct m2a_amqp_out *ao, uint64_t want_ms)
 {
-    amqp_bytes_t b = {s.len, (void *)s.ptr};
-    return b;
+    return m2a_loop_deadline(ao->loop,
+                             want_ms == M2A_LOOP_NEVER ? want_ms : m2a_now_ms() + want_ms);
 }
 
-static void set_end(struct m2a_amqp_out *ao, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void set_end(struct m2a_amqp_out *ao, const char *fmt, ...)
+/* When the drain of a stop gives up: CLOSE_GRACE_MS before the deadline. */
+static uint64_t drain_deadline(const struct m2a_amqp_out *ao)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ao->end_reason, sizeof(ao->end_reason), fmt, ap);
-    va_end(ap);
+    uint64_t d = m2a_loop_stop_deadline(ao->loop);
+    return d > CLOSE_GRACE_MS ? d - CLOSE_GRACE_MS : 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* Connection set-up                                                   */
-
-/* Describes a failed RPC in buf; true when the broker closed the channel
- * (we must answer close-ok), *conn_closed when it closed the connection. */
-static void describe_reply(amqp_rpc_reply_t r, char *buf, size_t len, bool *chan_closed,
-                           bool *conn_closed)
+static int conn_fd(const struct m2a_amqp_out *ao)
 {
-    *chan_closed = *conn_closed = false;
-    switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        snprintf(buf, len, "ok");
-        break;
-    case AMQP_RESPONSE_NONE:
-        snprintf(buf, len, "no reply");
-        break;
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        snprintf(buf, len, "%s", amqp_error_string2(r.library_error));
-        break;
-    case AMQP_RESPONSE_SERVER_EXCEPTION:
-        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-            const amqp_connection_close_t *m = r.reply.decoded;
-            snprintf(buf, len, "connection closed by broker: %u %.*s", m->reply_code,
-                     (int)m->reply_text.len, (const char *)m->reply_text.bytes);
-            *conn_closed = true;
-        } else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-            const amqp_channel_close_t *m = r.reply.decoded;
-            snprintf(buf, len, "channel closed by broker: %u %.*s", m->reply_code,
-                     (int)m->reply_text.len, (const char *)m->reply_text.bytes);
-            *chan_closed = true;
-        } else {
-            snprintf(buf, len, "unexpected method 0x%08x from broker", (unsigned)r.reply.id);
-        }
-        break;
-    }
+    return m2a_amqp_conn_params(ao->conn)->wire.fd;
 }
 
-/* Checks the reply of the last RPC. On failure sets end_reason to
- * "what: reason" and answers a broker-initiated close. Returns 0,
- * M2A_ERR_AMQP when the broker closed the channel (the connection is still
- * usable) or M2A_ERR_CLOSED when the connection is not. */
-static int check_reply(struct m2a_amqp_out *ao, amqp_rpc_reply_t r, const char *what)
+static const struct m2a_conf_endpoint *node_now(const struct m2a_amqp_out *ao)
 {
-    if (r.reply_type == AMQP_RESPONSE_NORMAL)
-        return 0;
-    char why[512];
-    bool chan_closed, conn_closed;
-    describe_reply(r, why, sizeof(why), &chan_closed, &conn_closed);
-    ao->refused = r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION;
-    set_end(ao, "%s: %s", what, why);
-    if (chan_closed) {
-        amqp_channel_close_ok_t ok = {0};
-        amqp_send_method(ao->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-        return M2A_ERR_AMQP;
-    }
-    if (conn_closed) {
-        amqp_connection_close_ok_t ok = {0};
-        amqp_send_method(ao->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-    }
-    return M2A_ERR_CLOSED;
+    return &ao->conf->endpoints[m2a_failover_node(&ao->nodes)];
 }
 
-/* Builds an AMQP table from configured arguments; entries must hold n. */
-static amqp_table_t conf_table(const struct m2a_conf_arg *args, size_t n,
-                               amqp_table_entry_t *entries)
+/* "HOST:PORT" of the current node, for the log. */
+static const char *node_name(const struct m2a_amqp_out *ao, char *buf, size_t len)
 {
-    for (size_t i = 0; i < n; i++) {
-        entries[i].key = amqp_cstring_bytes(args[i].key);
-        switch (args[i].type) {
-        case M2A_ARG_STRING:
-            entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
-            entries[i].value.value.bytes = amqp_cstring_bytes(args[i].str);
-            break;
-        case M2A_ARG_INT:
-            entries[i].value.kind = AMQP_FIELD_KIND_I64;
-            entries[i].value.value.i64 = args[i].num;
-            break;
-        case M2A_ARG_BOOL:
-            entries[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-            entries[i].value.value.boolean = args[i].flag;
-            break;
-        }
-    }
-    amqp_table_t t = {(int)n, n ? entries : NULL};
-    return t;
-}
-
-static const char *at_line(char *buf, size_t len, struct m2a_conf_mark m)
-{
-    if (m.line > 0)
-        snprintf(buf, len, " (config line %d)", m.line);
-    else
-        buf[0] = '\0';
-    return buf;
-}
-
-/* Declares exchanges, queues and bindings. A refusal (say, a queue that
- * exists with other arguments) closes the channel: the caller closes the
- * connection politely and retries with backoff, since an operator may fix
- * the broker side without restarting us. */
-static int declare_topology(struct m2a_amqp_out *ao, const struct m2a_conf_amqp *c)
-{
-    char what[600], line[32];
-    int rc = 0;
-    size_t maxargs = 1;
-    for (size_t i = 0; i < c->nexchanges; i++)
-        maxargs = c->exchanges[i].nargs > maxargs ? c->exchanges[i].nargs : maxargs;
-    for (size_t i = 0; i < c->nqueues; i++) {
-        const struct m2a_conf_queue *q = &c->queues[i];
-        maxargs = q->nargs > maxargs ? q->nargs : maxargs;
-        for (size_t j = 0; j < q->nbindings; j++)
-            maxargs = q->bindings[j].nargs > maxargs ? q->bindings[j].nargs : maxargs;
-    }
-    amqp_table_entry_t *entries = xcalloc(maxargs, sizeof(*entries));
-
-    for (size_t i = 0; i < c->nexchanges; i++) {
-        const struct m2a_conf_exchange *x = &c->exchanges[i];
-        amqp_exchange_declare(ao->conn, CHANNEL, amqp_cstring_bytes(x->name),
-                              amqp_cstring_bytes(x->type ? x->type : "topic"), 0, x->durable,
-                              x->auto_delete, x->internal, conf_table(x->args, x->nargs, entries));
-        snprintf(what, sizeof(what), "declaring exchange '%s'%s", x->name,
-                 at_line(line, sizeof(line), x->mark));
-        if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), what)) != 0)
-            goto out;
-    }
-    for (size_t i = 0; i < c->nqueues; i++) {
-        const struct m2a_conf_queue *q = &c->queues[i];
-        amqp_queue_declare_ok_t *ok = amqp_queue_declare(
-            ao->conn, CHANNEL, amqp_cstring_bytes(q->name), 0, q->durable, q->exclusive,
-            q->auto_delete, conf_table(q->args, q->nargs, entries));
-        snprintf(what, sizeof(what), "declaring queue '%s'%s", q->name,
-                 at_line(line, sizeof(line), q->mark));
-        if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), what)) != 0)
-            goto out;
-        /* A server-named queue ("") is bound under the name it got. */
-        char *qname = xstrndup(ok->queue.bytes, ok->queue.len);
-        for (size_t j = 0; j < q->nbindings && rc == 0; j++) {
-            const struct m2a_conf_binding *b = &q->bindings[j];
-            const char *key = b->routing_key ? b->routing_key : "#";
-            amqp_queue_bind(ao->conn, CHANNEL, amqp_cstring_bytes(qname),
-                            amqp_cstring_bytes(b->exchange), amqp_cstring_bytes(key),
-                            conf_table(b->args, b->nargs, entries));
-            snprintf(what, sizeof(what), "binding queue '%s' to exchange '%s' with key '%s'%s",
-                     qname, b->exchange, key, at_line(line, sizeof(line), b->mark));
-            rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), what);
-        }
-        free(qname);
-        if (rc)
-            goto out;
-    }
-out:
-    free(entries);
-    return rc;
-}
-
-static void publish_sockfd(struct m2a_amqp_out *ao, int fd)
-{
-    pthread_mutex_lock(&ao->mu);
-    ao->sockfd = fd;
-    pthread_mutex_unlock(&ao->mu);
-}
-
-static int open_socket(struct m2a_amqp_out *ao)
-{
-    const struct m2a_conf_amqp *c = ao->conf;
-    amqp_socket_t *sock;
-    if (c->tls.enabled) {
-        sock = amqp_ssl_socket_new(ao->conn);
-        if (!sock) {
-            set_end(ao, "cannot create a TLS socket");
-            return M2A_ERR_IO;
-        }
-        /* The context is set up by tls.c: OpenSSL itself checks the host name
-         * (IP literals too, which rabbitmq-c's own check does not handle, so
-         * that one stays off) and the reason of a refusal is recorded. */
-        char why[512];
-        amqp_ssl_socket_set_verify_peer(sock, 1);
-        amqp_ssl_socket_set_verify_hostname(sock, 0);
-        if (m2a_tls_ctx_setup(amqp_ssl_socket_get_context(sock), &c->tls, c->host, why,
-                              sizeof(why)) != 0) {
-            set_end(ao, "%s", why);
-            ao->refused = true;
-            return M2A_ERR_CONFIG;
-        }
-    } else {
-        sock = amqp_tcp_socket_new(ao->conn);
-        if (!sock) {
-            set_end(ao, "cannot create a TCP socket");
-            return M2A_ERR_IO;
-        }
-    }
-    struct timeval tv = {CONNECT_TIMEOUT_S, 0};
-    m2a_tls_failure_reset();
-    int rc = amqp_socket_open_noblock(sock, c->host, c->port, &tv);
-    if (rc != AMQP_STATUS_OK) {
-        char tls[600];
-        if (m2a_tls_failure(tls, sizeof(tls))) {
-            set_end(ao, "cannot connect: %s", tls);
-            ao->refused = true; /* needs an operator: logged as an error */
-        } else {
-            set_end(ao, "cannot connect: %s", amqp_error_string2(rc));
-        }
-        return M2A_ERR_IO;
-    }
-    publish_sockfd(ao, amqp_get_sockfd(ao->conn));
-    /* stop() may have looked for a socket to shut down just before. */
-    if (stopping(ao)) {
-        set_end(ao, "stop requested while connecting");
-        return M2A_ERR_CLOSED;
-    }
-    return 0;
-}
-
-static int login(struct m2a_amqp_out *ao)
-{
-    const struct m2a_conf_amqp *c = ao->conf;
-    amqp_table_entry_t caps[6];
-    const char *cap_names[] = {
-        "publisher_confirms",     "connection.blocked",         "basic.nack",
-        "consumer_cancel_notify", "exchange_exchange_bindings", "authentication_failure_close"};
-    for (size_t i = 0; i < 6; i++) {
-        caps[i].key = amqp_cstring_bytes(cap_names[i]);
-        caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-        caps[i].value.value.boolean = 1;
-    }
-    amqp_table_entry_t props[5];
-    const char *names[] = {"product", "version", "platform", "connection_name"};
-    /* Names this bridge in the management UI; the spool id tells instances apart. */
-    char name[128];
-    snprintf(name, sizeof(name), "mqtt2amqp %s", ao->spool_id);
-    const char *values[] = {"mqtt2amqp", M2A_VERSION, "C11 / rabbitmq-c", name};
-    for (size_t i = 0; i < 4; i++) {
-        props[i].key = amqp_cstring_bytes(names[i]);
-        props[i].value.kind = AMQP_FIELD_KIND_UTF8;
-        props[i].value.value.bytes = amqp_cstring_bytes(values[i]);
-    }
-    props[4].key = amqp_cstring_bytes("capabilities");
-    props[4].value.kind = AMQP_FIELD_KIND_TABLE;
-    props[4].value.value.table.num_entries = 6;
-    props[4].value.value.table.entries = caps;
-    amqp_table_t client_props = {5, props};
-
-    amqp_rpc_reply_t r =
-        amqp_login_with_properties(ao->conn, c->vhost, 0, AMQP_DEFAULT_FRAME_SIZE, c->heartbeat,
-                                   &client_props, AMQP_SASL_METHOD_PLAIN, c->username, c->password);
-    return check_reply(ao, r, "login");
-}
-
-/* Connects, declares the topology and enables confirms. On failure
- * end_reason says why and the connection (if any) is left for teardown. */
-static int connect_broker(struct m2a_amqp_out *ao)
-{
-    int rc;
-    ao->conn = amqp_new_connection();
-    if (!ao->conn)
-        abort(); /* out of memory: see util.h */
-    struct timeval hs = {CONNECT_TIMEOUT_S, 0}, rpc = {RPC_TIMEOUT_S, 0};
-    amqp_set_handshake_timeout(ao->conn, &hs);
-    amqp_set_rpc_timeout(ao->conn, &rpc);
-    if ((rc = open_socket(ao)) != 0)
-        return rc;
-    if ((rc = login(ao)) != 0)
-        return rc;
-    amqp_channel_open(ao->conn, CHANNEL);
-    if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "opening channel")) != 0)
-        return rc;
-    if ((rc = declare_topology(ao, m2a_generation_topology(ao->gen))) != 0)
-        return rc;
-    amqp_confirm_select(ao->conn, CHANNEL);
-    if ((rc = check_reply(ao, amqp_get_rpc_reply(ao->conn), "confirm.select")) != 0)
-        return rc;
-    ao->heartbeat_s = amqp_get_heartbeat(ao->conn);
-    ao->raw_frames = !ao->conf->tls.enabled;
-    return 0;
-}
-
-/* Closes politely if `polite` (bounded by CLOSE_TIMEOUT_MS), then destroys. */
-static void teardown(struct m2a_amqp_out *ao, bool polite, bool channel_open)
-{
-    if (!ao->conn)
-        return;
-    if (polite) {
-        struct timeval tv = {0, CLOSE_TIMEOUT_MS * 1000};
-        amqp_set_rpc_timeout(ao->conn, &tv);
-        amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_NORMAL};
-        if (channel_open)
-            r = amqp_channel_close(ao->conn, CHANNEL, AMQP_REPLY_SUCCESS);
-        if (r.reply_type == AMQP_RESPONSE_NORMAL)
-            amqp_connection_close(ao->conn, AMQP_REPLY_SUCCESS);
-    }
-    publish_sockfd(ao, -1); /* before the fd is closed: stop() must not shut a reused fd */
-    amqp_destroy_connection(ao->conn);
-    ao->conn = NULL;
-    M2A_STAT_SET(ao->stats, amqp_connected, false);
-    if (ao->blocked)
-        M2A_STAT_SET(ao->stats, amqp_blocked, false);
-    ao->blocked = false;
-    ao->return_state = RETURN_NONE;
-    ao->want_write = false;
-    ao->frames.len = 0;       /* never written: the window re-publishes them */
-    m2a_cwin_requeue(ao->cw); /* tags restart at 1 on the next channel */
-    ao->next_tag = 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* Frames from the broker                                              */
-
-static uint32_t nack_delay(void *ctx, uint32_t retries)
-{
-    struct m2a_backoff *b = ctx;
-    b->attempt = retries;
-    return m2a_backoff_next(b);
+    return m2a_hostport_format(buf, len, node_now(ao)->host, node_now(ao)->port);
 }
 
 /* ------------------------------------------------------------------ */
@@ -523,25 +198,60 @@ static struct m2a_route_counters *route_ctr(struct m2a_amqp_out *ao, uint32_t id
     return m2a_route_stats_at(ao->stats->routes, id);
 }
 
+/* Whether a message of route id was confirmed on this connection. */
+static bool route_acked(const struct m2a_amqp_out *ao, uint32_t id)
+{
+    if (id == M2A_ROUTE_NONE)
+        return ao->none_acked;
+    return id < ao->route_acked_cap && ao->route_acked[id];
+}
+
+static void mark_route_acked(struct m2a_amqp_out *ao, uint32_t id)
+{
+    if (id == M2A_ROUTE_NONE) {
+        ao->none_acked = true;
+        return;
+    }
+    if (id >= ao->route_acked_cap) {
+        size_t cap = ao->route_acked_cap ? ao->route_acked_cap : 64;
+        while (cap <= id)
+            cap *= 2;
+        ao->route_acked = xrealloc(ao->route_acked, cap);
+        memset(ao->route_acked + ao->route_acked_cap, 0, cap - ao->route_acked_cap);
+        ao->route_acked_cap = cap;
+    }
+    ao->route_acked[id] = 1;
+}
+
 /* Per-route confirms and the confirm latency (set as the window's hook). */
-static void on_confirmed(void *ctx, const struct m2a_cw_slot *slot)
+static void on_confirmed(void *ctx, const struct m2a_confirm_window_slot *slot)
 {
     struct m2a_amqp_out *ao = ctx;
+    mark_route_acked(ao, slot->route);
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, confirmed, 1);
     if (slot->sent_us)
         m2a_route_stats_observe_latency(ao->stats->routes, ao->frame_us - slot->sent_us);
 }
 
+/* env becomes the record of slot. env may point into the slot's record:
+ * it is encoded elsewhere first (a buffer that a large record does not
+ * pin). */
+static void reencode(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
+                     const struct m2a_envelope *env)
+{
+    m2a_buf_reset(&ao->enc_buf);
+    m2a_envelope_encode(env, &ao->enc_buf);
+    m2a_confirm_window_set_rec(ao->cw, slot, ao->enc_buf.data, ao->enc_buf.len);
+    if (ao->enc_buf.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES)
+        m2a_buf_free(&ao->enc_buf);
+}
+
 /* The dead letter dle takes the place of the record in slot. */
-static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot,
+static void put_dead_letter(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
                             const struct m2a_envelope *dle)
 {
-    /* dle points into slot->rec: encode elsewhere first. */
-    m2a_buf_reset(&ao->dl_buf);
-    m2a_envelope_encode(dle, &ao->dl_buf);
-    m2a_buf_reset(&slot->rec);
-    m2a_buf_append(&slot->rec, ao->dl_buf.data, ao->dl_buf.len);
-    slot->retries = 0; /* the dead letter's own nacks start from zero */
+    reencode(ao, slot, dle); /* dle points into slot->rec */
+    slot->retries = 0;       /* the dead letter's own nacks start from zero */
 }
 
 /* Our message ids are "<spool id>-<seq>": the seq, or false if not ours. */
@@ -561,9 +271,14 @@ static bool parse_message_id(const struct m2a_amqp_out *ao, amqp_bytes_t id, uin
     return true;
 }
 
-static uint32_t nack_delay(void *ctx, uint32_t retries);
+static uint32_t nack_delay(void *ctx, uint32_t retries)
+{
+    struct m2a_backoff *b = ctx;
+    b->attempt = retries;
+    return m2a_backoff_next(b);
+}
 
-static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_cw_slot *slot,
+static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_confirm_window_slot *slot,
                         struct m2a_envelope *env)
 {
     return m2a_envelope_decode(slot->rec.data, slot->rec.len, env, &ao->hdrs, &ao->hdrs_cap) == 0;
@@ -574,12 +289,25 @@ static bool decode_slot(struct m2a_amqp_out *ao, const struct m2a_cw_slot *slot,
  * after returning it); a dead letter or a retry moves it to RETRY, so that
  * ack finds a stale tag and is ignored, while a drop lets the ack confirm
  * it. */
-static void on_returned(struct m2a_amqp_out *ao, uint64_t seq)
+static void on_returned(void *ud, const struct m2a_amqp_conn_return *r)
 {
-    struct m2a_cw_slot *slot = m2a_cwin_find(ao->cw, seq);
+    struct m2a_amqp_out *ao = ud;
+    M2A_STAT_ADD(ao->stats, returned, 1);
+    char what[640];
+    snprintf(what, sizeof(what), "exchange '%.*s', routing key '%.*s': %u %.*s",
+             (int)r->exchange.len, (const char *)r->exchange.bytes, (int)r->routing_key.len,
+             (const char *)r->routing_key.bytes, r->reply_code, (int)r->reply_text.len,
+             (const char *)r->reply_text.bytes);
+    uint64_t seq;
+    if (!r->props || !(r->props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ||
+        !parse_message_id(ao, r->props->message_id, &seq)) {
+        m2a_warn(COMPONENT, "returned message without a message id of ours: ignored (%s)", what);
+        return;
+    }
+    struct m2a_confirm_window_slot *slot = m2a_confirm_window_find(ao->cw, seq);
     struct m2a_envelope env, dle;
     uint64_t now = m2a_now_ms();
-    if (!slot || slot->state != M2A_CW_INFLIGHT || !decode_slot(ao, slot, &env)) {
+    if (!slot || slot->state != M2A_CONFIRM_WINDOW_INFLIGHT || !decode_slot(ao, slot, &env)) {
         m2a_debug(COMPONENT, "returned message %" PRIu64 " is not in flight: ignored", seq);
         return;
     }
@@ -588,44 +316,49 @@ static void on_returned(struct m2a_amqp_out *ao, uint64_t seq)
                                 .env = &env,
                                 .seq = seq,
                                 .attempts = slot->returns,
-                                .detail = ao->return_what};
+                                .detail = what};
     enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
     uint32_t delay = 0;
     if (fate == M2A_FATE_DEAD_LETTER) {
         m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
         put_dead_letter(ao, slot, &dle); /* env and dle are gone from here */
-        m2a_cwin_retry(ao->cw, slot, now);
+        m2a_confirm_window_retry(ao->cw, slot, now);
         return;
     }
     if (fate == M2A_FATE_RETRY) {
         delay = nack_delay(&ao->nack_backoff, slot->returns - 1);
-        m2a_cwin_retry(ao->cw, slot, now + delay);
+        m2a_confirm_window_retry(ao->cw, slot, now + delay);
     }
     m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
-}
-
-static void on_return(struct m2a_amqp_out *ao, const amqp_basic_return_t *m)
-{
-    M2A_STAT_ADD(ao->stats, returned, 1);
-    ao->return_state = RETURN_HEADER;
-    /* What the message is comes with the content header (its message_id). */
-    snprintf(ao->return_what, sizeof(ao->return_what),
-             "exchange '%.*s', routing key '%.*s': %u %.*s", (int)m->exchange.len,
-             (const char *)m->exchange.bytes, (int)m->routing_key.len,
-             (const char *)m->routing_key.bytes, m->reply_code, (int)m->reply_text.len,
-             (const char *)m->reply_text.bytes);
 }
 
 /* basic.nack: every slot it names goes to RETRY with backoff (the window
  * counts the nack); then the policy decides for each, by name: one nacked
  * more than dead_letter.max_retries times becomes a dead letter, sent at
- * once. Without a dead_letter section nacks are retried for ever. */
-static size_t on_nack(struct m2a_amqp_out *ao, uint64_t tag, bool multiple)
+ * once. Without a dead_letter section nacks are retried for ever.
+ *
+ * A message is dead-lettered for its nacks only once RabbitMQ has
+ * confirmed something of its route on this connection (policy.h: unready):
+ * until then the nacks say that the route's destination is not ready for
+ * this connection, not that it refuses this message. That is what a
+ * quorum queue without a reachable leader does in RabbitMQ 3.10: a channel
+ * registers with the queue's leader before its first publish there, and
+ * until that works every publish of the channel to the queue is nacked, at
+ * once when the node it asks is down, after net_ticktime + 5 s (65 s) when
+ * no leader answers; so each connection made after a node failure or
+ * during a lost majority meets a burst of nacks. Confirms lag behind
+ * rejections (a persistent message is confirmed once on disk), so the
+ * check is made at each nack, not against the first one: a queue that
+ * took the earlier messages and rejects the rest (x-overflow
+ * reject-publish) dead-letters them after max_retries nacks as before. */
+static void on_nack(void *ud, uint64_t tag, bool multiple)
 {
+    struct m2a_amqp_out *ao = ud;
     size_t n = 0;
-    for (uint32_t i = 0; i < m2a_cwin_count(ao->cw); i++) {
-        struct m2a_cw_slot *slot = m2a_cwin_at(ao->cw, i);
-        if (slot->state != M2A_CW_INFLIGHT || (multiple ? slot->tag > tag : slot->tag != tag))
+    for (uint32_t i = 0; i < m2a_confirm_window_count(ao->cw); i++) {
+        struct m2a_confirm_window_slot *slot = m2a_confirm_window_at(ao->cw, i);
+        if (slot->state != M2A_CONFIRM_WINDOW_INFLIGHT ||
+            (multiple ? slot->tag > tag : slot->tag != tag))
             continue;
         if (n == ao->nacked_cap) {
             ao->nacked_cap = ao->nacked_cap ? 2 * ao->nacked_cap : 16;
@@ -634,30 +367,62 @@ static size_t on_nack(struct m2a_amqp_out *ao, uint64_t tag, bool multiple)
         ao->nacked[n++] = slot;
     }
     uint64_t now = m2a_now_ms();
-    size_t nacked = m2a_cwin_nack(ao->cw, tag, multiple, now, nack_delay, &ao->nack_backoff);
+    size_t nacked =
+        m2a_confirm_window_nack(ao->cw, tag, multiple, now, nack_delay, &ao->nack_backoff);
+    M2A_STAT_ADD(ao->stats, nacked, nacked);
     for (size_t k = 0; k < n; k++) {
-        struct m2a_cw_slot *slot = ao->nacked[k];
+        struct m2a_confirm_window_slot *slot = ao->nacked[k];
         struct m2a_envelope env, dle;
-        if (slot->state != M2A_CW_RETRY || !decode_slot(ao, slot, &env))
+        if (slot->state != M2A_CONFIRM_WINDOW_RETRY || !decode_slot(ao, slot, &env))
             continue;
-        struct m2a_policy_case c = {
-            .event = M2A_POLICY_NACKED, .env = &env, .seq = slot->seq, .attempts = slot->retries};
+        struct m2a_policy_case c = {.event = M2A_POLICY_NACKED,
+                                    .env = &env,
+                                    .seq = slot->seq,
+                                    .attempts = slot->retries,
+                                    .unready = !route_acked(ao, slot->route)};
         enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
         uint32_t delay = slot->retry_at_ms > now ? (uint32_t)(slot->retry_at_ms - now) : 0;
         m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, delay);
         if (fate == M2A_FATE_DEAD_LETTER) {
             put_dead_letter(ao, slot, &dle);
-            m2a_cwin_retry(ao->cw, slot, now);
+            m2a_confirm_window_retry(ao->cw, slot, now);
         }
     }
-    return nacked;
 }
+
+static void on_ack(void *ud, uint64_t tag, bool multiple)
+{
+    struct m2a_amqp_out *ao = ud;
+    ao->frame_us = m2a_now_us(); /* for on_confirmed */
+    size_t n = m2a_confirm_window_ack(ao->cw, tag, multiple);
+    M2A_STAT_ADD(ao->stats, confirmed, n);
+    ao->progress |= n > 0;
+}
+
+static void on_blocked(void *ud, bool blocked, amqp_bytes_t reason)
+{
+    struct m2a_amqp_out *ao = ud;
+    ao->blocked = blocked;
+    M2A_STAT_SET(ao->stats, amqp_blocked, blocked);
+    if (blocked)
+        m2a_warn(COMPONENT, "connection blocked by broker: %.*s; publishing paused",
+                 (int)reason.len, (const char *)reason.bytes);
+    else
+        m2a_info(COMPONENT, "connection unblocked; publishing resumed");
+}
+
+static const struct m2a_amqp_conn_events conn_events = {
+    .ack = on_ack,
+    .nack = on_nack,
+    .returned = on_returned,
+    .blocked = on_blocked,
+};
 
 /* spool.max_age, checked when a record is read from the spool: an older one
  * is dead-lettered (reason expired) or, without a dead_letter section,
  * dropped. Age is wall-clock time since the bridge received the message.
  * Dead letters never expire. */
-static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+static void check_age(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot)
 {
     struct m2a_envelope env, dle;
     uint64_t now = m2a_wall_ms();
@@ -674,14 +439,14 @@ static void check_age(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     if (fate == M2A_FATE_DEAD_LETTER)
         put_dead_letter(ao, slot, &dle);
     else
-        m2a_cwin_drop(ao->cw, slot);
+        m2a_confirm_window_drop(ao->cw, slot);
 }
 
 /* A record spooled by an earlier process carries a route id of that
  * process (or none: envelope version 1): resolve it by name, once, as it is
  * read, so that everything after joins on the id. A name no route ever had
  * in this process stays M2A_ROUTE_NONE (not counted; the default policy). */
-static void resolve_route(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+static void resolve_route(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot)
 {
     struct m2a_envelope env;
     if (!decode_slot(ao, slot, &env))
@@ -690,130 +455,14 @@ static void resolve_route(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
     if (m2a_envelope_set_route_id(slot->rec.data, slot->rec.len, id) == 0)
         return;
     env.route_id = id; /* version 1: re-encoded as version 2 */
-    m2a_buf_reset(&ao->dl_buf);
-    m2a_envelope_encode(&env, &ao->dl_buf);
-    m2a_buf_reset(&slot->rec);
-    m2a_buf_append(&slot->rec, ao->dl_buf.data, ao->dl_buf.len);
-}
-
-/* Returns 0 to go on, or how the session ended. */
-static int on_method(struct m2a_amqp_out *ao, const amqp_method_t *m)
-{
-    switch (m->id) {
-    case AMQP_BASIC_ACK_METHOD: {
-        const amqp_basic_ack_t *a = m->decoded;
-        ao->frame_us = m2a_now_us(); /* for on_confirmed */
-        size_t n = m2a_cwin_ack(ao->cw, a->delivery_tag, a->multiple);
-        M2A_STAT_ADD(ao->stats, confirmed, n);
-        ao->progress |= n > 0;
-        return 0;
-    }
-    case AMQP_BASIC_NACK_METHOD: {
-        const amqp_basic_nack_t *a = m->decoded;
-        M2A_STAT_ADD(ao->stats, nacked, on_nack(ao, a->delivery_tag, a->multiple));
-        return 0;
-    }
-    case AMQP_BASIC_RETURN_METHOD:
-        on_return(ao, m->decoded);
-        return 0;
-    case AMQP_CONNECTION_BLOCKED_METHOD: {
-        const amqp_connection_blocked_t *b = m->decoded;
-        ao->blocked = true;
-        M2A_STAT_SET(ao->stats, amqp_blocked, true);
-        m2a_warn(COMPONENT, "connection blocked by broker: %.*s; publishing paused",
-                 (int)b->reason.len, (const char *)b->reason.bytes);
-        return 0;
-    }
-    case AMQP_CONNECTION_UNBLOCKED_METHOD:
-        ao->blocked = false;
-        M2A_STAT_SET(ao->stats, amqp_blocked, false);
-        m2a_info(COMPONENT, "connection unblocked; publishing resumed");
-        return 0;
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-        const amqp_channel_close_t *c = m->decoded;
-        set_end(ao, "channel closed by broker: %u %.*s (class %u, method %u)", c->reply_code,
-                (int)c->reply_text.len, (const char *)c->reply_text.bytes, c->class_id,
-                c->method_id);
-        amqp_channel_close_ok_t ok = {0};
-        amqp_send_method(ao->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-        return END_CHANNEL;
-    }
-    case AMQP_CONNECTION_CLOSE_METHOD: {
-        const amqp_connection_close_t *c = m->decoded;
-        set_end(ao, "connection closed by broker: %u %.*s", c->reply_code, (int)c->reply_text.len,
-                (const char *)c->reply_text.bytes);
-        amqp_connection_close_ok_t ok = {0};
-        amqp_send_method(ao->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-        return END_BROKER;
-    }
-    default:
-        m2a_debug(COMPONENT, "ignoring method 0x%08x on channel", (unsigned)m->id);
-        return 0;
-    }
-}
-
-static void on_content(struct m2a_amqp_out *ao, const amqp_frame_t *f)
-{
-    /* Only a basic.return carries content to a publisher: its header names
-     * the message; the body is skipped (the window has a copy). */
-    if (f->frame_type == AMQP_FRAME_HEADER && ao->return_state == RETURN_HEADER) {
-        const amqp_basic_properties_t *p = f->payload.properties.decoded;
-        uint64_t seq;
-        if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
-            parse_message_id(ao, p->message_id, &seq))
-            on_returned(ao, seq);
-        else
-            m2a_warn(COMPONENT, "returned message without a message id of ours: ignored (%s)",
-                     ao->return_what);
-        ao->return_left = f->payload.properties.body_size;
-        ao->return_state = ao->return_left ? RETURN_BODY : RETURN_NONE;
-    } else if (f->frame_type == AMQP_FRAME_BODY && ao->return_state == RETURN_BODY) {
-        size_t n = f->payload.body_fragment.len;
-        ao->return_left = n >= ao->return_left ? 0 : ao->return_left - n;
-        if (ao->return_left == 0)
-            ao->return_state = RETURN_NONE;
-    }
-}
-
-/* Reads every frame available now (buffered or on the socket) without
- * blocking. Also sends a heartbeat if one is due. Returns 0 to go on, or
- * how the session ended (end_reason set). */
-static int read_frames(struct m2a_amqp_out *ao)
-{
-    struct timeval zero = {0, 0};
-    if (amqp_data_in_buffer(ao->conn) || amqp_frames_enqueued(ao->conn))
-        ao->last_rx_ms = m2a_now_ms();
-    for (;;) {
-        amqp_frame_t f;
-        int rc = amqp_simple_wait_frame_noblock(ao->conn, &f, &zero);
-        if (rc == AMQP_STATUS_TIMEOUT)
-            break;
-        if (rc != AMQP_STATUS_OK) {
-            set_end(ao, "reading from broker: %s", amqp_error_string2(rc));
-            return END_LOST;
-        }
-        ao->last_rx_ms = m2a_now_ms();
-        if (f.frame_type == AMQP_FRAME_METHOD) {
-            int end = on_method(ao, &f.payload.method);
-            if (end)
-                return end;
-        } else {
-            on_content(ao, &f);
-        }
-    }
-    /* Decoded frames live in the channel pools until released. */
-    amqp_maybe_release_buffers(ao->conn);
-    if (ao->heartbeat_s > 0 && m2a_now_ms() - ao->last_rx_ms > 2000u * (uint64_t)ao->heartbeat_s) {
-        set_end(ao, "heartbeat timeout: nothing from the broker for %d s", 2 * ao->heartbeat_s);
-        return END_LOST;
-    }
-    return 0;
+    reencode(ao, slot, &env);
 }
 
 /* ------------------------------------------------------------------ */
 /* Publishing                                                          */
 
-static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const char *why)
+static void drop_record(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
+                        const char *why)
 {
     uint64_t sup;
     M2A_STAT_ADD(ao->stats, dropped, 1);
@@ -821,133 +470,59 @@ static void drop_record(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot, const
         m2a_error(COMPONENT,
                   "dropping spool record %" PRIu64 ": %s (%" PRIu64 " similar suppressed)",
                   slot->seq, why, sup);
-    m2a_cwin_drop(ao->cw, slot);
+    m2a_confirm_window_drop(ao->cw, slot);
 }
 
-/* Properties must fit in one frame: a header frame that fails to encode
- * after basic.publish went out would wedge the channel. */
-static const char *unpublishable(const struct m2a_envelope *env, size_t frame_max)
+/* A record that cannot be published at all: through the policy, as
+ * unpublishable. True if a dead letter now holds its slot (to publish). */
+static bool unpublishable(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot,
+                          const struct m2a_envelope *env, const char *why)
 {
-    if (env->exchange.len > 255)
-        return "exchange name longer than 255 bytes";
-    if (env->routing_key.len > 255)
-        return "routing key longer than 255 bytes";
-    if (env->content_type.len > 255)
-        return "content type longer than 255 bytes";
-    size_t size = 512 + env->content_type.len + env->topic.len;
-    for (size_t i = 0; i < env->nheaders; i++) {
-        if (env->headers[i].key.len > 255)
-            return "header name longer than 255 bytes";
-        size += 6 + env->headers[i].key.len + env->headers[i].value.len;
+    struct m2a_envelope dle;
+    struct m2a_policy_case c = {
+        .event = M2A_POLICY_UNPUBLISHABLE, .env = env, .seq = slot->seq, .detail = why};
+    enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
+    m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
+    if (fate != M2A_FATE_DEAD_LETTER) {
+        m2a_confirm_window_drop(ao->cw, slot);
+        return false;
     }
-    if (size + FRAME_SLACK > frame_max)
-        return "headers too large for one AMQP frame";
-    return NULL;
+    put_dead_letter(ao, slot, &dle);
+    return true;
 }
 
-static void set_entry_str(amqp_table_entry_t *e, const char *key, struct m2a_str v)
-{
-    e->key = amqp_cstring_bytes(key);
-    e->value.kind = AMQP_FIELD_KIND_UTF8;
-    e->value.value.bytes = str_bytes(v);
-}
-
-static int publish_slot(struct m2a_amqp_out *ao, struct m2a_cw_slot *slot)
+/* Encodes the slot's record as a publish (or, if it cannot be published,
+ * its dead letter) into the pass's frames. */
+static void publish_slot(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot *slot)
 {
     struct m2a_envelope env;
-    if (!decode_slot(ao, slot, &env)) {
-        drop_record(ao, slot, "cannot decode the envelope");
-        return 0;
-    }
-    const char *bad = unpublishable(&env, (size_t)amqp_get_frame_max(ao->conn));
-    if (bad) {
-        struct m2a_envelope dle;
-        struct m2a_policy_case c = {
-            .event = M2A_POLICY_UNPUBLISHABLE, .env = &env, .seq = slot->seq, .detail = bad};
-        enum m2a_fate fate = m2a_policy_decide(ao->policy, ao->gen, &c, &dle);
-        m2a_policy_account(ao->policy, ao->gen, &c, fate, fate, 0);
-        if (fate != M2A_FATE_DEAD_LETTER) {
-            m2a_cwin_drop(ao->cw, slot);
-            return 0;
-        }
-        put_dead_letter(ao, slot, &dle);
-        return publish_slot(ao, slot); /* once: a dead letter is not dead-lettered again */
-    }
-    /* A dead letter keeps x-mqtt-topic whatever mqtt_headers says: it is how
-     * an operator finds where the message came from. */
-    enum m2a_mqtt_headers mh = m2a_generation_mqtt_headers(ao->gen);
-    if (mh == M2A_MQTT_HEADERS_NONE && env.dead_letter)
-        mh = M2A_MQTT_HEADERS_TOPIC;
-    size_t nmqtt = mh == M2A_MQTT_HEADERS_ALL ? 3 : mh == M2A_MQTT_HEADERS_TOPIC ? 1 : 0;
-    size_t nent = nmqtt + env.nheaders;
-    if (nent > ao->entries_cap) {
-        ao->entries = xrealloc(ao->entries, nent * sizeof(*ao->entries));
-        ao->entries_cap = nent;
-    }
-    amqp_table_entry_t *e = ao->entries;
-    if (nmqtt >= 1)
-        set_entry_str(&e[0], "x-mqtt-topic", env.topic);
-    if (nmqtt == 3) {
-        e[1].key = amqp_cstring_bytes("x-mqtt-qos");
-        e[1].value.kind = AMQP_FIELD_KIND_I32;
-        e[1].value.value.i32 = env.qos;
-        e[2].key = amqp_cstring_bytes("x-mqtt-retain");
-        e[2].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-        e[2].value.value.boolean = env.retain;
-    }
-    for (size_t i = 0; i < env.nheaders; i++) {
-        e[nmqtt + i].key = str_bytes(env.headers[i].key);
-        e[nmqtt + i].value.kind = AMQP_FIELD_KIND_UTF8;
-        e[nmqtt + i].value.value.bytes = str_bytes(env.headers[i].value);
-    }
-
     char msgid[160];
     int idlen = snprintf(msgid, sizeof(msgid), "%s-%" PRIu64, ao->spool_id, slot->seq);
-    amqp_basic_properties_t p;
-    memset(&p, 0, sizeof(p));
-    p._flags =
-        AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
-    if (nent > 0)
-        p._flags |= AMQP_BASIC_HEADERS_FLAG;
-    p.delivery_mode = env.persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
-    p.timestamp = env.timestamp_ms / 1000u;
-    p.message_id.bytes = msgid;
-    p.message_id.len = idlen < (int)sizeof(msgid) ? (size_t)idlen : sizeof(msgid) - 1;
-    p.headers.num_entries = (int)nent;
-    p.headers.entries = e;
-    if (env.content_type.len) {
-        p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
-        p.content_type = str_bytes(env.content_type);
-    }
-
-    if (ao->raw_frames) {
-        amqp_basic_publish_t m = {.exchange = str_bytes(env.exchange),
-                                  .routing_key = str_bytes(env.routing_key),
-                                  .mandatory = 1};
-        if (m2a_amqp_frames_publish(&ao->frames, CHANNEL, (uint32_t)amqp_get_frame_max(ao->conn),
-                                    &m, &p, str_bytes(env.body)) != 0) {
-            set_end(ao, "publishing: the message's frames cannot be encoded");
-            return M2A_ERR_AMQP;
+    for (int attempt = 0;; attempt++) {
+        if (!decode_slot(ao, slot, &env)) {
+            drop_record(ao, slot, "cannot decode the envelope");
+            return;
         }
-    } else {
-        int rc = amqp_basic_publish(ao->conn, CHANNEL, str_bytes(env.exchange),
-                                    str_bytes(env.routing_key), 1, 0, &p, str_bytes(env.body));
-        if (rc != AMQP_STATUS_OK) {
-            set_end(ao, "publishing: %s", amqp_error_string2(rc));
-            return M2A_ERR_AMQP;
-        }
+        if (m2a_amqp_publish_add(ao->pub, ao->conn, &env, m2a_generation_mqtt_headers(ao->gen),
+                                 msgid, (size_t)idlen) == 0)
+            break;
+        /* Once: a dead letter that cannot be published is dropped. */
+        if (attempt > 0 || !unpublishable(ao, slot, &env,
+                                          "properties and headers do not fit one AMQP frame, or a "
+                                          "name is longer than 255 bytes"))
+            return;
     }
-    m2a_cwin_sent(ao->cw, slot, ++ao->next_tag);
+    m2a_confirm_window_sent(ao->cw, slot, ++ao->next_tag);
     M2A_STAT_ADD(ao->stats, published, 1);
     /* A dead letter counts in its route's dead_lettered, not as a publish. */
     slot->ud = env.dead_letter ? NULL : route_ctr(ao, env.route_id);
+    slot->route = env.route_id;
     slot->sent_us = ao->pass_us;
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, published, 1);
-    return 0;
 }
 
 /* Moves the next spool record into a new window slot. NULL when none. */
-static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
+static struct m2a_confirm_window_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
 {
     if (now < ao->spool_retry_ms)
         return NULL;
@@ -965,43 +540,24 @@ static struct m2a_cw_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
         ao->spool_retry_ms = now + SPOOL_RETRY_MS;
         return NULL;
     }
-    struct m2a_cw_slot *slot = m2a_cwin_push(ao->cw, seq);
-    m2a_buf_append(&slot->rec, data, len);
+    struct m2a_confirm_window_slot *slot = m2a_confirm_window_push(ao->cw, seq, data, len);
     if (seq < ao->trusted_from_seq)
         resolve_route(ao, slot);
     check_age(ao, slot);
     return slot;
 }
 
-static bool socket_writable(struct m2a_amqp_out *ao)
-{
-    struct pollfd p = {.fd = amqp_get_sockfd(ao->conn), .events = POLLOUT};
-    return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
-}
-
-/* Writes the frames encoded so far. A peer that takes nothing for two
- * heartbeat intervals (SEND_STALL_MS without heartbeats) is gone. */
+/* Writes the frames encoded so far, bounded by the stop deadline. */
 static int flush_frames(struct m2a_amqp_out *ao)
 {
-    if (ao->frames.len == 0)
-        return 0;
-    int stall_ms = ao->heartbeat_s > 0 ? ao->heartbeat_s * 2000 : SEND_STALL_MS;
-    int rc = m2a_amqp_frames_send(amqp_get_sockfd(ao->conn), &ao->frames, stall_ms);
-    if (rc == M2A_ERR_TIMEOUT) {
-        set_end(ao, "publishing: the broker took no data for %d ms", stall_ms);
-        return M2A_ERR_AMQP;
-    }
-    if (rc != 0) {
-        set_end(ao, "publishing: %s", strerror(errno));
-        return M2A_ERR_AMQP;
-    }
-    return 0;
+    return m2a_amqp_publish_flush(ao->pub, ao->conn, deadline_in(ao, M2A_LOOP_NEVER), ao->why,
+                                  sizeof(ao->why));
 }
 
 /* Publishes due retries, re-sends after a reconnect and new spool records
- * while the window has room and the socket takes data. On plain TCP the
- * frames go out in one write per WRITE_CHECK_BYTES, and all are written
- * before this returns. */
+ * while the window has room and the socket takes data: the frames go out
+ * in one write per WRITE_CHECK_BYTES, and all are written before this
+ * returns. */
 static int publish_some(struct m2a_amqp_out *ao)
 {
     ao->pass_us = m2a_now_us();
@@ -1012,18 +568,19 @@ static int publish_some(struct m2a_amqp_out *ao)
     if (ao->blocked)
         return 0;
     for (;;) {
-        struct m2a_cw_slot *slot = m2a_cwin_next_to_send(ao->cw, now, &ao->next_retry_ms);
-        if (!slot && !m2a_cwin_full(ao->cw) && !stopping(ao))
+        struct m2a_confirm_window_slot *slot =
+            m2a_confirm_window_next_to_send(ao->cw, now, &ao->next_retry_ms);
+        if (!slot && !m2a_confirm_window_full(ao->cw) && !stopping(ao))
             slot = read_record(ao, now);
         if (!slot)
             break;
-        if (slot->state == M2A_CW_CONFIRMED)
+        if (slot->state == M2A_CONFIRM_WINDOW_CONFIRMED)
             continue; /* expired and dropped as it was read */
         if (budget == 0) {
             int rc = flush_frames(ao);
             if (rc)
                 return rc;
-            if (!socket_writable(ao)) {
+            if (!m2a_amqp_publish_writable(ao->conn)) {
                 ao->want_write = true;
                 return 0;
             }
@@ -1031,9 +588,7 @@ static int publish_some(struct m2a_amqp_out *ao)
         }
         size_t cost = slot->rec.len + 256;
         budget = cost >= budget ? 0 : budget - cost;
-        int rc = publish_slot(ao, slot);
-        if (rc)
-            return rc;
+        publish_slot(ao, slot);
     }
     return flush_frames(ao);
 }
@@ -1053,7 +608,7 @@ static void maintain_spool(struct m2a_amqp_out *ao)
 static void commit_confirmed(struct m2a_amqp_out *ao)
 {
     uint64_t seq;
-    if (!m2a_cwin_pop_confirmed(ao->cw, &seq))
+    if (!m2a_confirm_window_pop_confirmed(ao->cw, &seq))
         return;
     int rc = m2a_spool_commit(ao->spool, seq);
     uint64_t sup;
@@ -1065,81 +620,7 @@ static void commit_confirmed(struct m2a_amqp_out *ao)
 }
 
 /* ------------------------------------------------------------------ */
-/* The session loop                                                    */
-
-static int poll_timeout(struct m2a_amqp_out *ao, uint64_t now)
-{
-    if (amqp_frames_enqueued(ao->conn) || amqp_data_in_buffer(ao->conn))
-        return 0;
-    uint64_t t = POLL_MAX_MS;
-    if (ao->heartbeat_s > 0 && (uint64_t)ao->heartbeat_s * 500u < t)
-        t = (uint64_t)ao->heartbeat_s * 500u;
-    if (!ao->blocked && ao->next_retry_ms != UINT64_MAX)
-        t = ao->next_retry_ms <= now ? 0
-                                     : (ao->next_retry_ms - now < t ? ao->next_retry_ms - now : t);
-    if (ao->spool_retry_ms > now && ao->spool_retry_ms - now < t)
-        t = ao->spool_retry_ms - now;
-    if (stopping(ao)) {
-        uint64_t dl = atomic_load(&ao->stop_deadline_ms);
-        t = dl <= now ? 0 : (dl - now < t ? dl - now : t);
-    }
-    return (int)t;
-}
-
-static void wait_events(struct m2a_amqp_out *ao)
-{
-    uint64_t now = m2a_now_ms();
-    struct pollfd p[4] = {
-        {.fd = amqp_get_sockfd(ao->conn), .events = POLLIN | (ao->want_write ? POLLOUT : 0)},
-        {.fd = ao->wake_fd, .events = POLLIN},
-        {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}, /* cleared by maintain_spool */
-        {.fd = m2a_spool_notify_fd(ao->spool), .events = POLLIN},
-    };
-    /* Spool news matters only if we would read it now. */
-    nfds_t n = (!ao->blocked && !stopping(ao) && !m2a_cwin_full(ao->cw)) ? 4 : 3;
-    int rc = poll(p, n, poll_timeout(ao, now));
-    if (rc <= 0)
-        return; /* timeout or EINTR: the loop re-checks everything */
-    if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
-        ao->last_rx_ms = m2a_now_ms();
-    if (p[1].revents & POLLIN) {
-        /* Drained, or the stop drain phase would spin; the flag stays set. */
-        uint64_t v;
-        (void)!read(ao->wake_fd, &v, sizeof(v));
-    }
-    if (n == 4 && (p[3].revents & POLLIN))
-        m2a_spool_notify_clear(ao->spool);
-}
-
-static int adopt_offer(struct m2a_amqp_out *ao, bool connected);
-
-/* Runs one connected session. Returns how it ended. */
-static int session(struct m2a_amqp_out *ao)
-{
-    for (;;) {
-        int end = read_frames(ao);
-        if (end)
-            return end;
-        if ((end = adopt_offer(ao, true)) != 0)
-            return end;
-        commit_confirmed(ao);
-        maintain_spool(ao);
-        if (stopping(ao)) {
-            if (m2a_cwin_count(ao->cw) == 0)
-                return END_STOPPED;
-            if (m2a_now_ms() >= atomic_load(&ao->stop_deadline_ms)) {
-                m2a_warn(COMPONENT,
-                         "stop deadline reached with %u unconfirmed message(s); "
-                         "they stay in the spool",
-                         m2a_cwin_count(ao->cw));
-                return END_STOPPED;
-            }
-        }
-        if (publish_some(ao) != 0)
-            return END_LOST;
-        wait_events(ao);
-    }
-}
+/* Live reload                                                         */
 
 /* Tells the owner what became of an offered generation (rc 0: this thread
  * runs it now; else why not). */
@@ -1159,8 +640,9 @@ static void answer(struct m2a_amqp_out *ao, struct m2a_generation *g, int rc, co
  * after the reconnect: at least once). Disconnected, it is taken for the
  * next connect. Either way the owner hears of it through on_generation.
  * Returns 0, or a session end. */
-static int adopt_offer(struct m2a_amqp_out *ao, bool connected)
+static int adopt_offer(struct m2a_amqp_out *ao, bool connected, enum session_end *end)
 {
+    m2a_loop_take_wakes(ao->loop, WAKE_OFFER); /* the pointer below is what counts */
     /* A blocked connection is not read by the broker: an RPC would hang.
      * The offer waits (a newer one may replace it meanwhile). */
     if (!atomic_load_explicit(&ao->gen_offer, memory_order_relaxed) || (connected && ao->blocked))
@@ -1169,15 +651,18 @@ static int adopt_offer(struct m2a_amqp_out *ao, bool connected)
     if (!g)
         return 0;
     const struct m2a_conf_amqp *topo = m2a_generation_topology(g);
-    int rc = connected ? declare_topology(ao, topo) : 0;
+    int rc = connected ? m2a_amqp_conn_declare(ao->conn, topo, deadline_in(ao, M2A_LOOP_NEVER)) : 0;
     if (rc != 0) {
+        const char *why = m2a_amqp_conn_why(ao->conn);
+        snprintf(ao->why, sizeof(ao->why), "%s", why);
         m2a_error(COMPONENT,
                   "reload: the broker refused the topology of generation %" PRIu64
                   ": %s; keeping generation %" PRIu64,
-                  m2a_generation_number(g), ao->end_reason, m2a_generation_number(ao->gen));
-        answer(ao, g, M2A_ERR_AMQP, ao->end_reason);
+                  m2a_generation_number(g), why, m2a_generation_number(ao->gen));
+        answer(ao, g, M2A_ERR_AMQP, why);
         m2a_generation_unref(g);
-        return rc == M2A_ERR_AMQP ? END_CHANNEL : END_LOST;
+        *end = rc == M2A_ERR_AMQP ? END_CHANNEL : END_LOST;
+        return -1;
     }
     m2a_info(COMPONENT,
              "reload: generation %" PRIu64 ": topology of %zu exchanges and %zu queues %s",
@@ -1189,83 +674,264 @@ static int adopt_offer(struct m2a_amqp_out *ao, bool connected)
     return 0;
 }
 
-/* Sleeps ms, or less if stop() is called; takes an offered generation
- * meanwhile, and keeps up the spool's housekeeping. A wake-up only
- * interrupts the wait: what it was for (stop, an offer) is in the flags
- * checked each time round, so the eventfd is always drained. Leaving it readable because the offer
- * it announced had already been taken elsewhere (by the session loop, just before the session
- * ended) made every poll return at once: a spin for the whole delay. */
-static void sleep_interruptible(struct m2a_amqp_out *ao, uint32_t ms)
+/* ------------------------------------------------------------------ */
+/* The loop                                                            */
+
+/* The turn reads the frames; a readable socket says the broker is there
+ * even when all it sent was a heartbeat. */
+static void on_socket(struct m2a_loop *loop, int fd, unsigned events, void *ud)
 {
-    struct pollfd p[2] = {{.fd = ao->wake_fd, .events = POLLIN},
-                          {.fd = m2a_spool_maint_fd(ao->spool), .events = POLLIN}};
+    (void)loop, (void)fd;
+    struct m2a_amqp_out *ao = ud;
+    if (events & (M2A_LOOP_READ | M2A_LOOP_HUP | M2A_LOOP_ERR))
+        m2a_amqp_conn_input_seen(ao->conn);
+}
+
+static void on_spool_maint(struct m2a_loop *loop, int fd, unsigned events, void *ud)
+{
+    (void)loop, (void)fd, (void)events, (void)ud; /* every turn maintains the spool */
+}
+
+static void on_spool_notify(struct m2a_loop *loop, int fd, unsigned events, void *ud)
+{
+    (void)loop, (void)fd, (void)events;
+    struct m2a_amqp_out *ao = ud;
+    m2a_spool_notify_clear(ao->spool); /* then the turn reads the spool */
+}
+
+/* One wait of a connected session: on the socket (and POLLOUT while a
+ * write waits for room), the spool's descriptors and the wake-up, until
+ * the next thing due. */
+static void wait_turn(struct m2a_amqp_out *ao)
+{
+    uint64_t now = m2a_now_ms();
+    uint64_t t = POLL_MAX_MS;
+    int hb = m2a_amqp_conn_params(ao->conn)->heartbeat_s;
+    if (hb > 0 && (uint64_t)hb * 500u < t)
+        t = (uint64_t)hb * 500u;
+    uint64_t until = now + t;
+    if (!ao->blocked && ao->next_retry_ms < until)
+        until = ao->next_retry_ms;
+    if (ao->spool_retry_ms > now && ao->spool_retry_ms < until)
+        until = ao->spool_retry_ms;
+    if (stopping(ao) && drain_deadline(ao) < until)
+        until = drain_deadline(ao);
+    if (m2a_amqp_conn_buffered(ao->conn))
+        until = now; /* the socket will not signal what the library holds */
+    /* Spool news matters only if we would read it now. */
+    bool reading = !ao->blocked && !stopping(ao) && !m2a_confirm_window_full(ao->cw);
+    m2a_loop_set_events(ao->loop, m2a_spool_notify_fd(ao->spool), reading ? M2A_LOOP_READ : 0);
+    m2a_loop_set_events(ao->loop, conn_fd(ao),
+                        M2A_LOOP_READ | (ao->want_write ? M2A_LOOP_WRITE : 0));
+    m2a_loop_once(ao->loop, until);
+}
+
+/* Runs one connected session. Returns how it ended (ao->why says why). */
+static enum session_end session(struct m2a_amqp_out *ao)
+{
+    m2a_loop_watch(ao->loop, conn_fd(ao), M2A_LOOP_READ, on_socket, ao);
+    for (;;) {
+        enum session_end end;
+        enum m2a_amqp_conn_state s = m2a_amqp_conn_read(ao->conn, &conn_events, ao);
+        if (s != M2A_AMQP_CONN_OK) {
+            snprintf(ao->why, sizeof(ao->why), "%s", m2a_amqp_conn_why(ao->conn));
+            return s == M2A_AMQP_CONN_CHANNEL  ? END_CHANNEL
+                   : s == M2A_AMQP_CONN_CLOSED ? END_CLOSED
+                                               : END_LOST;
+        }
+        if (adopt_offer(ao, true, &end) != 0)
+            return end;
+        commit_confirmed(ao);
+        maintain_spool(ao);
+        if (stopping(ao)) {
+            if (m2a_confirm_window_count(ao->cw) == 0)
+                return END_STOPPED;
+            if (m2a_now_ms() >= drain_deadline(ao)) {
+                m2a_warn(COMPONENT,
+                         "stop deadline reached with %u unconfirmed message(s); "
+                         "they stay in the spool",
+                         m2a_confirm_window_count(ao->cw));
+                return END_STOPPED;
+            }
+        }
+        if (publish_some(ao) != 0)
+            return END_LOST;
+        wait_turn(ao);
+    }
+}
+
+/* Waits ms (disconnected), or less if a stop comes; takes an offered
+ * generation meanwhile and keeps up the spool's housekeeping. */
+static void pause_for(struct m2a_amqp_out *ao, uint32_t ms)
+{
     uint64_t until = m2a_now_ms() + ms;
-    while (!stopping(ao)) {
-        adopt_offer(ao, false);
+    enum session_end unused;
+    for (;;) {
+        adopt_offer(ao, false, &unused);
         maintain_spool(ao);
         uint64_t now = m2a_now_ms();
-        if (now >= until)
+        if (stopping(ao) || now >= until)
             return;
-        uint64_t t = until - now < POLL_MAX_MS ? until - now : POLL_MAX_MS;
-        if (poll(p, 2, (int)t) > 0 && (p[0].revents & POLLIN)) {
-            uint64_t v;
-            (void)!read(ao->wake_fd, &v, sizeof(v));
-        }
+        m2a_loop_once(ao->loop, until - now < POLL_MAX_MS ? until : now + POLL_MAX_MS);
     }
+}
+
+static void publish_sockfd(struct m2a_amqp_out *ao, int fd)
+{
+    pthread_mutex_lock(&ao->mu);
+    ao->sockfd = fd;
+    pthread_mutex_unlock(&ao->mu);
+}
+
+/* Opens a connection to the current node: connect, login, channel, the
+ * generation's topology, confirms. On failure ao->why says why and the
+ * connection is left for teardown. */
+static int connect_node(struct m2a_amqp_out *ao)
+{
+    char name[128];
+    /* Names this bridge in the management UI; the spool id tells instances apart. */
+    snprintf(name, sizeof(name), "mqtt2amqp %s", ao->spool_id);
+    ao->conn = m2a_amqp_conn_new(
+        &(struct m2a_amqp_conn_opts){.conf = ao->conf, .name = name, .channel = CHANNEL});
+    uint64_t deadline = deadline_in(ao, M2A_LOOP_NEVER);
+    int rc = m2a_amqp_conn_open(ao->conn, node_now(ao), deadline);
+    if (rc == 0) {
+        publish_sockfd(ao, conn_fd(ao));
+        rc = m2a_amqp_conn_declare(ao->conn, m2a_generation_topology(ao->gen), deadline);
+    }
+    if (rc == 0)
+        rc = m2a_amqp_conn_confirm_select(ao->conn, deadline);
+    if (rc != 0)
+        snprintf(ao->why, sizeof(ao->why), "%s", m2a_amqp_conn_why(ao->conn));
+    return rc;
+}
+
+/* Ends the connection: politely (bounded by CLOSE_GRACE_MS and the stop
+ * deadline) or not, and resets what belonged to it. */
+static void teardown(struct m2a_amqp_out *ao, bool polite)
+{
+    if (!ao->conn)
+        return;
+    int fd = conn_fd(ao);
+    if (fd >= 0)
+        m2a_loop_unwatch(ao->loop, fd);
+    m2a_loop_set_events(ao->loop, m2a_spool_notify_fd(ao->spool), 0); /* read when connected */
+    if (polite)
+        m2a_amqp_conn_close(ao->conn, true,
+                            m2a_loop_deadline(ao->loop, m2a_now_ms() + CLOSE_GRACE_MS));
+    publish_sockfd(ao, -1); /* before the fd is closed: stop() must not shut a reused fd */
+    m2a_amqp_conn_free(ao->conn);
+    ao->conn = NULL;
+    M2A_STAT_SET(ao->stats, amqp_connected, false);
+    M2A_STAT_SET(ao->stats, amqp_node, 0u);
+    if (ao->blocked)
+        M2A_STAT_SET(ao->stats, amqp_blocked, false);
+    ao->blocked = false;
+    ao->want_write = false;
+    m2a_amqp_publish_discard(ao->pub);  /* never written: the window re-publishes them */
+    m2a_confirm_window_requeue(ao->cw); /* tags restart at 1 on the next channel */
+    ao->next_tag = 0;
+}
+
+/* Why the last node was left, for the line that says where we went. */
+static void remember_left(struct m2a_amqp_out *ao, const char *node)
+{
+    if (ao->conf->nendpoints > 1)
+        snprintf(ao->left, sizeof(ao->left), "%s: %.500s", node, ao->why);
+}
+
+static void log_connected(struct m2a_amqp_out *ao)
+{
+    const struct m2a_conf_amqp *c = ao->conf;
+    char node[M2A_HOSTPORT_MAX], which[48] = "";
+    if (c->nendpoints > 1)
+        snprintf(which, sizeof(which), " (node %zu of %zu)", m2a_failover_node(&ao->nodes) + 1,
+                 c->nendpoints);
+    m2a_info(COMPONENT,
+             "connected to %s%s vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
+             "%u to re-publish)%s%s",
+             node_name(ao, node, sizeof(node)), which, c->vhost, c->username,
+             m2a_amqp_conn_params(ao->conn)->heartbeat_s, c->confirm_window,
+             m2a_confirm_window_count(ao->cw), ao->left[0] ? "; left " : "", ao->left);
+    ao->left[0] = '\0';
+}
+
+/* A connect failed: moves on (the next node, or a backoff after a round)
+ * and says so. */
+static void connect_failed(struct m2a_amqp_out *ao, bool refused)
+{
+    char node[M2A_HOSTPORT_MAX], next[M2A_HOSTPORT_MAX];
+    node_name(ao, node, sizeof(node));
+    remember_left(ao, node);
+    bool round_over;
+    uint32_t delay = m2a_failover_failed(&ao->nodes, &round_over);
+    node_name(ao, next, sizeof(next));
+    /* Refusals (credentials, vhost, topology, certificates) need an operator: error. */
+    enum m2a_log_level lvl = refused ? M2A_LOG_ERROR : M2A_LOG_WARN;
+    if (ao->conf->nendpoints == 1)
+        M2A_LOG(lvl, COMPONENT, "%s: %s; retrying in %u ms", node, ao->why, delay);
+    else if (!round_over)
+        M2A_LOG(lvl, COMPONENT, "%s: %s; trying %s next", node, ao->why, next);
+    else
+        M2A_LOG(lvl, COMPONENT, "%s: %s; none of the %zu nodes answered: retrying from %s in %u ms",
+                node, ao->why, ao->conf->nendpoints, next, delay);
+    pause_for(ao, delay);
 }
 
 static void *thread_main(void *arg)
 {
     struct m2a_amqp_out *ao = arg;
-    const struct m2a_conf_amqp *c = ao->conf;
+    enum session_end unused;
+    char node[M2A_HOSTPORT_MAX], next[M2A_HOSTPORT_MAX + 8];
     while (!stopping(ao)) {
-        ao->end_reason[0] = '\0';
+        ao->why[0] = '\0';
         ao->progress = false;
-        ao->refused = false;
-        adopt_offer(ao, false);
-        maintain_spool(ao); /* not served while connect_broker blocks: see spool.h */
-        int rc = connect_broker(ao);
+        adopt_offer(ao, false, &unused);
+        maintain_spool(ao); /* not served while connect_node blocks: see spool.h */
+        int rc = connect_node(ao);
         if (rc != 0) {
+            bool refused = m2a_amqp_conn_refused(ao->conn);
             /* A channel-level failure (topology) leaves the connection usable. */
-            bool polite = rc == M2A_ERR_AMQP;
-            teardown(ao, polite, false);
+            teardown(ao, rc == M2A_ERR_AMQP);
             if (stopping(ao)) {
-                m2a_info(COMPONENT, "%s:%d: %s; stopping", c->host, c->port, ao->end_reason);
+                m2a_info(COMPONENT, "%s: %s; stopping", node_name(ao, node, sizeof(node)), ao->why);
                 break;
             }
-            uint32_t delay = m2a_backoff_next(&ao->backoff);
-            /* Refusals (credentials, vhost, topology) need an operator: error. */
-            M2A_LOG(ao->refused ? M2A_LOG_ERROR : M2A_LOG_WARN, COMPONENT,
-                    "%s:%d: %s; retrying in %u ms", c->host, c->port, ao->end_reason, delay);
-            sleep_interruptible(ao, delay);
+            connect_failed(ao, refused);
             continue;
         }
+        m2a_failover_connected(&ao->nodes);
+        if (ao->route_acked)
+            memset(ao->route_acked, 0, ao->route_acked_cap);
+        ao->none_acked = false;
         if (ao->nconnects++ > 0)
             M2A_STAT_ADD(ao->stats, amqp_reconnects, 1);
         M2A_STAT_SET(ao->stats, amqp_connected, true);
-        ao->connected_ms = ao->last_rx_ms = m2a_now_ms();
-        m2a_info(COMPONENT,
-                 "connected to %s:%d vhost '%s' as '%s' (heartbeat %d s, confirm window %d, "
-                 "%u to re-publish)",
-                 c->host, c->port, c->vhost, c->username, ao->heartbeat_s, c->confirm_window,
-                 m2a_cwin_count(ao->cw));
+        M2A_STAT_SET(ao->stats, amqp_node, (unsigned)m2a_failover_node(&ao->nodes) + 1);
+        ao->connected_ms = m2a_now_ms();
+        log_connected(ao);
 
-        int end = session(ao);
+        enum session_end end = session(ao);
+        node_name(ao, node, sizeof(node));
         if (end == END_STOPPED) {
-            teardown(ao, true, true);
-            m2a_info(COMPONENT, "disconnected from %s:%d: stopping", c->host, c->port);
+            teardown(ao, true);
+            m2a_info(COMPONENT, "disconnected from %s: stopping", node);
             break;
         }
         bool stable = ao->progress || m2a_now_ms() - ao->connected_ms >= STABLE_SESSION_MS;
-        teardown(ao, end == END_CHANNEL, false);
-        if (stable)
-            m2a_backoff_reset(&ao->backoff);
-        uint32_t delay = m2a_backoff_next(&ao->backoff);
+        teardown(ao, end == END_CHANNEL);
+        remember_left(ao, node);
+        uint32_t delay = m2a_failover_lost(&ao->nodes, stable);
+        next[0] = '\0';
+        if (ao->conf->nendpoints > 1) {
+            memcpy(next, " to ", 5);
+            node_name(ao, next + 4, sizeof(next) - 4);
+        }
         m2a_warn(COMPONENT,
-                 "disconnected from %s:%d: %s; %u unconfirmed message(s) will be "
-                 "re-published; reconnecting in %u ms",
-                 c->host, c->port, ao->end_reason, m2a_cwin_count(ao->cw), delay);
-        sleep_interruptible(ao, delay);
+                 "disconnected from %s: %s; %u unconfirmed message(s) will be "
+                 "re-published; reconnecting%s in %u ms",
+                 node, ao->why, m2a_confirm_window_count(ao->cw), next, delay);
+        pause_for(ao, delay);
     }
     pthread_mutex_lock(&ao->mu);
     ao->done = true;
@@ -1280,10 +946,27 @@ static void *thread_main(void *arg)
 /* The config was validated when it was loaded (config.c): only pointers. */
 static int validate(const struct m2a_amqp_out_opts *o, char *err, size_t errlen)
 {
-    if (o && o->conf && o->generation && o->spool && o->stats)
+    if (o && o->conf && o->conf->nendpoints > 0 && o->generation && o->spool && o->stats)
         return 0;
     snprintf(err, errlen, "missing configuration, generation, spool or stats");
     return M2A_ERR_ARG;
+}
+
+static void out_free(struct m2a_amqp_out *ao)
+{
+    m2a_loop_free(ao->loop);
+    pthread_mutex_destroy(&ao->mu);
+    pthread_cond_destroy(&ao->cv);
+    m2a_confirm_window_free(ao->cw);
+    m2a_amqp_publish_free(ao->pub);
+    m2a_policy_free(ao->policy);
+    m2a_generation_unref(atomic_exchange(&ao->gen_offer, NULL));
+    m2a_generation_unref(ao->gen);
+    free(ao->nacked);
+    free(ao->route_acked);
+    m2a_buf_free(&ao->enc_buf);
+    free(ao->hdrs);
+    free(ao);
 }
 
 int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out **out, char *err,
@@ -1292,8 +975,9 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     int rc = validate(opts, err, errlen);
     if (rc)
         return rc;
+    const struct m2a_conf_amqp *c = opts->conf;
     struct m2a_amqp_out *ao = xcalloc(1, sizeof(*ao));
-    ao->conf = opts->conf;
+    ao->conf = c;
     ao->gen = m2a_generation_ref(opts->generation);
     atomic_init(&ao->gen_offer, NULL);
     ao->on_generation = opts->on_generation;
@@ -1309,12 +993,13 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
                                                           .log_interval_ms = LOG_EVERY_MS});
     ao->rl_spool = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
     ao->rl_drop = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_EVERY_MS);
-    ao->cw = m2a_cwin_new((uint32_t)opts->conf->confirm_window);
-    m2a_cwin_on_confirm(ao->cw, on_confirmed, ao);
-    m2a_backoff_init(&ao->backoff, (uint32_t)opts->conf->reconnect_min_ms,
-                     (uint32_t)opts->conf->reconnect_max_ms);
-    m2a_backoff_init(&ao->nack_backoff, (uint32_t)opts->conf->reconnect_min_ms,
-                     (uint32_t)opts->conf->reconnect_max_ms);
+    ao->cw = m2a_confirm_window_new((uint32_t)c->confirm_window, c->max_inflight_bytes);
+    m2a_confirm_window_on_confirm(ao->cw, on_confirmed, ao);
+    ao->pub = m2a_amqp_publish_new();
+    m2a_failover_init(&ao->nodes, c->nendpoints, (uint32_t)c->reconnect_min_ms,
+                      (uint32_t)c->reconnect_max_ms);
+    m2a_backoff_init(&ao->nack_backoff, (uint32_t)c->reconnect_min_ms,
+                     (uint32_t)c->reconnect_max_ms);
     ao->next_retry_ms = UINT64_MAX;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1322,10 +1007,18 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     pthread_cond_init(&ao->cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&ao->mu, NULL);
-    ao->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (ao->wake_fd < 0) {
-        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+    ao->loop = m2a_loop_new();
+    if (!ao->loop) {
+        snprintf(err, errlen, "cannot create the AMQP thread's loop: %s", strerror(errno));
         rc = M2A_ERR_IO;
+        goto fail;
+    }
+    /* In every state: the writer's requests for room, and spool news. */
+    if (m2a_loop_watch(ao->loop, m2a_spool_maint_fd(ao->spool), M2A_LOOP_READ, on_spool_maint,
+                       ao) != 0 ||
+        m2a_loop_watch(ao->loop, m2a_spool_notify_fd(ao->spool), 0, on_spool_notify, ao) != 0) {
+        snprintf(err, errlen, "cannot watch the spool's descriptors");
+        rc = M2A_ERR_ARG;
         goto fail;
     }
     /* Signals belong to the main thread: the new thread starts with all blocked. */
@@ -1342,14 +1035,7 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
     *out = ao;
     return 0;
 fail:
-    if (ao->wake_fd >= 0)
-        close(ao->wake_fd);
-    pthread_mutex_destroy(&ao->mu);
-    pthread_cond_destroy(&ao->cv);
-    m2a_cwin_free(ao->cw);
-    m2a_policy_free(ao->policy);
-    m2a_generation_unref(ao->gen);
-    free(ao);
+    out_free(ao);
     return rc;
 }
 
@@ -1357,8 +1043,7 @@ bool m2a_amqp_out_offer(struct m2a_amqp_out *ao, struct m2a_generation *gen)
 {
     struct m2a_generation *old = atomic_exchange(&ao->gen_offer, m2a_generation_ref(gen));
     m2a_generation_unref(old);
-    uint64_t one = 1;
-    (void)!write(ao->wake_fd, &one, sizeof(one));
+    m2a_loop_wake(ao->loop, WAKE_OFFER);
     return old != NULL;
 }
 
@@ -1368,15 +1053,14 @@ void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
         return;
     if (timeout_ms < 0)
         timeout_ms = 0;
-    uint64_t deadline = m2a_now_ms() + (uint64_t)timeout_ms;
-    atomic_store(&ao->stop_deadline_ms, deadline);
-    atomic_store_explicit(&ao->stopping, 1, memory_order_release);
-    uint64_t one = 1;
-    (void)!write(ao->wake_fd, &one, sizeof(one));
+    /* The drain may last timeout_ms; the polite close CLOSE_GRACE_MS more. */
+    uint64_t deadline = m2a_now_ms() + (uint64_t)timeout_ms + CLOSE_GRACE_MS;
+    m2a_loop_stop(ao->loop, deadline);
 
-    /* The thread honours the deadline itself; if a library call is stuck
-     * (socket full, broker silent) past it, shutting the socket down makes
-     * that call fail. */
+    /* The thread honours the deadline itself; if a send of rabbitmq-c's own
+     * (a heartbeat, a close-ok: they wait for the socket without a deadline)
+     * is stuck past it because the broker reads nothing, shutting the socket
+     * down makes that call fail. */
     uint64_t give_up = deadline + STOP_GRACE_MS;
     struct timespec ts = {.tv_sec = (time_t)(give_up / 1000),
                           .tv_nsec = (long)(give_up % 1000) * 1000000L};
@@ -1392,18 +1076,5 @@ void m2a_amqp_out_stop(struct m2a_amqp_out *ao, int timeout_ms)
     }
     pthread_mutex_unlock(&ao->mu);
     pthread_join(ao->thread, NULL);
-
-    close(ao->wake_fd);
-    pthread_mutex_destroy(&ao->mu);
-    pthread_cond_destroy(&ao->cv);
-    m2a_cwin_free(ao->cw);
-    m2a_policy_free(ao->policy);
-    m2a_generation_unref(atomic_exchange(&ao->gen_offer, NULL));
-    m2a_generation_unref(ao->gen);
-    free(ao->nacked);
-    m2a_buf_free(&ao->dl_buf);
-    m2a_buf_free(&ao->frames);
-    free(ao->hdrs);
-    free(ao->entries);
-    free(ao);
+    out_free(ao);
 }

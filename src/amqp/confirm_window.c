@@ -14,15 +14,19 @@ struct tag_ent {
     uint32_t slot;
 };
 
-/* A slot's record buffer larger than this is released when the slot is
- * reused, instead of being kept for the next record. */
-#define M2A_CW_KEEP_BYTES (256u * 1024u)
+/* Buffers up to KEEP_BYTES grow in steps of this, so that records of about
+ * the same size reuse a buffer without a reallocation each. */
+#define SMALL_STEP 256u
 
-struct m2a_cwin {
-    struct m2a_cw_slot *slots;
+struct m2a_confirm_window {
+    struct m2a_confirm_window_slot *slots;
     uint32_t cap;
-    uint32_t head;  /* index of the oldest slot */
-    uint32_t count; /* slots in use, from head */
+    uint64_t max_bytes; /* bound on `bytes` before a push; 0: none */
+    uint64_t bytes;     /* sum of rec.len of the slots in use */
+    uint64_t held;      /* sum of rec.cap of every slot */
+    uint64_t spare;     /* sum of rec.cap of the slots not in use */
+    uint32_t head;      /* index of the oldest slot */
+    uint32_t count;     /* slots in use, from head */
     uint32_t inflight;
     uint32_t nretry;
     uint32_t unsent_from; /* logical offset: no UNSENT slot before it */
@@ -34,27 +38,29 @@ struct m2a_cwin {
     struct tag_ent *fifo;
     size_t fcap, fhead, flen;
 
-    m2a_cw_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
+    m2a_confirm_window_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
     void *on_confirm_ctx;
 };
 
-static struct m2a_cw_slot *slot_at(const struct m2a_cwin *cw, uint32_t logical)
+static struct m2a_confirm_window_slot *slot_at(const struct m2a_confirm_window *cw,
+                                               uint32_t logical)
 {
     return &cw->slots[(cw->head + logical) % cw->cap];
 }
 
-static struct tag_ent *fifo_at(const struct m2a_cwin *cw, size_t logical)
+static struct tag_ent *fifo_at(const struct m2a_confirm_window *cw, size_t logical)
 {
     return &cw->fifo[(cw->fhead + logical) & (cw->fcap - 1)];
 }
 
-struct m2a_cwin *m2a_cwin_new(uint32_t capacity)
+struct m2a_confirm_window *m2a_confirm_window_new(uint32_t capacity, uint64_t max_bytes)
 {
     if (capacity == 0)
         capacity = 1;
-    struct m2a_cwin *cw = xcalloc(1, sizeof(*cw));
+    struct m2a_confirm_window *cw = xcalloc(1, sizeof(*cw));
     cw->slots = xcalloc(capacity, sizeof(*cw->slots));
     cw->cap = capacity;
+    cw->max_bytes = max_bytes;
     cw->fcap = 16;
     while (cw->fcap < 2 * (size_t)capacity)
         cw->fcap *= 2;
@@ -63,7 +69,7 @@ struct m2a_cwin *m2a_cwin_new(uint32_t capacity)
     return cw;
 }
 
-void m2a_cwin_free(struct m2a_cwin *cw)
+void m2a_confirm_window_free(struct m2a_confirm_window *cw)
 {
     if (!cw)
         return;
@@ -74,48 +80,89 @@ void m2a_cwin_free(struct m2a_cwin *cw)
     free(cw);
 }
 
-uint32_t m2a_cwin_count(const struct m2a_cwin *cw)
+uint32_t m2a_confirm_window_count(const struct m2a_confirm_window *cw)
 {
     return cw->count;
 }
 
-bool m2a_cwin_full(const struct m2a_cwin *cw)
+bool m2a_confirm_window_full(const struct m2a_confirm_window *cw)
 {
-    return cw->count == cw->cap;
+    return cw->count == cw->cap || (cw->count > 0 && cw->max_bytes && cw->bytes >= cw->max_bytes);
 }
 
-uint32_t m2a_cwin_inflight(const struct m2a_cwin *cw)
+struct m2a_confirm_window_usage m2a_confirm_window_usage(const struct m2a_confirm_window *cw)
 {
-    return cw->inflight;
+    struct m2a_confirm_window_usage u = {cw->inflight, cw->bytes, cw->held};
+    return u;
 }
 
-struct m2a_cw_slot *m2a_cwin_push(struct m2a_cwin *cw, uint64_t seq)
+/* Copies rec into the slot's buffer, sized to fit (small ones in steps of
+ * SMALL_STEP, large ones exactly), keeping held and bytes right. */
+static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, const void *rec,
+                 size_t len)
 {
-    if (cw->count == cw->cap)
+    cw->bytes -= s->rec.len;
+    if (s->rec.cap < len + 1) {
+        size_t cap = len + 1;
+        if (cap <= M2A_CONFIRM_WINDOW_KEEP_BYTES)
+            cap = (cap + SMALL_STEP - 1) / SMALL_STEP * SMALL_STEP;
+        cw->held -= s->rec.cap;
+        free(s->rec.data);
+        s->rec.data = xmalloc(cap);
+        s->rec.cap = cap;
+        cw->held += cap;
+    }
+    if (len)
+        memcpy(s->rec.data, rec, len);
+    s->rec.len = len;
+    cw->bytes += len;
+}
+
+struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
+                                                        const void *rec, size_t len)
+{
+    if (m2a_confirm_window_full(cw))
         return NULL;
-    struct m2a_cw_slot *s = slot_at(cw, cw->count++);
-    s->seq = seq;
-    s->tag = 0;
-    s->retry_at_ms = 0;
-    s->retries = 0;
-    s->returns = 0;
-    s->state = M2A_CW_UNSENT;
-    s->sent_us = 0;
-    s->ud = NULL;
-    /* One huge message must not pin its size in this slot for ever. */
-    if (s->rec.cap > M2A_CW_KEEP_BYTES)
-        m2a_buf_free(&s->rec);
-    m2a_buf_reset(&s->rec);
+    struct m2a_confirm_window_slot *s = slot_at(cw, cw->count++);
+    cw->spare -= s->rec.cap;
+    struct m2a_buf keep = s->rec;
+    keep.len = 0;
+    *s = (struct m2a_confirm_window_slot){
+        .seq = seq, .state = M2A_CONFIRM_WINDOW_UNSENT, .rec = keep};
+    fill(cw, s, rec, len);
     return s;
 }
 
-static void advance_unsent(struct m2a_cwin *cw)
+void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
+                                const void *rec, size_t len)
 {
-    while (cw->unsent_from < cw->count && slot_at(cw, cw->unsent_from)->state != M2A_CW_UNSENT)
+    fill(cw, slot, rec, len);
+}
+
+/* A popped slot: its buffer is kept for the next record if small and if
+ * the spare buffers stay within max_bytes; else freed, so that a burst of
+ * large messages leaves nothing behind once confirmed. */
+static void retire(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s)
+{
+    cw->bytes -= s->rec.len;
+    s->rec.len = 0;
+    uint64_t room = cw->max_bytes ? cw->max_bytes : UINT64_MAX;
+    if (s->rec.cap <= M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->spare + s->rec.cap <= room) {
+        cw->spare += s->rec.cap;
+        return;
+    }
+    cw->held -= s->rec.cap;
+    m2a_buf_free(&s->rec);
+}
+
+static void advance_unsent(struct m2a_confirm_window *cw)
+{
+    while (cw->unsent_from < cw->count &&
+           slot_at(cw, cw->unsent_from)->state != M2A_CONFIRM_WINDOW_UNSENT)
         cw->unsent_from++;
 }
 
-static void fifo_push(struct m2a_cwin *cw, uint64_t tag, uint32_t slot)
+static void fifo_push(struct m2a_confirm_window *cw, uint64_t tag, uint32_t slot)
 {
     if (cw->flen == cw->fcap) {
         /* Only stale entries behind a long-unconfirmed front get us here. */
@@ -133,13 +180,13 @@ static void fifo_push(struct m2a_cwin *cw, uint64_t tag, uint32_t slot)
     e->slot = slot;
 }
 
-static bool ent_live(const struct m2a_cwin *cw, const struct tag_ent *e)
+static bool ent_live(const struct m2a_confirm_window *cw, const struct tag_ent *e)
 {
-    const struct m2a_cw_slot *s = &cw->slots[e->slot];
-    return s->state == M2A_CW_INFLIGHT && s->tag == e->tag;
+    const struct m2a_confirm_window_slot *s = &cw->slots[e->slot];
+    return s->state == M2A_CONFIRM_WINDOW_INFLIGHT && s->tag == e->tag;
 }
 
-static void fifo_pop_stale(struct m2a_cwin *cw)
+static void fifo_pop_stale(struct m2a_confirm_window *cw)
 {
     while (cw->flen && !ent_live(cw, fifo_at(cw, 0))) {
         cw->fhead = (cw->fhead + 1) & (cw->fcap - 1);
@@ -147,39 +194,45 @@ static void fifo_pop_stale(struct m2a_cwin *cw)
     }
 }
 
-/* Leaves a slot's current state, keeping the counters right. */
-static void leave_state(struct m2a_cwin *cw, struct m2a_cw_slot *s)
+/* Moves a slot to state (its tag cleared), keeping the counters right; a
+ * slot entering RETRY is due at retry_at_ms. */
+static void enter(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s,
+                  enum m2a_confirm_window_state state, uint64_t retry_at_ms)
 {
-    if (s->state == M2A_CW_INFLIGHT)
-        cw->inflight--;
-    else if (s->state == M2A_CW_RETRY)
-        cw->nretry--;
+    cw->inflight -= s->state == M2A_CONFIRM_WINDOW_INFLIGHT;
+    cw->nretry -= s->state == M2A_CONFIRM_WINDOW_RETRY;
     s->tag = 0;
+    s->state = state;
+    cw->inflight += state == M2A_CONFIRM_WINDOW_INFLIGHT;
+    if (state != M2A_CONFIRM_WINDOW_RETRY)
+        return;
+    cw->nretry++;
+    s->retry_at_ms = retry_at_ms;
+    if (retry_at_ms < cw->retry_min)
+        cw->retry_min = retry_at_ms;
 }
 
-void m2a_cwin_sent(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t tag)
+void m2a_confirm_window_sent(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
+                             uint64_t tag)
 {
-    assert(slot->state == M2A_CW_UNSENT || slot->state == M2A_CW_RETRY);
-    leave_state(cw, slot);
-    slot->state = M2A_CW_INFLIGHT;
+    assert(slot->state == M2A_CONFIRM_WINDOW_UNSENT || slot->state == M2A_CONFIRM_WINDOW_RETRY);
+    enter(cw, slot, M2A_CONFIRM_WINDOW_INFLIGHT, 0);
     slot->tag = tag;
-    cw->inflight++;
     fifo_push(cw, tag, (uint32_t)(slot - cw->slots));
     advance_unsent(cw);
 }
 
-void m2a_cwin_drop(struct m2a_cwin *cw, struct m2a_cw_slot *slot)
+void m2a_confirm_window_drop(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot)
 {
-    if (slot->state == M2A_CW_CONFIRMED)
+    if (slot->state == M2A_CONFIRM_WINDOW_CONFIRMED)
         return;
-    leave_state(cw, slot);
-    slot->state = M2A_CW_CONFIRMED;
+    enter(cw, slot, M2A_CONFIRM_WINDOW_CONFIRMED, 0);
     advance_unsent(cw);
     fifo_pop_stale(cw);
 }
 
 /* Index of the FIFO entry with tag, or -1. */
-static long fifo_find(const struct m2a_cwin *cw, uint64_t tag)
+static long fifo_find(const struct m2a_confirm_window *cw, uint64_t tag)
 {
     size_t lo = 0, hi = cw->flen;
     while (lo < hi) {
@@ -202,25 +255,22 @@ struct settle {
     void *ctx;
 };
 
-static void settle_one(struct m2a_cwin *cw, struct m2a_cw_slot *s, const struct settle *how)
+static void settle_one(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s,
+                       const struct settle *how)
 {
-    leave_state(cw, s);
     if (how->ack) {
-        s->state = M2A_CW_CONFIRMED;
+        enter(cw, s, M2A_CONFIRM_WINDOW_CONFIRMED, 0);
         if (cw->on_confirm)
             cw->on_confirm(cw->on_confirm_ctx, s);
         return;
     }
     uint32_t d = how->delay_ms ? how->delay_ms(how->ctx, s->retries) : 0;
-    s->state = M2A_CW_RETRY;
-    s->retry_at_ms = how->now_ms + d;
+    enter(cw, s, M2A_CONFIRM_WINDOW_RETRY, how->now_ms + d);
     s->retries++;
-    cw->nretry++;
-    if (s->retry_at_ms < cw->retry_min)
-        cw->retry_min = s->retry_at_ms;
 }
 
-static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const struct settle *how)
+static size_t settle(struct m2a_confirm_window *cw, uint64_t tag, bool multiple,
+                     const struct settle *how)
 {
     size_t n = 0;
     if (multiple) {
@@ -244,35 +294,37 @@ static size_t settle(struct m2a_cwin *cw, uint64_t tag, bool multiple, const str
     return n;
 }
 
-void m2a_cwin_on_confirm(struct m2a_cwin *cw, m2a_cw_confirm_fn fn, void *ctx)
+void m2a_confirm_window_on_confirm(struct m2a_confirm_window *cw, m2a_confirm_window_confirm_fn fn,
+                                   void *ctx)
 {
     cw->on_confirm = fn;
     cw->on_confirm_ctx = ctx;
 }
 
-size_t m2a_cwin_ack(struct m2a_cwin *cw, uint64_t tag, bool multiple)
+size_t m2a_confirm_window_ack(struct m2a_confirm_window *cw, uint64_t tag, bool multiple)
 {
     struct settle how = {.ack = true};
     return settle(cw, tag, multiple, &how);
 }
 
-size_t m2a_cwin_nack(struct m2a_cwin *cw, uint64_t tag, bool multiple, uint64_t now_ms,
-                     uint32_t (*delay_ms)(void *ctx, uint32_t retries), void *ctx)
+size_t m2a_confirm_window_nack(struct m2a_confirm_window *cw, uint64_t tag, bool multiple,
+                               uint64_t now_ms, uint32_t (*delay_ms)(void *ctx, uint32_t retries),
+                               void *ctx)
 {
     struct settle how = {.ack = false, .now_ms = now_ms, .delay_ms = delay_ms, .ctx = ctx};
     return settle(cw, tag, multiple, &how);
 }
 
 /* The first RETRY slot due at now_ms; recomputes retry_min on the way. */
-static struct m2a_cw_slot *due_retry(struct m2a_cwin *cw, uint64_t now_ms)
+static struct m2a_confirm_window_slot *due_retry(struct m2a_confirm_window *cw, uint64_t now_ms)
 {
     if (cw->nretry == 0 || now_ms < cw->retry_min)
         return NULL;
-    struct m2a_cw_slot *due = NULL;
+    struct m2a_confirm_window_slot *due = NULL;
     uint64_t min = UINT64_MAX;
     for (uint32_t i = 0; i < cw->count; i++) {
-        struct m2a_cw_slot *s = slot_at(cw, i);
-        if (s->state != M2A_CW_RETRY)
+        struct m2a_confirm_window_slot *s = slot_at(cw, i);
+        if (s->state != M2A_CONFIRM_WINDOW_RETRY)
             continue;
         if (!due && s->retry_at_ms <= now_ms)
             due = s;
@@ -285,9 +337,10 @@ static struct m2a_cw_slot *due_retry(struct m2a_cwin *cw, uint64_t now_ms)
     return due;
 }
 
-struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, uint64_t *next_ms)
+struct m2a_confirm_window_slot *m2a_confirm_window_next_to_send(struct m2a_confirm_window *cw,
+                                                                uint64_t now_ms, uint64_t *next_ms)
 {
-    struct m2a_cw_slot *s = due_retry(cw, now_ms);
+    struct m2a_confirm_window_slot *s = due_retry(cw, now_ms);
     if (!s) {
         advance_unsent(cw);
         if (cw->unsent_from < cw->count)
@@ -298,29 +351,25 @@ struct m2a_cw_slot *m2a_cwin_next_to_send(struct m2a_cwin *cw, uint64_t now_ms, 
     return s;
 }
 
-void m2a_cwin_retry(struct m2a_cwin *cw, struct m2a_cw_slot *slot, uint64_t retry_at_ms)
+void m2a_confirm_window_retry(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
+                              uint64_t retry_at_ms)
 {
-    assert(slot->state == M2A_CW_INFLIGHT || slot->state == M2A_CW_RETRY);
-    leave_state(cw, slot);
-    slot->state = M2A_CW_RETRY;
-    slot->retry_at_ms = retry_at_ms;
-    cw->nretry++;
-    if (retry_at_ms < cw->retry_min)
-        cw->retry_min = retry_at_ms;
+    assert(slot->state == M2A_CONFIRM_WINDOW_INFLIGHT || slot->state == M2A_CONFIRM_WINDOW_RETRY);
+    enter(cw, slot, M2A_CONFIRM_WINDOW_RETRY, retry_at_ms);
     fifo_pop_stale(cw);
 }
 
-struct m2a_cw_slot *m2a_cwin_at(struct m2a_cwin *cw, uint32_t i)
+struct m2a_confirm_window_slot *m2a_confirm_window_at(struct m2a_confirm_window *cw, uint32_t i)
 {
     return i < cw->count ? slot_at(cw, i) : NULL;
 }
 
-struct m2a_cw_slot *m2a_cwin_find(struct m2a_cwin *cw, uint64_t seq)
+struct m2a_confirm_window_slot *m2a_confirm_window_find(struct m2a_confirm_window *cw, uint64_t seq)
 {
     uint32_t lo = 0, hi = cw->count;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        struct m2a_cw_slot *s = slot_at(cw, mid);
+        struct m2a_confirm_window_slot *s = slot_at(cw, mid);
         if (s->seq == seq)
             return s;
         if (s->seq < seq)
@@ -331,11 +380,12 @@ struct m2a_cw_slot *m2a_cwin_find(struct m2a_cwin *cw, uint64_t seq)
     return NULL;
 }
 
-bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)
+bool m2a_confirm_window_pop_confirmed(struct m2a_confirm_window *cw, uint64_t *seq)
 {
     bool popped = false;
-    while (cw->count && cw->slots[cw->head].state == M2A_CW_CONFIRMED) {
+    while (cw->count && cw->slots[cw->head].state == M2A_CONFIRM_WINDOW_CONFIRMED) {
         *seq = cw->slots[cw->head].seq;
+        retire(cw, &cw->slots[cw->head]);
         cw->head = (cw->head + 1) % cw->cap;
         cw->count--;
         if (cw->unsent_from)
@@ -345,12 +395,12 @@ bool m2a_cwin_pop_confirmed(struct m2a_cwin *cw, uint64_t *seq)
     return popped;
 }
 
-void m2a_cwin_requeue(struct m2a_cwin *cw)
+void m2a_confirm_window_requeue(struct m2a_confirm_window *cw)
 {
     for (uint32_t i = 0; i < cw->count; i++) {
-        struct m2a_cw_slot *s = slot_at(cw, i);
-        if (s->state == M2A_CW_INFLIGHT || s->state == M2A_CW_RETRY) {
-            s->state = M2A_CW_UNSENT;
+        struct m2a_confirm_window_slot *s = slot_at(cw, i);
+        if (s->state == M2A_CONFIRM_WINDOW_INFLIGHT || s->state == M2A_CONFIRM_WINDOW_RETRY) {
+            s->state = M2A_CONFIRM_WINDOW_UNSENT;
             s->tag = 0;
         }
     }

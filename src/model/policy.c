@@ -231,6 +231,9 @@ enum m2a_fate m2a_policy_decide(struct m2a_policy *p, const struct m2a_generatio
                                          : M2A_UNROUTABLE_DEAD_LETTER;
     enum m2a_fate fate =
         m2a_policy_fate(c->event, c->env->dead_letter, unroutable, dl, c->attempts);
+    if (fate == M2A_FATE_DEAD_LETTER && c->event == M2A_POLICY_NACKED && c->unready &&
+        dl->max_retries > 0)
+        fate = M2A_FATE_RETRY; /* the destination is not ready: see policy.h */
     if (fate == M2A_FATE_DEAD_LETTER)
         build_dead_letter(p, dl, c->env, c->event, dead_letter);
     return fate;
@@ -296,11 +299,13 @@ static const char *event_words(const struct m2a_policy_case *c, char *buf, size_
         /* A basic.nack carries a delivery tag and nothing else: which queue
          * refused the message is not known to a publisher. */
         snprintf(buf, len,
-                 "nacked by the broker (%" PRIu32 " time%s; exchange '%.*s', routing key "
+                 "nacked by the broker (%" PRIu32 " time%s%s; exchange '%.*s', routing key "
                  "'%.*s'; a nack does not name the queue: look for one bound there that "
                  "refuses messages)",
-                 c->attempts, c->attempts == 1 ? "" : "s", cut(e->exchange.len), e->exchange.ptr,
-                 cut(e->routing_key.len), e->routing_key.ptr);
+                 c->attempts, c->attempts == 1 ? "" : "s",
+                 c->unready ? ", nothing of the route confirmed on this connection yet" : "",
+                 cut(e->exchange.len), e->exchange.ptr, cut(e->routing_key.len),
+                 e->routing_key.ptr);
         break;
     case M2A_POLICY_EXPIRED:
         snprintf(buf, len, "expired (%s)", detail);

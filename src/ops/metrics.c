@@ -144,6 +144,23 @@ static void render_latency(struct m2a_buf *b, struct m2a_route_stats *rs)
     appendf(b, "%s_sum %.6f\n%s_count %" PRIu64 "\n", name, (double)l.sum_us / 1e6, name, cum);
 }
 
+/* Which node of its list a side is connected to: 1 for that one, 0 for the
+ * others (all 0 while disconnected). */
+static void render_nodes(struct m2a_buf *b, const struct m2a_metrics_opts *o)
+{
+    if (!o->namqp_nodes)
+        return;
+    header(b, "mqtt2amqp_broker_connected", "gauge",
+           "1 for the broker node the side is connected to, 0 for the others of its list");
+    unsigned cur = M2A_STAT_GET(o->stats, amqp_node);
+    for (size_t i = 0; i < o->namqp_nodes; i++) {
+        char node[M2A_HOSTPORT_MAX];
+        m2a_hostport_format(node, sizeof(node), o->amqp_nodes[i].host, o->amqp_nodes[i].port);
+        appendf(b, "mqtt2amqp_broker_connected{side=\"amqp\",host=\"%s\"} %d\n", node,
+                cur == i + 1);
+    }
+}
+
 void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
 {
     struct m2a_stats *st = o->stats;
@@ -184,6 +201,7 @@ void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
             M2A_STAT_GET(st, mqtt_reconnects));
     appendf(b, "mqtt2amqp_reconnects_total{side=\"amqp\"} %" PRIu64 "\n",
             M2A_STAT_GET(st, amqp_reconnects));
+    render_nodes(b, o);
     single(b, "mqtt2amqp_amqp_blocked", "gauge", "1 while RabbitMQ blocks publishing",
            (uint64_t)M2A_STAT_GET(st, amqp_blocked));
     single(b, "mqtt2amqp_mqtt_paused", "gauge", "1 while MQTT reads pause on a full spool",

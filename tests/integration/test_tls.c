@@ -255,6 +255,57 @@ START_TEST(unreadable_tls_file_fails_the_start_with_exit_code_2)
 }
 END_TEST
 
+/* amqp.hosts over TLS (issue 10): the certificate is checked against the
+ * node actually connected to, not the list's first entry nor the one-host
+ * default. 127.0.0.2 alone is refused by name; with 127.0.0.1 beside it
+ * the bridge ends up on 127.0.0.1, and never on 127.0.0.2. */
+START_TEST(each_node_of_amqp_hosts_is_verified_by_its_own_name)
+{
+    struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
+    ck_assert_ptr_nonnull(mq);
+    const char *lists[] = {"[\"127.0.0.2:${AMQP_TLS_PORT}\"]",
+                           "[\"127.0.0.2:${AMQP_TLS_PORT}\", \"127.0.0.1:${AMQP_TLS_PORT}\"]"};
+    for (int k = 0; k < 2; k++) {
+        struct th_bridge *b = th_bridge_new(mq);
+        th_bridge_set(b, "AMQP_TLS_PORT", "%d", rabbit->tls_port);
+        th_bridge_set(b, "CA", "%s", certs->ca);
+        th_bridge_set(b, "CERT", "%s", certs->client);
+        th_bridge_set(b, "KEY", "%s", certs->client_key);
+        char *yaml =
+            xasprintf("mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-tls-hosts}\n"
+                      "amqp:\n"
+                      "  hosts: %s\n"
+                      "  reconnect_min_ms: 50\n"
+                      "  reconnect_max_ms: 200\n"
+                      "  tls: {ca_file: ${CA}, cert_file: ${CERT}, key_file: ${KEY}}\n"
+                      "spool: {dir: ${SPOOL_DIR}}\n"
+                      "routes:\n"
+                      "  - {name: all, topic: \"tls/#\", exchange: amq.topic}\n"
+                      "log: {stats_interval: 0}\n",
+                      lists[k]);
+        ck_assert_int_eq(th_bridge_config(b, yaml), 0);
+        free(yaml);
+        ck_assert_int_eq(th_bridge_start(b, NULL), 0);
+        char want[160];
+        snprintf(want, sizeof(want), "amqp: 127.0.0.2:%d: cannot connect: TLS: ", rabbit->tls_port);
+        if (k == 0)
+            assert_logged(b, want, "does not match the host '127.0.0.2'");
+        if (k == 1) { /* the first attempt may go to either node */
+            snprintf(want, sizeof(want), "amqp: connected to 127.0.0.1:%d (node 2 of 2)",
+                     rabbit->tls_port);
+            ck_assert_int_eq(th_bridge_wait_log(b, want, 30000), 0);
+        }
+        ck_assert_int_eq(th_bridge_stop(b, 30000), 0);
+        snprintf(want, sizeof(want), "amqp: connected to 127.0.0.2:");
+        ck_assert_int_eq(th_proc_log_count(&b->proc, want), 0);
+        if (k == 0)
+            ck_assert_int_eq(th_proc_log_count(&b->proc, "amqp: connected to"), 0);
+        th_bridge_free(b);
+    }
+    th_mosq_free(mq);
+}
+END_TEST
+
 int main(void)
 {
     certs = th_certs_new();
@@ -275,6 +326,7 @@ int main(void)
     tcase_add_test(tc, verify_hostname_false_accepts_a_name_the_certificate_does_not_hold);
     tcase_add_test(tc, unreadable_tls_file_fails_the_start_with_exit_code_2);
     tcase_add_test(tc, clean_stops_over_tls_duplicate_nothing);
+    tcase_add_test(tc, each_node_of_amqp_hosts_is_verified_by_its_own_name);
     suite_add_tcase(s, tc);
     int failed = m2a_check_failures(s);
     th_rabbit_tls_stop(rabbit);

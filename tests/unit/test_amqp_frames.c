@@ -17,6 +17,7 @@
 
 #include "mqtt2amqp/amqp_frames.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/loop.h"
 #include "check_main.h"
 
 #define FRAME_MAX 4096 /* for the encoder-only tests */
@@ -146,7 +147,8 @@ START_TEST(send_waits_for_a_slow_reader)
     struct reader r = {.fd = sv[1]};
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, read_all, &r), 0);
-    ck_assert_int_eq(m2a_amqp_frames_send(sv[0], &out, 10000), 0);
+    struct m2a_amqp_frames_wire w = {sv[0], NULL};
+    ck_assert_int_eq(m2a_amqp_frames_send(&w, &out, 10000, M2A_LOOP_NEVER), 0);
     ck_assert_uint_eq(out.len, 0);
     close(sv[0]);
     pthread_join(t, NULL);
@@ -168,11 +170,12 @@ START_TEST(send_gives_up_on_a_peer_that_reads_nothing)
     m2a_buf_reserve(&out, 16u << 20);
     memset(out.data, 'z', 16u << 20);
     out.len = 16u << 20; /* far more than a socket buffer */
-    ck_assert_int_eq(m2a_amqp_frames_send(sv[0], &out, 100), M2A_ERR_TIMEOUT);
+    struct m2a_amqp_frames_wire w = {sv[0], NULL};
+    ck_assert_int_eq(m2a_amqp_frames_send(&w, &out, 100, M2A_LOOP_NEVER), M2A_ERR_TIMEOUT);
     ck_assert_uint_gt(out.len, 0);
     ck_assert_uint_lt(out.len, 16u << 20); /* what was written is gone from the buffer */
     close(sv[1]);
-    ck_assert_int_eq(m2a_amqp_frames_send(sv[0], &out, 100), M2A_ERR_IO);
+    ck_assert_int_eq(m2a_amqp_frames_send(&w, &out, 100, M2A_LOOP_NEVER), M2A_ERR_IO);
     ck_assert_int_eq(errno, EPIPE);
     close(sv[0]);
     m2a_buf_free(&out);

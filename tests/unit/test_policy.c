@@ -375,6 +375,37 @@ static void nack_one_of_each(struct m2a_policy *p, const struct m2a_generation *
     handle(p, g, M2A_POLICY_NACKED, &e);
 }
 
+/* Issue 10: a nack while nothing of the route has been confirmed on the
+ * connection (a quorum queue without a leader nacks every publish of a
+ * channel that has not registered with it, RabbitMQ 3.10) is retried past
+ * max_retries; once the route is confirmed on the connection, the next nack
+ * over max_retries dead-letters; max_retries 0 dead-letters at the first
+ * nack whatever. */
+START_TEST(nacks_of_an_unready_destination_are_retried_past_max_retries)
+{
+    struct m2a_conf_dead_letter dl = {.enabled = true, .exchange = "dlx", .max_retries = 2};
+    struct m2a_generation *g = generation(&dl, M2A_UNROUTABLE_DEAD_LETTER, NULL);
+    struct m2a_policy *p = policy(NULL);
+    struct m2a_envelope e = original(), out;
+    struct m2a_policy_case c = {.event = M2A_POLICY_NACKED, .env = &e, .unready = true};
+    for (c.attempts = 1; c.attempts <= 50; c.attempts++)
+        ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_RETRY);
+    c.unready = false;
+    ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_DEAD_LETTER);
+    c.attempts = 2;
+    ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_RETRY);
+    m2a_generation_unref(g);
+
+    dl.max_retries = 0;
+    g = generation(&dl, M2A_UNROUTABLE_DEAD_LETTER, NULL);
+    c = (struct m2a_policy_case){
+        .event = M2A_POLICY_NACKED, .env = &e, .attempts = 1, .unready = true};
+    ck_assert_int_eq(m2a_policy_decide(p, g, &c, &out), M2A_FATE_DEAD_LETTER);
+    m2a_generation_unref(g);
+    m2a_policy_free(p);
+}
+END_TEST
+
 /* The line of log holding needle (NUL-terminated copy), or NULL. */
 static const char *line_with(const char *log, const char *needle)
 {
@@ -417,36 +448,37 @@ END_TEST
  * is ignored, and it is confirmed only by the ack of its re-publish. */
 START_TEST(window_resend_after_return_ignores_the_stale_ack)
 {
-    struct m2a_cwin *cw = m2a_cwin_new(8);
+    struct m2a_confirm_window *cw = m2a_confirm_window_new(8, 0);
     for (uint64_t seq = 10; seq < 14; seq++)
-        m2a_cwin_sent(cw, m2a_cwin_push(cw, seq), seq - 9); /* tags 1..4 */
-    ck_assert_ptr_null(m2a_cwin_find(cw, 9));
-    ck_assert_ptr_null(m2a_cwin_find(cw, 14));
-    struct m2a_cw_slot *ret = m2a_cwin_find(cw, 12);
+        m2a_confirm_window_sent(cw, m2a_confirm_window_push(cw, seq, "r", 1),
+                                seq - 9); /* tags 1..4 */
+    ck_assert_ptr_null(m2a_confirm_window_find(cw, 9));
+    ck_assert_ptr_null(m2a_confirm_window_find(cw, 14));
+    struct m2a_confirm_window_slot *ret = m2a_confirm_window_find(cw, 12);
     ck_assert_ptr_nonnull(ret);
-    ck_assert_ptr_eq(m2a_cwin_at(cw, 2), ret);
-    ck_assert_ptr_null(m2a_cwin_at(cw, 4));
+    ck_assert_ptr_eq(m2a_confirm_window_at(cw, 2), ret);
+    ck_assert_ptr_null(m2a_confirm_window_at(cw, 4));
 
-    m2a_cwin_retry(cw, ret, 1000);
+    m2a_confirm_window_retry(cw, ret, 1000);
     ck_assert_uint_eq(ret->retries, 0);
-    ck_assert_uint_eq(m2a_cwin_inflight(cw), 3);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).inflight, 3);
     uint64_t next = 0;
-    ck_assert_ptr_null(m2a_cwin_next_to_send(cw, 999, &next));
+    ck_assert_ptr_null(m2a_confirm_window_next_to_send(cw, 999, &next));
     ck_assert_uint_eq(next, 1000);
 
     /* The broker acks everything, the returned publish included. */
-    ck_assert_uint_eq(m2a_cwin_ack(cw, 4, true), 3);
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, 4, true), 3);
     uint64_t seq = 0;
-    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, 11); /* stops before the returned one */
 
-    ck_assert_ptr_eq(m2a_cwin_next_to_send(cw, 1000, NULL), ret);
-    m2a_cwin_sent(cw, ret, 5);
-    ck_assert_uint_eq(m2a_cwin_ack(cw, 5, false), 1);
-    ck_assert(m2a_cwin_pop_confirmed(cw, &seq));
+    ck_assert_ptr_eq(m2a_confirm_window_next_to_send(cw, 1000, NULL), ret);
+    m2a_confirm_window_sent(cw, ret, 5);
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, 5, false), 1);
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, 13);
-    ck_assert_uint_eq(m2a_cwin_count(cw), 0);
-    m2a_cwin_free(cw);
+    ck_assert_uint_eq(m2a_confirm_window_count(cw), 0);
+    m2a_confirm_window_free(cw);
 }
 END_TEST
 
@@ -458,6 +490,7 @@ int main(void)
     tcase_add_test(tc, the_rules_are_the_readme_table);
     tcase_add_test(tc, expiry_spares_dead_letters);
     tcase_add_test(tc, counting_follows_the_readme);
+    tcase_add_test(tc, nacks_of_an_unready_destination_are_retried_past_max_retries);
     tcase_add_test(tc, nacks_are_logged_by_route_and_a_nacked_dead_letter_as_an_error);
     tcase_add_test(tc, returned_message_keeps_everything_and_says_why);
     tcase_add_test(tc, reasons_shape_the_dead_letter);
