@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
@@ -27,6 +28,7 @@
 #include "mqtt2amqp/amqp_out.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/generation.h"
+#include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/metrics.h"
 #include "mqtt2amqp/mqtt_in.h"
@@ -51,15 +53,32 @@ static const char *fsync_name(enum m2a_fsync_policy p)
 
 #define HEARTBEAT_MS 250 /* the main loop turns at least this often (/healthz) */
 
+/* "HOST:PORT, HOST:PORT, ..." of a side's brokers, cut to fit. */
+static const char *endpoints_str(const struct m2a_conf_endpoint *e, size_t n, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && used + 1 < len; i++) {
+        char one[M2A_HOSTPORT_LEN];
+        int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "",
+                         m2a_hostport_format(one, sizeof(one), e[i].host, e[i].port));
+        if (w > 0)
+            used += (size_t)w < len - used ? (size_t)w : len - used - 1;
+    }
+    return buf;
+}
+
 static void log_start(const struct m2a_config *cfg, const struct m2a_routes *routes)
 {
     const struct m2a_conf_mqtt *m = &cfg->mqtt;
     const struct m2a_conf_amqp *a = &cfg->amqp;
+    char brokers[512];
     m2a_info("bridge",
-             "mqtt2amqp %s starting: config %s; mqtt %s:%d (%s%s, client_id %s, %s session); "
+             "mqtt2amqp %s starting: config %s; mqtt %s (%s%s, client_id %s, %s session); "
              "amqp %s:%d%s vhost %s as %s; %zu routes, %zu subscriptions; spool %s "
              "(max %" PRIu64 " bytes, fsync %s, overflow %s); dead letters: %s%s%s",
-             M2A_VERSION, cfg->path ? cfg->path : "-", m->host, m->port,
+             M2A_VERSION, cfg->path ? cfg->path : "-",
+             endpoints_str(m->endpoints, m->nendpoints, brokers, sizeof(brokers)),
              m->protocol == 5 ? "MQTT 5" : "MQTT 3.1.1", m->tls.enabled ? ", TLS" : "",
              m->client_id, m->clean_session ? "clean" : "persistent", a->host, a->port,
              a->tls.enabled ? " (TLS)" : "", a->vhost, a->username, m2a_routes_count(routes),
@@ -71,9 +90,20 @@ static void log_start(const struct m2a_config *cfg, const struct m2a_routes *rou
              cfg->dead_letter.enabled ? "'" : "");
 }
 
-static void log_stats(struct m2a_stats *st, struct m2a_spool *spool)
+/* "HOST:PORT" of the MQTT broker in use, "-" while none. */
+static const char *mqtt_broker(struct m2a_stats *st, const struct m2a_conf_mqtt *m, char *buf,
+                               size_t len)
+{
+    uint32_t i = M2A_STAT_GET(st, mqtt_endpoint);
+    if (i == 0 || i > m->nendpoints)
+        return "-";
+    return m2a_hostport_format(buf, len, m->endpoints[i - 1].host, m->endpoints[i - 1].port);
+}
+
+static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struct m2a_conf_mqtt *m)
 {
     struct m2a_spool_stats ss;
+    char broker[300];
     m2a_spool_get_stats(spool, &ss);
     m2a_info(
         "stats",
@@ -81,7 +111,7 @@ static void log_stats(struct m2a_stats *st, struct m2a_spool *spool)
         " spooled_bytes=%" PRIu64 " published=%" PRIu64 " confirmed=%" PRIu64 " returned=%" PRIu64
         " nacked=%" PRIu64 " dead_lettered=%" PRIu64 " dropped=%" PRIu64 " expired=%" PRIu64
         " spool_messages=%" PRIu64 " spool_bytes=%" PRIu64 " mqtt=%s amqp=%s%s%s"
-        " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64,
+        " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64 " mqtt_broker=%s",
         M2A_STAT_GET(st, received), M2A_STAT_GET(st, unmatched), M2A_STAT_GET(st, route_errors),
         M2A_STAT_GET(st, spooled), M2A_STAT_GET(st, spooled_bytes), M2A_STAT_GET(st, published),
         M2A_STAT_GET(st, confirmed), M2A_STAT_GET(st, returned), M2A_STAT_GET(st, nacked),
@@ -90,7 +120,7 @@ static void log_stats(struct m2a_stats *st, struct m2a_spool *spool)
         M2A_STAT_GET(st, amqp_connected) ? "up" : "down",
         M2A_STAT_GET(st, amqp_blocked) ? " amqp_blocked=1" : "",
         M2A_STAT_GET(st, mqtt_paused) ? " mqtt_paused=1" : "", M2A_STAT_GET(st, mqtt_reconnects),
-        M2A_STAT_GET(st, amqp_reconnects));
+        M2A_STAT_GET(st, amqp_reconnects), mqtt_broker(st, m, broker, sizeof(broker)));
 }
 
 static void log_recovery(const struct m2a_spool_recovery *rec, const char *dir)
@@ -109,6 +139,7 @@ static void log_recovery(const struct m2a_spool_recovery *rec, const char *dir)
  * read by the metrics thread for /healthz). */
 struct live {
     struct m2a_stats *st;
+    const struct m2a_conf_mqtt *mqtt; /* the start config's: what the MQTT thread runs */
     struct m2a_spool *spool;
     struct m2a_reload *reload;
     int sigfd; /* signalfd of SIGTERM, SIGINT, SIGHUP */
@@ -169,7 +200,7 @@ static int wait_for_stop(struct live *lv)
             next_stats = m2a_now_ms() + interval;
         }
         if (interval && m2a_now_ms() >= next_stats) {
-            log_stats(lv->st, lv->spool);
+            log_stats(lv->st, lv->spool, lv->mqtt);
             next_stats += interval;
         }
     }
@@ -185,7 +216,7 @@ int m2a_app_run(struct m2a_config *cfg)
     struct m2a_amqp_out *ao = NULL;
     struct m2a_metrics *metrics = NULL;
     struct m2a_stats *st = xcalloc(1, sizeof(*st));
-    struct live lv = {.st = st, .sigfd = -1};
+    struct live lv = {.st = st, .mqtt = &cfg->mqtt, .sigfd = -1};
     sigset_t set, pipe;
 
     /* Before any thread exists, so that every thread inherits the mask and
@@ -262,7 +293,9 @@ int m2a_app_run(struct m2a_config *cfg)
                                       .stats = st,
                                       .spool = spool,
                                       .spool_max_bytes = cfg->spool.max_bytes,
-                                      .heartbeat_ms = &lv.heartbeat_ms};
+                                      .heartbeat_ms = &lv.heartbeat_ms,
+                                      .mqtt_endpoints = cfg->mqtt.endpoints,
+                                      .mqtt_nendpoints = cfg->mqtt.nendpoints};
         if (m2a_metrics_start(&mo, &metrics, err, sizeof(err)) != 0) {
             m2a_error("metrics", "cannot start: %s", err);
             goto out;
@@ -280,7 +313,7 @@ int m2a_app_run(struct m2a_config *cfg)
     mi = NULL;
     m2a_amqp_out_stop(ao, timeout_s * 1000);
     ao = NULL;
-    log_stats(st, spool);
+    log_stats(st, spool, &cfg->mqtt);
     struct m2a_spool_stats ss;
     m2a_spool_get_stats(spool, &ss);
     m2a_info("bridge", "stopped; %" PRIu64 " unconfirmed messages kept in the spool for next start",

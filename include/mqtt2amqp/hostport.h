@@ -19,4 +19,10 @@
 int m2a_hostport_parse(const char *s, int default_port, char *host, size_t hostlen, int *port,
                        char *msg, size_t msglen);
 
+/* The reverse, for log lines and labels: "HOST:PORT", an IPv6 address in
+ * brackets. Writes into buf (cut to fit, M2A_HOSTPORT_LEN is enough) and
+ * returns it. */
+#define M2A_HOSTPORT_LEN (M2A_HOST_MAX + 9)
+const char *m2a_hostport_format(char *buf, size_t len, const char *host, int port);
+
 #endif

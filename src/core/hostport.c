@@ -52,3 +52,9 @@ int m2a_hostport_parse(const char *s, int default_port, char *host, size_t hostl
     *port = (int)p;
     return 0;
 }
+
+const char *m2a_hostport_format(char *buf, size_t len, const char *host, int port)
+{
+    snprintf(buf, len, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    return buf;
+}

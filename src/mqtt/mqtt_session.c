@@ -36,6 +36,7 @@
 
 #include "mqtt2amqp/backoff.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/tls.h"
@@ -73,6 +74,7 @@ struct m2a_mqtt_session {
     SSL_CTX **ssl_ctx; /* one per endpoint (each verifies its host), or NULL without tls */
     size_t *order;     /* the endpoints in the order tried: shuffled once */
     size_t pos;        /* current index into order */
+    char where[M2A_HOSTPORT_LEN]; /* that broker, "HOST:PORT" for log lines */
     struct m2a_backoff backoff, takeover;
     bool hold_backoff;
     struct m2a_ratelimit rl_connect;
@@ -317,15 +319,13 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
     (void)props;
     struct m2a_mqtt_session *s = ud;
     const struct m2a_conf_mqtt *c = s->o.conf;
-    const struct m2a_conf_endpoint *e = endpoint(s);
     uint64_t sup;
 
     if (rc != 0) {
         s->refused = true;
         if (m2a_ratelimit_ok(&s->rl_connect, &sup))
             m2a_error(s->o.log_name,
-                      "%s:%d refused the connection: %s (%" PRIu64 " similar suppressed)", e->host,
-                      e->port,
+                      "%s refused the connection: %s (%" PRIu64 " similar suppressed)", s->where,
                       c->protocol == M2A_MQTT_V5 ? mosquitto_reason_string(rc)
                                                  : mosquitto_connack_string(rc),
                       sup);
@@ -342,7 +342,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
     char where[64] = "";
     if (c->nendpoints > 1)
         snprintf(where, sizeof(where), ", broker %zu of %zu", s->order[s->pos] + 1, c->nendpoints);
-    m2a_info(s->o.log_name, "connected to %s:%d (%s, session present: %s%s)", e->host, e->port,
+    m2a_info(s->o.log_name, "connected to %s (%s, session present: %s%s)", s->where,
              c->protocol == M2A_MQTT_V5 ? "MQTT 5" : "MQTT 3.1.1", present ? "yes" : "no", where);
     if (!present && !c->clean_session && s->nconnacks > 0)
         m2a_warn(s->o.log_name,
@@ -552,10 +552,16 @@ static void schedule(struct m2a_mqtt_session *s, uint64_t delay_ms)
     s->t_attempt = m2a_loop_timer_add(s->o.loop, m2a_now_ms() + delay_ms, connect_attempt, s);
 }
 
+static void set_pos(struct m2a_mqtt_session *s, size_t pos)
+{
+    s->pos = pos;
+    m2a_hostport_format(s->where, sizeof(s->where), endpoint(s)->host, endpoint(s)->port);
+}
+
 /* After a failure or a loss: the next broker, after delay_ms. */
 static void next_broker(struct m2a_mqtt_session *s, uint64_t delay_ms)
 {
-    s->pos = (s->pos + 1) % s->o.conf->nendpoints;
+    set_pos(s, (s->pos + 1) % s->o.conf->nendpoints);
     schedule(s, delay_ms);
 }
 
@@ -564,8 +570,10 @@ static void next_hint(const struct m2a_mqtt_session *s, uint64_t delay, char *bu
 {
     const struct m2a_conf_mqtt *c = s->o.conf;
     const struct m2a_conf_endpoint *n = &c->endpoints[s->order[(s->pos + 1) % c->nendpoints]];
+    char name[M2A_HOSTPORT_LEN];
     if (c->nendpoints > 1)
-        snprintf(buf, len, "; next: %s:%d in %" PRIu64 " ms", n->host, n->port, delay);
+        snprintf(buf, len, "; next: %s in %" PRIu64 " ms",
+                 m2a_hostport_format(name, sizeof(name), n->host, n->port), delay);
     else
         snprintf(buf, len, "; again in %" PRIu64 " ms", delay);
 }
@@ -573,7 +581,6 @@ static void next_hint(const struct m2a_mqtt_session *s, uint64_t delay, char *bu
 /* An attempt failed before CONNACK; why is NULL when already logged. */
 static void attempt_failed(struct m2a_mqtt_session *s, const char *what, const char *why)
 {
-    const struct m2a_conf_endpoint *e = endpoint(s);
     uint64_t sup, delay = m2a_backoff_next(&s->backoff);
     char hint[320];
     drop_handle(s);
@@ -581,8 +588,8 @@ static void attempt_failed(struct m2a_mqtt_session *s, const char *what, const c
     m2a_backoff_reset(&s->takeover);
     next_hint(s, delay, hint, sizeof(hint));
     if (why && m2a_ratelimit_ok(&s->rl_connect, &sup))
-        m2a_warn(s->o.log_name, "%s %s:%d: %s%s (%" PRIu64 " similar suppressed)", what, e->host,
-                 e->port, why, hint, sup);
+        m2a_warn(s->o.log_name, "%s %s: %s%s (%" PRIu64 " similar suppressed)", what, s->where, why,
+                 hint, sup);
     next_broker(s, delay);
 }
 
@@ -610,7 +617,6 @@ static bool takeover_suspected(struct m2a_mqtt_session *s, int rc, uint64_t up_m
  * broker's DISCONNECT reason, which on_disconnect recorded). */
 static void connection_lost(struct m2a_mqtt_session *s, int rc, bool paused)
 {
-    const struct m2a_conf_endpoint *e = endpoint(s);
     char buf[128], hint[320];
     uint64_t up_ms = m2a_now_ms() - s->connack_ms;
     if (s->disc_seen)
@@ -622,20 +628,19 @@ static void connection_lost(struct m2a_mqtt_session *s, int rc, bool paused)
     const char *why = loss_reason(s, rc, buf, sizeof(buf));
     if (takeover)
         m2a_warn(s->o.log_name,
-                 "the broker %s:%d closed the session %.1f s after its CONNACK (%s), %u times in "
+                 "the broker %s closed the session %.1f s after its CONNACK (%s), %u times in "
                  "a row while connecting works: another client with client_id %s is probably "
                  "connected, and the broker hands the session to whichever connected last; each "
                  "bridge needs its own client_id. Backing off further each time%s",
-                 e->host, e->port, (double)up_ms / 1000.0, why, s->short_sessions, s->client_id,
-                 hint);
+                 s->where, (double)up_ms / 1000.0, why, s->short_sessions, s->client_id, hint);
     else if (paused && (rc == MOSQ_ERR_KEEPALIVE || rc == MOSQ_ERR_CONN_LOST))
         m2a_info(s->o.log_name,
-                 "connection to %s:%d ended while reads are paused (%s): expected, as keepalive "
+                 "connection to %s ended while reads are paused (%s): expected, as keepalive "
                  "cannot be serviced without reading; the session keeps queueing, reconnecting "
                  "once the spool drains",
-                 e->host, e->port, why);
+                 s->where, why);
     else
-        m2a_warn(s->o.log_name, "disconnected from %s:%d: %s%s", e->host, e->port, why, hint);
+        m2a_warn(s->o.log_name, "disconnected from %s: %s%s", s->where, why, hint);
     if (takeover && s->o.hooks.on_takeover)
         s->o.hooks.on_takeover(s->o.hooks.ud, s->short_sessions);
     if (s->o.hooks.on_down)
@@ -724,7 +729,7 @@ static void connect_attempt(struct m2a_loop *loop, void *ud)
     s->attempt_ms = m2a_now_ms();
     errno = 0;
     m2a_tls_failure_reset();
-    m2a_debug(s->o.log_name, "connecting to %s:%d", e->host, e->port);
+    m2a_debug(s->o.log_name, "connecting to %s", s->where);
     int rc = start_connect(s, e);
     if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(s->mosq) < 0) {
         attempt_failed(s, "cannot connect to", mosq_err_str(rc, buf, sizeof(buf)));
@@ -754,8 +759,7 @@ static bool tcp_connected(struct m2a_mqtt_session *s)
         return false;
     }
     s->state = CONN_CONNACK;
-    m2a_debug(s->o.log_name, "TCP connected to %s:%d, CONNECT queued", endpoint(s)->host,
-              endpoint(s)->port);
+    m2a_debug(s->o.log_name, "TCP connected to %s, CONNECT queued", s->where);
     return true;
 }
 
@@ -956,7 +960,6 @@ void m2a_mqtt_session_close(struct m2a_mqtt_session *s, uint64_t deadline_ms, bo
     if (!s->mosq)
         return;
     uint64_t deadline = m2a_loop_deadline(s->o.loop, deadline_ms);
-    const struct m2a_conf_endpoint *e = endpoint(s);
     bool was_up = s->state == CONN_UP;
     if (was_up && drain) {
         while (mosquitto_want_write(s->mosq) && mosquitto_socket(s->mosq) >= 0) {
@@ -970,7 +973,7 @@ void m2a_mqtt_session_close(struct m2a_mqtt_session *s, uint64_t deadline_ms, bo
         }
         if (mosquitto_socket(s->mosq) >= 0)
             disconnect_and_drain(s->mosq, deadline);
-        m2a_info(s->o.log_name, "disconnected from %s:%d (stopping)", e->host, e->port);
+        m2a_info(s->o.log_name, "disconnected from %s (stopping)", s->where);
     }
     drop_handle(s); /* after a drain libmosquitto has closed its socket already */
     if (was_up && s->o.hooks.on_down)
@@ -991,6 +994,7 @@ static void shuffle(struct m2a_mqtt_session *s, size_t n)
         s->order[j] = t;
     }
     m2a_backoff_reset(&s->takeover);
+    set_pos(s, 0);
 }
 
 int m2a_mqtt_session_new(const struct m2a_mqtt_session_opts *opts, struct m2a_mqtt_session **out,

@@ -144,6 +144,32 @@ static void render_latency(struct m2a_buf *b, struct m2a_route_stats *rs)
     appendf(b, "%s_sum %.6f\n%s_count %" PRIu64 "\n", name, (double)l.sum_us / 1e6, name, cum);
 }
 
+/* The MQTT side's broker in use (1, the others of mqtt.hosts 0) and its
+ * subscriptions and session take-overs. */
+static void render_mqtt(struct m2a_buf *b, const struct m2a_metrics_opts *o)
+{
+    struct m2a_stats *st = o->stats;
+    uint32_t in_use = M2A_STAT_GET(st, mqtt_endpoint);
+    header(b, "mqtt2amqp_broker_in_use", "gauge", "1 for the broker the side is connected to");
+    for (size_t i = 0; i < o->mqtt_nendpoints; i++) {
+        const struct m2a_conf_endpoint *e = &o->mqtt_endpoints[i];
+        char name[M2A_HOSTPORT_LEN];
+        appendf(b, "mqtt2amqp_broker_in_use{side=\"mqtt\",broker=\"");
+        label_value(b, m2a_hostport_format(name, sizeof(name), e->host, e->port));
+        appendf(b, "\"} %d\n", in_use == i + 1);
+    }
+    single(b, "mqtt2amqp_mqtt_subscribe_refusals_total", "counter",
+           "SUBACKs with a failure code (each retry counts)",
+           M2A_STAT_GET(st, mqtt_subscribe_refusals));
+    single(b, "mqtt2amqp_mqtt_subscriptions_refused", "gauge",
+           "subscriptions the MQTT broker refuses now",
+           M2A_STAT_GET(st, mqtt_subscriptions_refused));
+    single(b, "mqtt2amqp_mqtt_takeovers_total", "counter",
+           "MQTT sessions closed by the broker soon after CONNACK, repeatedly: another client "
+           "with the same client_id",
+           M2A_STAT_GET(st, mqtt_takeovers));
+}
+
 void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
 {
     struct m2a_stats *st = o->stats;
@@ -188,6 +214,7 @@ void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
            (uint64_t)M2A_STAT_GET(st, amqp_blocked));
     single(b, "mqtt2amqp_mqtt_paused", "gauge", "1 while MQTT reads pause on a full spool",
            (uint64_t)M2A_STAT_GET(st, mqtt_paused));
+    render_mqtt(b, o);
     render_latency(b, st->routes);
 }
 
@@ -203,6 +230,11 @@ bool m2a_metrics_ready(const struct m2a_metrics_opts *o, char *why, size_t len)
     } while (0)
     if (!M2A_STAT_GET(o->stats, mqtt_connected))
         REASON("mqtt: not connected\n");
+    if (M2A_STAT_GET(o->stats, mqtt_subscriptions_refused)) {
+        char refused[M2A_STATS_NOTE_MAX];
+        m2a_stats_note_get(&o->stats->mqtt_refused, refused, sizeof(refused));
+        REASON("%s", refused[0] ? refused : "mqtt: a subscription is refused by the broker\n");
+    }
     if (!M2A_STAT_GET(o->stats, amqp_connected))
         REASON("amqp: not connected\n");
     if (o->spool_max_bytes) {
@@ -274,7 +306,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
     }
     if (strcmp(url, "/readyz") == 0) {
-        char why[512];
+        char why[2048];
         if (m2a_metrics_ready(&m->o, why, sizeof(why)))
             return text(conn, MHD_HTTP_OK, "ready\n");
         return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, why);
