@@ -43,13 +43,14 @@
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/util.h"
 
-#define TICK_MS         100  /* the spool tick and the pause check, at least this often */
-#define BATCH_MAX       1000 /* packets read before the batch is flushed and acknowledged */
-#define STOP_BUDGET_MS  2000 /* stop: queued PUBACKs out, DISCONNECT, drain */
-#define LOG_INTERVAL_MS 5000 /* rate limit for repeated warnings and errors */
-#define LOG_TOPIC_MAX   200  /* a topic is cut to this in log lines */
-#define CORK_MIN        4    /* a batch of this many PUBACKs is written corked */
-#define GATHER_US       1000 /* group commit: at most one batch flush per this */
+#define TICK_MS         100        /* the spool tick and the pause check, at least this often */
+#define BATCH_MAX       1000       /* packets read before the batch is flushed and acknowledged */
+#define BATCH_BYTES     (8u << 20) /* ... or encoded bytes appended (the batch is in memory) */
+#define STOP_BUDGET_MS  2000       /* stop: queued PUBACKs out, DISCONNECT, drain */
+#define LOG_INTERVAL_MS 5000       /* rate limit for repeated warnings and errors */
+#define LOG_TOPIC_MAX   200        /* a topic is cut to this in log lines */
+#define CORK_MIN        4          /* a batch of this many PUBACKs is written corked */
+#define GATHER_US       1000       /* group commit: at most one batch flush per this */
 #define COMPONENT       "mqtt"
 
 /* The loop's wake-up reasons beyond M2A_WAKE_STOP. */
@@ -327,23 +328,25 @@ static void count_spool_drops(struct m2a_mqtt_in *mi)
     }
 }
 
-/* How many encoded bytes the batch may append before it stops: up to the
- * high-water mark, so that a burst pauses reading instead of running into
- * M2A_ERR_FULL and a dropped connection. */
+/* How many encoded bytes the batch may append before it stops: the spool
+ * holds a batch in memory until its flush, so at most BATCH_BYTES (one
+ * message more, at worst); and up to the high-water mark, so that a burst
+ * pauses reading instead of running into M2A_ERR_FULL and a dropped
+ * connection. */
 static uint64_t batch_room(const struct m2a_mqtt_in *mi)
 {
     uint64_t max = mi->o.spool_max_bytes;
     if (!max)
-        return UINT64_MAX;
+        return BATCH_BYTES;
     /* drop_oldest: no pause, but a batch small enough that discarding every
      * segment but the current one always makes room for it (config.c
      * requires max_bytes >= 2 segments). */
     if (mi->o.spool_overflow == M2A_OVERFLOW_DROP_OLDEST)
-        return max / 4;
+        return max / 4 < BATCH_BYTES ? max / 4 : BATCH_BYTES;
     struct m2a_spool_stats ss;
     m2a_spool_get_stats(mi->o.spool, &ss);
-    uint64_t high = max - max / 10;
-    return ss.bytes < high ? high - ss.bytes : 0;
+    uint64_t high = max - max / 10, room = ss.bytes < high ? high - ss.bytes : 0;
+    return room < BATCH_BYTES ? room : BATCH_BYTES;
 }
 
 /* Reads up to BATCH_MAX packets. Returns false when the connection ended.

@@ -597,9 +597,7 @@ static void attempt_failed(struct m2a_mqtt_session *s, const char *what, const c
  * true when it is the streak's M2A_MQTT_TAKEOVER_STREAK-th or later. */
 static bool takeover_suspected(struct m2a_mqtt_session *s, int rc, uint64_t up_ms)
 {
-    uint64_t cap = (uint64_t)s->o.conf->reconnect_max_ms > TAKEOVER_CAP_MS
-                       ? (uint64_t)s->o.conf->reconnect_max_ms
-                       : TAKEOVER_CAP_MS;
+    uint64_t cap = s->takeover.max_ms;
     /* Closed by the broker: an EOF (Mosquitto 2.0 sends no reason to the
      * client it throws out), or MQTT 5's "session taken over". A session
      * kept longer than two take-over delays ends the streak. */
@@ -1014,9 +1012,8 @@ int m2a_mqtt_session_new(const struct m2a_mqtt_session_opts *opts, struct m2a_mq
     s->fd = -1;
     s->rl_connect = (struct m2a_ratelimit)M2A_RATELIMIT_INIT(LOG_INTERVAL_MS);
     m2a_backoff_init(&s->backoff, (uint32_t)c->reconnect_min_ms, (uint32_t)c->reconnect_max_ms);
-    uint32_t cap = (uint32_t)c->reconnect_max_ms > TAKEOVER_CAP_MS ? (uint32_t)c->reconnect_max_ms
-                                                                   : TAKEOVER_CAP_MS;
-    m2a_backoff_init(&s->takeover, TAKEOVER_MIN_MS, cap);
+    uint32_t max = (uint32_t)c->reconnect_max_ms;
+    m2a_backoff_init(&s->takeover, TAKEOVER_MIN_MS, max > TAKEOVER_CAP_MS ? max : TAKEOVER_CAP_MS);
     shuffle(s, c->nendpoints);
     if (c->tls.enabled) {
         s->ssl_ctx = xcalloc(c->nendpoints, sizeof(*s->ssl_ctx));
