@@ -540,7 +540,10 @@ START_TEST(published_messages_are_acknowledged_through_the_hook)
     struct rig r;
     broker_start(&br, PUBACK);
     rig_start(&r, &br.port, 1, M2A_MQTT_V5, STEP_MS);
+    ck_assert_int_eq(m2a_mqtt_session_publish(r.s, NULL, "down/1", "x", 1, 1, false, NULL),
+                     M2A_ERR_CLOSED);
     ck_assert(run_until(&r, is_up, STEP_MS));
+    ck_assert(m2a_mqtt_session_up(r.s));
     for (int i = 0; i < 10; i++)
         ck_assert_int_eq(m2a_mqtt_session_publish(r.s, NULL, "down/1", "x", 1, 1, false, NULL), 0);
     ck_assert(run_until(&r, all_published, STEP_MS));
