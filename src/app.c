@@ -53,24 +53,35 @@ static const char *fsync_name(enum m2a_fsync_policy p)
 
 #define HEARTBEAT_MS 250 /* the main loop turns at least this often (/healthz) */
 
+/* "HOST:PORT, HOST:PORT, ..." of a side's brokers, cut to fit. */
+static const char *endpoints_str(const struct m2a_conf_endpoint *e, size_t n, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && used + 1 < len; i++) {
+        char one[M2A_HOSTPORT_MAX];
+        int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "",
+                         m2a_hostport_format(one, sizeof(one), e[i].host, e[i].port));
+        if (w > 0)
+            used += (size_t)w < len - used ? (size_t)w : len - used - 1;
+    }
+    return buf;
+}
+
 static void log_start(const struct m2a_config *cfg, const struct m2a_routes *routes)
 {
     const struct m2a_conf_mqtt *m = &cfg->mqtt;
     const struct m2a_conf_amqp *a = &cfg->amqp;
-    struct m2a_buf nodes = {0}; /* amqp.hosts, or the one host */
-    for (size_t i = 0; i < a->nendpoints; i++) {
-        char node[M2A_HOSTPORT_MAX];
-        m2a_buf_append_str(&nodes, i ? ", " : "");
-        m2a_buf_append_str(&nodes, m2a_hostport_format(node, sizeof(node), a->endpoints[i].host,
-                                                       a->endpoints[i].port));
-    }
+    char brokers[512], nodes[512];
     m2a_info("bridge",
-             "mqtt2amqp %s starting: config %s; mqtt %s:%d (%s%s, client_id %s, %s session); "
+             "mqtt2amqp %s starting: config %s; mqtt %s (%s%s, client_id %s, %s session); "
              "amqp %s%s vhost %s as %s; %zu routes, %zu subscriptions; spool %s "
              "(max %" PRIu64 " bytes, fsync %s, overflow %s); dead letters: %s%s%s",
-             M2A_VERSION, cfg->path ? cfg->path : "-", m->host, m->port,
+             M2A_VERSION, cfg->path ? cfg->path : "-",
+             endpoints_str(m->endpoints, m->nendpoints, brokers, sizeof(brokers)),
              m->protocol == 5 ? "MQTT 5" : "MQTT 3.1.1", m->tls.enabled ? ", TLS" : "",
-             m->client_id, m->clean_session ? "clean" : "persistent", m2a_buf_cstr(&nodes),
+             m->client_id, m->clean_session ? "clean" : "persistent",
+             endpoints_str(a->endpoints, a->nendpoints, nodes, sizeof(nodes)),
              a->tls.enabled ? " (TLS)" : "", a->vhost, a->username, m2a_routes_count(routes),
              m2a_routes_nsubscriptions(routes), cfg->spool.dir, cfg->spool.max_bytes,
              fsync_name(cfg->spool.fsync),
@@ -78,42 +89,41 @@ static void log_start(const struct m2a_config *cfg, const struct m2a_routes *rou
              cfg->dead_letter.enabled ? "exchange '" : "none (counted as dropped)",
              cfg->dead_letter.enabled ? cfg->dead_letter.exchange : "",
              cfg->dead_letter.enabled ? "'" : "");
-    m2a_buf_free(&nodes);
 }
 
-/* The RabbitMQ node the AMQP side is on, " amqp_node=HOST:PORT", or "". */
-static const char *amqp_node(struct m2a_stats *st, const struct m2a_conf_amqp *a, char *buf,
-                             size_t len)
+/* The broker of a side's list in use, "HOST:PORT" (index: 1 + its place in
+ * the list, 0 for none), or NULL. */
+static const char *in_use(unsigned i, const struct m2a_conf_endpoint *e, size_t n, char *buf,
+                          size_t len)
 {
-    unsigned i = M2A_STAT_GET(st, amqp_node);
-    buf[0] = '\0';
-    if (i > 0 && i <= a->nendpoints) {
-        char node[M2A_HOSTPORT_MAX];
-        m2a_hostport_format(node, sizeof(node), a->endpoints[i - 1].host, a->endpoints[i - 1].port);
-        snprintf(buf, len, " amqp_node=%s", node);
-    }
-    return buf;
+    if (i == 0 || i > n)
+        return NULL;
+    return m2a_hostport_format(buf, len, e[i - 1].host, e[i - 1].port);
 }
 
-static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struct m2a_conf_amqp *a)
+static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struct m2a_config *cfg)
 {
     struct m2a_spool_stats ss;
-    char node[M2A_HOSTPORT_MAX + 16];
+    char broker[M2A_HOSTPORT_MAX], node[M2A_HOSTPORT_MAX];
+    const char *b = in_use(M2A_STAT_GET(st, mqtt_endpoint), cfg->mqtt.endpoints,
+                           cfg->mqtt.nendpoints, broker, sizeof(broker));
+    const char *n = in_use(M2A_STAT_GET(st, amqp_node), cfg->amqp.endpoints, cfg->amqp.nendpoints,
+                           node, sizeof(node));
     m2a_spool_get_stats(spool, &ss);
     m2a_info(
         "stats",
         "received=%" PRIu64 " unmatched=%" PRIu64 " route_errors=%" PRIu64 " spooled=%" PRIu64
         " spooled_bytes=%" PRIu64 " published=%" PRIu64 " confirmed=%" PRIu64 " returned=%" PRIu64
         " nacked=%" PRIu64 " dead_lettered=%" PRIu64 " dropped=%" PRIu64 " expired=%" PRIu64
-        " spool_messages=%" PRIu64 " spool_bytes=%" PRIu64 " mqtt=%s amqp=%s%s%s%s"
+        " spool_messages=%" PRIu64 " spool_bytes=%" PRIu64 " mqtt=%s%s%s amqp=%s%s%s%s%s"
         " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64,
         M2A_STAT_GET(st, received), M2A_STAT_GET(st, unmatched), M2A_STAT_GET(st, route_errors),
         M2A_STAT_GET(st, spooled), M2A_STAT_GET(st, spooled_bytes), M2A_STAT_GET(st, published),
         M2A_STAT_GET(st, confirmed), M2A_STAT_GET(st, returned), M2A_STAT_GET(st, nacked),
         M2A_STAT_GET(st, dead_lettered), M2A_STAT_GET(st, dropped), M2A_STAT_GET(st, expired),
         ss.messages, ss.bytes, M2A_STAT_GET(st, mqtt_connected) ? "up" : "down",
-        M2A_STAT_GET(st, amqp_connected) ? "up" : "down", amqp_node(st, a, node, sizeof(node)),
-        M2A_STAT_GET(st, amqp_blocked) ? " amqp_blocked=1" : "",
+        b ? " mqtt_broker=" : "", b ? b : "", M2A_STAT_GET(st, amqp_connected) ? "up" : "down",
+        n ? " amqp_node=" : "", n ? n : "", M2A_STAT_GET(st, amqp_blocked) ? " amqp_blocked=1" : "",
         M2A_STAT_GET(st, mqtt_paused) ? " mqtt_paused=1" : "", M2A_STAT_GET(st, mqtt_reconnects),
         M2A_STAT_GET(st, amqp_reconnects));
 }
@@ -134,8 +144,8 @@ static void log_recovery(const struct m2a_spool_recovery *rec, const char *dir)
  * read by the metrics thread for /healthz). */
 struct live {
     struct m2a_stats *st;
+    const struct m2a_config *cfg; /* the start config: its broker lists are never reloaded */
     struct m2a_spool *spool;
-    const struct m2a_conf_amqp *amqp; /* the start config's: never reloaded */
     struct m2a_reload *reload;
     int sigfd; /* signalfd of SIGTERM, SIGINT, SIGHUP */
     _Atomic uint64_t heartbeat_ms;
@@ -195,7 +205,7 @@ static int wait_for_stop(struct live *lv)
             next_stats = m2a_now_ms() + interval;
         }
         if (interval && m2a_now_ms() >= next_stats) {
-            log_stats(lv->st, lv->spool, lv->amqp);
+            log_stats(lv->st, lv->spool, lv->cfg);
             next_stats += interval;
         }
     }
@@ -211,7 +221,7 @@ int m2a_app_run(struct m2a_config *cfg)
     struct m2a_amqp_out *ao = NULL;
     struct m2a_metrics *metrics = NULL;
     struct m2a_stats *st = xcalloc(1, sizeof(*st));
-    struct live lv = {.st = st, .sigfd = -1};
+    struct live lv = {.st = st, .cfg = cfg, .sigfd = -1};
     sigset_t set, pipe;
 
     /* Before any thread exists, so that every thread inherits the mask and
@@ -282,7 +292,6 @@ int m2a_app_run(struct m2a_config *cfg)
     }
     m2a_reload_attach(lv.reload, ao, mi);
     lv.spool = spool;
-    lv.amqp = &cfg->amqp;
     atomic_store(&lv.heartbeat_ms, m2a_now_ms());
     if (cfg->metrics.enabled) {
         struct m2a_metrics_opts mo = {.listen = cfg->metrics.listen,
@@ -290,6 +299,8 @@ int m2a_app_run(struct m2a_config *cfg)
                                       .spool = spool,
                                       .spool_max_bytes = cfg->spool.max_bytes,
                                       .heartbeat_ms = &lv.heartbeat_ms,
+                                      .mqtt_endpoints = cfg->mqtt.endpoints,
+                                      .mqtt_nendpoints = cfg->mqtt.nendpoints,
                                       .amqp_nodes = cfg->amqp.endpoints,
                                       .namqp_nodes = cfg->amqp.nendpoints};
         if (m2a_metrics_start(&mo, &metrics, err, sizeof(err)) != 0) {
@@ -309,7 +320,7 @@ int m2a_app_run(struct m2a_config *cfg)
     mi = NULL;
     m2a_amqp_out_stop(ao, timeout_s * 1000);
     ao = NULL;
-    log_stats(st, spool, &cfg->amqp);
+    log_stats(st, spool, cfg);
     struct m2a_spool_stats ss;
     m2a_spool_get_stats(spool, &ss);
     m2a_info("bridge", "stopped; %" PRIu64 " unconfirmed messages kept in the spool for next start",

@@ -315,6 +315,9 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
     SAME_STR(&d, "mqtt.", m, mn, share_group);
     SAME_NUM(&d, "mqtt.", m, mn, reconnect_min_ms);
     SAME_NUM(&d, "mqtt.", m, mn, reconnect_max_ms);
+    if (m->connect_timeout_ms != mn->connect_timeout_ms)
+        report(&d, "mqtt.", "connect_timeout");
+    SAME_NUM(&d, "mqtt.", m, mn, max_message_bytes);
     diff_tls(&d, "mqtt.tls", &m->tls, &mn->tls);
 
     const struct m2a_conf_amqp *a = &running->amqp, *an = &next->amqp;

@@ -29,6 +29,14 @@
 #define M2A_AMQP_SHORTSTR_MAX 255
 /* The longest MQTT string: client id, user name, password, topic filter. */
 #define M2A_MQTT_STRING_MAX 65535
+/* The largest MQTT packet: a type byte, 4 length bytes, and the largest
+ * remaining length (268,435,455). */
+#define M2A_MQTT_PACKET_MAX 268435460u
+/* What a PUBLISH may carry beyond its payload as far as the bridge allows:
+ * the fixed header (5), the longest topic (2 + 65535), the packet id (2)
+ * and up to 64 KiB of MQTT 5 properties. mqtt.max_message_bytes plus this
+ * is the Maximum Packet Size the MQTT side announces. */
+#define M2A_MQTT_PUBLISH_OVERHEAD (128u * 1024u)
 
 struct m2a_conf_tls {
     bool enabled; /* true when the tls section is present */
@@ -66,6 +74,10 @@ struct m2a_conf_mqtt {
     char *share_group;               /* NULL or a $share group name */
     int reconnect_min_ms;            /* default 100 */
     int reconnect_max_ms;            /* default 30000 */
+    uint64_t connect_timeout_ms;     /* "connect_timeout": attempt to CONNACK, default 10 s */
+    /* Largest payload bridged, default 16 MiB; larger ones are too_large.
+     * MQTT 5: + M2A_MQTT_PUBLISH_OVERHEAD is the Maximum Packet Size. */
+    uint64_t max_message_bytes;
     struct m2a_conf_tls tls;
 };
 

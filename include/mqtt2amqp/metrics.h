@@ -8,9 +8,10 @@
  *
  *   /healthz  200 "ok" while the main loop turns (heartbeat newer than
  *             M2A_HEALTH_STALL_MS), else 503 naming the stall.
- *   /readyz   200 "ready" when both sides are connected and the spool is
- *             below its high-water mark (90% of max_bytes, where MQTT reads
- *             pause), else 503 with one reason a line.
+ *   /readyz   200 "ready" when both sides are connected, the MQTT broker
+ *             grants every subscription and the spool is below its
+ *             high-water mark (90% of max_bytes, where MQTT reads pause),
+ *             else 503 with one reason a line.
  *   /metrics  the exposition (m2a_metrics_render). */
 #ifndef MQTT2AMQP_METRICS_H
 #define MQTT2AMQP_METRICS_H
@@ -40,8 +41,11 @@ struct m2a_metrics_opts {
     struct m2a_spool *spool;
     uint64_t spool_max_bytes;
     _Atomic uint64_t *heartbeat_ms; /* m2a_now_ms() of the main loop's last turn */
-    /* The RabbitMQ nodes of the config (stats->amqp_node indexes them):
-     * mqtt2amqp_broker_connected has a series for each. NULL: none. */
+    /* The brokers of each side's list (stats->mqtt_endpoint and
+     * stats->amqp_node index them): mqtt2amqp_broker_connected has a series
+     * for each. NULL / 0: none. */
+    const struct m2a_conf_endpoint *mqtt_endpoints;
+    size_t mqtt_nendpoints;
     const struct m2a_conf_endpoint *amqp_nodes;
     size_t namqp_nodes;
 };

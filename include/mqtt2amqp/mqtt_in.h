@@ -1,5 +1,6 @@
-/* mqtt_in.h - the MQTT side: one thread that owns the libmosquitto handle,
- * the route scratch and the spool writer.
+/* mqtt_in.h - the MQTT side: one thread that owns its event loop, the MQTT
+ * session (mqtt_session.h: the libmosquitto handle, the brokers, the
+ * subscriptions), the route scratch and the spool writer.
  *
  * It subscribes (QoS 1, persistent session) to the routes' subscriptions,
  * maps each message through the routes and appends the envelopes to the
@@ -58,7 +59,9 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
 void m2a_mqtt_in_set_generation(struct m2a_mqtt_in *mi, struct m2a_generation *gen);
 
 /* Stops reading, lets the PUBACKs of everything already spooled leave,
- * disconnects and joins the thread. NULL is a no-op. */
+ * disconnects and joins the thread, all within one stop deadline (2 s;
+ * only a DNS lookup in progress is not bounded by it). A wake-up of the
+ * thread's loop: nothing polls for it. NULL is a no-op. */
 void m2a_mqtt_in_stop(struct m2a_mqtt_in *mi);
 
 #endif

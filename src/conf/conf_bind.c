@@ -488,7 +488,8 @@ static struct m2a_conf_mark mark_in(const yaml_node_t *n, size_t offset)
 
 /* Expands ${VAR}, ${VAR:-default} (default when VAR is unset or empty) and
  * "$$" in scalar n into a new string. Any other '$' is literal, so topic
- * filters like "$SYS/#" need no escaping. */
+ * filters like "$SYS/#" need no escaping. HOSTNAME, when not in the
+ * environment, is gethostname()'s answer (for client_id: ${HOSTNAME}). */
 static int expand(struct bind *b, yaml_node_t *n, const char *path, char **out)
 {
     const char *s = sval(n);
@@ -522,9 +523,15 @@ static int expand(struct bind *b, yaml_node_t *n, const char *path, char **out)
             return fail(b, mark_in(n, i),
                         "%s: bad variable reference: use ${NAME} or ${NAME:-default}", path);
         }
-        char name[128];
+        char name[128], host[256];
         snprintf(name, sizeof(name), "%.*s", (int)nlen, s + i + 2);
         const char *val = getenv(name);
+        /* Shells set HOSTNAME without exporting it, and systemd services
+         * do not get it: for that one name, the kernel's host name. */
+        if (!val && strcmp(name, "HOSTNAME") == 0 && gethostname(host, sizeof(host)) == 0) {
+            host[sizeof(host) - 1] = '\0';
+            val = host;
+        }
         if (def && (!val || !*val))
             m2a_buf_append(&buf, def, (size_t)(close - def));
         else if (val)

@@ -469,6 +469,11 @@ static const struct m2a_bind_opt mqtt_opts[] = {
                  "first reconnect delay, ms"),
     M2A_BIND_INT(T, "reconnect_max_ms", reconnect_max_ms, "30000", 1, MS_MAX,
                  "longest reconnect delay, ms"),
+    M2A_BIND_DURATION(T, "connect_timeout", connect_timeout_ms, "10s", 100, MS_MAX,
+                      "from a connect attempt to the CONNACK"),
+    M2A_BIND_SIZE(T, "max_message_bytes", max_message_bytes, "16MiB", 1,
+                  M2A_MQTT_PACKET_MAX - M2A_MQTT_PUBLISH_OVERHEAD,
+                  "largest payload bridged; MQTT 5: the broker sends nothing larger"),
     M2A_BIND_SECTION(T, "tls", tls, tls_section, "TLS to the MQTT broker"),
 };
 static const struct m2a_bind_section mqtt_section = {M2A_BIND_OPTS(mqtt_opts), .check = mqtt_check};

@@ -144,21 +144,43 @@ static void render_latency(struct m2a_buf *b, struct m2a_route_stats *rs)
     appendf(b, "%s_sum %.6f\n%s_count %" PRIu64 "\n", name, (double)l.sum_us / 1e6, name, cum);
 }
 
-/* Which node of its list a side is connected to: 1 for that one, 0 for the
- * others (all 0 while disconnected). */
-static void render_nodes(struct m2a_buf *b, const struct m2a_metrics_opts *o)
+/* Which broker of its list each side is connected to: 1 for that one, 0 for
+ * the others (all 0 while disconnected). */
+static void render_brokers(struct m2a_buf *b, const struct m2a_metrics_opts *o)
 {
-    if (!o->namqp_nodes)
+    static const char *const sides[] = {"mqtt", "amqp"};
+    const struct m2a_conf_endpoint *lists[] = {o->mqtt_endpoints, o->amqp_nodes};
+    const size_t lens[] = {o->mqtt_nendpoints, o->namqp_nodes};
+    const unsigned cur[] = {M2A_STAT_GET(o->stats, mqtt_endpoint),
+                            M2A_STAT_GET(o->stats, amqp_node)};
+    if (!lens[0] && !lens[1])
         return;
     header(b, "mqtt2amqp_broker_connected", "gauge",
-           "1 for the broker node the side is connected to, 0 for the others of its list");
-    unsigned cur = M2A_STAT_GET(o->stats, amqp_node);
-    for (size_t i = 0; i < o->namqp_nodes; i++) {
-        char node[M2A_HOSTPORT_MAX];
-        m2a_hostport_format(node, sizeof(node), o->amqp_nodes[i].host, o->amqp_nodes[i].port);
-        appendf(b, "mqtt2amqp_broker_connected{side=\"amqp\",host=\"%s\"} %d\n", node,
-                cur == i + 1);
-    }
+           "1 for the broker a side is connected to, 0 for the others of its list");
+    for (size_t s = 0; s < 2; s++)
+        for (size_t i = 0; i < lens[s]; i++) {
+            char name[M2A_HOSTPORT_MAX];
+            appendf(b, "mqtt2amqp_broker_connected{side=\"%s\",host=\"", sides[s]);
+            label_value(
+                b, m2a_hostport_format(name, sizeof(name), lists[s][i].host, lists[s][i].port));
+            appendf(b, "\"} %d\n", cur[s] == i + 1);
+        }
+}
+
+/* The MQTT side's subscriptions and session take-overs. */
+static void render_mqtt(struct m2a_buf *b, const struct m2a_metrics_opts *o)
+{
+    struct m2a_stats *st = o->stats;
+    single(b, "mqtt2amqp_mqtt_subscribe_refusals_total", "counter",
+           "SUBACKs with a failure code (each retry counts)",
+           M2A_STAT_GET(st, mqtt_subscribe_refusals));
+    single(b, "mqtt2amqp_mqtt_subscriptions_refused", "gauge",
+           "subscriptions the MQTT broker refuses now",
+           M2A_STAT_GET(st, mqtt_subscriptions_refused));
+    single(b, "mqtt2amqp_mqtt_takeovers_total", "counter",
+           "MQTT sessions closed by the broker soon after CONNACK, repeatedly: another client "
+           "with the same client_id",
+           M2A_STAT_GET(st, mqtt_takeovers));
 }
 
 void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
@@ -201,11 +223,12 @@ void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
             M2A_STAT_GET(st, mqtt_reconnects));
     appendf(b, "mqtt2amqp_reconnects_total{side=\"amqp\"} %" PRIu64 "\n",
             M2A_STAT_GET(st, amqp_reconnects));
-    render_nodes(b, o);
+    render_brokers(b, o);
     single(b, "mqtt2amqp_amqp_blocked", "gauge", "1 while RabbitMQ blocks publishing",
            (uint64_t)M2A_STAT_GET(st, amqp_blocked));
     single(b, "mqtt2amqp_mqtt_paused", "gauge", "1 while MQTT reads pause on a full spool",
            (uint64_t)M2A_STAT_GET(st, mqtt_paused));
+    render_mqtt(b, o);
     render_latency(b, st->routes);
 }
 
@@ -221,6 +244,11 @@ bool m2a_metrics_ready(const struct m2a_metrics_opts *o, char *why, size_t len)
     } while (0)
     if (!M2A_STAT_GET(o->stats, mqtt_connected))
         REASON("mqtt: not connected\n");
+    if (M2A_STAT_GET(o->stats, mqtt_subscriptions_refused)) {
+        char refused[M2A_STATS_NOTE_MAX];
+        m2a_stats_note_get(&o->stats->mqtt_refused, refused, sizeof(refused));
+        REASON("%s", refused[0] ? refused : "mqtt: a subscription is refused by the broker\n");
+    }
     if (!M2A_STAT_GET(o->stats, amqp_connected))
         REASON("amqp: not connected\n");
     if (o->spool_max_bytes) {
@@ -292,7 +320,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
     }
     if (strcmp(url, "/readyz") == 0) {
-        char why[512];
+        char why[2048];
         if (m2a_metrics_ready(&m->o, why, sizeof(why)))
             return text(conn, MHD_HTTP_OK, "ready\n");
         return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, why);

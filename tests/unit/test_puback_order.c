@@ -299,6 +299,7 @@ static void broker_listen(struct broker *br)
 
 struct rig {
     char *dir;
+    struct m2a_conf_endpoint endpoint;
     uint64_t spool_max;
     struct broker br;
     struct m2a_config cfg;
@@ -353,8 +354,13 @@ static void rig_start(struct rig *r)
         r->br.payloads[i] = p;
     }
 
+    r->endpoint = (struct m2a_conf_endpoint){.host = "127.0.0.1", .port = r->br.port};
     r->cfg.mqtt = (struct m2a_conf_mqtt){.host = "127.0.0.1",
                                          .port = r->br.port,
+                                         .endpoints = &r->endpoint,
+                                         .nendpoints = 1,
+                                         .connect_timeout_ms = 10000,
+                                         .max_message_bytes = 16u << 20,
                                          .client_id = "puback-order",
                                          .clean_session = false,
                                          .keepalive = 60,
