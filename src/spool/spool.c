@@ -198,10 +198,38 @@ static int make_eventfds(struct m2a_spool *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Syncs the directory holding the spool's: the name of a directory just
+ * made is durable only then (fsync(2)), and with it everything the spool
+ * will sync inside. 0 or -1 with errno. */
+static int sync_parent(struct m2a_spool *s)
+{
+    size_t n = strlen(s->dir);
+    while (n > 1 && s->dir[n - 1] == '/')
+        n--;
+    while (n > 0 && s->dir[n - 1] != '/')
+        n--;
+    while (n > 1 && s->dir[n - 1] == '/')
+        n--;
+    char *parent = n ? xstrndup(s->dir, n) : xstrdup(".");
+    int fd = s->io->openat(AT_FDCWD, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    int rc = fd >= 0 && s->io->fsync(fd) == 0 ? 0 : -1, e = errno;
+    if (fd >= 0)
+        s->io->close(fd);
+    free(parent);
+    errno = e;
+    return rc;
+}
+
 /* Locks the directory (creating it if needed): one bridge per spool. */
 static int lock_dir(struct m2a_spool *s, char *err, size_t errlen)
 {
-    if (s->io->mkdir(s->dir, 0750) != 0 && errno != EEXIST) {
+    if (s->io->mkdir(s->dir, 0750) == 0) {
+        if (sync_parent(s) != 0) {
+            snprintf(err, errlen, "cannot sync the directory holding spool directory %s: %s",
+                     s->dir, strerror(errno));
+            return M2A_ERR_IO;
+        }
+    } else if (errno != EEXIST) {
         snprintf(err, errlen, "cannot create spool directory %s: %s", s->dir, strerror(errno));
         return M2A_ERR_IO;
     }
