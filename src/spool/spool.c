@@ -351,6 +351,7 @@ static int writer_rotate_now(struct m2a_spool *s)
         int rc = errno_code(errno);
         s->io->close(fd);
         s->io->unlinkat(s->dirfd, name, 0);
+        s->w_dir_unsynced = true; /* see flush_fail */
         return rc;
     }
     pthread_mutex_lock(&s->mu);
@@ -515,6 +516,12 @@ static int flush_fail(struct m2a_spool *s, int e, size_t opened)
         s->io->close(s->splits[i].fd);
         unlink_segment(s, s->splits[i].seq);
     }
+    /* Until the directory is synced, a power loss can bring the unlinked
+     * segment back; its name would then bound the current segment, and
+     * recovery would drop as damage the records the next batches put there
+     * with the same sequence numbers. The next flush syncs it first. */
+    if (opened > 0)
+        s->w_dir_unsynced = true;
     s->w_next = s->w_batch_first;
     atomic_store_explicit(&s->w_seq, s->w_next, memory_order_relaxed);
     s->batch.len = 0;
@@ -535,8 +542,11 @@ static int flush_sync(struct m2a_spool *s, size_t end0)
     for (size_t i = 0; i < n; i++)
         if ((batch || i + 1 < n) && s->io->fdatasync(s->splits[i].fd) != 0)
             return -1;
-    if (batch && n > 0 && s->io->fsync(s->dirfd) != 0)
-        return -1;
+    if (batch && (n > 0 || s->w_dir_unsynced)) {
+        if (s->io->fsync(s->dirfd) != 0)
+            return -1;
+        s->w_dir_unsynced = false;
+    }
     if (!batch) {
         s->w_unsynced = true;
         s->w_dir_unsynced |= n > 0;
