@@ -375,8 +375,12 @@ static void *reader(void *arg)
         bool drain = atomic_load(&rd.r->writer_done) && got == 0;
         if (rd.nwin > 0 && (drain || rnd(&rd.rng) % 3 == 0))
             r_commit(&rd, drain ? rd.nwin - 1 : (size_t)(rnd(&rd.rng) % rd.nwin));
-        if (rnd(&rd.rng) % 48 == 0)
+        if (rnd(&rd.rng) % 48 == 0) {
+            /* A slow broker with publishes in flight: records held unconfirmed
+             * while the spool fills (drop_oldest then discards behind them). */
+            got += r_read(&rd, 1 + (unsigned)(rnd(&rd.rng) % 4));
             stall_until = now + 1 + rnd(&rd.rng) % (rd.r->tr->stall_ms ? rd.r->tr->stall_ms : 20);
+        }
         if (got == 0) {
             if (r_done(&rd))
                 break;
