@@ -32,12 +32,12 @@ enum dirop_kind { D_CREATE, D_RENAME, D_UNLINK };
 struct dirop {
     size_t call;
     enum dirop_kind kind;
-    char name[64], name2[64]; /* CREATE, UNLINK: name; RENAME: old, new */
+    char name[TH_IO_NAME_MAX], name2[TH_IO_NAME_MAX]; /* CREATE, UNLINK: name; RENAME: old, new */
     int node;
 };
 
 struct ent {
-    char name[64];
+    char name[TH_IO_NAME_MAX];
     int node;
 };
 
@@ -50,7 +50,7 @@ struct node {
     bool dir;
     char path[TH_IO_NAME_MAX]; /* directories opened or made by path */
     int parent;                /* ... and the directory holding them, or -1 */
-    char base[64];             /* ... under this name */
+    char base[TH_IO_NAME_MAX]; /* ... under this name */
     /* files */
     struct m2a_buf cur, dur;
     struct dataop *pend;

@@ -68,7 +68,7 @@ enum th_crashfs_fill {
 };
 
 struct th_crashfs_entry {
-    char name[64];
+    char name[TH_IO_NAME_MAX];
     unsigned char *data;
     size_t len;
 };
