@@ -225,8 +225,14 @@ static int lock_dir(struct m2a_spool *s, char *err, size_t errlen)
 {
     if (s->io->mkdir(s->dir, 0750) == 0) {
         if (sync_parent(s) != 0) {
-            snprintf(err, errlen, "cannot sync the directory holding spool directory %s: %s",
-                     s->dir, strerror(errno));
+            int e = errno;
+            /* Gone again, so that the next start does not skip the sync. */
+            s->io->unlinkat(AT_FDCWD, s->dir, AT_REMOVEDIR);
+            snprintf(err, errlen,
+                     "cannot sync the directory holding spool directory %s: %s (the name of a"
+                     " directory the bridge makes must be synced to survive a power loss;"
+                     " or create the directory beforehand)",
+                     s->dir, strerror(e));
             return M2A_ERR_IO;
         }
     } else if (errno != EEXIST) {

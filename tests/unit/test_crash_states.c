@@ -300,6 +300,33 @@ START_TEST(spool_directory_made_at_start_survives_power_loss)
 }
 END_TEST
 
+/* If the parent cannot be synced, the start fails and takes the new
+ * directory away again, so that the next start tries the sync again
+ * instead of finding the directory there and skipping it. */
+START_TEST(spool_directory_not_kept_if_its_parent_cannot_be_synced)
+{
+    struct m2a_spool_opts o = {.dir = spooldir, .fsync = M2A_FSYNC_BATCH, .io = &th_iotrace_io};
+    struct m2a_spool *s;
+    char err[512];
+    th_iotrace_start(&th_io_nosync, 0);
+    th_iotrace_fail_sync(1); /* the first sync of an open is the parent's */
+    ck_assert_int_eq(m2a_spool_open(&o, &s, NULL, err, sizeof(err)), M2A_ERR_IO);
+    th_iotrace_fail_sync(0);
+    ck_assert_msg(strstr(err, "cannot sync the directory holding") != NULL, "%s", err);
+    struct stat sb;
+    ck_assert_int_ne(stat(spooldir, &sb), 0);
+    ck_assert_int_eq(m2a_spool_open(&o, &s, NULL, err, sizeof(err)), 0);
+    m2a_spool_close(s);
+    th_iotrace_stop();
+    const struct th_iotrace *t = th_iotrace_get();
+    size_t synced = 0;
+    for (size_t i = 1; i < t->n; i++)
+        synced += t->calls[i].op == TH_IO_FSYNC && t->calls[i].rc == 0 &&
+                  t->calls[i - 1].op == TH_IO_OPENAT && strcmp(t->calls[i - 1].name, tmpdir) == 0;
+    ck_assert_uint_eq(synced, 1);
+}
+END_TEST
+
 /* A scripted run: records 1 and 2 flushed into the first segment, then the
  * caller's failure and redelivery, then a check of every crash point. The
  * seed is the first whose record sizes make the case (shorter_version). */
@@ -424,6 +451,7 @@ int main(void)
     tcase_add_checked_fixture(found, setup, teardown);
     tcase_set_timeout(found, 60);
     tcase_add_test(found, spool_directory_made_at_start_survives_power_loss);
+    tcase_add_test(found, spool_directory_not_kept_if_its_parent_cannot_be_synced);
     tcase_add_test(found, acked_batch_survives_the_segment_a_failed_flush_unlinked);
     tcase_add_test(found, acked_batch_survives_the_segment_a_failed_rotation_unlinked);
     suite_add_tcase(s, found);
