@@ -198,10 +198,44 @@ static int make_eventfds(struct m2a_spool *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Syncs the directory holding the spool's: the name of a directory just
+ * made is durable only then (fsync(2)), and with it everything the spool
+ * will sync inside. 0 or -1 with errno. */
+static int sync_parent(struct m2a_spool *s)
+{
+    size_t n = strlen(s->dir);
+    while (n > 1 && s->dir[n - 1] == '/')
+        n--;
+    while (n > 0 && s->dir[n - 1] != '/')
+        n--;
+    while (n > 1 && s->dir[n - 1] == '/')
+        n--;
+    char *parent = n ? xstrndup(s->dir, n) : xstrdup(".");
+    int fd = s->io->openat(AT_FDCWD, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    int rc = fd >= 0 && s->io->fsync(fd) == 0 ? 0 : -1, e = errno;
+    if (fd >= 0)
+        s->io->close(fd);
+    free(parent);
+    errno = e;
+    return rc;
+}
+
 /* Locks the directory (creating it if needed): one bridge per spool. */
 static int lock_dir(struct m2a_spool *s, char *err, size_t errlen)
 {
-    if (s->io->mkdir(s->dir, 0750) != 0 && errno != EEXIST) {
+    if (s->io->mkdir(s->dir, 0750) == 0) {
+        if (sync_parent(s) != 0) {
+            int e = errno;
+            /* Gone again, so that the next start does not skip the sync. */
+            s->io->unlinkat(AT_FDCWD, s->dir, AT_REMOVEDIR);
+            snprintf(err, errlen,
+                     "cannot sync the directory holding spool directory %s: %s (the name of a"
+                     " directory the bridge makes must be synced to survive a power loss;"
+                     " or create the directory beforehand)",
+                     s->dir, strerror(e));
+            return M2A_ERR_IO;
+        }
+    } else if (errno != EEXIST) {
         snprintf(err, errlen, "cannot create spool directory %s: %s", s->dir, strerror(errno));
         return M2A_ERR_IO;
     }
@@ -323,6 +357,7 @@ static int writer_rotate_now(struct m2a_spool *s)
         int rc = errno_code(errno);
         s->io->close(fd);
         s->io->unlinkat(s->dirfd, name, 0);
+        s->w_dir_unsynced = true; /* see flush_fail */
         return rc;
     }
     pthread_mutex_lock(&s->mu);
@@ -487,6 +522,12 @@ static int flush_fail(struct m2a_spool *s, int e, size_t opened)
         s->io->close(s->splits[i].fd);
         unlink_segment(s, s->splits[i].seq);
     }
+    /* Until the directory is synced, a power loss can bring the unlinked
+     * segment back; its name would then bound the current segment, and
+     * recovery would drop as damage the records the next batches put there
+     * with the same sequence numbers. The next flush syncs it first. */
+    if (opened > 0)
+        s->w_dir_unsynced = true;
     s->w_next = s->w_batch_first;
     atomic_store_explicit(&s->w_seq, s->w_next, memory_order_relaxed);
     s->batch.len = 0;
@@ -507,8 +548,11 @@ static int flush_sync(struct m2a_spool *s, size_t end0)
     for (size_t i = 0; i < n; i++)
         if ((batch || i + 1 < n) && s->io->fdatasync(s->splits[i].fd) != 0)
             return -1;
-    if (batch && n > 0 && s->io->fsync(s->dirfd) != 0)
-        return -1;
+    if (batch && (n > 0 || s->w_dir_unsynced)) {
+        if (s->io->fsync(s->dirfd) != 0)
+            return -1;
+        s->w_dir_unsynced = false;
+    }
     if (!batch) {
         s->w_unsynced = true;
         s->w_dir_unsynced |= n > 0;
