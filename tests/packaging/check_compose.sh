@@ -164,6 +164,11 @@ for name in bridges:
     else:
         seen_spools[vol] = name
     groups.add(mqtt.get("share_group"))
+    amqp = cfg.get("amqp") or {}
+    for node in amqp.get("hosts") or [f"{amqp.get('host', '127.0.0.1')}:{amqp.get('port', 5672)}"]:
+        host = str(node).rsplit(":", 1)[0]
+        if rabbits and host not in rabbits and host not in [str(services[r].get("hostname")) for r in rabbits]:
+            bad(f"{name}: amqp node {node!r} is no RabbitMQ service of the compose file")
 
 # 5. a fleet shares one group
 if len(bridges) > 1 and (len(groups) != 1 or None in groups):
