@@ -24,6 +24,8 @@ JOBS=${JOBS:-$(nproc)}
 read -r -a EXTRA <<<"${CTEST_ARGS:-}"
 T0=$SECONDS
 status=0
+FAILURES=$(mktemp)
+trap 'rm -f "$FAILURES"' EXIT
 
 step() {
     echo
@@ -54,6 +56,18 @@ build_and_test() {
             "iterations", "sent", "delivered", "lost", "duplicated", "secs", "notes" }
             { printf "%-36s %10s %8s %10s %6s %10s %5s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' \
             "$table"
+    fi
+    if [ $rc != 0 ]; then
+        # ctest prints a failed test's whole output, and a long one (the
+        # fault suites) buries check's own verdict: keep the failed tests
+        # and assertions (FILE:LINE:F|E:SUITE:CASE:...: message) for the
+        # summary at the very end.
+        {
+            echo "$dir:"
+            sed 's/^/  failed: /' "$dir"/Testing/Temporary/LastTestsFailed*.log 2>/dev/null || true
+            grep -h -E '^[^ ]+\.c:[0-9]+:[FE]:' "$dir"/Testing/Temporary/LastTest*.log \
+                2>/dev/null | tail -n 40 || true
+        } >>"$FAILURES"
     fi
     return $rc
 }
@@ -101,5 +115,9 @@ else
     step "fuzz smoke skipped (M2A_FUZZ_RUN=0)"
 fi
 
+if [ -s "$FAILURES" ]; then
+    step "failed tests and assertions"
+    cat "$FAILURES"
+fi
 step "done: $([ $status = 0 ] && echo 'all passed' || echo 'FAILURES above')"
 exit $status
