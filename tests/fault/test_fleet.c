@@ -768,10 +768,11 @@ static void takeover_run(struct fleet *fl, struct takeover *t)
             t->warned[0], t->warned[1], t->kept);
 }
 
-/* A bridge kicked off again and again right after each CONNACK backs off (a
- * few take-overs in TAKEOVER_MS, not one every ~150 ms as before the MQTT
- * side counted them: 84 in 12 s) and says in its log what is probably
- * happening; nothing is lost. */
+/* A bridge kicked off again and again right after each CONNACK backs off
+ * and says in its log what is probably happening; nothing is lost. Before
+ * the MQTT side counted take-overs: 84 to 121 in 12 s, one every ~150 ms.
+ * Now each of the two bridges takes three in a row, then backs off 1 s,
+ * 2 s, 4 s, ...: about 11 in 12 s between them, bounded here at 30. */
 START_TEST(same_client_id_takeover_backs_off)
 {
     struct fleet fl;
@@ -785,7 +786,7 @@ START_TEST(same_client_id_takeover_backs_off)
                  t.r.dup_respooled, t.kept);
     TH_FAULT_ASSERT_NOTHING_LOST(&t.r);
     ck_assert_int_gt(t.kicked, 0);
-    ck_assert_int_le(t.kicked, 10);
+    ck_assert_int_le(t.kicked, 30);
     ck_assert_int_gt(t.warned[0] + t.warned[1], 0);
     stop_all(&fl);
     fleet_free(&fl);
