@@ -102,42 +102,13 @@ static const char *in_use(unsigned i, const struct m2a_conf_endpoint *e, size_t 
     return m2a_hostport_format(buf, len, e[i - 1].host, e[i - 1].port);
 }
 
-static void log_downlink_stats(struct m2a_stats *st);
-
-static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struct m2a_config *cfg)
+/* The downlinks' part of the stats line ("" without downlinks): totals,
+ * then each downlink's counters when there are several. */
+static const char *downlink_stats(struct m2a_stats *st, char *buf, size_t len)
 {
-    struct m2a_spool_stats ss;
-    char broker[M2A_HOSTPORT_MAX], node[M2A_HOSTPORT_MAX];
-    const char *b = in_use(M2A_STAT_GET(st, mqtt_endpoint), cfg->mqtt.endpoints,
-                           cfg->mqtt.nendpoints, broker, sizeof(broker));
-    const char *n = in_use(M2A_STAT_GET(st, amqp_node), cfg->amqp.endpoints, cfg->amqp.nendpoints,
-                           node, sizeof(node));
-    m2a_spool_get_stats(spool, &ss);
-    m2a_info(
-        "stats",
-        "received=%" PRIu64 " unmatched=%" PRIu64 " route_errors=%" PRIu64 " spooled=%" PRIu64
-        " spooled_bytes=%" PRIu64 " published=%" PRIu64 " confirmed=%" PRIu64 " returned=%" PRIu64
-        " nacked=%" PRIu64 " dead_lettered=%" PRIu64 " dropped=%" PRIu64 " expired=%" PRIu64
-        " spool_messages=%" PRIu64 " spool_bytes=%" PRIu64 " mqtt=%s%s%s amqp=%s%s%s%s%s"
-        " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64,
-        M2A_STAT_GET(st, received), M2A_STAT_GET(st, unmatched), M2A_STAT_GET(st, route_errors),
-        M2A_STAT_GET(st, spooled), M2A_STAT_GET(st, spooled_bytes), M2A_STAT_GET(st, published),
-        M2A_STAT_GET(st, confirmed), M2A_STAT_GET(st, returned), M2A_STAT_GET(st, nacked),
-        M2A_STAT_GET(st, dead_lettered), M2A_STAT_GET(st, dropped), M2A_STAT_GET(st, expired),
-        ss.messages, ss.bytes, M2A_STAT_GET(st, mqtt_connected) ? "up" : "down",
-        b ? " mqtt_broker=" : "", b ? b : "", M2A_STAT_GET(st, amqp_connected) ? "up" : "down",
-        n ? " amqp_node=" : "", n ? n : "", M2A_STAT_GET(st, amqp_blocked) ? " amqp_blocked=1" : "",
-        M2A_STAT_GET(st, mqtt_paused) ? " mqtt_paused=1" : "", M2A_STAT_GET(st, mqtt_reconnects),
-        M2A_STAT_GET(st, amqp_reconnects));
-    log_downlink_stats(st);
-}
-
-/* The downlinks' line, beside the stats line: totals, then each downlink's
- * counters when there are several. */
-static void log_downlink_stats(struct m2a_stats *st)
-{
+    buf[0] = '\0';
     if (!st->ndownlinks)
-        return;
+        return buf;
     uint64_t t[5] = {0};
     char each[768] = "";
     size_t used = 0;
@@ -150,19 +121,46 @@ static void log_downlink_stats(struct m2a_stats *st)
             t[k] += v[k];
         if (st->ndownlinks > 1 && used + 1 < sizeof(each)) {
             int w = snprintf(each + used, sizeof(each) - used,
-                             " %s=%" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64,
+                             " down[%s]=%" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64,
                              c->name, v[0], v[1], v[2], v[3], v[4]);
             if (w > 0)
                 used += (size_t)w < sizeof(each) - used ? (size_t)w : sizeof(each) - used - 1;
         }
     }
-    m2a_info("stats",
-             "downlinks: down_received=%" PRIu64 " down_published=%" PRIu64 " down_acked=%" PRIu64
-             " down_rejected=%" PRIu64 " down_inflight=%" PRIu64 " down_mqtt=%s down_amqp=%s%s%s",
+    snprintf(buf, len,
+             " down_received=%" PRIu64 " down_published=%" PRIu64 " down_acked=%" PRIu64
+             " down_rejected=%" PRIu64 " down_inflight=%" PRIu64 " down_mqtt=%s down_amqp=%s%s",
              t[0], t[1], t[2], t[3], t[4],
              M2A_STAT_GET(st, downlink_mqtt_connected) ? "up" : "down",
-             M2A_STAT_GET(st, downlink_amqp_connected) ? "up" : "down",
-             used ? "; per downlink received/published/acked/rejected/inflight:" : "", each);
+             M2A_STAT_GET(st, downlink_amqp_connected) ? "up" : "down", each);
+    return buf;
+}
+
+static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struct m2a_config *cfg)
+{
+    struct m2a_spool_stats ss;
+    char broker[M2A_HOSTPORT_MAX], node[M2A_HOSTPORT_MAX], down[1280];
+    const char *b = in_use(M2A_STAT_GET(st, mqtt_endpoint), cfg->mqtt.endpoints,
+                           cfg->mqtt.nendpoints, broker, sizeof(broker));
+    const char *n = in_use(M2A_STAT_GET(st, amqp_node), cfg->amqp.endpoints, cfg->amqp.nendpoints,
+                           node, sizeof(node));
+    m2a_spool_get_stats(spool, &ss);
+    m2a_info(
+        "stats",
+        "received=%" PRIu64 " unmatched=%" PRIu64 " route_errors=%" PRIu64 " spooled=%" PRIu64
+        " spooled_bytes=%" PRIu64 " published=%" PRIu64 " confirmed=%" PRIu64 " returned=%" PRIu64
+        " nacked=%" PRIu64 " dead_lettered=%" PRIu64 " dropped=%" PRIu64 " expired=%" PRIu64
+        " spool_messages=%" PRIu64 " spool_bytes=%" PRIu64 " mqtt=%s%s%s amqp=%s%s%s%s%s"
+        " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64 "%s",
+        M2A_STAT_GET(st, received), M2A_STAT_GET(st, unmatched), M2A_STAT_GET(st, route_errors),
+        M2A_STAT_GET(st, spooled), M2A_STAT_GET(st, spooled_bytes), M2A_STAT_GET(st, published),
+        M2A_STAT_GET(st, confirmed), M2A_STAT_GET(st, returned), M2A_STAT_GET(st, nacked),
+        M2A_STAT_GET(st, dead_lettered), M2A_STAT_GET(st, dropped), M2A_STAT_GET(st, expired),
+        ss.messages, ss.bytes, M2A_STAT_GET(st, mqtt_connected) ? "up" : "down",
+        b ? " mqtt_broker=" : "", b ? b : "", M2A_STAT_GET(st, amqp_connected) ? "up" : "down",
+        n ? " amqp_node=" : "", n ? n : "", M2A_STAT_GET(st, amqp_blocked) ? " amqp_blocked=1" : "",
+        M2A_STAT_GET(st, mqtt_paused) ? " mqtt_paused=1" : "", M2A_STAT_GET(st, mqtt_reconnects),
+        M2A_STAT_GET(st, amqp_reconnects), downlink_stats(st, down, sizeof(down)));
 }
 
 static void log_recovery(const struct m2a_spool_recovery *rec, const char *dir)
