@@ -122,15 +122,21 @@ fail:
     return NULL;
 }
 
+void th_sub_disconnect(struct th_sub *s)
+{
+    if (!s || !s->mosq)
+        return;
+    mosquitto_disconnect(s->mosq);
+    mosquitto_loop_stop(s->mosq, false); /* after the DISCONNECT went out */
+    mosquitto_destroy(s->mosq);
+    s->mosq = NULL;
+}
+
 void th_sub_free(struct th_sub *s)
 {
     if (!s)
         return;
-    if (s->mosq) {
-        mosquitto_disconnect(s->mosq);
-        mosquitto_loop_stop(s->mosq, true);
-        mosquitto_destroy(s->mosq);
-    }
+    th_sub_disconnect(s);
     for (size_t i = 0; i < s->n; i++)
         free(s->v[i].topic);
     free(s->v);

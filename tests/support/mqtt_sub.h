@@ -18,6 +18,9 @@ struct th_sub;
  * 5), subscribes to filter with QoS qos and waits for the SUBACK (10 s).
  * NULL on failure (printed). */
 struct th_sub *th_sub_new(int port, const char *client_id, const char *filter, int qos);
+/* Disconnects (DISCONNECT sent: the broker keeps the session) and stops
+ * the thread; what was received stays readable. NULL is a no-op. */
+void th_sub_disconnect(struct th_sub *s);
 /* Disconnects, stops the thread, frees. NULL is a no-op. */
 void th_sub_free(struct th_sub *s);
 
