@@ -244,6 +244,54 @@ START_TEST(sigterm_with_commands_in_flight_loses_nothing)
 }
 END_TEST
 
+/* The command line: --explain-downlink prints each downlink's topic (or
+ * why it would reject), --check refuses a bad template with its position. */
+START_TEST(explain_downlink_and_check)
+{
+    char *dir = th_tmpdir_new("dl-cli");
+    char *good = xasprintf("%s/good.yaml", dir), *bad = xasprintf("%s/bad.yaml", dir);
+    ck_assert_int_eq(th_write_file(good,
+                                   "amqp:\n"
+                                   "  topology:\n"
+                                   "    queues: [{name: cmds}]\n"
+                                   "downlinks:\n"
+                                   "  - {name: c, queue: cmds, topic: \"devices/{1}/cmd\"}\n"
+                                   "  - {name: h, queue: cmds, topic: \"s/{header:site}\"}\n"),
+                     0);
+    ck_assert_int_eq(th_write_file(bad, "amqp:\n"
+                                        "  topology:\n"
+                                        "    queues: [{name: cmds}]\n"
+                                        "downlinks:\n"
+                                        "  - name: c\n"
+                                        "    queue: cmds\n"
+                                        "    topic: \"devices/+/cmd\"\n"),
+                     0);
+    struct th_run_result r;
+    const char *explain[] = {M2A_BINARY,  "-c", good,         "--explain-downlink",
+                             "dev7.open", "-H", "site=north", NULL};
+    ck_assert_int_eq(th_run(explain, NULL, 10000, &r), 0);
+    ck_assert_int_eq(r.exit_code, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "topic:        devices/dev7/cmd"));
+    ck_assert_ptr_nonnull(strstr(r.out, "topic:        s/north"));
+    th_run_result_free(&r);
+    const char *reject[] = {M2A_BINARY, "-c", good, "--explain-downlink", "", NULL};
+    ck_assert_int_eq(th_run(reject, NULL, 10000, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "rejected:     the message has no header 'site'"));
+    th_run_result_free(&r);
+    const char *check[] = {M2A_BINARY, "-c", bad, "--check", NULL};
+    ck_assert_int_eq(th_run(check, NULL, 10000, &r), 0);
+    ck_assert_int_eq(r.exit_code, 2);
+    char *want = xasprintf("%s:7:12: downlinks[0].topic:", bad);
+    ck_assert_msg(strstr(r.err, want), "stderr: %s", r.err);
+    free(want);
+    th_run_result_free(&r);
+    free(good);
+    free(bad);
+    th_tmpdir_remove("dl-cli", dir);
+    free(dir);
+}
+END_TEST
+
 /* One case per test, so that CK_RUN_CASE=NAME runs one. */
 static void add(Suite *s, const char *name, const TTest *t)
 {
@@ -260,5 +308,6 @@ int main(void)
     add(s, "dead_letter", unmappable_message_goes_to_the_dead_letter_exchange);
     add(s, "mqtt_outage", mqtt_outage_consumes_nothing_and_loses_nothing);
     add(s, "sigterm", sigterm_with_commands_in_flight_loses_nothing);
+    add(s, "cli", explain_downlink_and_check);
     return m2a_check_run(s);
 }
