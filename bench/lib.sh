@@ -33,6 +33,7 @@ bench_build() {
     BRIDGE=$BUILD/mqtt2amqp
     GEN=$BUILD/bench/m2a-bench-mqtt-pub
     CONS=$BUILD/bench/m2a-bench-amqp-consume
+    MSUB=$BUILD/bench/m2a-bench-mqtt-sub
     APUB=$BUILD/bench/m2a-bench-amqp-pub
     MALLOC_COUNT=$BUILD/bench/libm2a-bench-malloc-count.so
     HZ=$(getconf CLK_TCK)

@@ -29,6 +29,10 @@
 #                         arrive; then started, and the backlog drains while live
 #                         traffic continues (LIVE_PERCENT of the direct rate);
 #                         msg/s is the drain rate, p50/p99 that of the live traffic
+#   downlink              issue 11: AMQP publisher -> RabbitMQ -> bridge (a downlink,
+#                         QoS 1) -> Mosquitto -> MQTT subscriber, against an MQTT
+#                         publisher straight into Mosquitto -> the same subscriber
+#                         ("direct MQTT"), same run, 100 B; x direct divides by that
 #   big                   RSS with a 10,000,000-message backlog in the spool
 #                         (RabbitMQ stopped); lost = PUBACKed but not spooled; then
 #                         the bridge is restarted on that spool: recovery time and RSS
@@ -47,6 +51,7 @@
 #   M2A_BENCH_BIG=auto              big scenario: 1 always, 0 never, auto = only if
 #                                   the backlog ingest rate says it takes <= 3 min
 #   M2A_BENCH_BIG_BACKLOG=10000000
+#   M2A_BENCH_DL_PREFETCH=1000      the downlink scenario's prefetch
 #   M2A_BENCH_DEVICES=100           topics bench/dev/0..N-1
 #   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
 #   M2A_BENCH_ONLY=key,key          run only these scenarios
@@ -72,6 +77,7 @@ BIG=${M2A_BENCH_BIG:-auto}
 BIG_N=${M2A_BENCH_BIG_BACKLOG:-10000000}
 BIG_MAX_SECS=180
 DEVICES=${M2A_BENCH_DEVICES:-100}
+DL_PREFETCH=${M2A_BENCH_DL_PREFETCH:-1000}
 WINDOW=${M2A_BENCH_WINDOW:-1000}
 ONLY=${M2A_BENCH_ONLY:-}
 REPEAT=${M2A_BENCH_REPEAT:-1}
@@ -242,6 +248,78 @@ run_drain() { # BASE_RATE
     NOTES+=("drain: backlog spooled at ${BACKLOG_INGEST} msg/s with RabbitMQ down; ${live_n:-0} live messages during the drain; msg/s = backlog / (its last delivery - its first); p50/p99 = live traffic")
 }
 
+# The subscriber of the downlink scenario: MSUB on bench/dev/# of the current Mosquitto.
+msub_start() { # NAME COUNT
+    CONS_OUT=$TMP/$1/subscriber.out
+    "$MSUB" -p "$MOSQ_PORT" -t "bench/dev/#" -n "$2" -i "bench-sub-$1" >"$CONS_OUT" \
+        2>"$CONS_OUT.err" &
+    CONS_PID=$!
+    wait_for "$CONS_OUT" "ready" 30 "$CONS_PID" || die "subscriber not ready: $(cat "$CONS_OUT.err")"
+}
+
+# Downlinks (issue 11): direct MQTT (publisher -> Mosquitto -> subscriber) as the baseline,
+# then AMQP publisher -> RabbitMQ -> bridge -> Mosquitto -> the same kind of subscriber.
+run_downlink() {
+    local n=$N100 key=dmqtt out l base
+    mkdir -p "$TMP/$key"
+    say "direct MQTT 100 B (downlink baseline): $n messages"
+    mosq_start "$key"
+    msub_start "$key" "$n"
+    cpu_begin
+    fg_run "$TMP/$key/generator.out" "$GEN" -p "$MOSQ_PORT" -n "$n" -s 100 -d "$DEVICES" \
+        -w "$WINDOW" -r 0 -i "bench-gen-$key" ||
+        say "generator: $(tail -n 3 "$TMP/$key/generator.out.err")"
+    out=$(cat "$TMP/$key/generator.out")
+    cons_wait
+    l=$(grep "class=0" "$CONS_OUT" || true)
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
+    mosq_stop
+    base=$(kv "$l" rate)
+    row "direct MQTT 100 B (downlink baseline)" "$n" "$base" "1.00" "$(kv "$l" p50_ms)" \
+        "$(kv "$l" p99_ms)" "-" "-" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "-" "$CPU_M" \
+        "$CPU_ALL"
+
+    key=downlink
+    mkdir -p "$TMP/$key"
+    say "downlink 100 B: $n messages"
+    mosq_start "$key"
+    BRIDGE_LOG=$TMP/$key/bridge.log
+    cat >"$TMP/$key/bridge.yaml" <<EOF
+mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$key}
+amqp:
+  port: $AMQP_PORT
+  topology:
+    exchanges: [{name: bench.$key, type: topic}]
+    queues:
+      - name: bench.$key
+        bindings: [{exchange: bench.$key, routing_key: "#"}]
+spool: {dir: $TMP/$key/spool}
+downlinks:
+  - {name: bench, queue: bench.$key, topic: "bench/dev/{2}", qos: 1, prefetch: $DL_PREFETCH}
+log: {stats_interval: 1}
+shutdown_timeout: 5
+EOF
+    "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$TMP/$key/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
+    BRIDGE_PID=$!
+    wait_for "$BRIDGE_LOG" "consuming 1 queue" 60 "$BRIDGE_PID" ||
+        die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
+    msub_start "$key" "$n"
+    cpu_begin
+    fg_run "$TMP/$key/publisher.out" "$APUB" -p "$AMQP_PORT" -x "bench.$key" -Q "bench.$key" \
+        -n "$n" -s 100 -d "$DEVICES" -k bench -w "$WINDOW" -r 0 ||
+        say "publisher: $(tail -n 3 "$TMP/$key/publisher.out.err")"
+    out=$(cat "$TMP/$key/publisher.out")
+    cons_wait
+    l=$(grep "class=0" "$CONS_OUT" || true)
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
+    bridge_stop
+    mosq_stop
+    row "downlink 100 B (AMQP -> bridge -> MQTT, prefetch $DL_PREFETCH)" "$n" "$(kv "$l" rate)" \
+        "$(div "$(kv "$l" rate)" "$base")" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "$CPU_B" \
+        "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
+    NOTES+=("downlink: x direct = its msg/s / direct MQTT msg/s (publisher -> Mosquitto -> subscriber, same run)")
+}
+
 run_big() {
     local key=big
     mkdir -p "$TMP/$key"
@@ -408,6 +486,8 @@ if want latency; then
         NOTES+=("latency: both at ${LRATE} msg/s = 50% of the bridge's measured maximum (fsync batch, 100 B)")
     fi
 fi
+
+want downlink && run_downlink
 
 BACKLOG_INGEST=""
 want drain && run_drain "$BASE100"

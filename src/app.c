@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "mqtt2amqp/amqp_out.h"
+#include "mqtt2amqp/downlink.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/hostport.h"
@@ -101,10 +102,44 @@ static const char *in_use(unsigned i, const struct m2a_conf_endpoint *e, size_t 
     return m2a_hostport_format(buf, len, e[i - 1].host, e[i - 1].port);
 }
 
+/* The downlinks' part of the stats line ("" without downlinks): totals,
+ * then each downlink's counters when there are several. */
+static const char *downlink_stats(struct m2a_stats *st, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    if (!st->ndownlinks)
+        return buf;
+    uint64_t t[5] = {0};
+    char each[768] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < st->ndownlinks; i++) {
+        struct m2a_downlink_counters *c = &st->downlinks[i];
+        uint64_t v[5] = {M2A_STAT_GET(c, received), M2A_STAT_GET(c, published),
+                         M2A_STAT_GET(c, acked), M2A_STAT_GET(c, rejected),
+                         M2A_STAT_GET(c, inflight)};
+        for (size_t k = 0; k < 5; k++)
+            t[k] += v[k];
+        if (st->ndownlinks > 1 && used + 1 < sizeof(each)) {
+            int w = snprintf(each + used, sizeof(each) - used,
+                             " down[%s]=%" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64,
+                             c->name, v[0], v[1], v[2], v[3], v[4]);
+            if (w > 0)
+                used += (size_t)w < sizeof(each) - used ? (size_t)w : sizeof(each) - used - 1;
+        }
+    }
+    snprintf(buf, len,
+             " down_received=%" PRIu64 " down_published=%" PRIu64 " down_acked=%" PRIu64
+             " down_rejected=%" PRIu64 " down_inflight=%" PRIu64 " down_mqtt=%s down_amqp=%s%s",
+             t[0], t[1], t[2], t[3], t[4],
+             M2A_STAT_GET(st, downlink_mqtt_connected) ? "up" : "down",
+             M2A_STAT_GET(st, downlink_amqp_connected) ? "up" : "down", each);
+    return buf;
+}
+
 static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struct m2a_config *cfg)
 {
     struct m2a_spool_stats ss;
-    char broker[M2A_HOSTPORT_MAX], node[M2A_HOSTPORT_MAX];
+    char broker[M2A_HOSTPORT_MAX], node[M2A_HOSTPORT_MAX], down[1280];
     const char *b = in_use(M2A_STAT_GET(st, mqtt_endpoint), cfg->mqtt.endpoints,
                            cfg->mqtt.nendpoints, broker, sizeof(broker));
     const char *n = in_use(M2A_STAT_GET(st, amqp_node), cfg->amqp.endpoints, cfg->amqp.nendpoints,
@@ -116,7 +151,7 @@ static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struc
         " spooled_bytes=%" PRIu64 " published=%" PRIu64 " confirmed=%" PRIu64 " returned=%" PRIu64
         " nacked=%" PRIu64 " dead_lettered=%" PRIu64 " dropped=%" PRIu64 " expired=%" PRIu64
         " spool_messages=%" PRIu64 " spool_bytes=%" PRIu64 " mqtt=%s%s%s amqp=%s%s%s%s%s"
-        " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64,
+        " mqtt_reconnects=%" PRIu64 " amqp_reconnects=%" PRIu64 "%s",
         M2A_STAT_GET(st, received), M2A_STAT_GET(st, unmatched), M2A_STAT_GET(st, route_errors),
         M2A_STAT_GET(st, spooled), M2A_STAT_GET(st, spooled_bytes), M2A_STAT_GET(st, published),
         M2A_STAT_GET(st, confirmed), M2A_STAT_GET(st, returned), M2A_STAT_GET(st, nacked),
@@ -125,7 +160,7 @@ static void log_stats(struct m2a_stats *st, struct m2a_spool *spool, const struc
         b ? " mqtt_broker=" : "", b ? b : "", M2A_STAT_GET(st, amqp_connected) ? "up" : "down",
         n ? " amqp_node=" : "", n ? n : "", M2A_STAT_GET(st, amqp_blocked) ? " amqp_blocked=1" : "",
         M2A_STAT_GET(st, mqtt_paused) ? " mqtt_paused=1" : "", M2A_STAT_GET(st, mqtt_reconnects),
-        M2A_STAT_GET(st, amqp_reconnects));
+        M2A_STAT_GET(st, amqp_reconnects), downlink_stats(st, down, sizeof(down)));
 }
 
 static void log_recovery(const struct m2a_spool_recovery *rec, const char *dir)
@@ -219,6 +254,7 @@ int m2a_app_run(struct m2a_config *cfg)
     struct m2a_spool *spool = NULL;
     struct m2a_mqtt_in *mi = NULL;
     struct m2a_amqp_out *ao = NULL;
+    struct m2a_downlink *down = NULL;
     struct m2a_metrics *metrics = NULL;
     struct m2a_stats *st = xcalloc(1, sizeof(*st));
     struct live lv = {.st = st, .cfg = cfg, .sigfd = -1};
@@ -239,6 +275,10 @@ int m2a_app_run(struct m2a_config *cfg)
     m2a_log_set_format((enum m2a_log_format)cfg->log.format);
 
     st->routes = m2a_route_stats_new();
+    st->ndownlinks = cfg->ndownlinks;
+    st->downlinks = st->ndownlinks ? xcalloc(st->ndownlinks, sizeof(*st->downlinks)) : NULL;
+    for (size_t i = 0; i < st->ndownlinks; i++)
+        st->downlinks[i].name = cfg->downlinks[i].name;
     if (m2a_generation_new(cfg, NULL, st->routes, &start, err, sizeof(err)) != 0) {
         m2a_error("bridge", "routes: %s", err);
         rc = M2A_EXIT_CONFIG;
@@ -290,6 +330,11 @@ int m2a_app_run(struct m2a_config *cfg)
         m2a_error("mqtt", "cannot start: %s", err);
         goto out;
     }
+    /* Downlinks run the start config: a reload does not change them. */
+    if (cfg->ndownlinks && m2a_downlink_start(cfg, st, &down, err, sizeof(err)) != 0) {
+        m2a_error("downlink", "cannot start: %s", err);
+        goto out;
+    }
     m2a_reload_attach(lv.reload, ao, mi);
     lv.spool = spool;
     atomic_store(&lv.heartbeat_ms, m2a_now_ms());
@@ -316,10 +361,13 @@ int m2a_app_run(struct m2a_config *cfg)
     m2a_info("bridge", "%s received: stopping MQTT input, waiting up to %d s for confirms",
              sig == SIGTERM ? "SIGTERM" : "SIGINT", timeout_s);
     m2a_reload_attach(lv.reload, NULL, NULL);
+    m2a_downlink_request_stop(down, timeout_s * 1000); /* drains beside the uplink */
     m2a_mqtt_in_stop(mi);
     mi = NULL;
     m2a_amqp_out_stop(ao, timeout_s * 1000);
     ao = NULL;
+    m2a_downlink_stop(down, timeout_s * 1000);
+    down = NULL;
     log_stats(st, spool, cfg);
     struct m2a_spool_stats ss;
     m2a_spool_get_stats(spool, &ss);
@@ -331,6 +379,7 @@ out:
         m2a_reload_attach(lv.reload, NULL, NULL);
     m2a_mqtt_in_stop(mi);
     m2a_amqp_out_stop(ao, 0);
+    m2a_downlink_stop(down, 0);
     m2a_metrics_stop(metrics);
     m2a_spool_close(spool);
     m2a_reload_free(lv.reload);
@@ -338,6 +387,7 @@ out:
     if (lv.sigfd >= 0)
         close(lv.sigfd);
     m2a_route_stats_free(st->routes);
+    free(st->downlinks);
     free(st);
     return rc;
 }

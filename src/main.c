@@ -11,6 +11,7 @@
 
 #include "mqtt2amqp/app.h"
 #include "mqtt2amqp/config.h"
+#include "mqtt2amqp/downlink_topic.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/routes.h"
@@ -26,12 +27,19 @@ static void usage(FILE *out)
             "       mqtt2amqp --check [-c FILE]     validate the configuration and exit\n"
             "       mqtt2amqp --explain TOPIC [-c FILE]\n"
             "                                       show where a message on TOPIC would go\n"
+            "       mqtt2amqp --explain-downlink ROUTING_KEY [-H NAME=VALUE]... [-c FILE]\n"
+            "                                       show the MQTT topic of each downlink\n"
             "\n"
             "Options:\n"
             "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
             "  -k, --check         validate FILE: exit 0 if valid, 2 with file:line:column if not\n"
             "  -e, --explain TOPIC print each route that matches TOPIC with its exchange,\n"
             "                      routing key and headers, or say that none does\n"
+            "  -d, --explain-downlink ROUTING_KEY\n"
+            "                      print the MQTT topic each downlink would publish an AMQP\n"
+            "                      message with this routing key to, or why it would reject it\n"
+            "  -H, --header NAME=VALUE\n"
+            "                      a string header of that message (repeatable, up to 16)\n"
             "  -h, --help          print this help and exit\n"
             "  -V, --version       print the version and exit\n"
             "\n"
@@ -77,6 +85,47 @@ static void explain_cb(void *ud, size_t route_index, const struct m2a_envelope *
     printf("\n");
 }
 
+#define MAX_EXPLAIN_HEADERS 16
+
+/* For each downlink: the topic a message with routing key key and the
+ * headers hv ("NAME=VALUE" strings) would get, or why it would be rejected. */
+static int explain_downlink(const struct m2a_config *cfg, const char *key, char **hv, int nh)
+{
+    amqp_table_entry_t e[MAX_EXPLAIN_HEADERS];
+    for (int i = 0; i < nh; i++) {
+        char *eq = strchr(hv[i], '=');
+        if (!eq) {
+            fprintf(stderr, "mqtt2amqp: --header '%s' is not NAME=VALUE\n", hv[i]);
+            return M2A_EXIT_CONFIG;
+        }
+        e[i].key = (amqp_bytes_t){(size_t)(eq - hv[i]), hv[i]};
+        e[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        e[i].value.value.bytes = amqp_cstring_bytes(eq + 1);
+    }
+    amqp_table_t headers = {nh, e};
+    if (!cfg->ndownlinks)
+        printf("no downlinks in the configuration\n");
+    struct m2a_buf topic = {0};
+    for (size_t i = 0; i < cfg->ndownlinks; i++) {
+        const struct m2a_conf_downlink *d = &cfg->downlinks[i];
+        struct m2a_downlink_topic *t = NULL;
+        char why[256] = "";
+        printf("downlink %s (queue %s)\n", d->name, d->queue);
+        if (m2a_downlink_topic_compile(d->topic, &t, why, sizeof(why)) == 0 &&
+            m2a_downlink_topic_render(t, key, strlen(key), &headers, &topic, why, sizeof(why)) == 0)
+            printf("  topic:        %s\n  qos:          %d\n  retain:       %s\n",
+                   (const char *)topic.data, d->qos,
+                   d->retain == M2A_DOWNLINK_RETAIN_TRUE          ? "true"
+                   : d->retain == M2A_DOWNLINK_RETAIN_FROM_HEADER ? "from x-mqtt-retain"
+                                                                  : "false");
+        else
+            printf("  rejected:     %s (to the queue's dead-letter exchange)\n", why);
+        m2a_downlink_topic_free(t);
+    }
+    m2a_buf_free(&topic);
+    return M2A_EXIT_OK;
+}
+
 /* Both commands build the generation the bridge would run (without a
  * route registry: no counters), so they accept exactly what it accepts. */
 static int explain(const struct m2a_generation *g, const char *topic)
@@ -103,15 +152,21 @@ static int explain(const struct m2a_generation *g, const char *topic)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},  {"check", no_argument, NULL, 'k'},
-        {"explain", required_argument, NULL, 'e'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0}};
-    const char *path = DEFAULT_CONFIG, *topic = NULL;
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check", no_argument, NULL, 'k'},
+                                         {"explain", required_argument, NULL, 'e'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"explain-downlink", required_argument, NULL, 'd'},
+                                         {"header", required_argument, NULL, 'H'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {NULL, 0, NULL, 0}};
+    const char *path = DEFAULT_CONFIG, *topic = NULL, *dkey = NULL;
+    char *hv[MAX_EXPLAIN_HEADERS];
+    int nh = 0;
     bool check = false;
     int c;
 
-    while ((c = getopt_long(argc, argv, "c:ke:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:ke:d:H:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             path = optarg;
@@ -121,6 +176,16 @@ int main(int argc, char **argv)
             break;
         case 'e':
             topic = optarg;
+            break;
+        case 'd':
+            dkey = optarg;
+            break;
+        case 'H':
+            if (nh == MAX_EXPLAIN_HEADERS) {
+                fprintf(stderr, "mqtt2amqp: at most %d --header\n", MAX_EXPLAIN_HEADERS);
+                return M2A_EXIT_CONFIG;
+            }
+            hv[nh++] = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -145,8 +210,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return M2A_EXIT_CONFIG;
     }
+    if (dkey) {
+        int drc = explain_downlink(cfg, dkey, hv, nh);
+        m2a_config_free(cfg);
+        return drc;
+    }
     if (!topic && !check)
         return m2a_app_run(cfg); /* takes cfg */
+    size_t cfg_downlinks = cfg->ndownlinks;
     struct m2a_generation *g = NULL;
     if (m2a_generation_new(cfg, NULL, NULL, &g, err, sizeof(err)) != 0) { /* takes cfg */
         fprintf(stderr, "%s\n", err);
@@ -157,8 +228,8 @@ int main(int argc, char **argv)
         rc = explain(g, topic);
     } else {
         const struct m2a_routes *routes = m2a_generation_routes(g);
-        printf("%s: OK (%zu routes, %zu subscriptions)\n", path, m2a_routes_count(routes),
-               m2a_routes_nsubscriptions(routes));
+        printf("%s: OK (%zu routes, %zu subscriptions, %zu downlinks)\n", path,
+               m2a_routes_count(routes), m2a_routes_nsubscriptions(routes), cfg_downlinks);
     }
     m2a_generation_unref(g);
     return rc;

@@ -318,6 +318,7 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
     if (m->connect_timeout_ms != mn->connect_timeout_ms)
         report(&d, "mqtt.", "connect_timeout");
     SAME_NUM(&d, "mqtt.", m, mn, max_message_bytes);
+    SAME_STR(&d, "mqtt.", m, mn, downlink_client_id);
     diff_tls(&d, "mqtt.tls", &m->tls, &mn->tls);
 
     const struct m2a_conf_amqp *a = &running->amqp, *an = &next->amqp;
@@ -350,6 +351,17 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
         SAME_STR(&d, "dead_letter.", l, ln, routing_key);
         SAME_NUM(&d, "dead_letter.", l, ln, max_retries);
     }
+
+    /* The downlinks run the start config (downlink.h). */
+    bool same = running->ndownlinks == next->ndownlinks;
+    for (size_t i = 0; same && i < running->ndownlinks; i++) {
+        const struct m2a_conf_downlink *o = &running->downlinks[i], *nw = &next->downlinks[i];
+        same = str_eq(o->name, nw->name) && str_eq(o->queue, nw->queue) &&
+               str_eq(o->topic, nw->topic) && o->qos == nw->qos && o->retain == nw->retain &&
+               o->prefetch == nw->prefetch;
+    }
+    if (!same)
+        report(&d, "", "downlinks");
 
     const struct m2a_conf_metrics *x = &running->metrics, *xn = &next->metrics;
     if (x->enabled != xn->enabled)

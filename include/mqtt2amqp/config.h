@@ -64,6 +64,7 @@ struct m2a_conf_mqtt {
     struct m2a_conf_endpoint *endpoints; /* the brokers to try, >= 1: hosts, else host:port */
     size_t nendpoints;
     char *client_id;                 /* default "mqtt2amqp" */
+    char *downlink_client_id;        /* the downlinks' session; NULL: client_id + "-down" */
     bool clean_session;              /* default false */
     int keepalive;                   /* seconds, default 30, 5..65535 */
     enum m2a_mqtt_protocol protocol; /* default 5 */
@@ -185,6 +186,26 @@ struct m2a_conf_route {
     struct m2a_conf_mark mark;
 };
 
+/* A downlink's retain flag: fixed, or the x-mqtt-retain header's (false
+ * without one). */
+enum m2a_downlink_retain {
+    M2A_DOWNLINK_RETAIN_FALSE,
+    M2A_DOWNLINK_RETAIN_TRUE,
+    M2A_DOWNLINK_RETAIN_FROM_HEADER
+};
+
+/* A downlink (AMQP -> MQTT): a queue consumed, each message published to
+ * the topic its template gives (downlink_topic.h). */
+struct m2a_conf_downlink {
+    char *name;                      /* required, unique */
+    char *queue;                     /* required: declared in amqp.topology.queues */
+    char *topic;                     /* required: topic template, checked at load */
+    int qos;                         /* 0 or 1, default 1 */
+    enum m2a_downlink_retain retain; /* default false */
+    int prefetch;                    /* unacknowledged deliveries at most, default 100 */
+    struct m2a_conf_mark mark;
+};
+
 /* The "metrics" section: Prometheus /metrics, /healthz and /readyz over
  * HTTP. Absent: no HTTP server. */
 struct m2a_conf_metrics {
@@ -206,6 +227,8 @@ struct m2a_config {
     struct m2a_conf_dead_letter dead_letter;
     size_t nroutes;
     struct m2a_conf_route *routes;
+    size_t ndownlinks;
+    struct m2a_conf_downlink *downlinks;
     struct m2a_conf_log log;
     struct m2a_conf_metrics metrics;
     int shutdown_timeout; /* seconds, default 10 */

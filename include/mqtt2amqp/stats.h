@@ -24,6 +24,17 @@ struct m2a_stats_note {
     _Atomic unsigned char text[M2A_STATS_NOTE_MAX];
 };
 
+/* One downlink's counters (downlink.c writes them, the stats line and
+ * /metrics read them). */
+struct m2a_downlink_counters {
+    const char *name;           /* the config's downlink name, borrowed */
+    _Atomic uint64_t received;  /* basic.deliver from its queue */
+    _Atomic uint64_t published; /* handed to the MQTT session (again after a redelivery) */
+    _Atomic uint64_t acked;     /* basic.ack sent after the broker's PUBACK (QoS 0: the write) */
+    _Atomic uint64_t rejected; /* basic.reject without requeue: topic not formed, PUBLISH refused */
+    _Atomic uint64_t inflight; /* gauge: published, not yet acknowledged */
+};
+
 struct m2a_stats {
     _Atomic uint64_t received;      /* MQTT messages received */
     _Atomic uint64_t unmatched;     /* received messages no route matched */
@@ -66,6 +77,12 @@ struct m2a_stats {
     /* Per-route counters and confirm latency (route_stats.h), owned by the
      * bridge; NULL: not kept (unit tests). Set before any thread starts. */
     struct m2a_route_stats *routes;
+    /* The downlinks (downlink.c), one per config downlink, in config
+     * order; NULL / 0 without downlinks. Set before any thread starts. */
+    struct m2a_downlink_counters *downlinks;
+    size_t ndownlinks;
+    _Atomic bool downlink_mqtt_connected;
+    _Atomic bool downlink_amqp_connected;
 };
 
 #define M2A_STAT_ADD(st, field, n)                                                                 \

@@ -33,6 +33,7 @@
 
 #include <mosquitto.h>
 
+#include "mqtt2amqp/downlink_topic.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/hostport.h"
 #include "mqtt2amqp/policy.h"
@@ -262,6 +263,9 @@ static int mqtt_check(const struct m2a_bind_scope *s, void *base)
         rc = check_client(s, m->reconnect_min_ms, m->reconnect_max_ms);
     if (rc)
         return rc;
+    if (m->downlink_client_id && !strcmp(m->downlink_client_id, m->client_id))
+        return m2a_bind_fail_key(s, "downlink_client_id",
+                                 "the downlinks need a session of their own: not client_id");
     /* MQTT 3.1.1 forbids a password without a user name; MQTT 5 allows it */
     if (m->protocol == M2A_MQTT_V311 && m->password && !m->username)
         return m2a_bind_fail(s, m2a_bind_at(s, "password", "password_file", NULL),
@@ -408,11 +412,30 @@ static int dead_letter_check(const struct m2a_bind_scope *s, void *base)
     return check_exchange(s, d->exchange, true);
 }
 
+/* A downlink consumes a queue the bridge declares (amqp comes first in the
+ * table), and its topic template must compile. */
+static int downlink_check(const struct m2a_bind_scope *s, void *base)
+{
+    struct m2a_conf_downlink *d = base;
+    const struct m2a_conf_amqp *a = &config_of(s)->amqp;
+    char msg[MSG_LEN] = "";
+    struct m2a_downlink_topic *t = NULL;
+    if (m2a_downlink_topic_compile(d->topic, &t, msg, sizeof(msg)) != 0)
+        return m2a_bind_fail_key(s, "topic", "%s", msg);
+    m2a_downlink_topic_free(t);
+    for (size_t i = 0; i < a->nqueues; i++)
+        if (!strcmp(a->queues[i].name, d->queue))
+            return 0;
+    return m2a_bind_fail_key(s, "queue", "queue '%.60s' is not declared in amqp.topology.queues",
+                             d->queue);
+}
+
 static int top_check(const struct m2a_bind_scope *s, void *base)
 {
     struct m2a_config *cfg = base;
-    if (!cfg->nroutes)
-        return m2a_bind_fail(s, m2a_bind_at(s, "routes", NULL), "no routes: nothing to bridge");
+    if (!cfg->nroutes && !cfg->ndownlinks)
+        return m2a_bind_fail(s, m2a_bind_at(s, "routes", NULL),
+                             "no routes: nothing to bridge (no downlinks either)");
     return 0;
 }
 
@@ -449,6 +472,9 @@ static const struct m2a_bind_opt mqtt_opts[] = {
     M2A_BIND_INT(T, "port", port, "1883", 1, 65535, "MQTT broker TCP port"),
     M2A_BIND_STR(T, "client_id", client_id, "mqtt2amqp", M2A_BIND_NONEMPTY,
                  "fixed client id of the session", MQTTS, .check = check_mqtt_string),
+    M2A_BIND_STR(T, "downlink_client_id", downlink_client_id, NULL, RO,
+                 "client id of the downlinks' session, default client_id + \"-down\"", MQTTS,
+                 .check = check_mqtt_string),
     M2A_BIND_BOOL(T, "clean_session", clean_session, "false", "false keeps a persistent session"),
     M2A_BIND_INT(T, "keepalive", keepalive, "30", 5, 65535, "seconds between MQTT pings"),
     M2A_BIND_ENUM(T, "protocol", protocol, "5",
@@ -611,6 +637,24 @@ static const struct m2a_bind_section route_section = {M2A_BIND_ITEMS(T, route_op
                                                       .check = route_check};
 #undef T
 
+#define T struct m2a_conf_downlink
+static const struct m2a_bind_opt downlink_opts[] = {
+    M2A_BIND_STR(T, "name", name, NULL, REQ, "downlink name", SHORT, .unique = "downlink name"),
+    M2A_BIND_STR(T, "queue", queue, NULL, REQ, "queue consumed, declared in amqp.topology", SHORT),
+    M2A_BIND_STR(T, "topic", topic, NULL, REQ, "MQTT topic template"),
+    M2A_BIND_INT(T, "qos", qos, "1", 0, 1, "MQTT QoS of the publishes: 0 or 1"),
+    M2A_BIND_ENUM(T, "retain", retain, "false",
+                  M2A_BIND_CHOICES({"false", M2A_DOWNLINK_RETAIN_FALSE},
+                                   {"true", M2A_DOWNLINK_RETAIN_TRUE},
+                                   {"from_header", M2A_DOWNLINK_RETAIN_FROM_HEADER}),
+                  "MQTT retain flag: false, true or from_header (x-mqtt-retain)"),
+    M2A_BIND_INT(T, "prefetch", prefetch, "100", 1, 65535,
+                 "deliveries in flight at most (not yet PUBACKed)"),
+};
+static const struct m2a_bind_section downlink_section = {M2A_BIND_ITEMS(T, downlink_opts, mark),
+                                                         .check = downlink_check};
+#undef T
+
 #define T struct m2a_conf_log
 static const struct m2a_bind_opt log_opts[] = {
     /* names only: log.c gives the values */
@@ -644,6 +688,8 @@ static const struct m2a_bind_opt top_opts[] = {
     M2A_BIND_SECTION(T, "spool", spool, spool_section, "the on-disk retry queue"),
     M2A_BIND_SECTION(T, "dead_letter", dead_letter, dead_letter_section, "undeliverable messages"),
     M2A_BIND_LIST(T, "routes", routes, nroutes, route_section, "MQTT filter -> exchange mappings"),
+    M2A_BIND_LIST(T, "downlinks", downlinks, ndownlinks, downlink_section,
+                  "queue -> MQTT topic mappings (AMQP -> MQTT)"),
     M2A_BIND_SECTION(T, "log", log, log_section, "logging"),
     M2A_BIND_SECTION(T, "metrics", metrics, metrics_section,
                      "Prometheus metrics and health endpoints"),

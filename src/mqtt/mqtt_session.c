@@ -42,8 +42,13 @@
 #include "mqtt2amqp/tls.h"
 #include "mqtt2amqp/util.h"
 
-#define QOS              1     /* every subscription: see DESIGN.md */
-#define PACKETS_PER_CALL 1000  /* max_packets of mosquitto_loop_read/write */
+#define QOS              1    /* every subscription: see DESIGN.md */
+#define PACKETS_PER_CALL 1000 /* max_packets of mosquitto_loop_read */
+/* max_packets of mosquitto_loop_write: one call of libmosquitto's
+ * packet__write already writes every queued packet (until EAGAIN), and each
+ * further call, with nothing left, still takes and releases its two mutexes:
+ * 1000 of them per write were half the downlink's CPU (issue 11). */
+#define WRITE_CALLS      1
 #define MISC_EVERY_MS    1000  /* keepalive bookkeeping while up (libmosquitto counts seconds) */
 #define PAUSED_RECHECK   100   /* ms between connect attempts put off while reading pauses */
 #define LOG_INTERVAL_MS  5000  /* rate limit of repeated connect failures */
@@ -839,7 +844,7 @@ bool m2a_mqtt_session_write(struct m2a_mqtt_session *s, bool corked)
     int fd = mosquitto_socket(s->mosq);
     if (corked)
         cork(fd, 1);
-    int rc = mosquitto_loop_write(s->mosq, PACKETS_PER_CALL);
+    int rc = mosquitto_loop_write(s->mosq, WRITE_CALLS);
     if (corked && mosquitto_socket(s->mosq) >= 0)
         cork(fd, 0);
     return alive(s, rc);

@@ -183,6 +183,50 @@ static void render_mqtt(struct m2a_buf *b, const struct m2a_metrics_opts *o)
            M2A_STAT_GET(st, mqtt_takeovers));
 }
 
+struct downlink_series {
+    const char *name;
+    const char *type;
+    const char *help;
+    size_t off; /* of the counter in struct m2a_downlink_counters */
+};
+
+static const struct downlink_series downlink_series[] = {
+    {"mqtt2amqp_downlink_received_total", "counter", "messages delivered from the queue",
+     offsetof(struct m2a_downlink_counters, received)},
+    {"mqtt2amqp_downlink_published_total", "counter", "MQTT PUBLISHes sent, redeliveries included",
+     offsetof(struct m2a_downlink_counters, published)},
+    {"mqtt2amqp_downlink_acked_total", "counter",
+     "messages acknowledged to RabbitMQ after the MQTT broker's PUBACK",
+     offsetof(struct m2a_downlink_counters, acked)},
+    {"mqtt2amqp_downlink_rejected_total", "counter",
+     "messages rejected without requeue (to the queue's dead-letter exchange)",
+     offsetof(struct m2a_downlink_counters, rejected)},
+    {"mqtt2amqp_downlink_in_flight", "gauge", "messages published, not yet acknowledged",
+     offsetof(struct m2a_downlink_counters, inflight)},
+};
+
+static void render_downlinks(struct m2a_buf *b, const struct m2a_stats *st)
+{
+    if (!st->ndownlinks)
+        return;
+    for (size_t k = 0; k < sizeof(downlink_series) / sizeof(downlink_series[0]); k++) {
+        header(b, downlink_series[k].name, downlink_series[k].type, downlink_series[k].help);
+        for (size_t i = 0; i < st->ndownlinks; i++) {
+            char *base = (char *)&st->downlinks[i];
+            _Atomic uint64_t *ctr = (_Atomic uint64_t *)(base + downlink_series[k].off);
+            appendf(b, "%s{downlink=\"", downlink_series[k].name);
+            label_value(b, st->downlinks[i].name);
+            appendf(b, "\"} %" PRIu64 "\n", atomic_load_explicit(ctr, memory_order_relaxed));
+        }
+    }
+    header(b, "mqtt2amqp_downlink_connected", "gauge",
+           "1 while the downlinks' connection to the side is up");
+    appendf(b, "mqtt2amqp_downlink_connected{side=\"mqtt\"} %d\n",
+            M2A_STAT_GET(st, downlink_mqtt_connected));
+    appendf(b, "mqtt2amqp_downlink_connected{side=\"amqp\"} %d\n",
+            M2A_STAT_GET(st, downlink_amqp_connected));
+}
+
 void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
 {
     struct m2a_stats *st = o->stats;
@@ -229,6 +273,7 @@ void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
     single(b, "mqtt2amqp_mqtt_paused", "gauge", "1 while MQTT reads pause on a full spool",
            (uint64_t)M2A_STAT_GET(st, mqtt_paused));
     render_mqtt(b, o);
+    render_downlinks(b, st);
     render_latency(b, st->routes);
 }
 
