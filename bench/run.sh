@@ -23,6 +23,11 @@
 #                         -> RabbitMQ -> consumer, generator as fast as PUBACKed
 #   batch100n             batch100 with amqp.mqtt_headers: none (no x-mqtt-* headers):
 #                         what the headers cost RabbitMQ, seen from the bridge
+#   routes10k             bridge 100 B fsync batch with 1, 1,000 and 10,000 routes, the
+#                         matching one last (the others "fleet/siteI/+/temp" and
+#                         "bench/xI/#"); a note from m2a-bench-routes (no broker): table
+#                         compile and subscription reduction time, ns per mapped message,
+#                         trie against the linear reference
 #   latency               bridge (100 B, fsync batch) and direct at the same fixed
 #                         rate: 50% of the bridge's measured maximum
 #   drain                 RabbitMQ stopped (stop_app) while BACKLOG messages
@@ -366,6 +371,12 @@ for pass in $(seq 1 "$REPEAT"); do
         BRIDGE_MQTT_HEADERS=none bridge_rows batch100n 100 batch "$N100" \
             "bridge 100 B fsync batch, mqtt_headers: none" "$BASE100"
     fi
+    if want routes10k; then
+        for nr in 1 1000 10000; do
+            BRIDGE_ROUTES=$nr bridge_rows "routes$nr" 100 batch "$N100" \
+                "bridge 100 B fsync batch, $nr routes (match last)" "$BASE100"
+        done
+    fi
     if want direct1k; then
         run_direct direct1k 1024 "$N1K" "direct AMQP 1 KiB (baseline)" 0
         BASE1K=$RATE
@@ -407,6 +418,12 @@ if want latency; then
         run_bridge latbridge 100 batch "$LN" "bridge 100 B batch at ${LRATE}/s (50%)" "$BASE100" "$LRATE"
         NOTES+=("latency: both at ${LRATE} msg/s = 50% of the bridge's measured maximum (fsync batch, 100 B)")
     fi
+fi
+
+if want routes10k; then
+    while read -r l; do
+        NOTES+=("routes (m2a-bench-routes, no broker): $l")
+    done < <("$BUILD/bench/m2a-bench-routes" 1 1000 10000)
 fi
 
 BACKLOG_INGEST=""

@@ -349,6 +349,8 @@ struct reduce {
     uint32_t *slot_of; /* entry -> slot */
     uint32_t *cur;     /* slot -> its current entry */
     size_t nentries;
+    size_t *later; /* reduce_later's result */
+    size_t nlater;
 };
 
 static void reduce_add(struct reduce *rd, size_t slot)
@@ -376,14 +378,36 @@ static size_t reduce_first_overlap(struct reduce *rd, size_t i, size_t lo, size_
     return best;
 }
 
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The live slots after i that the trie says may overlap f[i], ascending,
+ * into rd->later. */
+static void reduce_later(struct reduce *rd, size_t i)
+{
+    const uint32_t *v;
+    size_t nv = m2a_topic_trie_overlapping(rd->trie, rd->f[i], rd->s, &v);
+    rd->nlater = 0;
+    for (size_t k = 0; k < nv; k++) {
+        size_t slot = rd->slot_of[v[k]];
+        if (slot > i && rd->cur[slot] == v[k] && rd->f[slot])
+            rd->later[rd->nlater++] = slot;
+    }
+    qsort(rd->later, rd->nlater, sizeof(*rd->later), cmp_size);
+}
+
 /* The same result as m2a_topic_filters_reduce_linear, step for step: that
  * one always merges the first overlapping pair (i, j) in array order. Here
  * every slot before the cursor i overlaps no other live slot, so the first
  * pair is (i, the first slot after i overlapping it), found through the
- * trie instead of a scan. Merging only widens f[i], so afterwards only a slot
- * before i that now overlaps f[i] can move the first pair back: the cursor
- * goes back to the first such slot. Each merge drops one filter; without
- * merges the cost is one trie query per filter. */
+ * trie instead of a scan. A merge that keeps f[i] (it covers f[j]) leaves
+ * the next pair at the next overlapping slot of the same query; one that
+ * widens f[i] needs a new query, and a slot before i that now overlaps f[i]
+ * moves the first pair back: the cursor goes back to the first such slot.
+ * Without merges the cost is one trie query per filter. */
 size_t m2a_topic_filters_reduce(char **f, size_t n)
 {
     if (n < 2)
@@ -395,6 +419,7 @@ size_t m2a_topic_filters_reduce(char **f, size_t n)
         .s = m2a_topic_trie_scratch_new(),
         .slot_of = xcalloc(2 * n, sizeof(uint32_t)),
         .cur = xcalloc(n, sizeof(uint32_t)),
+        .later = xcalloc(2 * n, sizeof(size_t)),
     };
     for (size_t i = 0; i < n; i++)
         reduce_add(&rd, i);
@@ -403,13 +428,17 @@ size_t m2a_topic_filters_reduce(char **f, size_t n)
             i++;
             continue;
         }
-        size_t j = reduce_first_overlap(&rd, i, i + 1, n);
-        if (j == n) {
+        reduce_later(&rd, i);
+        bool changed = false;
+        for (size_t k = 0; k < rd.nlater && !changed; k++) {
+            size_t j = rd.later[k];
+            if (f[j] && m2a_topic_filters_overlap(f[i], f[j]))
+                changed = merge_pair(f, i, j);
+        }
+        if (!changed) {
             i++;
             continue;
         }
-        if (!merge_pair(f, i, j))
-            continue;
         reduce_add(&rd, i);
         size_t back = reduce_first_overlap(&rd, i, 0, i);
         if (back < i)
@@ -423,6 +452,7 @@ size_t m2a_topic_filters_reduce(char **f, size_t n)
     m2a_topic_trie_scratch_free(rd.s);
     free(rd.slot_of);
     free(rd.cur);
+    free(rd.later);
     return kept;
 }
 
