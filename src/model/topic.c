@@ -466,19 +466,9 @@ size_t m2a_topic_filters_reduce_linear(char **f, size_t n)
         changed = false;
         for (size_t i = 0; i < n && !changed; i++) {
             for (size_t j = i + 1; j < n && !changed; j++) {
-                char *a = f[i], *b = f[j];
-                if (!m2a_topic_filters_overlap(a, b))
+                if (!m2a_topic_filters_overlap(f[i], f[j]))
                     continue;
-                if (m2a_topic_filter_covers(a, b)) {
-                    free(b);
-                } else if (m2a_topic_filter_covers(b, a)) {
-                    f[i] = b;
-                    free(a);
-                } else {
-                    f[i] = m2a_topic_filter_generalise(a, b);
-                    free(a);
-                    free(b);
-                }
+                (void)merge_pair(f, i, j);
                 memmove(&f[j], &f[j + 1], (n - j - 1) * sizeof(char *));
                 n--;
                 changed = true;
