@@ -89,7 +89,7 @@ static const char *const templates[] = {"{1}.{topic}", "{1}|{2}|{3}", "{2}-{1}",
 
 START_TEST(trie_maps_like_the_linear_reference)
 {
-    char filters[MAX_ROUTES][64], names[MAX_ROUTES][8], hdr[MAX_ROUTES][32];
+    char filters[MAX_ROUTES][64], names[MAX_ROUTES][24], hdr[MAX_ROUTES][32];
     struct m2a_conf_route cr[MAX_ROUTES];
     struct m2a_conf_kv kv[MAX_ROUTES];
     size_t compared = 0, nonempty = 0;
