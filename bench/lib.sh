@@ -159,13 +159,21 @@ amqp:
         bindings: [{exchange: bench.$1, routing_key: "#"}]
 spool: {dir: $BRIDGE_SPOOL, max_bytes: 64GiB, segment_bytes: 64MiB, fsync: $2}
 routes:
+EOF
+    # BRIDGE_ROUTES=N (routes10k): N-1 routes that do not match, then the one that does.
+    awk -v n="${BRIDGE_ROUTES:-1}" -v ex="bench.$1" 'BEGIN {
+        for (i = 0; i < n - 1; i++)
+            if (i % 2) printf "  - {name: r%d, topic: \"bench/x%d/#\", exchange: %s}\n", i, i, ex
+            else printf "  - {name: r%d, topic: \"fleet/site%d/+/temp\", exchange: %s}\n", i, i, ex
+    }' >>"$dir/bridge.yaml"
+    cat >>"$dir/bridge.yaml" <<EOF
   - {name: bench, topic: "bench/#", exchange: bench.$1}
 log: {stats_interval: 1}
 shutdown_timeout: 5
 EOF
     "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$dir/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
     BRIDGE_PID=$!
-    if ! wait_for "$BRIDGE_LOG" "mqtt: subscribed to" 600 "$BRIDGE_PID" ||
+    if ! wait_for "$BRIDGE_LOG" "mqtt: subscribed to bench/#" 600 "$BRIDGE_PID" ||
         { [ "${BRIDGE_WAIT_AMQP:-1}" = 1 ] &&
             ! wait_for "$BRIDGE_LOG" "amqp: connected to" 60 "$BRIDGE_PID"; }; then
         die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"

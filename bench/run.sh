@@ -23,6 +23,14 @@
 #                         -> RabbitMQ -> consumer, generator as fast as PUBACKed
 #   batch100n             batch100 with amqp.mqtt_headers: none (no x-mqtt-* headers):
 #                         what the headers cost RabbitMQ, seen from the bridge
+#   big256k, big4m        direct AMQP and bridge (fsync batch) with 256 KiB and 4 MiB
+#                         payloads (camera frames); a note per row gives MB/s and the
+#                         bridge's CPU us per KiB of payload
+#   routes10k             bridge 100 B fsync batch with 1, 1,000 and 10,000 routes, the
+#                         matching one last (the others "fleet/siteI/+/temp" and
+#                         "bench/xI/#"); a note from m2a-bench-routes (no broker): table
+#                         compile and subscription reduction time, ns per mapped message,
+#                         trie against the linear reference
 #   latency               bridge (100 B, fsync batch) and direct at the same fixed
 #                         rate: 50% of the bridge's measured maximum
 #   drain                 RabbitMQ stopped (stop_app) while BACKLOG messages
@@ -45,6 +53,10 @@
 # Environment (defaults sized for ~10 minutes on 2 cores):
 #   M2A_BENCH_MESSAGES=200000       per 100 B scenario
 #   M2A_BENCH_MESSAGES_1K=100000    per 1 KiB scenario
+#   M2A_BENCH_MESSAGES_256K=4000    per 256 KiB scenario (1 GiB)
+#   M2A_BENCH_MESSAGES_4M=256       per 4 MiB scenario (1 GiB)
+#   M2A_BENCH_WINDOW_BIG=64         generator/publisher window and bridge confirm_window of
+#                                   the big256k/big4m rows
 #   M2A_BENCH_LATENCY_SECONDS=20    length of each fixed-rate latency run
 #   M2A_BENCH_BACKLOG=1000000       messages sent while RabbitMQ is down
 #   M2A_BENCH_LIVE_PERCENT=10       live traffic during the drain, % of direct 100 B
@@ -70,6 +82,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${M2A_BENCH_BUILD:-$ROOT/build-bench}
 N100=${M2A_BENCH_MESSAGES:-200000}
 N1K=${M2A_BENCH_MESSAGES_1K:-100000}
+N256K=${M2A_BENCH_MESSAGES_256K:-4000}
+N4M=${M2A_BENCH_MESSAGES_4M:-256}
+WINDOW_BIG=${M2A_BENCH_WINDOW_BIG:-64}
 LAT_SECS=${M2A_BENCH_LATENCY_SECONDS:-20}
 BACKLOG=${M2A_BENCH_BACKLOG:-1000000}
 LIVE_PCT=${M2A_BENCH_LIVE_PERCENT:-10}
@@ -444,6 +459,22 @@ for pass in $(seq 1 "$REPEAT"); do
         BRIDGE_MQTT_HEADERS=none bridge_rows batch100n 100 batch "$N100" \
             "bridge 100 B fsync batch, mqtt_headers: none" "$BASE100"
     fi
+    if want routes10k; then
+        for nr in 1 1000 10000; do
+            BRIDGE_ROUTES=$nr bridge_rows "routes$nr" 100 batch "$N100" \
+                "bridge 100 B fsync batch, $nr routes (match last)" "$BASE100"
+        done
+    fi
+    for big in 256k:262144:$N256K 4m:4194304:$N4M; do
+        IFS=: read -r tag size count <<<"$big"
+        want "big$tag" || continue
+        WINDOW0=$WINDOW
+        WINDOW=$WINDOW_BIG
+        run_direct "direct$tag" "$size" "$count" "direct AMQP $tag (baseline)" 0
+        keep_row "direct$tag"
+        bridge_rows "big$tag" "$size" batch "$count" "bridge $tag fsync batch" "$RATE"
+        WINDOW=$WINDOW0
+    done
     if want direct1k; then
         run_direct direct1k 1024 "$N1K" "direct AMQP 1 KiB (baseline)" 0
         BASE1K=$RATE
@@ -462,13 +493,24 @@ BASE100=0 BASE1K=0 MAX100=0 PASS_SUFFIX=""
 for key in "${THROUGHPUT_KEYS[@]}"; do
     r=$(median_row "$key")
     case $key in
-    direct100 | direct1k) ratio=1.00 ;;
+    direct100 | direct1k | direct256k | direct4m) ratio=1.00 ;;
+    big256k | big256k-b2) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct256k)")") ;;
+    big4m | big4m-b2) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct4m)")") ;;
     *1k | *1k-b2) ratio=$(div "$(rate_of "$r")" "$BASE1K") ;;
     *) ratio=$(div "$(rate_of "$r")" "$BASE100") ;;
     esac
     IFS='|' read -r -a c <<<"$r"
     c[3]=$ratio
     ROWS+=("$(IFS='|' && echo "${c[*]}")")
+    case $key in
+    big256k* | direct256k | big4m* | direct4m)
+        kib=256
+        [[ $key != *4m* ]] || kib=4096
+        NOTES+=("$(awk -v k="${c[0]}" -v r="${c[2]}" -v cpu="${c[6]}" -v kib="$kib" 'BEGIN {
+            printf "%s: %.1f MB/s", k, r * kib * 1024 / 1e6
+            if (cpu + 0 > 0) printf ", bridge CPU %.2f us per KiB", cpu / kib }')")
+        ;;
+    esac
     if [ "$REPEAT" != 1 ]; then
         NOTES+=("$key: msg/s over $REPEAT passes: $(printf '%s' "${PASS_ROWS[$key]}" | cut -d'|' -f3 | sort -n | paste -sd' ')")
     fi
@@ -488,6 +530,12 @@ if want latency; then
 fi
 
 want downlink && run_downlink
+
+if want routes10k; then
+    while read -r l; do
+        NOTES+=("routes (m2a-bench-routes, no broker): $l")
+    done < <("$BUILD/bench/m2a-bench-routes" 1 1000 10000)
+fi
 
 BACKLOG_INGEST=""
 want drain && run_drain "$BASE100"

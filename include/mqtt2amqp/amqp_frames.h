@@ -38,6 +38,31 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
                             const amqp_basic_publish_t *method,
                             const amqp_basic_properties_t *props, amqp_bytes_t body);
 
+/* Body bytes the frames borrow instead of copying: span i goes between
+ * out->data[spans[i-1].at .. spans[i].at) and what follows in out. The
+ * bytes belong to the caller and must stay unchanged until the frames are
+ * written (m2a_amqp_frames_sendv) or the borrow is reset. */
+struct m2a_amqp_frames_span {
+    size_t at; /* offset in out where the span's bytes go */
+    const unsigned char *ptr;
+    size_t len;
+};
+struct m2a_amqp_frames_borrow {
+    struct m2a_amqp_frames_span *spans;
+    size_t n, cap;
+    size_t bytes; /* sum of the spans' lengths */
+};
+void m2a_amqp_frames_borrow_free(struct m2a_amqp_frames_borrow *b);
+
+/* m2a_amqp_frames_publish, but a body frame's payload of at least
+ * borrow_min bytes is borrowed from body (a span in b) rather than copied
+ * into out: a large message is written from where it already is. */
+int m2a_amqp_frames_publish_borrow(struct m2a_buf *out, struct m2a_amqp_frames_borrow *b,
+                                   uint16_t channel, uint32_t frame_max,
+                                   const amqp_basic_publish_t *method,
+                                   const amqp_basic_properties_t *props, amqp_bytes_t body,
+                                   size_t borrow_min);
+
 /* Where frames are written: a connected non-blocking socket, or the TLS
  * session over it (ssl not NULL; then every byte goes through SSL_write).
  * Borrowed from the connection that owns them. */
@@ -55,5 +80,13 @@ struct m2a_amqp_frames_wire {
  * connection is unusable (a TLS write cut short cannot be abandoned). */
 int m2a_amqp_frames_send(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out, int stall_ms,
                          uint64_t deadline_ms);
+
+/* m2a_amqp_frames_send of out with b's spans spliced in (b may be NULL):
+ * one writev (sendmsg) per wake-up on a plain socket; through TLS, one
+ * record at a time as above. Empties b as well. On error what was not
+ * written is copied into out, so that nothing borrowed is referred to
+ * afterwards. */
+int m2a_amqp_frames_sendv(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out,
+                          struct m2a_amqp_frames_borrow *b, int stall_ms, uint64_t deadline_ms);
 
 #endif

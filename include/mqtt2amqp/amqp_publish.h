@@ -35,7 +35,9 @@ void m2a_amqp_publish_free(struct m2a_amqp_publish *p); /* NULL: no-op */
  * message cannot be published on c at all (exchange, routing key, content
  * type or a header name over 255 bytes, or properties and headers that do
  * not fit one frame of c's frame_max): nothing is appended, and publishing
- * it again would fail the same way. */
+ * it again would fail the same way. The body's bytes are borrowed, not
+ * copied (body frames of 4 KiB or more are written from them): they must
+ * stay unchanged until the next flush or discard. */
 int m2a_amqp_publish_add(struct m2a_amqp_publish *p, const struct m2a_amqp_conn *c,
                          const struct m2a_envelope *env, enum m2a_mqtt_headers mqtt_headers,
                          const char *message_id, size_t message_id_len);

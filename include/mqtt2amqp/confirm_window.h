@@ -14,10 +14,13 @@
  * Memory: the window is bounded in records (capacity) and in bytes
  * (max_bytes: it takes a new record only while the records it holds add up
  * to less, so it holds at most max_bytes plus one record). A slot's buffer
- * is kept for the next record only if it is at most M2A_CONFIRM_WINDOW_KEEP_BYTES and
- * the buffers kept idle stay within max_bytes; others are freed when their
- * slot is popped. So what the window allocates is at most about
- *   max_bytes + the largest record + min(max_bytes, capacity x KEEP_BYTES)
+ * is kept for the next record if it is at most M2A_CONFIRM_WINDOW_KEEP_BYTES
+ * and the buffers kept idle stay within max_bytes; a larger one goes to a
+ * pool of at most 4 that any slot takes from for its next large record,
+ * also within max_bytes (and only when max_bytes is set), emptied whenever
+ * every record is confirmed; others are freed when their slot is popped. So what the window
+ * allocates is at most about max_bytes + the largest record + min(max_bytes, capacity x KEEP_BYTES
+ *                                          + 4 x the largest record)
  * (m2a_confirm_window_usage says how much it is now).
  *
  * Not thread-safe: owned by the AMQP thread. Steady state allocates

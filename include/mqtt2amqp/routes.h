@@ -83,4 +83,10 @@ typedef void (*m2a_route_cb)(void *ud, size_t route_index, const struct m2a_enve
 size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
                       struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud);
 
+/* The reference for m2a_routes_map: the same contract, computed by trying
+ * every route's filter in order (cost grows with the number of routes).
+ * Kept for the differential tests and the fuzz target; not for the hot path. */
+size_t m2a_routes_map_linear(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
+                             struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud);
+
 #endif

@@ -26,9 +26,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest encoded envelope one record holds (bounds what a damaged length
- * field can make recovery or the reader allocate). */
-#define M2A_SPOOL_MAX_PAYLOAD (16u * 1024u * 1024u)
+/* Largest encoded envelope one record holds: the largest payload an MQTT
+ * packet can carry (256 MiB) with its routing data (topic, names, headers),
+ * so that mqtt.max_message_bytes alone limits what is bridged (it was 16 MiB
+ * on the whole record, which refused a payload of exactly 16 MiB). It bounds
+ * what a damaged length field can make recovery or the reader allocate; the
+ * reader never reads past the published end of a segment either. */
+#define M2A_SPOOL_MAX_PAYLOAD (272u * 1024u * 1024u)
 
 #define M2A_SPOOL_RECORD_MAGIC       0x5251324du /* "M2QR" on disk */
 #define M2A_SPOOL_RECORD_HEADER      20

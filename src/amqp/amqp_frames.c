@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <openssl/err.h>
 
@@ -39,9 +41,36 @@ static void frame_end(struct m2a_buf *out, unsigned char *f, size_t len)
     out->len += FRAME_HEADER + len + FRAME_END_LEN;
 }
 
+void m2a_amqp_frames_borrow_free(struct m2a_amqp_frames_borrow *b)
+{
+    free(b->spans);
+    *b = (struct m2a_amqp_frames_borrow){0};
+}
+
+static void borrow_push(struct m2a_amqp_frames_borrow *b, size_t at, const unsigned char *p,
+                        size_t len)
+{
+    if (b->n == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 16;
+        b->spans = xrealloc(b->spans, b->cap * sizeof(*b->spans));
+    }
+    b->spans[b->n++] = (struct m2a_amqp_frames_span){at, p, len};
+    b->bytes += len;
+}
+
 int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t frame_max,
                             const amqp_basic_publish_t *method,
                             const amqp_basic_properties_t *props, amqp_bytes_t body)
+{
+    return m2a_amqp_frames_publish_borrow(out, NULL, channel, frame_max, method, props, body,
+                                          SIZE_MAX);
+}
+
+int m2a_amqp_frames_publish_borrow(struct m2a_buf *out, struct m2a_amqp_frames_borrow *b,
+                                   uint16_t channel, uint32_t frame_max,
+                                   const amqp_basic_publish_t *method,
+                                   const amqp_basic_properties_t *props, amqp_bytes_t body,
+                                   size_t borrow_min)
 {
     if (frame_max <= FRAME_HEADER + FRAME_END_LEN + HEADER_FIXED)
         return M2A_ERR_ARG;
@@ -73,9 +102,22 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
     /* Body frames: none for an empty body, as rabbitmq-c does. */
     for (size_t off = 0; off < body.len;) {
         size_t chunk = body.len - off < payload_max ? body.len - off : payload_max;
-        f = frame_begin(out, AMQP_FRAME_BODY, channel, chunk);
-        memcpy(f + FRAME_HEADER, (const unsigned char *)body.bytes + off, chunk);
-        frame_end(out, f, chunk);
+        const unsigned char *src = (const unsigned char *)body.bytes + off;
+        if (b && chunk >= borrow_min) {
+            /* Header here, payload borrowed, frame-end octet after it. */
+            m2a_buf_reserve(out, FRAME_HEADER + FRAME_END_LEN);
+            f = out->data + out->len;
+            f[0] = AMQP_FRAME_BODY;
+            m2a_put_be16(f + 1, channel);
+            m2a_put_be32(f + 3, (uint32_t)chunk);
+            out->len += FRAME_HEADER;
+            borrow_push(b, out->len, src, chunk);
+            out->data[out->len++] = FRAME_END;
+        } else {
+            f = frame_begin(out, AMQP_FRAME_BODY, channel, chunk);
+            memcpy(f + FRAME_HEADER, src, chunk);
+            frame_end(out, f, chunk);
+        }
         off += chunk;
     }
     return 0;
@@ -86,16 +128,19 @@ int m2a_amqp_frames_publish(struct m2a_buf *out, uint16_t channel, uint32_t fram
  * with errno set. A TLS write is at most one record, so that a large buffer
  * shows progress record by record (the stall timer sees it), and a write
  * that said "try again" is retried with the same bytes, as OpenSSL wants. */
-static ssize_t wire_write(const struct m2a_amqp_frames_wire *w, const unsigned char *p, size_t len,
+static ssize_t wire_write(const struct m2a_amqp_frames_wire *w, struct iovec *iov, size_t niov,
                           short *want)
 {
     *want = POLLOUT;
     if (!w->ssl) {
-        ssize_t n = send(w->fd, p, len, MSG_NOSIGNAL);
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = niov};
+        ssize_t n = sendmsg(w->fd, &mh, MSG_NOSIGNAL);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return 0;
         return n;
     }
+    const unsigned char *p = iov[0].iov_base;
+    size_t len = iov[0].iov_len;
     size_t n = len < TLS_RECORD ? len : TLS_RECORD, done = 0;
     ERR_clear_error();
     errno = 0;
@@ -120,17 +165,73 @@ static ssize_t wire_write(const struct m2a_amqp_frames_wire *w, const unsigned c
     }
 }
 
+/* The byte stream of out with b's spans spliced in, as pieces: even ones
+ * are runs of out, odd ones spans. */
+struct stream {
+    struct m2a_buf *out;
+    struct m2a_amqp_frames_borrow *b;
+    size_t npieces;
+};
+
+static struct iovec piece(const struct stream *st, size_t k)
+{
+    size_t nspans = st->b ? st->b->n : 0;
+    if (k % 2) {
+        const struct m2a_amqp_frames_span *sp = &st->b->spans[k / 2];
+        return (struct iovec){(void *)sp->ptr, sp->len};
+    }
+    size_t from = k == 0 ? 0 : st->b->spans[k / 2 - 1].at;
+    size_t to = k / 2 < nspans ? st->b->spans[k / 2].at : st->out->len;
+    return (struct iovec){st->out->data + from, to - from};
+}
+
+#define MAX_IOV 64
+
 int m2a_amqp_frames_send(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out, int stall_ms,
                          uint64_t deadline_ms)
 {
-    size_t off = 0;
+    return m2a_amqp_frames_sendv(w, out, NULL, stall_ms, deadline_ms);
+}
+
+int m2a_amqp_frames_sendv(const struct m2a_amqp_frames_wire *w, struct m2a_buf *out,
+                          struct m2a_amqp_frames_borrow *b, int stall_ms, uint64_t deadline_ms)
+{
+    struct stream st = {out, b, 1 + 2 * (b ? b->n : 0)};
+    size_t k = 0, koff = 0; /* the next byte to write: piece k, offset koff */
     int rc = 0;
     uint64_t stall_at = m2a_now_ms() + (uint64_t)(stall_ms > 0 ? stall_ms : 0);
-    while (off < out->len) {
+    for (;;) {
+        while (k < st.npieces && piece(&st, k).iov_len == koff) {
+            k++;
+            koff = 0;
+        }
+        if (k == st.npieces)
+            break;
+        struct iovec iov[MAX_IOV];
+        size_t niov = 0;
+        for (size_t j = k; j < st.npieces && niov < MAX_IOV; j++) {
+            struct iovec v = piece(&st, j);
+            if (j == k) {
+                v.iov_base = (unsigned char *)v.iov_base + koff;
+                v.iov_len -= koff;
+            }
+            if (v.iov_len)
+                iov[niov++] = v;
+        }
         short want;
-        ssize_t n = wire_write(w, out->data + off, out->len - off, &want);
+        ssize_t n = wire_write(w, iov, niov, &want);
         if (n > 0) {
-            off += (size_t)n;
+            size_t left = (size_t)n;
+            while (left > 0) {
+                size_t room = piece(&st, k).iov_len - koff;
+                size_t step = left < room ? left : room;
+                koff += step;
+                left -= step;
+                if (koff == piece(&st, k).iov_len) {
+                    k++;
+                    koff = 0;
+                }
+            }
             stall_at = m2a_now_ms() + (uint64_t)(stall_ms > 0 ? stall_ms : 0);
             continue;
         }
@@ -152,11 +253,23 @@ int m2a_amqp_frames_send(const struct m2a_amqp_frames_wire *w, struct m2a_buf *o
             break;
         }
     }
-    if (off == out->len) {
+    if (k < st.npieces && (k > 0 || koff > 0 || st.npieces > 1)) {
+        /* Keep what was not written, in out alone. */
+        struct m2a_buf rest = {0};
+        for (size_t j = k; j < st.npieces; j++) {
+            struct iovec v = piece(&st, j);
+            size_t skip = j == k ? koff : 0;
+            m2a_buf_append(&rest, (unsigned char *)v.iov_base + skip, v.iov_len - skip);
+        }
+        m2a_buf_reset(out);
+        m2a_buf_append(out, rest.data, rest.len);
+        m2a_buf_free(&rest);
+    } else if (k == st.npieces) {
         out->len = 0;
-    } else if (off > 0) {
-        memmove(out->data, out->data + off, out->len - off);
-        out->len -= off;
+    }
+    if (b) {
+        b->n = 0;
+        b->bytes = 0;
     }
     return rc;
 }

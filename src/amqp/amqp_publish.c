@@ -22,9 +22,13 @@
 
 #define SEND_STALL_MS     30000 /* without heartbeats: a write taking nothing this long fails */
 #define FRAMES_KEEP_BYTES (1u << 20) /* a frame buffer grown past this is freed after the write */
+#define BORROW_MIN        4096 /* body frames at least this long are written from the record */
 
 struct m2a_amqp_publish {
     struct m2a_buf frames;
+    /* Body frames written from the caller's record (the confirm window's
+     * copy, unchanged until it is confirmed), not copied into frames. */
+    struct m2a_amqp_frames_borrow borrow;
     amqp_table_entry_t *entries; /* headers table scratch, grown only */
     size_t entries_cap;
 };
@@ -39,6 +43,7 @@ void m2a_amqp_publish_free(struct m2a_amqp_publish *p)
     if (p) {
         free(p->entries);
         m2a_buf_free(&p->frames);
+        m2a_amqp_frames_borrow_free(&p->borrow);
     }
     free(p);
 }
@@ -129,23 +134,23 @@ int m2a_amqp_publish_add(struct m2a_amqp_publish *p, const struct m2a_amqp_conn 
                               .routing_key = str_bytes(env->routing_key),
                               .mandatory = 1};
     const struct m2a_amqp_conn_params *cp = m2a_amqp_conn_params(c);
-    return m2a_amqp_frames_publish(&p->frames, cp->channel, cp->frame_max, &m, &props,
-                                   str_bytes(env->body));
+    return m2a_amqp_frames_publish_borrow(&p->frames, &p->borrow, cp->channel, cp->frame_max, &m,
+                                          &props, str_bytes(env->body), BORROW_MIN);
 }
 
 size_t m2a_amqp_publish_pending(const struct m2a_amqp_publish *p)
 {
-    return p->frames.len;
+    return p->frames.len + p->borrow.bytes;
 }
 
 int m2a_amqp_publish_flush(struct m2a_amqp_publish *p, const struct m2a_amqp_conn *c,
                            uint64_t deadline_ms, char *why, size_t whylen)
 {
-    if (p->frames.len == 0)
+    if (p->frames.len == 0 && p->borrow.n == 0)
         return 0;
     const struct m2a_amqp_conn_params *cp = m2a_amqp_conn_params(c);
     int stall_ms = cp->heartbeat_s > 0 ? cp->heartbeat_s * 2000 : SEND_STALL_MS;
-    int rc = m2a_amqp_frames_send(&cp->wire, &p->frames, stall_ms, deadline_ms);
+    int rc = m2a_amqp_frames_sendv(&cp->wire, &p->frames, &p->borrow, stall_ms, deadline_ms);
     if (rc == M2A_ERR_TIMEOUT)
         snprintf(why, whylen, "publishing: the broker took no data for %d ms%s", stall_ms,
                  m2a_now_ms() >= deadline_ms ? " (stop deadline reached)" : "");
@@ -165,6 +170,8 @@ bool m2a_amqp_publish_writable(const struct m2a_amqp_conn *c)
 void m2a_amqp_publish_discard(struct m2a_amqp_publish *p)
 {
     p->frames.len = 0;
+    p->borrow.n = 0;
+    p->borrow.bytes = 0;
     if (p->frames.cap > FRAMES_KEEP_BYTES)
         m2a_buf_free(&p->frames);
 }

@@ -18,6 +18,13 @@ struct tag_ent {
  * the same size reuse a buffer without a reallocation each. */
 #define SMALL_STEP 256u
 
+/* Larger buffers a popped slot leaves behind wait here (at most this many,
+ * within max_bytes) for the next large record of any slot: a stream of
+ * large messages then reuses a few buffers instead of allocating, mapping
+ * and faulting in a fresh one per message. The pool is emptied whenever
+ * the window is (every record confirmed). */
+#define POOL_MAX 4
+
 struct m2a_confirm_window {
     struct m2a_confirm_window_slot *slots;
     uint32_t cap;
@@ -37,6 +44,9 @@ struct m2a_confirm_window {
      * skipped; they leave from the front. */
     struct tag_ent *fifo;
     size_t fcap, fhead, flen;
+
+    struct m2a_buf pool[POOL_MAX]; /* idle buffers over KEEP_BYTES, counted in spare */
+    uint32_t npool;
 
     m2a_confirm_window_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
     void *on_confirm_ctx;
@@ -75,6 +85,8 @@ void m2a_confirm_window_free(struct m2a_confirm_window *cw)
         return;
     for (uint32_t i = 0; i < cw->cap; i++)
         m2a_buf_free(&cw->slots[i].rec);
+    for (uint32_t i = 0; i < cw->npool; i++)
+        m2a_buf_free(&cw->pool[i]);
     free(cw->slots);
     free(cw->fifo);
     free(cw);
@@ -102,6 +114,21 @@ static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *
                  size_t len)
 {
     cw->bytes -= s->rec.len;
+    if (s->rec.cap < len + 1 && len + 1 > M2A_CONFIRM_WINDOW_KEEP_BYTES) {
+        /* The smallest pooled buffer that fits, in place of the slot's. */
+        uint32_t best = cw->npool;
+        for (uint32_t i = 0; i < cw->npool; i++)
+            if (cw->pool[i].cap >= len + 1 &&
+                (best == cw->npool || cw->pool[i].cap < cw->pool[best].cap))
+                best = i;
+        if (best < cw->npool) {
+            cw->held -= s->rec.cap;
+            free(s->rec.data);
+            s->rec = cw->pool[best];
+            cw->spare -= s->rec.cap;
+            cw->pool[best] = cw->pool[--cw->npool];
+        }
+    }
     if (s->rec.cap < len + 1) {
         size_t cap = len + 1;
         if (cap <= M2A_CONFIRM_WINDOW_KEEP_BYTES)
@@ -149,6 +176,13 @@ static void retire(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot
     uint64_t room = cw->max_bytes ? cw->max_bytes : UINT64_MAX;
     if (s->rec.cap <= M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->spare + s->rec.cap <= room) {
         cw->spare += s->rec.cap;
+        return;
+    }
+    if (s->rec.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->max_bytes && cw->npool < POOL_MAX &&
+        cw->spare + s->rec.cap <= room) {
+        cw->spare += s->rec.cap;
+        cw->pool[cw->npool++] = s->rec;
+        s->rec = (struct m2a_buf){0};
         return;
     }
     cw->held -= s->rec.cap;
@@ -391,6 +425,16 @@ bool m2a_confirm_window_pop_confirmed(struct m2a_confirm_window *cw, uint64_t *s
         if (cw->unsent_from)
             cw->unsent_from--;
         popped = true;
+    }
+    if (cw->count == 0) {
+        /* The stream of large records is over (for now): nothing is kept
+         * for it once everything is confirmed. */
+        for (uint32_t i = 0; i < cw->npool; i++) {
+            cw->held -= cw->pool[i].cap;
+            cw->spare -= cw->pool[i].cap;
+            m2a_buf_free(&cw->pool[i]);
+        }
+        cw->npool = 0;
     }
     return popped;
 }

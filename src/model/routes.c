@@ -19,6 +19,7 @@
 
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/topic.h"
+#include "mqtt2amqp/topic_trie.h"
 
 /* AMQP short strings (exchange, content type, table keys) are at most 255
  * bytes on the wire; the envelope encoding relies on it too. */
@@ -63,6 +64,7 @@ struct m2a_routes {
     char **subs;
     uint32_t *by_id; /* route index + 1 by id, open addressing; 0 is empty */
     size_t by_id_size;
+    struct m2a_topic_trie *trie; /* every route's filter, valued by its index */
 };
 
 struct m2a_routes_scratch {
@@ -70,6 +72,7 @@ struct m2a_routes_scratch {
     struct m2a_buf hvals; /* all header values of one envelope, back to back */
     struct m2a_header *headers;
     size_t headers_cap;
+    struct m2a_topic_trie_scratch *walk;
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -360,6 +363,9 @@ int m2a_routes_compile(const struct m2a_config *cfg, struct m2a_route_stats *reg
     if ((rc = assign_ids(rt, registry, err, errlen)) < 0)
         goto out;
     build_subscriptions(rt);
+    rt->trie = m2a_topic_trie_new();
+    for (size_t i = 0; i < rt->n; i++)
+        m2a_topic_trie_add(rt->trie, rt->r[i].filter, (uint32_t)i);
     *out = rt;
     rt = NULL;
 out:
@@ -378,6 +384,7 @@ void m2a_routes_free(struct m2a_routes *routes)
         free(routes->subs[i]);
     free(routes->subs);
     free(routes->by_id);
+    m2a_topic_trie_free(routes->trie);
     free(routes);
 }
 
@@ -433,7 +440,9 @@ const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i)
 
 struct m2a_routes_scratch *m2a_routes_scratch_new(void)
 {
-    return xcalloc(1, sizeof(struct m2a_routes_scratch));
+    struct m2a_routes_scratch *s = xcalloc(1, sizeof(*s));
+    s->walk = m2a_topic_trie_scratch_new();
+    return s;
 }
 
 void m2a_routes_scratch_free(struct m2a_routes_scratch *s)
@@ -443,6 +452,7 @@ void m2a_routes_scratch_free(struct m2a_routes_scratch *s)
     m2a_buf_free(&s->key);
     m2a_buf_free(&s->hvals);
     free(s->headers);
+    m2a_topic_trie_scratch_free(s->walk);
     free(s);
 }
 
@@ -506,8 +516,32 @@ static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
     return rc;
 }
 
+/* The trie gives the matching routes in route order; m2a_topic_match then
+ * only fills the captures of those (and would drop a candidate the trie
+ * should not have given). */
 size_t m2a_routes_map(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
                       struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud)
+{
+    size_t matched = 0;
+    struct m2a_captures caps;
+    const uint32_t *idx;
+    size_t n = m2a_topic_trie_match(routes->trie, msg->topic, msg->topic_len, scratch->walk, &idx);
+    for (size_t k = 0; k < n; k++) {
+        const struct route *r = &routes->r[idx[k]];
+        if (!m2a_topic_match(r->filter, msg->topic, msg->topic_len, &caps))
+            continue;
+        matched++;
+        struct m2a_envelope env;
+        int rc = map_one(r, msg, &caps, scratch, &env);
+        cb(ud, idx[k], &env, rc);
+        if (!r->cont)
+            break;
+    }
+    return matched;
+}
+
+size_t m2a_routes_map_linear(const struct m2a_routes *routes, const struct m2a_mqtt_msg *msg,
+                             struct m2a_routes_scratch *scratch, m2a_route_cb cb, void *ud)
 {
     size_t matched = 0;
     struct m2a_captures caps;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/topic_trie.h"
 
 #define MAX_TOPIC_LEN 65535
 
@@ -315,29 +316,159 @@ char *m2a_topic_filter_generalise(const char *a, const char *b)
     return s;
 }
 
+/* Merges the overlapping pair f[i], f[j] (i < j) into f[i] and drops f[j]
+ * (sets it NULL). Returns true if f[i] changed. */
+static bool merge_pair(char **f, size_t i, size_t j)
+{
+    char *a = f[i], *b = f[j];
+    bool changed = true;
+    if (m2a_topic_filter_covers(a, b)) {
+        free(b);
+        changed = false;
+    } else if (m2a_topic_filter_covers(b, a)) {
+        f[i] = b;
+        free(a);
+    } else {
+        f[i] = m2a_topic_filter_generalise(a, b);
+        free(a);
+        free(b);
+    }
+    f[j] = NULL;
+    return changed;
+}
+
+/* The state of m2a_topic_filters_reduce: the filters so far in a trie whose
+ * values are entries; an entry is current while its slot still holds the
+ * filter it was added with (a merged filter is added again, the old entry
+ * left behind). */
+struct reduce {
+    char **f;
+    size_t n;
+    struct m2a_topic_trie *trie;
+    struct m2a_topic_trie_scratch *s;
+    uint32_t *slot_of; /* entry -> slot */
+    uint32_t *cur;     /* slot -> its current entry */
+    size_t nentries;
+    size_t *later; /* reduce_later's result */
+    size_t nlater;
+};
+
+static void reduce_add(struct reduce *rd, size_t slot)
+{
+    uint32_t e = (uint32_t)rd->nentries++;
+    rd->slot_of[e] = (uint32_t)slot;
+    rd->cur[slot] = e;
+    m2a_topic_trie_add(rd->trie, rd->f[slot], e);
+}
+
+/* The first live slot in [lo, hi) other than i whose filter overlaps f[i];
+ * hi when there is none. */
+static size_t reduce_first_overlap(struct reduce *rd, size_t i, size_t lo, size_t hi)
+{
+    const uint32_t *v;
+    size_t nv = m2a_topic_trie_overlapping(rd->trie, rd->f[i], rd->s, &v);
+    size_t best = hi;
+    for (size_t k = 0; k < nv; k++) {
+        size_t slot = rd->slot_of[v[k]];
+        if (slot == i || slot < lo || slot >= best || rd->cur[slot] != v[k] || !rd->f[slot])
+            continue;
+        if (m2a_topic_filters_overlap(rd->f[i], rd->f[slot]))
+            best = slot;
+    }
+    return best;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The live slots after i that the trie says may overlap f[i], ascending,
+ * into rd->later. */
+static void reduce_later(struct reduce *rd, size_t i)
+{
+    const uint32_t *v;
+    size_t nv = m2a_topic_trie_overlapping(rd->trie, rd->f[i], rd->s, &v);
+    rd->nlater = 0;
+    for (size_t k = 0; k < nv; k++) {
+        size_t slot = rd->slot_of[v[k]];
+        if (slot > i && rd->cur[slot] == v[k] && rd->f[slot])
+            rd->later[rd->nlater++] = slot;
+    }
+    qsort(rd->later, rd->nlater, sizeof(*rd->later), cmp_size);
+}
+
+/* The same result as m2a_topic_filters_reduce_linear, step for step: that
+ * one always merges the first overlapping pair (i, j) in array order. Here
+ * every slot before the cursor i overlaps no other live slot, so the first
+ * pair is (i, the first slot after i overlapping it), found through the
+ * trie instead of a scan. A merge that keeps f[i] (it covers f[j]) leaves
+ * the next pair at the next overlapping slot of the same query; one that
+ * widens f[i] needs a new query, and a slot before i that now overlaps f[i]
+ * moves the first pair back: the cursor goes back to the first such slot.
+ * Without merges the cost is one trie query per filter. */
+size_t m2a_topic_filters_reduce(char **f, size_t n)
+{
+    if (n < 2)
+        return n;
+    struct reduce rd = {
+        .f = f,
+        .n = n,
+        .trie = m2a_topic_trie_new(),
+        .s = m2a_topic_trie_scratch_new(),
+        .slot_of = xcalloc(2 * n, sizeof(uint32_t)),
+        .cur = xcalloc(n, sizeof(uint32_t)),
+        .later = xcalloc(2 * n, sizeof(size_t)),
+    };
+    for (size_t i = 0; i < n; i++)
+        reduce_add(&rd, i);
+    for (size_t i = 0; i < n;) {
+        if (!f[i]) {
+            i++;
+            continue;
+        }
+        reduce_later(&rd, i);
+        bool changed = false;
+        for (size_t k = 0; k < rd.nlater && !changed; k++) {
+            size_t j = rd.later[k];
+            if (f[j] && m2a_topic_filters_overlap(f[i], f[j]))
+                changed = merge_pair(f, i, j);
+        }
+        if (!changed) {
+            i++;
+            continue;
+        }
+        reduce_add(&rd, i);
+        size_t back = reduce_first_overlap(&rd, i, 0, i);
+        if (back < i)
+            i = back;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (f[i])
+            f[kept++] = f[i];
+    m2a_topic_trie_free(rd.trie);
+    m2a_topic_trie_scratch_free(rd.s);
+    free(rd.slot_of);
+    free(rd.cur);
+    free(rd.later);
+    return kept;
+}
+
 /* Each step removes one filter, so this ends after at most n steps; each
  * step restarts the scan, so that the result does not depend on which of
  * several overlapping pairs is met first more than it must. */
-size_t m2a_topic_filters_reduce(char **f, size_t n)
+size_t m2a_topic_filters_reduce_linear(char **f, size_t n)
 {
     bool changed = true;
     while (changed) {
         changed = false;
         for (size_t i = 0; i < n && !changed; i++) {
             for (size_t j = i + 1; j < n && !changed; j++) {
-                char *a = f[i], *b = f[j];
-                if (!m2a_topic_filters_overlap(a, b))
+                if (!m2a_topic_filters_overlap(f[i], f[j]))
                     continue;
-                if (m2a_topic_filter_covers(a, b)) {
-                    free(b);
-                } else if (m2a_topic_filter_covers(b, a)) {
-                    f[i] = b;
-                    free(a);
-                } else {
-                    f[i] = m2a_topic_filter_generalise(a, b);
-                    free(a);
-                    free(b);
-                }
+                (void)merge_pair(f, i, j);
                 memmove(&f[j], &f[j + 1], (n - j - 1) * sizeof(char *));
                 n--;
                 changed = true;

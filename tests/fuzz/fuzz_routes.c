@@ -19,7 +19,11 @@
  *  - mapping calls back for the routes first-match/continue predicts, with
  *    the route's name, the topic and the payload, a routing key of at most
  *    255 bytes unless it reports M2A_ERR_KEY_TOO_LONG, and an envelope that
- *    survives encode/decode unchanged.
+ *    survives encode/decode unchanged;
+ *  - the trie matcher calls back exactly like the linear reference (same
+ *    routes, same order, same routing keys and header values, so the same
+ *    captures), and the indexed subscription reduction of every line that
+ *    is a valid filter equals the linear reference's.
  *
  * Single-threaded (libFuzzer's thread). */
 #include <stdbool.h>
@@ -49,6 +53,7 @@ struct map_state {
     int r_of[NROUTES]; /* compiled route index -> 0 (A) or 1 (B) */
     size_t calls;
     size_t seen[NROUTES];
+    struct m2a_buf got[NROUTES]; /* routing key '|' header values, per call */
     struct m2a_buf enc;
     struct m2a_header *hbuf;
     size_t hcap;
@@ -84,6 +89,13 @@ static void on_route(void *ud, size_t idx, const struct m2a_envelope *env, int e
     struct map_state *st = ud;
     const struct m2a_mqtt_msg *msg = st->msg;
     FUZZ_CHECK(st->calls < NROUTES, "more callbacks than routes");
+    struct m2a_buf *g = &st->got[st->calls];
+    m2a_buf_reset(g);
+    m2a_buf_append(g, env->routing_key.ptr, env->routing_key.len);
+    for (size_t h = 0; h < env->nheaders; h++) {
+        m2a_buf_append_char(g, '|');
+        m2a_buf_append(g, env->headers[h].value.ptr, env->headers[h].value.len);
+    }
     st->seen[st->calls++] = idx;
     FUZZ_CHECK(idx < NROUTES, "route index %zu", idx);
     int r = st->r_of[idx];
@@ -305,10 +317,51 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t k = 0; k < nwant; k++)
             FUZZ_CHECK(st.seen[k] == want[k], "callback %zu for route %zu, expected %zu", k,
                        st.seen[k], want[k]);
+
+        /* The linear reference: the same calls with the same expansions. */
+        struct m2a_buf trie_got[NROUTES];
+        size_t trie_calls = st.calls;
+        memcpy(trie_got, st.got, sizeof(trie_got));
+        memset(st.got, 0, sizeof(st.got));
+        st.calls = 0;
+        size_t lin = m2a_routes_map_linear(rt, &msg, scratch, on_route, &st);
+        FUZZ_CHECK(lin == matched && st.calls == trie_calls, "linear matched %zu, trie %zu", lin,
+                   matched);
+        for (size_t k = 0; k < trie_calls; k++) {
+            FUZZ_CHECK(st.seen[k] == want[k], "linear callback %zu for route %zu", k, st.seen[k]);
+            FUZZ_CHECK(st.got[k].len == trie_got[k].len &&
+                           (st.got[k].len == 0 ||
+                            memcmp(st.got[k].data, trie_got[k].data, st.got[k].len) == 0),
+                       "callback %zu: the trie and the linear matcher expanded differently", k);
+        }
+        for (size_t k = 0; k < NROUTES; k++)
+            m2a_buf_free(&trie_got[k]);
+    }
+
+    /* The subscription reduction of every line that is a valid filter. */
+    char *ra[MAX_LINES], *rb[MAX_LINES];
+    size_t nf = 0;
+    for (size_t i = 0; i < nlines; i++) {
+        if (strlen(lines[i].s) != lines[i].len ||
+            m2a_topic_filter_validate(lines[i].s, NULL, 0) != 0)
+            continue;
+        ra[nf] = xstrdup(lines[i].s);
+        rb[nf++] = xstrdup(lines[i].s);
+    }
+    size_t na = m2a_topic_filters_reduce(ra, nf);
+    size_t nb = m2a_topic_filters_reduce_linear(rb, nf);
+    FUZZ_CHECK(na == nb, "reduction kept %zu filters, the linear reference %zu", na, nb);
+    for (size_t i = 0; i < na; i++) {
+        FUZZ_CHECK(strcmp(ra[i], rb[i]) == 0, "reduction: \"%s\" where the reference has \"%s\"",
+                   ra[i], rb[i]);
+        free(ra[i]);
+        free(rb[i]);
     }
     m2a_routes_scratch_free(scratch);
     m2a_routes_free(rt);
     m2a_buf_free(&st.enc);
+    for (size_t k = 0; k < NROUTES; k++)
+        m2a_buf_free(&st.got[k]);
     free(st.hbuf);
     for (size_t i = 0; i < MAX_LINES; i++)
         free(lines[i].s);

@@ -161,6 +161,90 @@ START_TEST(send_waits_for_a_slow_reader)
 }
 END_TEST
 
+/* Issue 12: body frames borrowed from the message (written with sendmsg
+ * from where the body is) put the same bytes on the wire as copied ones,
+ * through a small socket buffer that takes them a piece at a time. */
+START_TEST(borrowed_bodies_go_out_like_copied_ones)
+{
+    int sv[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    int small = 4096;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    const size_t sizes[] = {0, 100, 5000, FRAME_MAX - 8, 3 * FRAME_MAX + 17, 200000};
+    unsigned char *body = malloc(200000);
+    for (size_t i = 0; i < 200000; i++)
+        body[i] = (unsigned char)(i * 13 + 1);
+    struct m2a_buf copied = {0}, out = {0};
+    struct m2a_amqp_frames_borrow b = {0};
+    amqp_table_entry_t entries[4];
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(*sizes); k++) {
+        amqp_basic_properties_t p;
+        fill_props(&p, entries, (int)(k % 5));
+        amqp_bytes_t bb = {sizes[k], body};
+        amqp_basic_publish_t m = {.exchange = amqp_cstring_bytes("x"),
+                                  .routing_key = amqp_cstring_bytes("k")};
+        ck_assert_int_eq(m2a_amqp_frames_publish(&copied, 2, FRAME_MAX, &m, &p, bb), 0);
+        ck_assert_int_eq(m2a_amqp_frames_publish_borrow(&out, &b, 2, FRAME_MAX, &m, &p, bb, 1024),
+                         0);
+    }
+    ck_assert_uint_gt(b.n, 0);
+    ck_assert_uint_eq(out.len + b.bytes, copied.len);
+    ck_assert_uint_lt(out.len, copied.len / 10); /* the bodies were not copied */
+    struct reader r = {.fd = sv[1]};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, read_all, &r), 0);
+    struct m2a_amqp_frames_wire w = {sv[0], NULL};
+    ck_assert_int_eq(m2a_amqp_frames_sendv(&w, &out, &b, 10000, M2A_LOOP_NEVER), 0);
+    ck_assert_uint_eq(out.len, 0);
+    ck_assert_uint_eq(b.n, 0);
+    close(sv[0]);
+    pthread_join(t, NULL);
+    ck_assert_uint_eq(r.got.len, copied.len);
+    ck_assert(memcmp(r.got.data, copied.data, copied.len) == 0);
+    close(sv[1]);
+    m2a_buf_free(&r.got);
+    m2a_buf_free(&copied);
+    m2a_buf_free(&out);
+    m2a_amqp_frames_borrow_free(&b);
+    free(body);
+}
+END_TEST
+
+/* A peer that stops reading: what was not written stays, copied into out,
+ * so nothing borrowed is referred to after the failure. */
+START_TEST(a_failed_send_keeps_the_rest_without_borrowing)
+{
+    int sv[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    size_t n = 4u << 20;
+    unsigned char *body = malloc(n);
+    memset(body, 'q', n);
+    struct m2a_buf out = {0};
+    struct m2a_amqp_frames_borrow b = {0};
+    amqp_basic_properties_t p = {0};
+    amqp_basic_publish_t m = {.exchange = amqp_cstring_bytes("x"),
+                              .routing_key = amqp_cstring_bytes("k")};
+    ck_assert_int_eq(m2a_amqp_frames_publish_borrow(&out, &b, 1, FRAME_MAX, &m, &p,
+                                                    (amqp_bytes_t){n, body}, 4096),
+                     0);
+    size_t total = out.len + b.bytes;
+    struct m2a_amqp_frames_wire w = {sv[0], NULL};
+    ck_assert_int_eq(m2a_amqp_frames_sendv(&w, &out, &b, 100, M2A_LOOP_NEVER), M2A_ERR_TIMEOUT);
+    ck_assert_uint_eq(b.n, 0);
+    ck_assert_uint_gt(out.len, 0);
+    ck_assert_uint_lt(out.len, total);
+    memset(body, 'Z', n); /* the caller's bytes may change now */
+    ck_assert(memchr(out.data, 'Z', out.len) == NULL);
+    close(sv[1]);
+    close(sv[0]);
+    m2a_buf_free(&out);
+    m2a_amqp_frames_borrow_free(&b);
+    free(body);
+}
+END_TEST
+
 START_TEST(send_gives_up_on_a_peer_that_reads_nothing)
 {
     int sv[2];
@@ -190,6 +274,8 @@ int main(void)
     tcase_add_test(tc, properties_larger_than_a_frame_are_refused);
     tcase_add_test(tc, send_waits_for_a_slow_reader);
     tcase_add_test(tc, send_gives_up_on_a_peer_that_reads_nothing);
+    tcase_add_test(tc, borrowed_bodies_go_out_like_copied_ones);
+    tcase_add_test(tc, a_failed_send_keeps_the_rest_without_borrowing);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }

@@ -605,6 +605,36 @@ static void fill_confirm_refill(uint64_t segment_bytes)
     m2a_spool_close(s);
 }
 
+/* Issue 12: a payload of exactly mqtt.max_message_bytes' default (16 MiB)
+ * fits one record with its routing data; the record limit used to be
+ * 16 MiB for the whole encoding and refused it (M2A_ERR_ARG: too_large). */
+START_TEST(a_16_mib_payload_fits_one_record)
+{
+    struct m2a_spool_opts o = opts_default();
+    struct m2a_spool *s = open_ok(&o, NULL);
+    size_t n = 16u << 20;
+    char *big = xmalloc(n);
+    struct m2a_envelope e = make_env(big, n, 1);
+    ck_assert_uint_eq(e.body.len, n);
+    uint64_t seq;
+    ck_assert_int_eq(m2a_spool_append(s, &e, &seq), 0);
+    ck_assert_int_eq(m2a_spool_flush(s), 0);
+    const void *data;
+    size_t len;
+    ck_assert_int_eq(m2a_spool_read(s, &seq, &data, &len), 0);
+    ck_assert_uint_eq(len, m2a_envelope_encoded_size(&e));
+    struct m2a_envelope d;
+    struct m2a_header *h = NULL;
+    size_t hcap = 0;
+    ck_assert_int_eq(m2a_envelope_decode(data, len, &d, &h, &hcap), 0);
+    ck_assert_uint_eq(d.body.len, n);
+    ck_assert(memcmp(d.body.ptr, big, n) == 0);
+    free(h);
+    free(big);
+    m2a_spool_close(s);
+}
+END_TEST
+
 START_TEST(max_bytes_refuses_then_recovers_after_commit)
 {
     fill_confirm_refill(1u << 20); /* one segment holds everything */
@@ -881,6 +911,7 @@ int main(void)
     tcase_add_test(tc, replay_starts_after_the_committed_position);
     tcase_add_test(tc, interval_and_never_policies_work);
     tcase_add_test(tc, failed_write_is_rolled_back);
+    tcase_add_test(tc, a_16_mib_payload_fits_one_record);
     tcase_add_loop_test(tc, writer_and_reader_threads_deliver_every_seq_once_in_order, 0, 2);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
