@@ -1,5 +1,6 @@
-/* main.c - the mqtt2amqp command line: run the bridge, --check a config, or
- * --explain where a topic would be routed.
+/* main.c - the mqtt2amqp command line: run the bridge, --check a config,
+ * --explain where a topic would be routed, or look inside the spool
+ * (`spool ...`, spool_cli.c).
  *
  * Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration
  * (the message names file:line:column). */
@@ -14,6 +15,7 @@
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/routes.h"
+#include "mqtt2amqp/spool_cli.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
 
@@ -21,23 +23,26 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: mqtt2amqp [-c FILE]             run the bridge\n"
-            "       mqtt2amqp --check [-c FILE]     validate the configuration and exit\n"
-            "       mqtt2amqp --explain TOPIC [-c FILE]\n"
-            "                                       show where a message on TOPIC would go\n"
-            "\n"
-            "Options:\n"
-            "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
-            "  -k, --check         validate FILE: exit 0 if valid, 2 with file:line:column if not\n"
-            "  -e, --explain TOPIC print each route that matches TOPIC with its exchange,\n"
-            "                      routing key and headers, or say that none does\n"
-            "  -h, --help          print this help and exit\n"
-            "  -V, --version       print the version and exit\n"
-            "\n"
-            "Signals: SIGTERM/SIGINT stop reading MQTT, wait up to shutdown_timeout for\n"
-            "confirms and exit 0; unconfirmed messages stay in the spool.\n"
-            "Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.\n");
+    fprintf(
+        out,
+        "Usage: mqtt2amqp [-c FILE]             run the bridge\n"
+        "       mqtt2amqp --check [-c FILE]     validate the configuration and exit\n"
+        "       mqtt2amqp --explain TOPIC [-c FILE]\n"
+        "                                       show where a message on TOPIC would go\n"
+        "       mqtt2amqp spool stat|dump|requeue-quarantine [-c FILE] ...\n"
+        "                                       look inside the spool (mqtt2amqp spool --help)\n"
+        "\n"
+        "Options:\n"
+        "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
+        "  -k, --check         validate FILE: exit 0 if valid, 2 with file:line:column if not\n"
+        "  -e, --explain TOPIC print each route that matches TOPIC with its exchange,\n"
+        "                      routing key and headers, or say that none does\n"
+        "  -h, --help          print this help and exit\n"
+        "  -V, --version       print the version and exit\n"
+        "\n"
+        "Signals: SIGTERM/SIGINT stop reading MQTT, wait up to shutdown_timeout for\n"
+        "confirms and exit 0; unconfirmed messages stay in the spool.\n"
+        "Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.\n");
 }
 
 struct explain_ctx {
@@ -110,6 +115,9 @@ int main(int argc, char **argv)
     const char *path = DEFAULT_CONFIG, *topic = NULL;
     bool check = false;
     int c;
+
+    if (argc > 1 && strcmp(argv[1], "spool") == 0)
+        return m2a_spool_cli_main(argc - 1, argv + 1, DEFAULT_CONFIG);
 
     while ((c = getopt_long(argc, argv, "c:ke:hV", opts, NULL)) != -1) {
         switch (c) {
