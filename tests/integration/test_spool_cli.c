@@ -92,6 +92,8 @@ static bool stat_is(const char *out, const char *label, const char *value)
 
 static const struct m2a_header hdrs[] = {{{"x-src", 5}, {"it", 2}}};
 
+static const struct m2a_header odd_hdrs[] = {{{"x-\x01", 3}, {"\xff\xfe\"\\", 4}}};
+
 static struct m2a_envelope env_for(const char *body, size_t len, uint64_t ts)
 {
     struct m2a_envelope e = {.route_id = M2A_ROUTE_NONE,
@@ -153,6 +155,8 @@ static void write_spool(const char *dir)
             body[1] = 0;
         }
         struct m2a_envelope e = env_for(body, (size_t)n, 1700000000000ull + (uint64_t)i);
+        if (i == 8) /* strings that are not UTF-8 and control bytes: still JSON */
+            e.headers = odd_hdrs;
         uint64_t seq;
         ck_assert_int_eq(m2a_spool_append(s, &e, &seq), 0);
         ck_assert_uint_eq(seq, (uint64_t)i);
@@ -256,6 +260,7 @@ START_TEST(stat_dump_requeue_on_a_damaged_spool)
     ck_assert_ptr_nonnull(strstr(sum, "7 False base64 /w")); /* 0xff 0x00 ... */
     ck_assert_ptr_null(strstr(sum, "\n10 "));
     ck_assert_ptr_nonnull(strstr(r.out, "\"headers\":{\"x-src\":\"it\"}"));
+    ck_assert_ptr_nonnull(strstr(r.out, "\"headers\":{\"x-\\u0001\":\"\\u00ff\\u00fe\\\"\\\\\"}"));
     ck_assert_ptr_nonnull(strstr(r.out, "\"exchange\":\"ex\",\"routing_key\":\"a.b\""));
     free(sum);
     th_run_result_free(&r);

@@ -70,16 +70,25 @@ static bool recv_msg(int fd, char *buf, size_t len, int timeout_ms, uint64_t *at
     return true;
 }
 
+/* A bridge configured to notify the socket *fd (bound here) with a 1 s
+ * watchdog; not started. */
+static struct th_bridge *bridge_with_notify(const struct th_mosq *mq, int *fd)
+{
+    struct th_bridge *b = th_bridge_new(mq);
+    char name[64];
+    *fd = notify_listener(name, sizeof(name));
+    th_bridge_set(b, "NOTIFY_SOCKET", "%s", name);
+    th_bridge_set(b, "WATCHDOG_USEC", "%d", WATCHDOG_USEC);
+    ck_assert_int_eq(th_bridge_config(b, yaml), 0);
+    return b;
+}
+
 START_TEST(ready_status_watchdog_stopping_in_order)
 {
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_bridge *b = th_bridge_new(mq);
-    char name[64];
-    int fd = notify_listener(name, sizeof(name));
-    th_bridge_set(b, "NOTIFY_SOCKET", "%s", name);
-    th_bridge_set(b, "WATCHDOG_USEC", "%d", WATCHDOG_USEC);
-    ck_assert_int_eq(th_bridge_config(b, yaml), 0);
+    int fd = -1;
+    struct th_bridge *b = bridge_with_notify(mq, &fd);
     ck_assert_int_eq(th_bridge_start(b, NULL), 0);
 
     char msg[1024];
@@ -191,12 +200,8 @@ START_TEST(a_stalled_main_loop_stops_the_pings)
 {
     struct th_mosq *mq = th_mosq_start(TH_MOSQ_SHIPPED);
     ck_assert_ptr_nonnull(mq);
-    struct th_bridge *b = th_bridge_new(mq);
-    char name[64];
-    int fd = notify_listener(name, sizeof(name));
-    th_bridge_set(b, "NOTIFY_SOCKET", "%s", name);
-    th_bridge_set(b, "WATCHDOG_USEC", "%d", WATCHDOG_USEC);
-    ck_assert_int_eq(th_bridge_config(b, yaml), 0);
+    int fd = -1;
+    struct th_bridge *b = bridge_with_notify(mq, &fd);
     int rd = -1;
     pid_t pid = spawn_piped(b, &rd);
     ck_assert_int_eq(fcntl(rd, F_SETFL, O_NONBLOCK), 0);
