@@ -216,7 +216,7 @@ static int wait_for_stop(struct live *lv)
         uint64_t now = m2a_now_ms();
         atomic_store_explicit(&lv->heartbeat_ms, now, memory_order_relaxed);
         m2a_notify_watchdog(lv->notify, now);
-        if (connections_changed(lv))
+        if (lv->notify && connections_changed(lv))
             notify_status(lv, NULL);
         uint64_t timeout = m2a_notify_wait_ms(lv->notify, now, HEARTBEAT_MS);
         if (interval && next_stats > now && next_stats - now < timeout)
