@@ -26,6 +26,7 @@ PACKAGES=(
     prometheus                                 # promtool: alerting rules, live /metrics
     curl                                       # the README's "Try it in one minute"
     ejabberd                                   # interop tests: mod_mqtt (tests/support/brokers.h)
+    python3                                    # test scripts: JSON of spool dump, compose, dashboard
 )
 # The interop tests also run aedes, installed at test time with npm from the
 # lockfile in tests/support/aedes/. aedes 1.x needs Node.js 20 or later: the

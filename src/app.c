@@ -33,6 +33,7 @@
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/metrics.h"
 #include "mqtt2amqp/mqtt_in.h"
+#include "mqtt2amqp/notify.h"
 #include "mqtt2amqp/reload.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/spool.h"
@@ -184,6 +185,8 @@ struct live {
     struct m2a_reload *reload;
     int sigfd; /* signalfd of SIGTERM, SIGINT, SIGHUP */
     _Atomic uint64_t heartbeat_ms;
+    struct m2a_notify *notify; /* systemd's socket; NULL when not run by systemd */
+    int mqtt_up, amqp_up;      /* as last told in STATUS= (-1: not yet) */
 };
 
 /* The config whose main-thread settings apply now (log, stats interval,
@@ -198,6 +201,34 @@ static uint64_t stats_interval_ms(const struct live *lv)
     return (uint64_t)running_cfg(lv)->log.stats_interval * 1000u;
 }
 
+/* STATUS= for systemctl status: the key figures of the stats line. Sent at
+ * start, each stats interval and when a side connects or disconnects. */
+static void notify_status(struct live *lv, const char *extra)
+{
+    if (!lv->notify)
+        return;
+    struct m2a_stats *st = lv->st;
+    struct m2a_spool_stats ss;
+    char msg[512];
+    m2a_spool_get_stats(lv->spool, &ss);
+    lv->mqtt_up = M2A_STAT_GET(st, mqtt_connected) != 0;
+    lv->amqp_up = M2A_STAT_GET(st, amqp_connected) != 0;
+    snprintf(msg, sizeof(msg),
+             "%sSTATUS=mqtt %s, amqp %s; received=%" PRIu64 " confirmed=%" PRIu64
+             " dead_lettered=%" PRIu64 " dropped=%" PRIu64 "; spool %" PRIu64 " messages, %" PRIu64
+             " bytes",
+             extra ? extra : "", lv->mqtt_up ? "up" : "down", lv->amqp_up ? "up" : "down",
+             M2A_STAT_GET(st, received), M2A_STAT_GET(st, confirmed),
+             M2A_STAT_GET(st, dead_lettered), M2A_STAT_GET(st, dropped), ss.messages, ss.bytes);
+    (void)m2a_notify_send(lv->notify, msg);
+}
+
+static bool connections_changed(const struct live *lv)
+{
+    return lv->mqtt_up != (M2A_STAT_GET(lv->st, mqtt_connected) != 0) ||
+           lv->amqp_up != (M2A_STAT_GET(lv->st, amqp_connected) != 0);
+}
+
 /* The signal signalfd has for us, or 0. */
 static int take_signal(int sigfd)
 {
@@ -208,7 +239,10 @@ static int take_signal(int sigfd)
 
 /* The main loop: waits on the signals and on the reload's answers from the
  * AMQP thread, never on another thread, until SIGTERM/SIGINT; logs stats on
- * schedule; reloads on SIGHUP. */
+ * schedule; reloads on SIGHUP. Each turn it is the heartbeat of /healthz
+ * and, under systemd, pings the watchdog when due: only this loop does, so
+ * a main thread stuck anywhere (a blocked log write, a lock) stops the
+ * pings and systemd restarts the bridge WatchdogSec later. */
 static int wait_for_stop(struct live *lv)
 {
     uint64_t interval = stats_interval_ms(lv);
@@ -216,7 +250,10 @@ static int wait_for_stop(struct live *lv)
     for (;;) {
         uint64_t now = m2a_now_ms();
         atomic_store_explicit(&lv->heartbeat_ms, now, memory_order_relaxed);
-        uint64_t timeout = HEARTBEAT_MS;
+        m2a_notify_watchdog(lv->notify, now);
+        if (lv->notify && connections_changed(lv))
+            notify_status(lv, NULL);
+        uint64_t timeout = m2a_notify_wait_ms(lv->notify, now, HEARTBEAT_MS);
         if (interval && next_stats > now && next_stats - now < timeout)
             timeout = next_stats - now;
         else if (interval && next_stats <= now)
@@ -241,6 +278,7 @@ static int wait_for_stop(struct live *lv)
         }
         if (interval && m2a_now_ms() >= next_stats) {
             log_stats(lv->st, lv->spool, lv->cfg);
+            notify_status(lv, NULL);
             next_stats += interval;
         }
     }
@@ -257,7 +295,7 @@ int m2a_app_run(struct m2a_config *cfg)
     struct m2a_downlink *down = NULL;
     struct m2a_metrics *metrics = NULL;
     struct m2a_stats *st = xcalloc(1, sizeof(*st));
-    struct live lv = {.st = st, .cfg = cfg, .sigfd = -1};
+    struct live lv = {.st = st, .cfg = cfg, .sigfd = -1, .mqtt_up = -1, .amqp_up = -1};
     sigset_t set, pipe;
 
     /* Before any thread exists, so that every thread inherits the mask and
@@ -286,6 +324,9 @@ int m2a_app_run(struct m2a_config *cfg)
     }
     /* cfg belongs to the start generation now, which lives until the end. */
     log_start(cfg, m2a_generation_routes(start));
+
+    if (m2a_notify_open_env(&lv.notify, err, sizeof(err)) != 0)
+        m2a_warn("bridge", "systemd notification disabled: %s", err);
 
     lv.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     lv.reload = m2a_reload_new(start, st->routes);
@@ -356,8 +397,21 @@ int m2a_app_run(struct m2a_config *cfg)
                  cfg->metrics.listen);
     }
 
+    /* Ready: the spool is open and recovered, both threads run and have
+     * begun their first connection attempts (they do not wait for them to
+     * succeed: a broker that is down at boot must not fail the unit) and
+     * /metrics listens. Whether the brokers are connected: STATUS=. */
+    notify_status(&lv, "READY=1\n");
+    if (lv.notify)
+        m2a_info("bridge", "systemd notified: ready%s",
+                 m2a_notify_watchdog_period_ms(lv.notify) ? ", watchdog on" : "");
+
     int sig = wait_for_stop(&lv);
     int timeout_s = running_cfg(&lv)->shutdown_timeout;
+    char stopping[128];
+    snprintf(stopping, sizeof(stopping),
+             "STOPPING=1\nSTATUS=stopping: waiting up to %d s for confirms", timeout_s);
+    (void)m2a_notify_send(lv.notify, stopping);
     m2a_info("bridge", "%s received: stopping MQTT input, waiting up to %d s for confirms",
              sig == SIGTERM ? "SIGTERM" : "SIGINT", timeout_s);
     m2a_reload_attach(lv.reload, NULL, NULL);
@@ -389,5 +443,6 @@ out:
     m2a_route_stats_free(st->routes);
     free(st->downlinks);
     free(st);
+    m2a_notify_free(lv.notify);
     return rc;
 }

@@ -1,5 +1,6 @@
-/* main.c - the mqtt2amqp command line: run the bridge, --check a config, or
- * --explain where a topic would be routed.
+/* main.c - the mqtt2amqp command line: run the bridge, --check a config,
+ * --explain where a topic would be routed, or look inside the spool
+ * (`spool ...`, spool_cli.c).
  *
  * Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration
  * (the message names file:line:column). */
@@ -15,6 +16,7 @@
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/generation.h"
 #include "mqtt2amqp/routes.h"
+#include "mqtt2amqp/spool_cli.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/util.h"
 
@@ -29,6 +31,8 @@ static void usage(FILE *out)
             "                                       show where a message on TOPIC would go\n"
             "       mqtt2amqp --explain-downlink ROUTING_KEY [-H NAME=VALUE]... [-c FILE]\n"
             "                                       show the MQTT topic of each downlink\n"
+            "       mqtt2amqp spool stat|dump|requeue-quarantine [-c FILE] ...\n"
+            "                                       look inside the spool (mqtt2amqp spool --help)\n"
             "\n"
             "Options:\n"
             "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
@@ -165,6 +169,9 @@ int main(int argc, char **argv)
     int nh = 0;
     bool check = false;
     int c;
+
+    if (argc > 1 && strcmp(argv[1], "spool") == 0)
+        return m2a_spool_cli_main(argc - 1, argv + 1, DEFAULT_CONFIG);
 
     while ((c = getopt_long(argc, argv, "c:ke:d:H:hV", opts, NULL)) != -1) {
         switch (c) {

@@ -7,7 +7,10 @@
 #     unit is copied with ExecStart pointing at BINARY, which verify wants
 #     to exist;
 #  2. TimeoutStopSec is longer than shutdown_timeout in
-#     config/mqtt2amqp.yaml, so a stop lets the bridge drain.
+#     config/mqtt2amqp.yaml, so a stop lets the bridge drain;
+#  3. Type=notify with NotifyAccess=main and a WatchdogSec of at least 2 s
+#     (the bridge pings every WatchdogSec/2 from a loop that turns every
+#     250 ms; what it sends: tests/integration/test_systemd_notify.c).
 # Exits 77 (skipped) when systemd-analyze is not installed.
 set -euo pipefail
 SRC=${1:?usage: check_systemd_unit.sh SOURCE_DIR BINARY}
@@ -39,4 +42,16 @@ if [ -z "$stop" ] || [ -z "$drain" ] || [ "$stop" -le "$drain" ]; then
         "shutdown_timeout (${drain:-unset}) of config/mqtt2amqp.yaml" >&2
     exit 1
 fi
-echo "check_systemd_unit: $UNIT verifies; TimeoutStopSec ${stop}s > shutdown_timeout ${drain}s"
+for line in Type=notify NotifyAccess=main; do
+    grep -qx "$line" "$UNIT" || {
+        echo "check_systemd_unit: $UNIT lacks $line" >&2
+        exit 1
+    }
+done
+wd=$(sed -n 's/^WatchdogSec=\([0-9]*\)s\{0,1\}[[:space:]]*$/\1/p' "$UNIT")
+if [ -z "$wd" ] || [ "$wd" -lt 2 ]; then
+    echo "check_systemd_unit: WatchdogSec (${wd:-unset, in plain seconds}) must be at least 2 s" >&2
+    exit 1
+fi
+echo "check_systemd_unit: $UNIT verifies; TimeoutStopSec ${stop}s > shutdown_timeout ${drain}s;" \
+    "Type=notify, WatchdogSec ${wd}s"
