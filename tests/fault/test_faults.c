@@ -815,12 +815,17 @@ START_TEST(spool_full_under_drop_oldest)
         th_bridge_wait_log_count(s.b, "spool full (overflow: drop_oldest): discarded", 1, WAIT_MS),
         0);
     ck_assert_int_eq(th_pflow_wait_more(&s.f, 2000), 0);
-    ck_assert_int_eq(th_proxy_restore(s.ap), 0);
-    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 2, WAIT_MS), 0);
-    ck_assert_int_eq(th_pflow_wait_more(&s.f, 1000), 0);
+    /* The publishers stop before RabbitMQ is back: every drop happens while
+     * nothing can drain, so the dropped ones are exactly the oldest, one
+     * range from the cut. (With traffic going on during the drain, a slow
+     * drain (ASan) drops again later, the oldest not yet re-published at
+     * that moment: in the middle of the sequence, correct but not one
+     * range.) */
     long n = th_pflow_stop(&s.f);
     ck_assert(!atomic_load(&s.f.failed));
-    ck_assert_int_eq(wait_backlog_empty(&s), 0); /* no more drops from here */
+    ck_assert_int_eq(th_proxy_restore(s.ap), 0);
+    ck_assert_int_eq(th_bridge_wait_log_count(s.b, "amqp: connected to", 2, WAIT_MS), 0);
+    ck_assert_int_eq(wait_backlog_empty(&s), 0);
     long dropped = th_bridge_stat(s.b, "dropped");
     struct th_fres r = collect_all(&s, n, dropped);
     bool oldest = r.lost == 0 || (r.lost_min == cut_at && r.lost_max - r.lost_min + 1 == r.lost);
