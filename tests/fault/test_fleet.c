@@ -409,7 +409,6 @@ START_TEST(member_gone_for_good)
     ck_assert_int_eq(delivered_more(&fl, 2000), 0);
     /* RabbitMQ stops confirming its publishes; it goes on spooling. */
     ck_assert_int_eq(th_proxy_blackhole(px), 0);
-    long at_blackhole = atomic_load(&fl.f.next);
     /* spool_messages: its unconfirmed backlog */
     ck_assert_int_eq(th_bridge_wait_stat(dead->b, "spool_messages", 300, WAIT_MS), 0);
     char *old_spool = xstrdup(dead->spool_dir);
@@ -419,8 +418,11 @@ START_TEST(member_gone_for_good)
     ck_assert_int_eq(th_pflow_wait_more(&fl.f, 3000), 0);
     long n = th_pflow_stop(&fl.f);
     ck_assert(!atomic_load(&fl.f.failed));
-    /* Everything the live members get arrives; then nothing more comes. */
-    ck_assert_int_eq(collect(&fl, (size_t)(n - (n - at_blackhole) / 2), COLLECT_MS), 0);
+    /* Everything the live members get arrives (two in three of all: the
+     * dead one's part before the blackhole arrived long ago, but how much of
+     * it was still unconfirmed then depends on the machine's speed); then
+     * nothing more comes. */
+    ck_assert_int_eq(collect(&fl, (size_t)(n * 2 / NMEMBERS - 10), COLLECT_MS), 0);
     drain_quiet(&fl);
     struct th_fres gone = th_fault_check(&fl.f, n, &fl.got, true);
     long after = missing_in(&fl, at_kill, n), before = missing_in(&fl, 0, at_kill);
