@@ -6,6 +6,7 @@
  * (the message names file:line:column). */
 #include <getopt.h>
 #include <stdbool.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,32 +25,33 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: mqtt2amqp [-c FILE]             run the bridge\n"
-            "       mqtt2amqp --check [-c FILE]     validate the configuration and exit\n"
-            "       mqtt2amqp --explain TOPIC [-c FILE]\n"
-            "                                       show where a message on TOPIC would go\n"
-            "       mqtt2amqp --explain-downlink ROUTING_KEY [-H NAME=VALUE]... [-c FILE]\n"
-            "                                       show the MQTT topic of each downlink\n"
-            "       mqtt2amqp spool stat|dump|requeue-quarantine [-c FILE] ...\n"
-            "                                       look inside the spool (mqtt2amqp spool --help)\n"
-            "\n"
-            "Options:\n"
-            "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
-            "  -k, --check         validate FILE: exit 0 if valid, 2 with file:line:column if not\n"
-            "  -e, --explain TOPIC print each route that matches TOPIC with its exchange,\n"
-            "                      routing key and headers, or say that none does\n"
-            "  -d, --explain-downlink ROUTING_KEY\n"
-            "                      print the MQTT topic each downlink would publish an AMQP\n"
-            "                      message with this routing key to, or why it would reject it\n"
-            "  -H, --header NAME=VALUE\n"
-            "                      a string header of that message (repeatable, up to 16)\n"
-            "  -h, --help          print this help and exit\n"
-            "  -V, --version       print the version and exit\n"
-            "\n"
-            "Signals: SIGTERM/SIGINT stop reading MQTT, wait up to shutdown_timeout for\n"
-            "confirms and exit 0; unconfirmed messages stay in the spool.\n"
-            "Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.\n");
+    fprintf(
+        out,
+        "Usage: mqtt2amqp [-c FILE]             run the bridge\n"
+        "       mqtt2amqp --check [-c FILE]     validate the configuration and exit\n"
+        "       mqtt2amqp --explain TOPIC [-c FILE]\n"
+        "                                       show where a message on TOPIC would go\n"
+        "       mqtt2amqp --explain-downlink ROUTING_KEY [-H NAME=VALUE]... [-c FILE]\n"
+        "                                       show the MQTT topic of each downlink\n"
+        "       mqtt2amqp spool stat|dump|requeue-quarantine [-c FILE] ...\n"
+        "                                       look inside the spool (mqtt2amqp spool --help)\n"
+        "\n"
+        "Options:\n"
+        "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
+        "  -k, --check         validate FILE: exit 0 if valid, 2 with file:line:column if not\n"
+        "  -e, --explain TOPIC print each route that matches TOPIC with its exchange,\n"
+        "                      routing key and headers, or say that none does\n"
+        "  -d, --explain-downlink ROUTING_KEY\n"
+        "                      print the MQTT topic each downlink would publish an AMQP\n"
+        "                      message with this routing key to, or why it would reject it\n"
+        "  -H, --header NAME=VALUE\n"
+        "                      a string header of that message (repeatable, up to 16)\n"
+        "  -h, --help          print this help and exit\n"
+        "  -V, --version       print the version and exit\n"
+        "\n"
+        "Signals: SIGTERM/SIGINT stop reading MQTT, wait up to shutdown_timeout for\n"
+        "confirms and exit 0; unconfirmed messages stay in the spool.\n"
+        "Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.\n");
 }
 
 struct explain_ctx {
@@ -209,6 +211,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "mqtt2amqp: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return M2A_EXIT_CONFIG;
+    }
+
+    if (!topic && !check && !dkey) {
+        /* The bridge's stop and reload signals are taken by the signalfd of
+         * m2a_app_run; blocked from here, so that one sent while the
+         * configuration loads waits for it instead of killing the process
+         * (a stop during start-up is a clean stop). */
+        sigset_t stop;
+        sigemptyset(&stop);
+        sigaddset(&stop, SIGTERM);
+        sigaddset(&stop, SIGINT);
+        sigaddset(&stop, SIGHUP);
+        sigprocmask(SIG_BLOCK, &stop, NULL);
     }
 
     char err[1024];

@@ -227,7 +227,8 @@ struct spawn_io {
     const char *out_path; /* stdout */
     const char *err_path; /* NULL: same as stdout */
     bool append;
-    bool track; /* register + death signal */
+    bool track;                /* register + death signal */
+    bool stop_signals_blocked; /* th_proc's */
 };
 
 static pid_t spawn_io(const char *const *argv, const char *const *extra_env,
@@ -245,14 +246,36 @@ static pid_t spawn_io(const char *const *argv, const char *const *extra_env,
         goto out;
     }
     fflush(NULL);
+    /* Until the child has exec'd it is a copy of this test process, with
+     * check's signal handlers (a SIGTERM there kills the whole test's
+     * process group): signals stay blocked across the fork until the child
+     * has reset them, and the parent returns only once the exec happened
+     * (the close-on-exec pipe closes), so that a caller that signals the
+     * pid at once signals the program. */
+    int gate[2];
+    if (pipe2(gate, O_CLOEXEC) != 0) {
+        fprintf(stderr, "harness: pipe: %s\n", strerror(errno));
+        goto out;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
     pid = fork();
     if (pid == 0) {
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, NULL);
         signal(SIGPIPE, SIG_DFL);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGALRM, SIG_DFL);
+        sigset_t keep;
+        sigemptyset(&keep);
+        if (io->stop_signals_blocked) {
+            sigaddset(&keep, SIGTERM);
+            sigaddset(&keep, SIGINT);
+            sigaddset(&keep, SIGHUP);
+        }
+        sigprocmask(SIG_SETMASK, &keep, NULL);
+        close(gate[0]);
         if (io->track) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != parent)
@@ -265,6 +288,14 @@ static pid_t spawn_io(const char *const *argv, const char *const *extra_env,
         dprintf(2, "harness: exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    close(gate[1]);
+    if (pid > 0) {
+        char c;
+        while (read(gate[0], &c, 1) < 0 && errno == EINTR)
+            ;
+    }
+    close(gate[0]);
     if (pid < 0)
         fprintf(stderr, "harness: fork: %s\n", strerror(errno));
     else if (io->track)
@@ -294,7 +325,10 @@ int th_proc_spawn(struct th_proc *p, const char *const *argv, const char *const 
     struct stat st;
     p->log_start = stat(log_path, &st) == 0 ? (long)st.st_size : 0;
     p->status = 0;
-    struct spawn_io io = {.out_path = log_path, .append = true, .track = true};
+    struct spawn_io io = {.out_path = log_path,
+                          .append = true,
+                          .track = true,
+                          .stop_signals_blocked = p->stop_signals_blocked};
     pid_t pid = spawn_io(argv, env, &io);
     if (pid < 0)
         return M2A_ERR_IO;
@@ -772,6 +806,7 @@ int th_bridge_start(struct th_bridge *b, const char *const *extra)
         argv[n++] = extra[i];
     argv[n] = NULL;
     char *log = xasprintf("%s/bridge.log", b->dir);
+    b->proc.stop_signals_blocked = true;
     int rc = th_proc_spawn(&b->proc, argv, (const char *const *)b->vars, log);
     free(log);
     return rc;

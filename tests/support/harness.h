@@ -69,6 +69,12 @@ struct th_proc {
     int status;     /* raw wait status once reaped */
     char *log_path; /* stdout+stderr go here (appended); owned */
     long log_start; /* size of the log when this run started */
+    /* Starts the program with SIGTERM, SIGINT and SIGHUP blocked (the mask
+     * survives exec): for the bridge, which takes them from a signalfd, so
+     * that a stop sent while it is still loading its libraries waits for
+     * it instead of killing it (status 143). Never for a program that
+     * handles them with handlers (Mosquitto): it would not see them. */
+    bool stop_signals_blocked;
 };
 
 /* Starts argv[0] (PATH searched) with stdin from /dev/null and stdout and
