@@ -249,7 +249,7 @@ run_share2() {
         r=$(bridge_stat received "${logs[$i]}")
         c=$(bridge_stat confirmed "${logs[$i]}")
         split+="${split:+; }bridge $((i + 1)) received ${r:-?} ($(awk -v a="${r:-0}" -v n="$n" \
-            'BEGIN { printf "%.1f", n > 0 ? 100 * a / n : 0 }')%), confirmed ${c:-?}"
+            'BEGIN { printf "%.1f", (n > 0 ? 100 * a / n : 0) }')%), confirmed ${c:-?}"
     done
     NOTES+=("$key: ${split} (of $n sent)")
 }
