@@ -55,6 +55,7 @@ bench_init() {
 }
 
 MOSQ_PID="" BRIDGE_PID="" CONS_PID="" GEN_PID="" PERF_PID="" FG_PID=""
+BRIDGE_MORE_PIDS=() # bridges running besides BRIDGE_PID (a scenario with several), stopped too
 BRIDGE_WRAP=() # e.g. (env LD_PRELOAD=...) or (valgrind --tool=callgrind ...)
 
 alive() {
@@ -69,7 +70,8 @@ stop_pid() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    for pid in "$PERF_PID" "$FG_PID" "$GEN_PID" "$CONS_PID" "$BRIDGE_PID" "$MOSQ_PID"; do
+    for pid in "$PERF_PID" "$FG_PID" "$GEN_PID" "$CONS_PID" "$BRIDGE_PID" "${BRIDGE_MORE_PIDS[@]}" \
+        "$MOSQ_PID"; do
         alive "$pid" && stop_pid "$pid" TERM 15
     done
     m2a_rabbit stop "$RABBIT_DIR" >/dev/null 2>&1 || true
@@ -138,15 +140,19 @@ mosq_stop() {
     m2a_mosquitto_stop
 }
 
-# bridge_start NAME FSYNC: config, spool and log under $TMP/NAME; waits until it subscribed
-# and (unless BRIDGE_WAIT_AMQP=0) connected to RabbitMQ. BRIDGE_MQTT_HEADERS sets
-# amqp.mqtt_headers (default all).
-bridge_start() { # NAME FSYNC
-    local dir=$TMP/$1
-    BRIDGE_LOG=$dir/bridge.log
-    BRIDGE_SPOOL=$dir/spool
-    cat >"$dir/bridge.yaml" <<EOF
-mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$1}
+# bridge_start NAME FSYNC [INSTANCE]: config, spool and log under $TMP/NAME; waits until it
+# subscribed and (unless BRIDGE_WAIT_AMQP=0) connected to RabbitMQ. BRIDGE_MQTT_HEADERS sets
+# amqp.mqtt_headers (default all), BRIDGE_SHARE_GROUP mqtt.share_group (default none).
+# INSTANCE (1, 2, ...: several bridges in one scenario) gives each its own client_id
+# bench-NAME-INSTANCE, config, log and spool (bridge-INSTANCE.yaml, bridge-INSTANCE.log,
+# spool-INSTANCE); they share the exchange and queue bench.NAME. Sets BRIDGE_PID, BRIDGE_LOG
+# and BRIDGE_SPOOL to this bridge's.
+bridge_start() { # NAME FSYNC [INSTANCE]
+    local dir=$TMP/$1 sfx=${3:+-$3}
+    BRIDGE_LOG=$dir/bridge$sfx.log
+    BRIDGE_SPOOL=$dir/spool$sfx
+    cat >"$dir/bridge$sfx.yaml" <<EOF
+mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$1$sfx${BRIDGE_SHARE_GROUP:+, share_group: $BRIDGE_SHARE_GROUP}}
 amqp:
   port: $AMQP_PORT
   reconnect_max_ms: 500
@@ -171,7 +177,7 @@ EOF
 log: {stats_interval: 1}
 shutdown_timeout: 5
 EOF
-    "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$dir/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
+    "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$dir/bridge$sfx.yaml" >"$BRIDGE_LOG" 2>&1 &
     BRIDGE_PID=$!
     if ! wait_for "$BRIDGE_LOG" "mqtt: subscribed to bench/#" 600 "$BRIDGE_PID" ||
         { [ "${BRIDGE_WAIT_AMQP:-1}" = 1 ] &&
@@ -185,9 +191,9 @@ bridge_stop() {
     BRIDGE_PID=""
 }
 
-# The last value of a counter in the bridge's stats lines.
-bridge_stat() { # KEY
-    { grep -o " $1=[0-9]*" "$BRIDGE_LOG" || true; } | tail -n1 | cut -d= -f2
+# The last value of a counter in the bridge's stats lines (of LOG, default BRIDGE_LOG's).
+bridge_stat() { # KEY [LOG]
+    { grep -o " $1=[0-9]*" "${2:-$BRIDGE_LOG}" || true; } | tail -n1 | cut -d= -f2
 }
 
 cons_start() { # NAME ARGS...

@@ -31,6 +31,10 @@
 #                         "bench/xI/#"); a note from m2a-bench-routes (no broker): table
 #                         compile and subscription reduction time, ns per mapped message,
 #                         trie against the linear reference
+#   share2                batch100 with 2 bridges in one mqtt.share_group (each its own
+#                         client_id and spool, same routes and queue): bridge CPU is
+#                         both bridges' together, RSS each one's peak; a note gives
+#                         the split of the messages between them
 #   latency               bridge (100 B, fsync batch) and direct at the same fixed
 #                         rate: 50% of the bridge's measured maximum
 #   drain                 RabbitMQ stopped (stop_app) while BACKLOG messages
@@ -215,6 +219,60 @@ run_bridge() { # KEY SIZE FSYNC COUNT LABEL BASE_RATE [RATE]
     row "$label" "$n" "$RATE" "$ratio" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "$CPU_B" \
         "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
     say "  (generator ingest $INGEST msg/s)"
+}
+
+# run_share2 KEY SIZE FSYNC COUNT LABEL BASE_RATE: run_bridge with 2 bridges in one share
+# group; Mosquitto hands the messages to them in turn.
+run_share2() {
+    local key=$1$PASS_SUFFIX size=$2 fsync=$3 n=$4 label=$5 base=$6 i
+    local logs=() rss=() t0=() tb=0
+    mkdir -p "$TMP/$key"
+    say "$label: $n messages"
+    mosq_start "$key"
+    for i in 1 2; do
+        BRIDGE_SHARE_GROUP=bench bridge_start "$key" "$fsync" "$i"
+        logs+=("$BRIDGE_LOG")
+        BRIDGE_MORE_PIDS+=("$BRIDGE_PID")
+        BRIDGE_PID=""
+    done
+    cons_start "$key" -n "$n"
+    cpu_begin # the bridges' CPU is counted here, not by cpu_end (BRIDGE_PID is empty)
+    for i in 0 1; do
+        t0+=("$(cpu_ticks "${BRIDGE_MORE_PIDS[$i]}")")
+    done
+    local out
+    fg_run "$TMP/$key/generator.out" "$GEN" -p "$MOSQ_PORT" -n "$n" -s "$size" -d "$DEVICES" \
+        -w "$WINDOW" -i "bench-gen-$key" || say "generator: $(tail -n 3 "$TMP/$key/generator.out.err")"
+    out=$(cat "$TMP/$key/generator.out")
+    INGEST=$(kv "$out" rate)
+    cons_wait
+    local l=$CONS_LINE0
+    for i in 0 1; do
+        tb=$((tb + $(cpu_ticks "${BRIDGE_MORE_PIDS[$i]}") - t0[i]))
+        rss+=("$(awk -v k="$(status_kb VmHWM "${BRIDGE_MORE_PIDS[$i]}")" 'BEGIN { printf "%.1f", k / 1024 }')")
+        cp "/proc/${BRIDGE_MORE_PIDS[$i]}/status" "$TMP/$key/bridge-$((i + 1)).status"
+    done
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)" "$(awk -v t="$tb" -v hz="$HZ" 'BEGIN { print t / hz }')")"
+    CPU_B=$(us_per_msg "$tb" "$n")
+    RSS_B="${rss[0]} + ${rss[1]} MiB"
+    for i in 0 1; do
+        stop_pid "${BRIDGE_MORE_PIDS[$i]}" TERM 30
+    done
+    BRIDGE_MORE_PIDS=()
+    mosq_stop
+    RATE=$(kv "$l" rate)
+    row "$label" "$n" "$RATE" "$(div "$RATE" "$base")" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" \
+        "$CPU_B" "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
+    say "  (generator ingest $INGEST msg/s)"
+    # The split, from each bridge's last stats line (logged again when it stops).
+    local split="" r c
+    for i in 0 1; do
+        r=$(bridge_stat received "${logs[$i]}")
+        c=$(bridge_stat confirmed "${logs[$i]}")
+        split+="${split:+; }bridge $((i + 1)) received ${r:-?} ($(awk -v a="${r:-0}" -v n="$n" \
+            'BEGIN { printf "%.1f", (n > 0 ? 100 * a / n : 0) }')%), confirmed ${c:-?}"
+    done
+    NOTES+=("$key: ${split} (of $n sent)")
 }
 
 run_drain() { # BASE_RATE
@@ -475,6 +533,11 @@ for pass in $(seq 1 "$REPEAT"); do
         bridge_rows "big$tag" "$size" batch "$count" "bridge $tag fsync batch" "$RATE"
         WINDOW=$WINDOW0
     done
+    if want share2; then
+        run_share2 share2 100 batch "$N100" "2 bridges, one share group, 100 B fsync batch" \
+            "$BASE100"
+        keep_row share2
+    fi
     if want direct1k; then
         run_direct direct1k 1024 "$N1K" "direct AMQP 1 KiB (baseline)" 0
         BASE1K=$RATE
