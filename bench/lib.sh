@@ -171,15 +171,16 @@ EOF
         for (i = 0; i < n - 1; i++)
             if (i % 2) printf "  - {name: r%d, topic: \"bench/x%d/#\", exchange: %s}\n", i, i, ex
             else printf "  - {name: r%d, topic: \"fleet/site%d/+/temp\", exchange: %s}\n", i, i, ex
-    }' >>"$dir/bridge.yaml"
-    cat >>"$dir/bridge.yaml" <<EOF
+    }' >>"$dir/bridge$sfx.yaml"
+    cat >>"$dir/bridge$sfx.yaml" <<EOF
   - {name: bench, topic: "bench/#", exchange: bench.$1}
 log: {stats_interval: 1}
 shutdown_timeout: 5
 EOF
     "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$dir/bridge$sfx.yaml" >"$BRIDGE_LOG" 2>&1 &
     BRIDGE_PID=$!
-    if ! wait_for "$BRIDGE_LOG" "mqtt: subscribed to bench/#" 600 "$BRIDGE_PID" ||
+    # "bench/# (QoS": the bench route's filter, alone or in the share group.
+    if ! wait_for "$BRIDGE_LOG" "bench/# \(QoS" 600 "$BRIDGE_PID" ||
         { [ "${BRIDGE_WAIT_AMQP:-1}" = 1 ] &&
             ! wait_for "$BRIDGE_LOG" "amqp: connected to" 60 "$BRIDGE_PID"; }; then
         die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
