@@ -62,12 +62,12 @@
 #define STABLE_MS        10000
 #define CLIENT_ID_SUFFIX "-down"
 
-    enum entry_state {
-        E_PUBLISHED, /* waiting for its PUBACK (QoS 1) or its write (QoS 0) */
-        E_ACKED,     /* PUBACKed: basic.ack due */
-        E_REFUSED,   /* the broker refused the PUBLISH: basic.reject due */
-        E_HELD,      /* not published (stopping, MQTT gone): never settled here */
-    };
+enum entry_state {
+    E_PUBLISHED, /* waiting for its PUBACK (QoS 1) or its write (QoS 0) */
+    E_ACKED,     /* PUBACKed: basic.ack due */
+    E_REFUSED,   /* the broker refused the PUBLISH: basic.reject due */
+    E_HELD,      /* not published (stopping, MQTT gone): never settled here */
+};
 
 struct entry {
     uint64_t tag;

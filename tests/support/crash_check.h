@@ -57,7 +57,7 @@ enum th_crash_mark {
  * result). A failed flush's records are written again in a new version,
  * with other bytes and lengths, as redelivered messages would be. */
 struct m2a_envelope th_crash_envelope(uint64_t seed, unsigned max_body, uint64_t seq,
-                                     unsigned version, char *body);
+                                      unsigned version, char *body);
 
 /* --- a recorded run with traffic --- */
 
@@ -68,7 +68,7 @@ struct th_crash_traffic {
     uint64_t records;   /* the writer appends 1..records */
     unsigned max_batch; /* records per flush: 1..max_batch */
     unsigned max_body;
-    uint64_t min_ms;   /* spread the records over at least this long (interval syncs) */
+    uint64_t min_ms;     /* spread the records over at least this long (interval syncs) */
     unsigned stall_ms;   /* the reader stops now and then for up to this long (0: 20) */
     unsigned fail_every; /* about one flush in this many fails half way (disk full); 0: none */
     uint64_t seed;
