@@ -30,4 +30,11 @@ enum m2a_err {
  * Unknown codes give "unknown error". */
 const char *m2a_strerror(int code);
 
+#include <stddef.h>
+
+/* printf into the caller's error buffer err (len bytes, cut to fit); does
+ * nothing when err is NULL or len 0. */
+void m2a_err_setf(char *err, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

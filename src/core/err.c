@@ -1,5 +1,8 @@
-/* err.c - names for enum m2a_err. */
+/* err.c - names for enum m2a_err, and the one way to fill an error buffer. */
 #include "mqtt2amqp/err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
 
 const char *m2a_strerror(int code)
 {
@@ -38,4 +41,14 @@ const char *m2a_strerror(int code)
         break;
     }
     return "unknown error";
+}
+
+void m2a_err_setf(char *err, size_t len, const char *fmt, ...)
+{
+    if (!err || !len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
 }

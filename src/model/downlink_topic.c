@@ -6,7 +6,6 @@
 #include "mqtt2amqp/downlink_topic.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,18 +33,6 @@ struct m2a_downlink_topic {
     size_t nparts;
     char *lit; /* literal bytes ("{{" and "}}" unescaped) and header names */
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void add_part(struct m2a_downlink_topic *t, size_t *cap, struct part p)
 {
@@ -78,17 +65,17 @@ static int placeholder(const char *tmpl, const char *name, size_t n, struct part
     }
     if (n > hp && !memcmp(name, HEADER_PREFIX, hp)) {
         if (n - hp > M2A_AMQP_SHORTSTR_MAX) {
-            set_err(err, errlen, "template \"%.80s\": a header name is at most %d bytes", tmpl,
-                    M2A_AMQP_SHORTSTR_MAX);
+            m2a_err_setf(err, errlen, "template \"%.80s\": a header name is at most %d bytes", tmpl,
+                         M2A_AMQP_SHORTSTR_MAX);
             return M2A_ERR_TEMPLATE;
         }
         *p = (struct part){.kind = PART_HEADER, .len = n - hp};
         return 0;
     }
-    set_err(err, errlen,
-            "template \"%.80s\": unknown placeholder {%.*s} (use {1}..{9}, {routing_key} or "
-            "{header:NAME})",
-            tmpl, (int)(n > 60 ? 60 : n), name);
+    m2a_err_setf(err, errlen,
+                 "template \"%.80s\": unknown placeholder {%.*s} (use {1}..{9}, {routing_key} or "
+                 "{header:NAME})",
+                 tmpl, (int)(n > 60 ? 60 : n), name);
     return M2A_ERR_TEMPLATE;
 }
 
@@ -97,14 +84,16 @@ static int check_literal(const char *tmpl, const char *s, size_t n, char *err, s
 {
     size_t bad = strcspn(s, "+#");
     if (bad < n) {
-        set_err(err, errlen,
-                "template \"%.80s\": '%c' is a wildcard; a topic to publish to cannot hold one",
-                tmpl, s[bad]);
+        m2a_err_setf(
+            err, errlen,
+            "template \"%.80s\": '%c' is a wildcard; a topic to publish to cannot hold one", tmpl,
+            s[bad]);
         return M2A_ERR_TOPIC;
     }
     if (mosquitto_validate_utf8(s, (int)n) != MOSQ_ERR_SUCCESS) {
-        set_err(err, errlen,
-                "template \"%.80s\": not an MQTT string (UTF-8 without control characters)", tmpl);
+        m2a_err_setf(err, errlen,
+                     "template \"%.80s\": not an MQTT string (UTF-8 without control characters)",
+                     tmpl);
         return M2A_ERR_TOPIC;
     }
     return 0;
@@ -115,12 +104,12 @@ static int parse(const char *s, struct m2a_downlink_topic *t, char *err, size_t 
     size_t cap = 0, litlen = 0;
     int rc;
     if (!s[0]) {
-        set_err(err, errlen, "the topic template is empty");
+        m2a_err_setf(err, errlen, "the topic template is empty");
         return M2A_ERR_TOPIC;
     }
     if (strlen(s) > M2A_MQTT_STRING_MAX) {
-        set_err(err, errlen, "the topic template is longer than the %d bytes of a topic",
-                M2A_MQTT_STRING_MAX);
+        m2a_err_setf(err, errlen, "the topic template is longer than the %d bytes of a topic",
+                     M2A_MQTT_STRING_MAX);
         return M2A_ERR_TOPIC;
     }
     for (size_t i = 0; s[i];) {
@@ -131,10 +120,10 @@ static int parse(const char *s, struct m2a_downlink_topic *t, char *err, size_t 
             continue;
         }
         if (s[i] == '}') {
-            set_err(err, errlen,
-                    "template \"%.80s\": '}' at offset %zu closes nothing (write \"}}\" for a "
-                    "literal brace)",
-                    s, i);
+            m2a_err_setf(err, errlen,
+                         "template \"%.80s\": '}' at offset %zu closes nothing (write \"}}\" for a "
+                         "literal brace)",
+                         s, i);
             return M2A_ERR_TEMPLATE;
         }
         if (s[i] != '{') {
@@ -150,7 +139,7 @@ static int parse(const char *s, struct m2a_downlink_topic *t, char *err, size_t 
         const char *name = s + i + 1;
         size_t n = strcspn(name, "{}");
         if (name[n] != '}') {
-            set_err(err, errlen, "template \"%.80s\": '{' at offset %zu is not closed", s, i);
+            m2a_err_setf(err, errlen, "template \"%.80s\": '{' at offset %zu is not closed", s, i);
             return M2A_ERR_TEMPLATE;
         }
         struct part p;
@@ -172,7 +161,7 @@ int m2a_downlink_topic_compile(const char *tmpl, struct m2a_downlink_topic **out
 {
     *out = NULL;
     if (!tmpl) {
-        set_err(err, errlen, "the topic template is missing");
+        m2a_err_setf(err, errlen, "the topic template is missing");
         return M2A_ERR_TEMPLATE;
     }
     struct m2a_downlink_topic *t = xcalloc(1, sizeof(*t));
@@ -288,8 +277,9 @@ static int render_part(const struct m2a_downlink_topic *t, const struct part *p,
         break;
     case PART_WORD:
         if (!key_word(key, key_len, p->word, &w, &wlen)) {
-            set_err(why, whylen, "routing key '%.*s' has %zu word(s), the template uses {%d}",
-                    (int)(key_len > 100 ? 100 : key_len), key, key_words(key, key_len), p->word);
+            m2a_err_setf(why, whylen, "routing key '%.*s' has %zu word(s), the template uses {%d}",
+                         (int)(key_len > 100 ? 100 : key_len), key, key_words(key, key_len),
+                         p->word);
             return M2A_ERR_TEMPLATE;
         }
         m2a_topic_to_routing_key(w, wlen, out);
@@ -297,20 +287,22 @@ static int render_part(const struct m2a_downlink_topic *t, const struct part *p,
     case PART_HEADER: {
         const amqp_field_value_t *v = find_header(headers, t->lit + p->off, p->len);
         if (!v) {
-            set_err(why, whylen, "the message has no header '%.*s'", (int)p->len, t->lit + p->off);
+            m2a_err_setf(why, whylen, "the message has no header '%.*s'", (int)p->len,
+                         t->lit + p->off);
             return M2A_ERR_TEMPLATE;
         }
         if (!append_value(v, out)) {
-            set_err(why, whylen, "header '%.*s' is of AMQP type '%c', not a string or a number",
-                    (int)p->len, t->lit + p->off, (char)v->kind);
+            m2a_err_setf(why, whylen,
+                         "header '%.*s' is of AMQP type '%c', not a string or a number",
+                         (int)p->len, t->lit + p->off, (char)v->kind);
             return M2A_ERR_TEMPLATE;
         }
         break;
     }
     }
     if (out->len == before) {
-        set_err(why, whylen, "a placeholder of the template is empty for routing key '%.*s'",
-                (int)(key_len > 100 ? 100 : key_len), key);
+        m2a_err_setf(why, whylen, "a placeholder of the template is empty for routing key '%.*s'",
+                     (int)(key_len > 100 ? 100 : key_len), key);
         return M2A_ERR_TEMPLATE;
     }
     return 0;
@@ -328,14 +320,15 @@ int m2a_downlink_topic_render(const struct m2a_downlink_topic *t, const char *ke
     }
     const char *topic = m2a_buf_cstr(out);
     if (out->len > M2A_MQTT_STRING_MAX) {
-        set_err(why, whylen, "the topic would be %zu bytes, more than the %d of an MQTT string",
-                out->len, M2A_MQTT_STRING_MAX);
+        m2a_err_setf(why, whylen,
+                     "the topic would be %zu bytes, more than the %d of an MQTT string", out->len,
+                     M2A_MQTT_STRING_MAX);
         return M2A_ERR_TOPIC;
     }
     if (m2a_topic_validate(topic, out->len) != 0 ||
         mosquitto_validate_utf8(topic, (int)out->len) != MOSQ_ERR_SUCCESS) {
-        set_err(why, whylen, "'%.100s' is not a valid topic name (a wildcard, a NUL or not UTF-8)",
-                topic);
+        m2a_err_setf(why, whylen,
+                     "'%.100s' is not a valid topic name (a wildcard, a NUL or not UTF-8)", topic);
         return M2A_ERR_TOPIC;
     }
     return 0;

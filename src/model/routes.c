@@ -11,7 +11,6 @@
  * have grown to the largest message seen. */
 #include "mqtt2amqp/routes.h"
 
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,19 +74,6 @@ struct m2a_routes_scratch {
     struct m2a_topic_trie_scratch *walk;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* --- templates --- */
 
 static void add_part(struct tmpl *t, size_t *cap, struct part p)
@@ -123,10 +109,10 @@ static int tmpl_parse(const char *s, int ncaptures, struct tmpl *out, char *err,
             continue;
         }
         if (s[i] == '}') {
-            set_err(err, errlen,
-                    "template \"%s\": '}' at offset %zu closes nothing (write \"}}\" for a "
-                    "literal brace)",
-                    s, i);
+            m2a_err_setf(err, errlen,
+                         "template \"%s\": '}' at offset %zu closes nothing (write \"}}\" for a "
+                         "literal brace)",
+                         s, i);
             return M2A_ERR_TEMPLATE;
         }
         if (s[i] != '{') {
@@ -142,12 +128,12 @@ static int tmpl_parse(const char *s, int ncaptures, struct tmpl *out, char *err,
         const char *name = s + i + 1;
         size_t n = strcspn(name, "{}");
         if (name[n] != '}') {
-            set_err(err, errlen,
-                    name[n] ? "template \"%s\": '{' at offset %zu is followed by another '{' "
-                              "before its '}' (write \"{{\" for a literal brace)"
-                            : "template \"%s\": '{' at offset %zu is not closed (write \"{{\" "
-                              "for a literal brace)",
-                    s, i);
+            m2a_err_setf(err, errlen,
+                         name[n] ? "template \"%s\": '{' at offset %zu is followed by another '{' "
+                                   "before its '}' (write \"{{\" for a literal brace)"
+                                 : "template \"%s\": '{' at offset %zu is not closed (write \"{{\" "
+                                   "for a literal brace)",
+                         s, i);
             return M2A_ERR_TEMPLATE;
         }
         struct part p = {PART_TOPIC, 0, 0, 0};
@@ -155,16 +141,16 @@ static int tmpl_parse(const char *s, int ncaptures, struct tmpl *out, char *err,
             p.kind = PART_CAPTURE;
             p.capture = name[0] - '0';
             if (p.capture > ncaptures) {
-                set_err(err, errlen,
-                        "template \"%s\": {%d} refers to wildcard %d but the topic filter has "
-                        "%d wildcard%s",
-                        s, p.capture, p.capture, ncaptures, ncaptures == 1 ? "" : "s");
+                m2a_err_setf(err, errlen,
+                             "template \"%s\": {%d} refers to wildcard %d but the topic filter has "
+                             "%d wildcard%s",
+                             s, p.capture, p.capture, ncaptures, ncaptures == 1 ? "" : "s");
                 return M2A_ERR_TEMPLATE;
             }
         } else if (!(n == 5 && memcmp(name, "topic", 5) == 0)) {
-            set_err(err, errlen,
-                    "template \"%s\": unknown placeholder {%.*s} (use {topic} or {1}..{9})", s,
-                    (int)n, name);
+            m2a_err_setf(err, errlen,
+                         "template \"%s\": unknown placeholder {%.*s} (use {topic} or {1}..{9})", s,
+                         (int)n, name);
             return M2A_ERR_TEMPLATE;
         }
         if (out)
@@ -183,7 +169,7 @@ static void tmpl_free(struct tmpl *t)
 int m2a_routes_template_check(const char *tmpl, int ncaptures, char *err, size_t errlen)
 {
     if (!tmpl) {
-        set_err(err, errlen, "template is missing");
+        m2a_err_setf(err, errlen, "template is missing");
         return M2A_ERR_TEMPLATE;
     }
     return tmpl_parse(tmpl, ncaptures, NULL, err, errlen);
@@ -234,7 +220,8 @@ static int check_short(const char *route, const char *what, const char *s, char 
 {
     if (strlen(s) <= MAX_SHORTSTR)
         return 0;
-    set_err(err, errlen, "route \"%s\": %s is longer than %d bytes", route, what, MAX_SHORTSTR);
+    m2a_err_setf(err, errlen, "route \"%s\": %s is longer than %d bytes", route, what,
+                 MAX_SHORTSTR);
     return M2A_ERR_CONFIG;
 }
 
@@ -243,8 +230,8 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
     char why[512];
     int rc;
     if (!c->name || !c->topic || !c->exchange) {
-        set_err(err, errlen, "route \"%s\": name, topic and exchange are required",
-                c->name ? c->name : "?");
+        m2a_err_setf(err, errlen, "route \"%s\": name, topic and exchange are required",
+                     c->name ? c->name : "?");
         return M2A_ERR_CONFIG;
     }
     if ((rc = check_short(c->name, "the name", c->name, err, errlen)) < 0 ||
@@ -253,7 +240,7 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
          (rc = check_short(c->name, "content_type", c->content_type, err, errlen)) < 0))
         return rc;
     if ((rc = m2a_topic_filter_validate(c->topic, why, sizeof(why))) < 0) {
-        set_err(err, errlen, "route \"%s\": %s", c->name, why);
+        m2a_err_setf(err, errlen, "route \"%s\": %s", c->name, why);
         return rc;
     }
     int ncap = m2a_topic_filter_wildcards(c->topic);
@@ -267,12 +254,12 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
     if (c->routing_key) {
         r->has_key = true;
         if ((rc = tmpl_parse(c->routing_key, ncap, &r->key, why, sizeof(why))) < 0) {
-            set_err(err, errlen, "route \"%s\": routing_key: %s", c->name, why);
+            m2a_err_setf(err, errlen, "route \"%s\": routing_key: %s", c->name, why);
             return rc;
         }
     }
     if (c->nheaders > UINT16_MAX) {
-        set_err(err, errlen, "route \"%s\": more than %d headers", c->name, UINT16_MAX);
+        m2a_err_setf(err, errlen, "route \"%s\": more than %d headers", c->name, UINT16_MAX);
         return M2A_ERR_CONFIG;
     }
     r->hkeys = xcalloc(c->nheaders ? c->nheaders : 1, sizeof(*r->hkeys));
@@ -281,14 +268,14 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
         const struct m2a_conf_kv *kv = &c->headers[k];
         if (!kv->key || (rc = check_short(c->name, "a header name", kv->key, err, errlen)) < 0) {
             if (!kv->key)
-                set_err(err, errlen, "route \"%s\": header without a name", c->name);
+                m2a_err_setf(err, errlen, "route \"%s\": header without a name", c->name);
             return kv->key ? rc : M2A_ERR_CONFIG;
         }
         r->hkeys[k] = xstrdup(kv->key);
         r->nheaders = k + 1;
         rc = tmpl_parse(kv->value ? kv->value : "", ncap, &r->hvals[k], why, sizeof(why));
         if (rc < 0) {
-            set_err(err, errlen, "route \"%s\": header \"%s\": %s", c->name, kv->key, why);
+            m2a_err_setf(err, errlen, "route \"%s\": header \"%s\": %s", c->name, kv->key, why);
             return rc;
         }
     }
@@ -325,10 +312,10 @@ static int assign_ids(struct m2a_routes *rt, struct m2a_route_stats *registry, c
         struct route *r = &rt->r[i];
         r->id = registry ? m2a_route_stats_register(registry, r->name) : (uint32_t)i;
         if (r->id == M2A_ROUTE_NONE) {
-            set_err(err, errlen,
-                    "route \"%s\": more than %u route names since the bridge started; "
-                    "restart it to start counting again",
-                    r->name, (unsigned)M2A_ROUTE_IDS_MAX);
+            m2a_err_setf(err, errlen,
+                         "route \"%s\": more than %u route names since the bridge started; "
+                         "restart it to start counting again",
+                         r->name, (unsigned)M2A_ROUTE_IDS_MAX);
             return M2A_ERR_CONFIG;
         }
         r->ctr = m2a_route_stats_at(registry, r->id);
