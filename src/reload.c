@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,34 +372,37 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
     return d.n;
 }
 
-size_t m2a_reload_removed_topology(const struct m2a_config *running, const struct m2a_config *next,
-                                   void (*cb)(void *ud, const char *what), void *ud)
+/* Names in `running` (n of them, each `stride` bytes apart, the name
+ * first) that `next` lacks: reported as "KIND name". */
+_Static_assert(offsetof(struct m2a_conf_exchange, name) == 0, "name first");
+_Static_assert(offsetof(struct m2a_conf_queue, name) == 0, "name first");
+static size_t removed_names(const char *kind, const void *running, size_t nrunning,
+                            const void *next, size_t nnext, size_t stride,
+                            void (*cb)(void *ud, const char *what), void *ud)
 {
     size_t n = 0;
     char what[300];
-    for (size_t i = 0; i < running->amqp.nexchanges; i++) {
-        const char *name = running->amqp.exchanges[i].name;
+    for (size_t i = 0; i < nrunning; i++) {
+        const char *name = *(char *const *)((const char *)running + i * stride);
         bool kept = false;
-        for (size_t j = 0; j < next->amqp.nexchanges && !kept; j++)
-            kept = str_eq(name, next->amqp.exchanges[j].name);
+        for (size_t j = 0; j < nnext && !kept; j++)
+            kept = str_eq(name, *(char *const *)((const char *)next + j * stride));
         if (!kept) {
-            snprintf(what, sizeof(what), "exchange %s", name);
-            n++;
-            if (cb)
-                cb(ud, what);
-        }
-    }
-    for (size_t i = 0; i < running->amqp.nqueues; i++) {
-        const char *name = running->amqp.queues[i].name;
-        bool kept = false;
-        for (size_t j = 0; j < next->amqp.nqueues && !kept; j++)
-            kept = str_eq(name, next->amqp.queues[j].name);
-        if (!kept) {
-            snprintf(what, sizeof(what), "queue %s", name);
+            snprintf(what, sizeof(what), "%s %s", kind, name);
             n++;
             if (cb)
                 cb(ud, what);
         }
     }
     return n;
+}
+
+size_t m2a_reload_removed_topology(const struct m2a_config *running, const struct m2a_config *next,
+                                   void (*cb)(void *ud, const char *what), void *ud)
+{
+    const struct m2a_conf_amqp *r = &running->amqp, *x = &next->amqp;
+    return removed_names("exchange", r->exchanges, r->nexchanges, x->exchanges, x->nexchanges,
+                         sizeof(*r->exchanges), cb, ud) +
+           removed_names("queue", r->queues, r->nqueues, x->queues, x->nqueues, sizeof(*r->queues),
+                         cb, ud);
 }

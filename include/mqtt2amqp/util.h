@@ -1,10 +1,12 @@
-/* util.h - allocation that cannot fail, small string and time helpers.
+/* util.h - allocation that cannot fail, small string and time helpers,
+ * thread start.
  *
  * Out of memory aborts through m2a_oom() (like redis zmalloc): recovery
  * comes from the spool on restart, not from untested NOMEM branches. */
 #ifndef MQTT2AMQP_UTIL_H
 #define MQTT2AMQP_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +24,10 @@ uint64_t m2a_now_us(void);
 /* Wall clock, seconds / milliseconds since the epoch. */
 uint64_t m2a_wall_s(void);
 uint64_t m2a_wall_ms(void);
+
+/* Starts a thread running fn(arg) with every signal blocked: signals
+ * belong to the main thread. Returns pthread_create's result. */
+int m2a_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* Growable byte buffer. Zero-initialise ({0}) before first use. */
 struct m2a_buf {

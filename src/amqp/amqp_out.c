@@ -35,7 +35,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1021,12 +1020,7 @@ int m2a_amqp_out_start(const struct m2a_amqp_out_opts *opts, struct m2a_amqp_out
         rc = M2A_ERR_ARG;
         goto fail;
     }
-    /* Signals belong to the main thread: the new thread starts with all blocked. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int prc = pthread_create(&ao->thread, NULL, thread_main, ao);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int prc = m2a_thread_start(&ao->thread, thread_main, ao);
     if (prc != 0) {
         snprintf(err, errlen, "cannot start the AMQP thread: %s", strerror(prc));
         rc = M2A_ERR_IO;

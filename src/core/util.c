@@ -1,6 +1,8 @@
-/* util.c - allocation that aborts on out-of-memory, time, byte buffers. */
+/* util.c - allocation that aborts on out-of-memory, time, byte buffers,
+ * thread start. */
 #include "mqtt2amqp/util.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,4 +146,14 @@ void m2a_buf_free(struct m2a_buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+int m2a_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(t, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
 }

@@ -35,7 +35,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -636,11 +635,7 @@ int m2a_downlink_start(const struct m2a_config *cfg, struct m2a_stats *stats,
     };
     if ((rc = m2a_mqtt_session_new(&so, &d->mqtt, err, errlen)) != 0)
         goto fail;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int prc = pthread_create(&d->thread, NULL, thread_main, d);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int prc = m2a_thread_start(&d->thread, thread_main, d);
     if (prc != 0) {
         snprintf(err, errlen, "cannot start the downlink thread: %s", strerror(prc));
         rc = M2A_ERR_IO;

@@ -15,6 +15,7 @@
 
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/template.h"
 #include "mqtt2amqp/topic.h"
 
 #define HEADER_PREFIX "header:"
@@ -99,10 +100,42 @@ static int check_literal(const char *tmpl, const char *s, size_t n, char *err, s
     return 0;
 }
 
+struct parse {
+    const char *s;
+    struct m2a_downlink_topic *t;
+    size_t cap, litlen;
+};
+
+static int piece(void *ud, enum m2a_template_piece kind, const char *name, size_t n, size_t at,
+                 char *err, size_t errlen)
+{
+    (void)at;
+    struct parse *ps = ud;
+    struct m2a_downlink_topic *t = ps->t;
+    int rc;
+    if (kind == M2A_TEMPLATE_TEXT) {
+        /* an escaped brace (1 byte, not a wildcard) passes the check too */
+        if ((rc = check_literal(ps->s, name, n, err, errlen)) != 0)
+            return rc;
+        memcpy(t->lit + ps->litlen, name, n);
+        add_part(t, &ps->cap, (struct part){.kind = PART_LITERAL, .off = ps->litlen, .len = n});
+        ps->litlen += n;
+        return 0;
+    }
+    struct part p;
+    if ((rc = placeholder(ps->s, name, n, &p, err, errlen)) != 0)
+        return rc;
+    if (p.kind == PART_HEADER) {
+        p.off = ps->litlen;
+        memcpy(t->lit + ps->litlen, name + strlen(HEADER_PREFIX), p.len);
+        ps->litlen += p.len;
+    }
+    add_part(t, &ps->cap, p);
+    return 0;
+}
+
 static int parse(const char *s, struct m2a_downlink_topic *t, char *err, size_t errlen)
 {
-    size_t cap = 0, litlen = 0;
-    int rc;
     if (!s[0]) {
         m2a_err_setf(err, errlen, "the topic template is empty");
         return M2A_ERR_TOPIC;
@@ -112,48 +145,8 @@ static int parse(const char *s, struct m2a_downlink_topic *t, char *err, size_t 
                      M2A_MQTT_STRING_MAX);
         return M2A_ERR_TOPIC;
     }
-    for (size_t i = 0; s[i];) {
-        if ((s[i] == '{' || s[i] == '}') && s[i + 1] == s[i]) {
-            t->lit[litlen] = s[i];
-            add_part(t, &cap, (struct part){.kind = PART_LITERAL, .off = litlen++, .len = 1});
-            i += 2;
-            continue;
-        }
-        if (s[i] == '}') {
-            m2a_err_setf(err, errlen,
-                         "template \"%.80s\": '}' at offset %zu closes nothing (write \"}}\" for a "
-                         "literal brace)",
-                         s, i);
-            return M2A_ERR_TEMPLATE;
-        }
-        if (s[i] != '{') {
-            size_t n = strcspn(s + i, "{}");
-            if ((rc = check_literal(s, s + i, n, err, errlen)) != 0)
-                return rc;
-            memcpy(t->lit + litlen, s + i, n);
-            add_part(t, &cap, (struct part){.kind = PART_LITERAL, .off = litlen, .len = n});
-            litlen += n;
-            i += n;
-            continue;
-        }
-        const char *name = s + i + 1;
-        size_t n = strcspn(name, "{}");
-        if (name[n] != '}') {
-            m2a_err_setf(err, errlen, "template \"%.80s\": '{' at offset %zu is not closed", s, i);
-            return M2A_ERR_TEMPLATE;
-        }
-        struct part p;
-        if ((rc = placeholder(s, name, n, &p, err, errlen)) != 0)
-            return rc;
-        if (p.kind == PART_HEADER) {
-            p.off = litlen;
-            memcpy(t->lit + litlen, name + strlen(HEADER_PREFIX), p.len);
-            litlen += p.len;
-        }
-        add_part(t, &cap, p);
-        i += n + 2;
-    }
-    return 0;
+    struct parse ps = {.s = s, .t = t};
+    return m2a_template_scan(s, piece, &ps, err, errlen);
 }
 
 int m2a_downlink_topic_compile(const char *tmpl, struct m2a_downlink_topic **out, char *err,

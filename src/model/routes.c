@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/template.h"
 #include "mqtt2amqp/topic.h"
 #include "mqtt2amqp/topic_trie.h"
 
@@ -90,74 +91,56 @@ static void add_part(struct tmpl *t, size_t *cap, struct part p)
     t->parts[t->nparts++] = p;
 }
 
-/* Parses s. With out == NULL it only validates. */
-static int tmpl_parse(const char *s, int ncaptures, struct tmpl *out, char *err, size_t errlen)
+struct tmpl_parse {
+    const char *s;
+    int ncaptures;
+    struct tmpl *out; /* NULL: only validate */
+    size_t cap, litlen;
+};
+
+static int tmpl_piece(void *ud, enum m2a_template_piece kind, const char *name, size_t n, size_t at,
+                      char *err, size_t errlen)
 {
-    size_t cap = 0, litlen = 0;
-    if (out) {
-        memset(out, 0, sizeof(*out));
-        out->lit = xmalloc(strlen(s) + 1);
-    }
-    for (size_t i = 0; s[i];) {
-        if ((s[i] == '{' && s[i + 1] == '{') || (s[i] == '}' && s[i + 1] == '}')) {
-            if (out) {
-                out->lit[litlen] = s[i];
-                add_part(out, &cap, (struct part){PART_LITERAL, 0, litlen, 1});
-                litlen++;
-            }
-            i += 2;
-            continue;
-        }
-        if (s[i] == '}') {
-            m2a_err_setf(err, errlen,
-                         "template \"%s\": '}' at offset %zu closes nothing (write \"}}\" for a "
-                         "literal brace)",
-                         s, i);
-            return M2A_ERR_TEMPLATE;
-        }
-        if (s[i] != '{') {
-            size_t n = strcspn(s + i, "{}");
-            if (out) {
-                memcpy(out->lit + litlen, s + i, n);
-                add_part(out, &cap, (struct part){PART_LITERAL, 0, litlen, n});
-                litlen += n;
-            }
-            i += n;
-            continue;
-        }
-        const char *name = s + i + 1;
-        size_t n = strcspn(name, "{}");
-        if (name[n] != '}') {
-            m2a_err_setf(err, errlen,
-                         name[n] ? "template \"%s\": '{' at offset %zu is followed by another '{' "
-                                   "before its '}' (write \"{{\" for a literal brace)"
-                                 : "template \"%s\": '{' at offset %zu is not closed (write \"{{\" "
-                                   "for a literal brace)",
-                         s, i);
-            return M2A_ERR_TEMPLATE;
-        }
-        struct part p = {PART_TOPIC, 0, 0, 0};
+    (void)at;
+    struct tmpl_parse *tp = ud;
+    struct part p = {PART_LITERAL, 0, tp->litlen, n};
+    if (kind == M2A_TEMPLATE_PLACEHOLDER) {
+        p = (struct part){PART_TOPIC, 0, 0, 0};
         if (n == 1 && name[0] >= '1' && name[0] <= '9') {
             p.kind = PART_CAPTURE;
             p.capture = name[0] - '0';
-            if (p.capture > ncaptures) {
+            if (p.capture > tp->ncaptures) {
                 m2a_err_setf(err, errlen,
                              "template \"%s\": {%d} refers to wildcard %d but the topic filter has "
                              "%d wildcard%s",
-                             s, p.capture, p.capture, ncaptures, ncaptures == 1 ? "" : "s");
+                             tp->s, p.capture, p.capture, tp->ncaptures,
+                             tp->ncaptures == 1 ? "" : "s");
                 return M2A_ERR_TEMPLATE;
             }
         } else if (!(n == 5 && memcmp(name, "topic", 5) == 0)) {
             m2a_err_setf(err, errlen,
-                         "template \"%s\": unknown placeholder {%.*s} (use {topic} or {1}..{9})", s,
-                         (int)n, name);
+                         "template \"%s\": unknown placeholder {%.*s} (use {topic} or {1}..{9})",
+                         tp->s, (int)n, name);
             return M2A_ERR_TEMPLATE;
         }
-        if (out)
-            add_part(out, &cap, p);
-        i += n + 2;
+    } else if (tp->out) {
+        memcpy(tp->out->lit + tp->litlen, name, n);
+        tp->litlen += n;
     }
+    if (tp->out)
+        add_part(tp->out, &tp->cap, p);
     return 0;
+}
+
+/* Parses s. With out == NULL it only validates. */
+static int tmpl_parse(const char *s, int ncaptures, struct tmpl *out, char *err, size_t errlen)
+{
+    struct tmpl_parse tp = {.s = s, .ncaptures = ncaptures, .out = out};
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->lit = xmalloc(strlen(s) + 1);
+    }
+    return m2a_template_scan(s, tmpl_piece, &tp, err, errlen);
 }
 
 static void tmpl_free(struct tmpl *t)

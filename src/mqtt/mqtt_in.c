@@ -607,7 +607,7 @@ int m2a_mqtt_in_start(const struct m2a_mqtt_in_opts *opts, struct m2a_mqtt_in **
     if ((rc = m2a_mqtt_session_new(&so, &mi->session, err, errlen)) != 0)
         goto out;
     set_subscriptions(mi, NULL, NULL);
-    int prc = pthread_create(&mi->thread, NULL, run, mi);
+    int prc = m2a_thread_start(&mi->thread, run, mi);
     if (prc != 0) {
         snprintf(err, errlen, "cannot start the MQTT thread: %s", strerror(prc));
         rc = M2A_ERR_IO;
