@@ -5,7 +5,9 @@
  * cannot be formed goes to the queue's dead-letter exchange, counted, and
  * is not redelivered; the MQTT broker down with commands waiting: nothing
  * consumed meanwhile, everything delivered once it is back; a SIGTERM with
- * commands in flight loses nothing. Counted by sequence number. */
+ * commands in flight loses nothing; a flood of commands does not starve
+ * telemetry (the uplink gets through while commands still wait). Counted
+ * by sequence number. */
 #include <check.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -281,6 +283,92 @@ START_TEST(sigterm_with_commands_in_flight_loses_nothing)
 }
 END_TEST
 
+/* The uplink and a downlink side by side: telemetry routed to it.tele. */
+static const char *const flood_yaml =
+    "mqtt: {host: 127.0.0.1, port: ${MQTT_PORT}, client_id: it-downlink-flood}\n"
+    "amqp:\n"
+    "  port: ${AMQP_PORT}\n"
+    "  topology:\n"
+    "    exchanges:\n"
+    "      - {name: it.dl, type: topic}\n"
+    "      - {name: it.dl.dlx, type: fanout}\n"
+    "      - {name: it.tele, type: topic}\n"
+    "    queues:\n"
+    "      - name: it.dl.cmds\n"
+    "        arguments: {x-dead-letter-exchange: it.dl.dlx}\n"
+    "        bindings: [{exchange: it.dl, routing_key: \"#\"}]\n"
+    "      - name: it.dl.dead\n"
+    "        bindings: [{exchange: it.dl.dlx}]\n"
+    "      - name: it.tele.q\n"
+    "        bindings: [{exchange: it.tele, routing_key: \"#\"}]\n"
+    "spool: {dir: ${SPOOL_DIR}}\n"
+    "routes:\n"
+    "  - {name: telemetry, topic: \"tele/#\", exchange: it.tele}\n"
+    "downlinks:\n"
+    "  - {name: commands, queue: it.dl.cmds, topic: \"devices/{1}/commands\", qos: 1}\n"
+    "log: {level: info, stats_interval: 1}\n";
+
+/* A flood of commands does not starve telemetry: with FLOOD commands
+ * queued before the bridge starts, UP telemetry messages published once the
+ * flood is flowing all reach RabbitMQ (lost 0, dup 0) while commands are
+ * still waiting in the queue; then the flood completes, lost 0, dup 0.
+ * (How fast each side goes is bench/run.sh's business, not this test's.) */
+START_TEST(downlink_flood_does_not_starve_the_uplink)
+{
+    const long flood = 50000, up = 2000;
+    struct setup s = {0};
+    s.mosq = th_mosq_start(TH_MOSQ_SHIPPED);
+    ck_assert_ptr_nonnull(s.mosq);
+    s.amqp = th_amqp_connect(th_rabbit_port(), 10000, false);
+    ck_assert_ptr_nonnull(s.amqp);
+    s.sub = th_sub_new(s.mosq->port, "it-downlink-flood-device", "devices/+/commands", 1);
+    ck_assert_ptr_nonnull(s.sub);
+    s.b = th_bridge_new(s.mosq);
+    ck_assert_int_eq(th_bridge_config(s.b, flood_yaml), 0);
+    /* a first run declares the topology; the flood is queued while it is away */
+    ck_assert_int_eq(th_bridge_start(s.b, NULL), 0);
+    ck_assert_int_eq(th_bridge_wait_log(s.b, "consuming 1 queue(s)", 30000), 0);
+    ck_assert_int_eq(th_bridge_stop(s.b, 20000), 0);
+    th_amqp_purge(s.amqp, "it.dl.cmds");
+    th_amqp_purge(s.amqp, "it.dl.dead");
+    th_amqp_purge(s.amqp, "it.tele.q");
+    ck_assert_int_eq(publish(0, flood, "dev%ld.open"), flood);
+    struct th_amqp *tele = th_amqp_consumer(th_rabbit_port(), "it.tele.q", NULL, NULL);
+    ck_assert_ptr_nonnull(tele);
+
+    ck_assert_int_eq(th_bridge_start(s.b, NULL), 0);
+    ck_assert_int_eq(th_bridge_wait_stat(s.b, "down_acked", 1000, 60000), 0);
+    const char *topics[] = {"tele/a/temp", "tele/b/temp", "tele/c/temp"};
+    struct th_pub p = {.port = s.mosq->port,
+                       .topics = topics,
+                       .ntopics = 3,
+                       .count = up,
+                       .qos = 1,
+                       .client_id = "it-downlink-flood-sensor",
+                       .timeout_ms = 60000};
+    uint64_t t0 = m2a_now_ms();
+    ck_assert_int_eq(th_mqtt_publish(&p), up);
+    struct th_msgs msgs = {0};
+    ck_assert_int_eq(th_amqp_collect(tele, &msgs, (size_t)up, 60000), 0);
+    uint64_t ms = m2a_now_ms() - t0;
+    long waiting = th_amqp_count(s.amqp, "it.dl.cmds");
+    long acked = th_bridge_stat(s.b, "down_acked");
+    printf("downlink flood: %ld telemetry messages through in %" PRIu64
+           " ms while the flood ran (%ld commands acked, %ld still queued)\n",
+           up, ms, acked, waiting);
+    /* the telemetry got through while the flood was still going */
+    ck_assert_int_gt(waiting, 0);
+    TH_ASSERT_EXACT(th_check_msgs(0, up, &msgs));
+    th_msgs_free(&msgs);
+
+    ck_assert_int_eq(th_sub_wait_distinct(s.sub, (size_t)flood, 240000), 0);
+    ck_assert_int_eq(th_bridge_stop(s.b, 20000), 0);
+    TH_ASSERT_EXACT(check_sub(s.sub, 0, flood));
+    th_amqp_free(tele);
+    teardown_all(&s);
+}
+END_TEST
+
 /* The command line: --explain-downlink prints each downlink's topic (or
  * why it would reject), --check refuses a bad template with its position. */
 START_TEST(explain_downlink_and_check)
@@ -345,6 +433,7 @@ int main(void)
     add(s, "dead_letter", unmappable_message_goes_to_the_dead_letter_exchange);
     add(s, "mqtt_outage", mqtt_outage_consumes_nothing_and_loses_nothing);
     add(s, "sigterm", sigterm_with_commands_in_flight_loses_nothing);
+    add(s, "flood", downlink_flood_does_not_starve_the_uplink);
     add(s, "cli", explain_downlink_and_check);
     return m2a_check_run(s);
 }
