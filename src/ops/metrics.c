@@ -296,6 +296,10 @@ bool m2a_metrics_ready(const struct m2a_metrics_opts *o, char *why, size_t len)
     }
     if (!M2A_STAT_GET(o->stats, amqp_connected))
         REASON("amqp: not connected\n");
+    if (o->stats->ndownlinks && !M2A_STAT_GET(o->stats, downlink_mqtt_connected))
+        REASON("downlink: mqtt not connected\n");
+    if (o->stats->ndownlinks && !M2A_STAT_GET(o->stats, downlink_amqp_connected))
+        REASON("downlink: amqp not connected\n");
     if (o->spool_max_bytes) {
         struct m2a_spool_stats ss;
         m2a_spool_get_stats(o->spool, &ss);

@@ -17,6 +17,7 @@
 
 #include "amqp_pub.h"
 #include "harness.h"
+#include "http.h"
 #include "mqtt_sub.h"
 #include "mqtt2amqp/util.h"
 #include "check_main.h"
@@ -44,6 +45,7 @@ static const char *const config_yaml =
     "    topic: \"devices/{1}/commands\"\n"
     "    qos: 1\n"
     "    prefetch: ${PREFETCH:-100}\n"
+    "metrics: {listen: \"127.0.0.1:${HTTP_PORT}\"}\n"
     "log: {level: info, stats_interval: 1}\n";
 
 struct setup {
@@ -51,6 +53,7 @@ struct setup {
     struct th_bridge *b;
     struct th_sub *sub;
     struct th_amqp *amqp; /* for counts and purges */
+    int http_port;        /* /metrics, /readyz */
 };
 
 /* Mosquitto, the subscriber, the queues purged, the bridge started and
@@ -67,6 +70,8 @@ static void setup_up(struct setup *s, const char *prefetch)
     ck_assert_ptr_nonnull(s->sub);
     s->b = th_bridge_new(s->mosq);
     th_bridge_set(s->b, "PREFETCH", "%s", prefetch);
+    s->http_port = th_free_port();
+    th_bridge_set(s->b, "HTTP_PORT", "%d", s->http_port);
     ck_assert_int_eq(th_bridge_config(s->b, config_yaml), 0);
     ck_assert_int_eq(th_bridge_start(s->b, NULL), 0);
     ck_assert_int_eq(th_bridge_wait_log(s->b, "consuming 1 queue(s)", 30000), 0);
@@ -211,6 +216,29 @@ static bool both_have_all(void *arg)
     return distinct == 2000;
 }
 
+struct readyz_wait {
+    int port;
+    int status;
+    const char *line; /* in the body; NULL: any */
+};
+
+static bool readyz_is(void *arg)
+{
+    struct readyz_wait *w = arg;
+    struct th_http_reply r = {0};
+    bool ok = th_http(w->port, "GET", "/readyz", 2000, &r) == 0 && r.status == w->status &&
+              (!w->line || (r.body && strstr(r.body, w->line)));
+    th_http_reply_free(&r);
+    return ok;
+}
+
+/* Waits until /readyz answers status with line in its body. */
+static int wait_readyz(int port, int status, const char *line, int timeout_ms)
+{
+    struct readyz_wait w = {port, status, line};
+    return th_poll_until(readyz_is, &w, timeout_ms);
+}
+
 START_TEST(mqtt_outage_consumes_nothing_and_loses_nothing)
 {
     struct setup s = {0};
@@ -226,6 +254,8 @@ START_TEST(mqtt_outage_consumes_nothing_and_loses_nothing)
     ck_assert_int_eq(th_mosq_stop(s.mosq), 0);
     ck_assert_int_eq(th_bridge_wait_log(s.b, "the MQTT session is down: consuming stops", 15000),
                      0);
+    /* not ready, and /readyz says the downlink's side is down too */
+    ck_assert_int_eq(wait_readyz(s.http_port, 503, "downlink: mqtt not connected\n", 15000), 0);
     ck_assert_int_eq(publish(1000, 1000, "dev%ld.open"), 1000);
     /* nothing is taken while the broker is away: all 1000 wait in the queue */
     ck_assert_int_eq(wait_queue(&s, 1000, 10000), 0);
@@ -234,6 +264,7 @@ START_TEST(mqtt_outage_consumes_nothing_and_loses_nothing)
     ck_assert_int_eq(th_mosq_restart(s.mosq), 0);
     ck_assert_int_eq(th_bridge_wait_stat(s.b, "down_acked", 2000, 60000), 0);
     ck_assert_int_eq(wait_queue(&s, 0, 10000), 0);
+    ck_assert_int_eq(wait_readyz(s.http_port, 200, "ready\n", 15000), 0);
     /* the device comes back: its session queued what the bridge published */
     struct th_sub *first = s.sub;
     s.sub = th_sub_new(s.mosq->port, "it-downlink-device", "devices/+/commands", 1);
