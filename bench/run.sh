@@ -330,6 +330,49 @@ msub_start() { # NAME COUNT
     wait_for "$CONS_OUT" "ready" 30 "$CONS_PID" || die "subscriber not ready: $(cat "$CONS_OUT.err")"
 }
 
+# downlink_bridge KEY LABEL COUNT BASE_RATE [BINARY]: the downlink row with this tree's
+# bridge, or with BINARY (M2A_BENCH_BRIDGE2) and LABEL after the row's name.
+downlink_bridge() {
+    local key=$1 label=$2 n=$3 base=$4 bin=${5:-$BRIDGE} out l
+    mkdir -p "$TMP/$key"
+    say "downlink 100 B$label: $n messages"
+    mosq_start "$key"
+    BRIDGE_LOG=$TMP/$key/bridge.log
+    cat >"$TMP/$key/bridge.yaml" <<EOF
+mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$key}
+amqp:
+  port: $AMQP_PORT
+  topology:
+    exchanges: [{name: bench.$key, type: topic}]
+    queues:
+      - name: bench.$key
+        bindings: [{exchange: bench.$key, routing_key: "#"}]
+spool: {dir: $TMP/$key/spool}
+downlinks:
+  - {name: bench, queue: bench.$key, topic: "bench/dev/{2}", qos: 1, prefetch: $DL_PREFETCH}
+log: {stats_interval: 1}
+shutdown_timeout: 5
+EOF
+    "${BRIDGE_WRAP[@]}" "$bin" -c "$TMP/$key/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
+    BRIDGE_PID=$!
+    wait_for "$BRIDGE_LOG" "consuming 1 queue" 60 "$BRIDGE_PID" ||
+        die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
+    msub_start "$key" "$n"
+    cpu_begin
+    fg_run "$TMP/$key/publisher.out" "$APUB" -p "$AMQP_PORT" -x "bench.$key" -Q "bench.$key" \
+        -n "$n" -s 100 -d "$DEVICES" -k bench -w "$WINDOW" -r 0 ||
+        say "publisher: $(tail -n 3 "$TMP/$key/publisher.out.err")"
+    out=$(cat "$TMP/$key/publisher.out")
+    cons_wait
+    l=$(grep "class=0" "$CONS_OUT" || true)
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
+    bridge_stop
+    mosq_stop
+    row "downlink 100 B (AMQP -> bridge -> MQTT, prefetch $DL_PREFETCH)$label" "$n" "$(kv "$l" rate)" \
+        "$(div "$(kv "$l" rate)" "$base")" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "$CPU_B" \
+        "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
+}
+
 # Downlinks (issue 11): direct MQTT (publisher -> Mosquitto -> subscriber) as the baseline,
 # then AMQP publisher -> RabbitMQ -> bridge -> Mosquitto -> the same kind of subscriber.
 run_downlink() {
@@ -352,44 +395,8 @@ run_downlink() {
         "$(kv "$l" p99_ms)" "-" "-" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "-" "$CPU_M" \
         "$CPU_ALL"
 
-    key=downlink
-    mkdir -p "$TMP/$key"
-    say "downlink 100 B: $n messages"
-    mosq_start "$key"
-    BRIDGE_LOG=$TMP/$key/bridge.log
-    cat >"$TMP/$key/bridge.yaml" <<EOF
-mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$key}
-amqp:
-  port: $AMQP_PORT
-  topology:
-    exchanges: [{name: bench.$key, type: topic}]
-    queues:
-      - name: bench.$key
-        bindings: [{exchange: bench.$key, routing_key: "#"}]
-spool: {dir: $TMP/$key/spool}
-downlinks:
-  - {name: bench, queue: bench.$key, topic: "bench/dev/{2}", qos: 1, prefetch: $DL_PREFETCH}
-log: {stats_interval: 1}
-shutdown_timeout: 5
-EOF
-    "${BRIDGE_WRAP[@]}" "$BRIDGE" -c "$TMP/$key/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
-    BRIDGE_PID=$!
-    wait_for "$BRIDGE_LOG" "consuming 1 queue" 60 "$BRIDGE_PID" ||
-        die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
-    msub_start "$key" "$n"
-    cpu_begin
-    fg_run "$TMP/$key/publisher.out" "$APUB" -p "$AMQP_PORT" -x "bench.$key" -Q "bench.$key" \
-        -n "$n" -s 100 -d "$DEVICES" -k bench -w "$WINDOW" -r 0 ||
-        say "publisher: $(tail -n 3 "$TMP/$key/publisher.out.err")"
-    out=$(cat "$TMP/$key/publisher.out")
-    cons_wait
-    l=$(grep "class=0" "$CONS_OUT" || true)
-    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
-    bridge_stop
-    mosq_stop
-    row "downlink 100 B (AMQP -> bridge -> MQTT, prefetch $DL_PREFETCH)" "$n" "$(kv "$l" rate)" \
-        "$(div "$(kv "$l" rate)" "$base")" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "$CPU_B" \
-        "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
+    downlink_bridge downlink "" "$n" "$base"
+    [ -z "$BRIDGE2" ] || downlink_bridge downlink-b2 " [$BRIDGE2_LABEL]" "$n" "$base" "$BRIDGE2"
     NOTES+=("downlink: x direct = its msg/s / direct MQTT msg/s (publisher -> Mosquitto -> subscriber, same run)")
 }
 

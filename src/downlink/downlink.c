@@ -53,12 +53,19 @@
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/util.h"
 
-#define COMPONENT        "downlink"
-#define CHANNEL          1
-#define POLL_MAX_MS      100  /* a turn at least this often: AMQP heartbeats */
-#define CLOSE_GRACE_MS   1000 /* the polite closes after the drain of a stop */
-#define LOG_EVERY_MS     1000 /* rate limit of per-message warnings */
-#define STABLE_MS        10000
+#define COMPONENT      "downlink"
+#define CHANNEL        1
+#define POLL_MAX_MS    100  /* a turn at least this often: AMQP heartbeats */
+#define CLOSE_GRACE_MS 1000 /* the polite closes after the drain of a stop */
+#define LOG_EVERY_MS   1000 /* rate limit of per-message warnings */
+#define STABLE_MS      10000
+/* Acknowledgements wait at most ACK_DELAY_MS for company, or until ACK_BATCH
+ * entries are finished: RabbitMQ pays per basic.ack frame, and under load
+ * PUBACKs come one per turn, so acking each at once cost it a frame per
+ * message. The delay holds only the ack (the message is already PUBACKed):
+ * a crash meanwhile means a redelivery, as for any unacked delivery. */
+#define ACK_DELAY_MS     2
+#define ACK_BATCH        64
 #define CLIENT_ID_SUFFIX "-down"
 
 enum entry_state {
@@ -106,7 +113,9 @@ struct m2a_downlink {
     bool progress;      /* a message was acknowledged on this AMQP connection */
     struct entry *ring; /* in delivery order */
     size_t cap, head, count;
-    size_t npublished; /* entries in E_PUBLISHED */
+    size_t npublished;      /* entries in E_PUBLISHED */
+    size_t nfinished;       /* entries in E_ACKED or E_REFUSED, not yet settled */
+    uint64_t settle_due_ms; /* with nfinished: settle by then (m2a_now_ms) */
     struct m2a_buf topic_buf;
     struct m2a_ratelimit rl_reject, rl_refused;
     char why[640];
@@ -153,7 +162,7 @@ static void ring_clear(struct m2a_downlink *d)
         if (e->state != E_HELD)
             inflight_add(d, e->dl, -1);
     }
-    d->head = d->count = d->npublished = 0;
+    d->head = d->count = d->npublished = d->nfinished = 0;
 }
 
 /* ---- AMQP events ---------------------------------------------------------------------- */
@@ -301,6 +310,8 @@ static void on_published(void *ud, int mid, int reason)
             continue;
         e->state = reason < 0x80 ? E_ACKED : E_REFUSED;
         d->npublished--;
+        if (d->nfinished++ == 0)
+            d->settle_due_ms = m2a_now_ms() + ACK_DELAY_MS;
         if (e->state == E_REFUSED) {
             uint64_t sup;
             if (m2a_ratelimit_ok(&d->rl_refused, &sup))
@@ -367,9 +378,12 @@ static int settle_prefix(struct m2a_downlink *d)
                 rc = m2a_amqp_conn_settle(d->conn, e->tag, M2A_AMQP_CONN_REJECT);
         }
         inflight_add(d, e->dl, -1);
+        d->nfinished--;
         d->head = (d->head + 1) % d->cap;
         d->count--;
     }
+    if (d->nfinished) /* behind an entry still waiting for its PUBACK */
+        d->settle_due_ms = m2a_now_ms() + ACK_DELAY_MS;
     if (rc == 0 && nack)
         rc = m2a_amqp_conn_settle(d->conn, ack_tag,
                                   nack > 1 ? M2A_AMQP_CONN_ACK_MULTIPLE : M2A_AMQP_CONN_ACK);
@@ -486,7 +500,8 @@ static void amqp_turn(struct m2a_downlink *d)
         lost(d, true);
         return;
     }
-    if (settle_prefix(d) != 0)
+    if (d->nfinished && (d->nfinished >= ACK_BATCH || m2a_now_ms() >= d->settle_due_ms) &&
+        settle_prefix(d) != 0)
         lost(d, false);
 }
 
@@ -500,6 +515,8 @@ static void wait_turn(struct m2a_downlink *d)
         int hb = m2a_amqp_conn_params(d->conn)->heartbeat_s;
         if (hb > 0 && now + (uint64_t)hb * 500u < until)
             until = now + (uint64_t)hb * 500u;
+        if (d->nfinished && d->settle_due_ms < until)
+            until = d->settle_due_ms > now ? d->settle_due_ms : now;
         if (m2a_amqp_conn_buffered(d->conn))
             until = now;
     } else if (d->mqtt_up && d->next_connect_ms < until) {
