@@ -197,10 +197,6 @@ START_TEST(bridge_restarts_forward_a_retained_message_once)
     setup_start(&s, "restart", protocols[_i], "");
     publish_retained(&s, "ret/a/state", 0);
     marker(&s, "ret/a/state", 100);
-    const struct th_msg *live = first_copy(&s, 0);
-    ck_assert_ptr_nonnull(live);
-    /* MQTT 3.1.1 has no Retain As Published: the broker clears the flag. */
-    ck_assert_str_eq(th_msg_header(live, "x-mqtt-retain"), s.protocol == 5 ? "true" : "false");
     for (long k = 1; k <= 3; k++) {
         ck_assert_int_eq(th_bridge_stop(s.b, WAIT_MS), 0);
         ck_assert_int_eq(th_bridge_start_ready(s.b, WAIT_MS), 0);
@@ -208,6 +204,9 @@ START_TEST(bridge_restarts_forward_a_retained_message_once)
         marker(&s, "ret/a/state", 100 + k);
     }
     assert_once(&s, 0, 0, "after 3 bridge restarts");
+    const struct th_msg *live = first_copy(&s, 0);
+    /* MQTT 3.1.1 has no Retain As Published: the broker clears the flag. */
+    ck_assert_str_eq(th_msg_header(live, "x-mqtt-retain"), s.protocol == 5 ? "true" : "false");
     setup_free(&s);
 }
 END_TEST
