@@ -307,6 +307,7 @@ size_t m2a_reload_unapplied(const struct m2a_config *running, const struct m2a_c
                    mn->nendpoints, mn->nhosts > 0);
     SAME_STR(&d, "mqtt.", m, mn, client_id);
     SAME_NUM(&d, "mqtt.", m, mn, clean_session);
+    SAME_NUM(&d, "mqtt.", m, mn, retained_resend);
     SAME_NUM(&d, "mqtt.", m, mn, keepalive);
     SAME_NUM(&d, "mqtt.", m, mn, protocol);
     SAME_STR(&d, "mqtt.", m, mn, username);

@@ -56,6 +56,10 @@ struct m2a_conf_endpoint {
     int port;
 };
 
+/* MQTT 3.1.1: what a retained message resent by a SUBSCRIBE the session
+ * already had becomes (MQTT 5 has the broker not send it at all). */
+enum m2a_retained_resend { M2A_RETAINED_RESEND_SKIP, M2A_RETAINED_RESEND_FORWARD };
+
 struct m2a_conf_mqtt {
     char *host;   /* shorthand, default "127.0.0.1"; use endpoints */
     int port;     /* shorthand, default 1883; use endpoints */
@@ -79,6 +83,10 @@ struct m2a_conf_mqtt {
     /* Largest payload bridged, default 16 MiB; larger ones are too_large.
      * MQTT 5: + M2A_MQTT_PUBLISH_OVERHEAD is the Maximum Packet Size. */
     uint64_t max_message_bytes;
+    /* MQTT 3.1.1 only, default skip: retained messages the broker resends
+     * for a subscription the session already had (README "Retained
+     * messages"). */
+    enum m2a_retained_resend retained_resend;
     struct m2a_conf_tls tls;
 };
 
@@ -172,6 +180,10 @@ struct m2a_conf_dead_letter {
     struct m2a_conf_mark mark;
 };
 
+/* A route's answer to a message with the retain flag: forward it, or skip
+ * it (counted, acknowledged; a retained-delete included). */
+enum m2a_retained { M2A_RETAINED_FORWARD, M2A_RETAINED_SKIP };
+
 struct m2a_conf_route {
     char *name;         /* required, unique */
     char *topic;        /* required: MQTT topic filter */
@@ -183,6 +195,7 @@ struct m2a_conf_route {
     struct m2a_conf_kv *headers;    /* templated header values */
     bool cont;                      /* "continue", default false */
     enum m2a_unroutable unroutable; /* default dead_letter */
+    enum m2a_retained retained;     /* default forward */
     struct m2a_conf_mark mark;
 };
 

@@ -146,9 +146,20 @@ void m2a_mqtt_session_close(struct m2a_mqtt_session *s, uint64_t deadline_ms, bo
  * added ones before unsubscribing from the dropped ones, now if up, else at
  * the next CONNACK (the broker's session may still hold a dropped one).
  * Every CONNACK resubscribes to all. A refused one is retried with
- * backoff. *added / *removed (may be NULL) get the counts. */
+ * backoff. *added / *removed (may be NULL) get the counts.
+ * MQTT 5 subscribes with Retain As Published and retain handling "send
+ * retained messages only if the subscription is new", so a resubscription
+ * on a session that has it (restart, reconnect, reload) resends nothing. */
 void m2a_mqtt_session_subscribe(struct m2a_mqtt_session *s, char *const *filters, size_t n,
                                 size_t *added, size_t *removed);
+/* MQTT 3.1.1 (which has no retain handling): whether a message that
+ * arrived with the retain flag on topic is a resend of retained state the
+ * bridge already had: there, retain 1 means "sent because of a SUBSCRIBE",
+ * and true means no subscription matching topic is new to the broker's
+ * session (every one was already in it when the CONNACK said session
+ * present, and none was added since by a reload or first granted on this
+ * connection). Always false with MQTT 5. */
+bool m2a_mqtt_session_retained_resend(const struct m2a_mqtt_session *s, const char *topic);
 /* The subscriptions the broker refuses now, one line each ("PREFIX
  * subscription to FILTER refused by the broker: REASON (N refusals,
  * retrying)"), into buf (NUL-terminated; cut to fit). Returns how many. */

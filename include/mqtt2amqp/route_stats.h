@@ -25,7 +25,9 @@
  *                  the broker acks a returned message)
  *   dead_lettered  a dead letter was made of one of the route's messages
  *   dropped        given up without a dead letter: no dead_letter section,
- *                  too large for the spool, unpublishable, drop policy */
+ *                  too large for the spool, unpublishable, drop policy
+ *   retained_skipped  a retained message the route's retained: skip declined
+ *                  (also counted matched; acknowledged, never sent) */
 #ifndef MQTT2AMQP_ROUTE_STATS_H
 #define MQTT2AMQP_ROUTE_STATS_H
 
@@ -48,6 +50,7 @@ struct m2a_route_counters {
     _Atomic uint64_t returned;
     _Atomic uint64_t dead_lettered;
     _Atomic uint64_t dropped;
+    _Atomic uint64_t retained_skipped; /* MQTT thread: retained message skipped (retained: skip) */
 };
 
 /* Adds n to field of a block that may be NULL (route not counted). */

@@ -71,11 +71,16 @@ const char *m2a_routes_subscription(const struct m2a_routes *routes, size_t i);
 struct m2a_routes_scratch *m2a_routes_scratch_new(void);
 void m2a_routes_scratch_free(struct m2a_routes_scratch *s);
 
+/* err of a route that skips retained messages (retained: skip) for a
+ * message with the retain flag: env is complete, nothing is to be sent; the
+ * caller counts it and acknowledges the message. Positive: not an m2a_err. */
+#define M2A_ROUTES_SKIPPED 1
+
 /* Called once per matching route, in route order. On success err is 0 and
- * env is complete. On a mapping failure err is M2A_ERR_KEY_TOO_LONG or
- * M2A_ERR_TEMPLATE and env has route (id and name), exchange, topic, body
- * and flags set but routing_key/headers may be partial. env and its
- * strings are valid only during the call. */
+ * env is complete (M2A_ROUTES_SKIPPED: see above). On a mapping failure
+ * err is M2A_ERR_KEY_TOO_LONG or M2A_ERR_TEMPLATE and env has route (id and
+ * name), exchange, topic, body and flags set but routing_key/headers may be
+ * partial. env and its strings are valid only during the call. */
 typedef void (*m2a_route_cb)(void *ud, size_t route_index, const struct m2a_envelope *env, int err);
 
 /* Maps msg through the routes: first match wins unless that route has

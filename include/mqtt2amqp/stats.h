@@ -55,6 +55,11 @@ struct m2a_stats {
     _Atomic uint64_t dead_lettered;
     _Atomic uint64_t dropped;
     _Atomic uint64_t expired;
+    /* Retained messages acknowledged and not forwarded: a route's
+     * retained: skip, and (MQTT 3.1.1) resends of retained state the session
+     * already had (mqtt.retained_resend: skip). */
+    _Atomic uint64_t retained_skipped;
+    _Atomic uint64_t retained_resends;
     _Atomic uint64_t mqtt_reconnects;
     _Atomic uint64_t amqp_reconnects;
     _Atomic bool mqtt_connected;

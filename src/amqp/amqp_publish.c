@@ -71,7 +71,10 @@ static size_t headers(struct m2a_amqp_publish *p, const struct m2a_envelope *env
     if (mh == M2A_MQTT_HEADERS_NONE && env->dead_letter)
         mh = M2A_MQTT_HEADERS_TOPIC;
     size_t nmqtt = mh == M2A_MQTT_HEADERS_ALL ? 3 : mh == M2A_MQTT_HEADERS_TOPIC ? 1 : 0;
-    size_t n = nmqtt + env->nheaders;
+    /* A retained-delete (retain flag, empty payload) says so, unless
+     * mqtt_headers: none: an empty body alone is an ordinary message. */
+    bool del = nmqtt > 0 && env->retain && env->body.len == 0;
+    size_t n = nmqtt + del + env->nheaders;
     if (n > p->entries_cap) {
         p->entries = xrealloc(p->entries, n * sizeof(*p->entries));
         p->entries_cap = n;
@@ -86,6 +89,12 @@ static size_t headers(struct m2a_amqp_publish *p, const struct m2a_envelope *env
         e[2].key = amqp_cstring_bytes("x-mqtt-retain");
         e[2].value.kind = AMQP_FIELD_KIND_BOOLEAN;
         e[2].value.value.boolean = env->retain;
+    }
+    if (del) {
+        e[nmqtt].key = amqp_cstring_bytes("x-mqtt-retained-delete");
+        e[nmqtt].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        e[nmqtt].value.value.boolean = 1;
+        nmqtt++;
     }
     for (size_t i = 0; i < env->nheaders; i++) {
         e[nmqtt + i].key = str_bytes(env->headers[i].key);

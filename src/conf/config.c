@@ -476,6 +476,10 @@ static const struct m2a_bind_opt mqtt_opts[] = {
                  "client id of the downlinks' session, default client_id + \"-down\"", MQTTS,
                  .check = check_mqtt_string),
     M2A_BIND_BOOL(T, "clean_session", clean_session, "false", "false keeps a persistent session"),
+    M2A_BIND_ENUM(T, "retained_resend", retained_resend, "skip",
+                  M2A_BIND_CHOICES({"skip", M2A_RETAINED_RESEND_SKIP},
+                                   {"forward", M2A_RETAINED_RESEND_FORWARD}),
+                  "MQTT 3.1.1: retained messages resent for a subscription the session had"),
     M2A_BIND_INT(T, "keepalive", keepalive, "30", 5, 65535, "seconds between MQTT pings"),
     M2A_BIND_ENUM(T, "protocol", protocol, "5",
                   M2A_BIND_CHOICES({"311", M2A_MQTT_V311}, {"5", M2A_MQTT_V5}),
@@ -632,6 +636,9 @@ static const struct m2a_bind_opt route_opts[] = {
                   M2A_BIND_CHOICES({"dead_letter", M2A_UNROUTABLE_DEAD_LETTER},
                                    {"drop", M2A_UNROUTABLE_DROP}, {"retry", M2A_UNROUTABLE_RETRY}),
                   "on basic.return: dead_letter, drop or retry"),
+    M2A_BIND_ENUM(T, "retained", retained, "forward",
+                  M2A_BIND_CHOICES({"forward", M2A_RETAINED_FORWARD}, {"skip", M2A_RETAINED_SKIP}),
+                  "messages with the retain flag: forward or skip (counted)"),
 };
 static const struct m2a_bind_section route_section = {M2A_BIND_ITEMS(T, route_opts, mark),
                                                       .check = route_check};

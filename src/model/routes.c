@@ -44,6 +44,7 @@ struct route {
     uint32_t id;
     struct m2a_route_counters *ctr; /* NULL: not counted */
     enum m2a_unroutable unroutable;
+    enum m2a_retained retained;
     char *name;
     char *filter;
     char *exchange;
@@ -234,6 +235,7 @@ static int compile_route(const struct m2a_conf_route *c, struct route *r, char *
     r->persistent = c->persistent;
     r->cont = c->cont;
     r->unroutable = c->unroutable;
+    r->retained = c->retained;
     if (c->routing_key) {
         r->has_key = true;
         if ((rc = tmpl_parse(c->routing_key, ncap, &r->key, why, sizeof(why))) < 0) {
@@ -431,7 +433,9 @@ static struct m2a_str str_of(const char *s)
     return (struct m2a_str){s, strlen(s)};
 }
 
-/* Fills env for route r; returns 0 or M2A_ERR_KEY_TOO_LONG. */
+/* Fills env for route r; returns 0, M2A_ERR_KEY_TOO_LONG, or
+ * M2A_ROUTES_SKIPPED when the route skips retained messages and msg is one
+ * (env complete all the same: the callback counts it). */
 static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
                    const struct m2a_captures *caps, struct m2a_routes_scratch *s,
                    struct m2a_envelope *env)
@@ -483,6 +487,8 @@ static int map_one(const struct route *r, const struct m2a_mqtt_msg *msg,
         .headers = s->headers,
         .body = {msg->payload ? (const char *)msg->payload : "", msg->payload_len},
     };
+    if (rc == 0 && msg->retain && r->retained == M2A_RETAINED_SKIP)
+        rc = M2A_ROUTES_SKIPPED;
     return rc;
 }
 

@@ -171,6 +171,11 @@ static void on_route(void *ud, size_t route_index, const struct m2a_envelope *en
     if (mi->batch_err != 0)
         return; /* the batch will not be acknowledged anyway */
     M2A_ROUTE_ADD(m2a_routes_counters(mi->routes, route_index), matched, 1);
+    if (err == M2A_ROUTES_SKIPPED) { /* retained: skip; acknowledged with the batch */
+        M2A_ROUTE_ADD(m2a_routes_counters(mi->routes, route_index), retained_skipped, 1);
+        M2A_STAT_ADD(mi->o.stats, retained_skipped, 1);
+        return;
+    }
     if (err != 0) {
         undeliverable(mi, env, M2A_POLICY_ROUTING_ERROR, m2a_strerror(err));
         return;
@@ -209,6 +214,11 @@ static void on_message(void *ud, const struct mosquitto_message *m, const mosqui
     M2A_STAT_ADD(mi->o.stats, received, 1);
     if (mi->batch_err != 0)
         return; /* connection is about to be dropped unacknowledged */
+    if (m->retain && mi->o.conf->retained_resend == M2A_RETAINED_RESEND_SKIP &&
+        m2a_mqtt_session_retained_resend(mi->session, m->topic)) {
+        M2A_STAT_ADD(mi->o.stats, retained_resends, 1); /* forwarded before; acknowledged */
+        return;
+    }
     struct m2a_mqtt_msg msg = {.topic = m->topic,
                                .topic_len = strlen(m->topic),
                                .payload = m->payload,

@@ -69,6 +69,9 @@ struct sub {
     int mid;           /* of the SUBSCRIBE in flight on this connection, -1: none */
     int granted;       /* SUB_PENDING, the granted QoS, or a failure code >= 0x80 */
     unsigned refusals; /* in a row */
+    /* New to the broker's session on this connection: its SUBSCRIBE's
+     * retained messages are news (MQTT 3.1.1, retained_resend). */
+    bool fresh;
     uint64_t retry_at; /* while refused and up: when to subscribe again */
     struct m2a_backoff backoff;
 };
@@ -174,7 +177,13 @@ static const char *stage(const struct m2a_mqtt_session *s)
 static void sub_send(struct m2a_mqtt_session *s, struct sub *u)
 {
     int mid = 0;
-    int rc = mosquitto_subscribe(s->mosq, &mid, u->filter, QOS);
+    /* MQTT 5: a resubscription on a session that has the subscription
+     * (Mosquitto: SUB_EXISTS) sends no retained messages again, and live
+     * ones keep their retain flag, which x-mqtt-retain reports. */
+    int opts = s->o.conf->protocol == M2A_MQTT_V5
+                   ? MQTT_SUB_OPT_SEND_RETAIN_NEW | MQTT_SUB_OPT_RETAIN_AS_PUBLISHED
+                   : 0;
+    int rc = mosquitto_subscribe_v5(s->mosq, &mid, u->filter, QOS, opts, NULL);
     u->mid = rc == MOSQ_ERR_SUCCESS ? mid : -1;
     u->retry_at = 0;
     if (rc != MOSQ_ERR_SUCCESS)
@@ -222,7 +231,7 @@ static void subs_retry(struct m2a_loop *loop, void *ud)
 static void sub_init(struct m2a_mqtt_session *s, struct sub *u, const char *filter)
 {
     uint32_t max = (uint32_t)s->o.conf->reconnect_max_ms;
-    *u = (struct sub){.filter = xstrdup(filter), .mid = -1, .granted = SUB_PENDING};
+    *u = (struct sub){.filter = xstrdup(filter), .mid = -1, .granted = SUB_PENDING, .fresh = true};
     m2a_backoff_init(&u->backoff, SUB_RETRY_MIN_MS,
                      max > SUB_RETRY_MIN_MS ? max : SUB_RETRY_MIN_MS);
 }
@@ -291,6 +300,27 @@ void m2a_mqtt_session_subscribe(struct m2a_mqtt_session *s, char *const *filters
         *removed = nrem;
 }
 
+bool m2a_mqtt_session_retained_resend(const struct m2a_mqtt_session *s, const char *topic)
+{
+    if (s->o.conf->protocol == M2A_MQTT_V5)
+        return false;
+    bool matched = false;
+    for (size_t i = 0; i < s->nsubs; i++) {
+        const char *f = s->subs[i].filter;
+        if (strncmp(f, "$share/", 7) == 0) { /* $share/GROUP/filter */
+            const char *slash = strchr(f + 7, '/');
+            f = slash ? slash + 1 : f;
+        }
+        bool m = false;
+        if (mosquitto_topic_matches_sub(f, topic, &m) != MOSQ_ERR_SUCCESS || !m)
+            continue;
+        if (s->subs[i].fresh)
+            return false;
+        matched = true;
+    }
+    return matched;
+}
+
 size_t m2a_mqtt_session_refused(const struct m2a_mqtt_session *s, const char *prefix, char *buf,
                                 size_t len)
 {
@@ -355,6 +385,14 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
                  "bridge was away were not kept (session expired, another broker, or the broker "
                  "restarted without persistence)",
                  s->client_id);
+    /* A subscription is new to the session unless the broker kept the
+     * session and the subscription was granted in it (by this process, or,
+     * at the first CONNACK, by the one before: the same config is assumed). */
+    for (size_t i = 0; i < s->nsubs; i++) {
+        struct sub *u = &s->subs[i];
+        bool had = s->nconnacks == 0 || (u->granted != SUB_PENDING && u->granted < 0x80);
+        u->fresh = !(present && had);
+    }
     s->nconnacks++;
     /* Always resubscribe: cheap, and right even if the broker lost the session. */
     for (size_t i = 0; i < s->nsubs; i++)

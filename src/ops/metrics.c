@@ -111,6 +111,9 @@ static const struct route_series route_series[] = {
      offsetof(struct m2a_route_counters, dead_lettered)},
     {"mqtt2amqp_route_dropped_total", "the route's messages given up without a dead letter",
      offsetof(struct m2a_route_counters, dropped)},
+    {"mqtt2amqp_route_retained_skipped_total",
+     "retained messages the route skipped (retained: skip)",
+     offsetof(struct m2a_route_counters, retained_skipped)},
 };
 
 static void render_routes(struct m2a_buf *b, struct m2a_route_stats *rs)
@@ -238,6 +241,9 @@ void m2a_metrics_render(const struct m2a_metrics_opts *o, struct m2a_buf *b)
 #define COUNTER(n, f, h) single(b, "mqtt2amqp_" n "_total", "counter", h, M2A_STAT_GET(st, f))
     COUNTER("received", received, "MQTT messages received");
     COUNTER("unmatched", unmatched, "MQTT messages no route matched");
+    COUNTER("retained_skipped", retained_skipped, "retained messages a route skipped");
+    COUNTER("retained_resends", retained_resends,
+            "MQTT 3.1.1 retained messages resent by a resubscription, skipped");
     COUNTER("route_errors", route_errors, "routing key or template failures");
     COUNTER("spooled", spooled, "records appended to the spool");
     COUNTER("spooled_bytes", spooled_bytes, "encoded bytes appended to the spool");

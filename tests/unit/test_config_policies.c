@@ -123,6 +123,29 @@ START_TEST(unroutable_values)
 }
 END_TEST
 
+/* Issue 11: routes[].retained and mqtt.retained_resend. */
+START_TEST(retained_values)
+{
+    struct m2a_config *c = load("mqtt: {protocol: 311, retained_resend: forward}\n"
+                                "routes:\n"
+                                "  - {name: a, topic: a, exchange: amq.topic, retained: skip}\n"
+                                "  - {name: b, topic: b, exchange: amq.topic, retained: forward}\n"
+                                "  - {name: c, topic: c, exchange: amq.topic}\n");
+    ck_assert_int_eq(c->mqtt.retained_resend, M2A_RETAINED_RESEND_FORWARD);
+    ck_assert_int_eq(c->routes[0].retained, M2A_RETAINED_SKIP);
+    ck_assert_int_eq(c->routes[1].retained, M2A_RETAINED_FORWARD);
+    ck_assert_int_eq(c->routes[2].retained, M2A_RETAINED_FORWARD);
+    m2a_config_free(c);
+    c = load(ROUTE);
+    ck_assert_int_eq(c->mqtt.retained_resend, M2A_RETAINED_RESEND_SKIP);
+    m2a_config_free(c);
+    refuse("routes:\n  - {name: a, topic: a, exchange: amq.topic, retained: drop}\n",
+           "t.yaml:2:56: ", "'drop' is not one of forward, skip");
+    refuse("mqtt: {retained_resend: never}\n" ROUTE,
+           "t.yaml:1:25: ", "'never' is not one of skip, forward");
+}
+END_TEST
+
 /* The default says dead_letter and means "dropped" without a section; asking
  * for it explicitly without one is a mistake worth an error. */
 START_TEST(explicit_dead_letter_needs_the_section)
@@ -198,6 +221,7 @@ int main(void)
     Suite *s = suite_create("config_policies");
     TCase *tc = tcase_create("policies");
     tcase_add_test(tc, policy_defaults);
+    tcase_add_test(tc, retained_values);
     tcase_add_test(tc, dead_letter_section_is_read);
     tcase_add_test(tc, dead_letter_to_builtin_or_default_exchange);
     tcase_add_test(tc, dead_letter_exchange_is_required);

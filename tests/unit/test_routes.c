@@ -189,6 +189,50 @@ START_TEST(continue_goes_on_to_later_routes)
 }
 END_TEST
 
+/* retained: skip declines a message with the retain flag (a retained-delete
+ * too) with M2A_ROUTES_SKIPPED and a complete envelope; it still matches
+ * (first match wins), and other messages go through. */
+START_TEST(retained_skip_declines_retained_messages)
+{
+    static const struct rdef defs[] = {
+        {.name = "skip", .topic = "s/#"},
+        {.name = "never", .topic = "#"},
+    };
+    struct m2a_config *cfg = make_cfg(defs, 2);
+    cfg->routes[0].retained = M2A_RETAINED_SKIP;
+    struct m2a_routes *rt = NULL;
+    char err[256];
+    ck_assert_int_eq(m2a_routes_compile(cfg, NULL, &rt, err, sizeof(err)), 0);
+    free_cfg(cfg);
+    struct m2a_routes_scratch *s = m2a_routes_scratch_new();
+    struct recs rs = {0};
+    struct m2a_mqtt_msg msg = {"s/x", 3, "v", 1, 1, true, 1234};
+    for (int del = 0; del < 2; del++) {
+        msg.payload_len = del ? 0 : 1;
+        memset(&rs, 0, sizeof(rs));
+        ck_assert_uint_eq(m2a_routes_map(rt, &msg, s, record, &rs), 1);
+        ck_assert_int_eq(rs.r[0].err, M2A_ROUTES_SKIPPED);
+        ck_assert_str_eq(rs.r[0].route, "skip");
+        ck_assert_str_eq(rs.r[0].key, "s.x");
+        ck_assert(rs.r[0].retain);
+    }
+    msg.retain = false;
+    memset(&rs, 0, sizeof(rs));
+    ck_assert_uint_eq(m2a_routes_map(rt, &msg, s, record, &rs), 1);
+    ck_assert_int_eq(rs.r[0].err, 0);
+    /* the default forwards */
+    msg.retain = true;
+    msg.topic = "t";
+    msg.topic_len = 1;
+    memset(&rs, 0, sizeof(rs));
+    ck_assert_uint_eq(m2a_routes_map(rt, &msg, s, record, &rs), 1);
+    ck_assert_int_eq(rs.r[0].err, 0);
+    ck_assert_str_eq(rs.r[0].route, "never");
+    m2a_routes_scratch_free(s);
+    m2a_routes_free(rt);
+}
+END_TEST
+
 START_TEST(default_routing_key_is_the_converted_topic)
 {
     static const struct rdef defs[] = {{.name = "all", .topic = "#"}};
@@ -681,6 +725,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, first_match_wins);
     tcase_add_test(tc, continue_goes_on_to_later_routes);
+    tcase_add_test(tc, retained_skip_declines_retained_messages);
     tcase_add_test(tc, default_routing_key_is_the_converted_topic);
     tcase_add_test(tc, templates_expand_topic_and_captures);
     tcase_add_test(tc, over_long_routing_key_is_reported_through_the_callback);
