@@ -28,6 +28,7 @@
 #include <mqtt_protocol.h>
 
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/reader.h"
 
 #define BLOB_VERSION 1
 #define FLAGS_ALL                                                                                  \
@@ -131,38 +132,6 @@ void m2a_props_encode(const struct m2a_props *p, struct m2a_buf *out)
     }
 }
 
-struct reader {
-    const unsigned char *p, *end;
-    bool bad;
-};
-
-static uint64_t get_le(struct reader *r, int bytes)
-{
-    if (r->bad || (size_t)(r->end - r->p) < (size_t)bytes) {
-        r->bad = true;
-        return 0;
-    }
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v |= (uint64_t)r->p[i] << (8 * i);
-    r->p += bytes;
-    return v;
-}
-
-static struct m2a_str get_str(struct reader *r, int len_bytes)
-{
-    struct m2a_str s = {"", 0};
-    uint64_t n = get_le(r, len_bytes);
-    if (r->bad || n > (uint64_t)(r->end - r->p)) {
-        r->bad = true;
-        return s;
-    }
-    s.ptr = (const char *)r->p;
-    s.len = (size_t)n;
-    r->p += n;
-    return s;
-}
-
 #define USER_MIN (1 + 2) /* the smallest user property in the blob */
 
 int m2a_props_decode(const void *data, size_t len, struct m2a_props *p, struct m2a_header **buf,
@@ -171,20 +140,20 @@ int m2a_props_decode(const void *data, size_t len, struct m2a_props *p, struct m
     memset(p, 0, sizeof(*p));
     if (!data)
         return M2A_ERR_CORRUPT;
-    struct reader r = {data, (const unsigned char *)data + len, false};
-    uint64_t version = get_le(&r, 1), flags = get_le(&r, 1);
+    struct m2a_reader r = {data, (const unsigned char *)data + len, false};
+    uint64_t version = m2a_reader_le(&r, 1), flags = m2a_reader_le(&r, 1);
     if (r.bad || version != BLOB_VERSION || (flags & ~(uint64_t)FLAGS_ALL))
         return M2A_ERR_CORRUPT;
     p->present = (unsigned)flags;
     if (flags & M2A_PROPS_EXPIRY)
-        p->expiry_s = (uint32_t)get_le(&r, 4);
+        p->expiry_s = (uint32_t)m2a_reader_le(&r, 4);
     if (flags & M2A_PROPS_CONTENT_TYPE)
-        p->content_type = get_str(&r, 1);
+        p->content_type = m2a_reader_str(&r, 1);
     if (flags & M2A_PROPS_RESPONSE_TOPIC)
-        p->response_topic = get_str(&r, 2);
+        p->response_topic = m2a_reader_str(&r, 2);
     if (flags & M2A_PROPS_CORRELATION)
-        p->correlation = get_str(&r, 2);
-    size_t n = (size_t)get_le(&r, 2);
+        p->correlation = m2a_reader_str(&r, 2);
+    size_t n = (size_t)m2a_reader_le(&r, 2);
     /* A count the rest cannot hold is refused before anything is allocated. */
     if (r.bad || n > (size_t)(r.end - r.p) / USER_MIN || (flags == 0 && n == 0))
         goto corrupt;
@@ -193,8 +162,8 @@ int m2a_props_decode(const void *data, size_t len, struct m2a_props *p, struct m
         *cap = n;
     }
     for (size_t i = 0; i < n; i++) {
-        (*buf)[i].key = get_str(&r, 1);
-        (*buf)[i].value = get_str(&r, 2);
+        (*buf)[i].key = m2a_reader_str(&r, 1);
+        (*buf)[i].value = m2a_reader_str(&r, 2);
         if (!r.bad && i > 0 && str_cmp((*buf)[i - 1].key, (*buf)[i].key) >= 0)
             goto corrupt; /* not canonical: the headers table would repeat a name */
     }
