@@ -8,7 +8,11 @@
  * timestamp (when the bridge received it, in seconds), delivery_mode 2 or
  * 1, content_type if the route set one, the headers x-mqtt-topic,
  * x-mqtt-qos and x-mqtt-retain as amqp.mqtt_headers says (a dead letter
- * always keeps x-mqtt-topic), then the envelope's own headers.
+ * always keeps x-mqtt-topic), then the envelope's own headers, then what
+ * its MQTT 5 properties map to (props.h: expiration with the remaining
+ * time, none on a dead letter; correlation_id; content_type unless the
+ * route set one; x-correlation-id, x-reply-to-topic and user properties,
+ * unless a header of that name came before).
  *
  * Threads: a publisher belongs to the thread that owns the connection it
  * writes to. Steady state allocates nothing: its buffers only grow, except

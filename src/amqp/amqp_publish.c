@@ -18,6 +18,7 @@
 
 #include "mqtt2amqp/amqp_frames.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/props.h"
 #include "mqtt2amqp/util.h"
 
 #define SEND_STALL_MS     30000 /* without heartbeats: a write taking nothing this long fails */
@@ -31,6 +32,11 @@ struct m2a_amqp_publish {
     struct m2a_amqp_frames_borrow borrow;
     amqp_table_entry_t *entries; /* headers table scratch, grown only */
     size_t entries_cap;
+    /* MQTT 5 properties (props.h): the decoded blob's user properties and
+     * what they map to, scratch reused across messages. */
+    struct m2a_header *prop_user;
+    size_t prop_user_cap;
+    struct m2a_props_amqp prop_amqp;
 };
 
 struct m2a_amqp_publish *m2a_amqp_publish_new(void)
@@ -42,6 +48,8 @@ void m2a_amqp_publish_free(struct m2a_amqp_publish *p)
 {
     if (p) {
         free(p->entries);
+        free(p->prop_user);
+        m2a_props_amqp_free(&p->prop_amqp);
         m2a_buf_free(&p->frames);
         m2a_amqp_frames_borrow_free(&p->borrow);
     }
@@ -104,6 +112,56 @@ static size_t headers(struct m2a_amqp_publish *p, const struct m2a_envelope *env
     return n;
 }
 
+static bool has_entry(const amqp_table_entry_t *e, size_t n, struct m2a_str key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (e[i].key.len == key.len && memcmp(e[i].key.bytes, key.ptr, key.len) == 0)
+            return true;
+    return false;
+}
+
+/* The envelope's MQTT 5 properties (props.h) into props and the headers
+ * table after its nent entries; returns the new count. The x-mqtt-* and the
+ * route's headers win a name clash, and so does the route's content_type.
+ * A blob that does not decode (a bug: the spool's CRC guards the disk) is
+ * ignored: the message is still published, without them. */
+static size_t apply_props(struct m2a_amqp_publish *p, const struct m2a_envelope *env,
+                          amqp_basic_properties_t *props, size_t nent)
+{
+    struct m2a_props mp;
+    if (m2a_props_decode(env->properties.ptr, env->properties.len, &mp, &p->prop_user,
+                         &p->prop_user_cap) != 0)
+        return nent;
+    struct m2a_props_amqp *a = &p->prop_amqp;
+    m2a_props_to_amqp(&mp, env->timestamp_ms, m2a_wall_ms(), !env->dead_letter, a);
+    if (a->has_expiration) {
+        props->_flags |= AMQP_BASIC_EXPIRATION_FLAG;
+        props->expiration = amqp_cstring_bytes(a->expiration);
+    }
+    if (a->has_correlation_id) {
+        props->_flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        props->correlation_id = str_bytes(a->correlation_id);
+    }
+    if (a->content_type.len && !(props->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
+        props->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+        props->content_type = str_bytes(a->content_type);
+    }
+    if (nent + a->nheaders > p->entries_cap) {
+        p->entries = xrealloc(p->entries, (nent + a->nheaders) * sizeof(*p->entries));
+        p->entries_cap = nent + a->nheaders;
+    }
+    size_t n = nent;
+    for (size_t i = 0; i < a->nheaders; i++) {
+        if (has_entry(p->entries, nent, a->headers[i].key))
+            continue;
+        p->entries[n].key = str_bytes(a->headers[i].key);
+        p->entries[n].value.kind = AMQP_FIELD_KIND_UTF8;
+        p->entries[n].value.value.bytes = str_bytes(a->headers[i].value);
+        n++;
+    }
+    return n;
+}
+
 /* rabbitmq-c's encoders do not check that a short string fits. */
 static bool shortstrs_fit(const struct m2a_envelope *env)
 {
@@ -133,12 +191,17 @@ int m2a_amqp_publish_add(struct m2a_amqp_publish *p, const struct m2a_amqp_conn 
     props.timestamp = env->timestamp_ms / 1000u;
     props.message_id.bytes = (void *)message_id;
     props.message_id.len = message_id_len;
-    props.headers.num_entries = (int)nent;
-    props.headers.entries = p->entries;
     if (env->content_type.len) {
         props._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
         props.content_type = str_bytes(env->content_type);
     }
+    if (env->properties.len) {
+        nent = apply_props(p, env, &props, nent);
+        if (nent > 0)
+            props._flags |= AMQP_BASIC_HEADERS_FLAG;
+    }
+    props.headers.num_entries = (int)nent;
+    props.headers.entries = p->entries;
     amqp_basic_publish_t m = {.exchange = str_bytes(env->exchange),
                               .routing_key = str_bytes(env->routing_key),
                               .mandatory = 1};

@@ -50,6 +50,7 @@
 #include "mqtt2amqp/log.h"
 #include "mqtt2amqp/loop.h"
 #include "mqtt2amqp/mqtt_session.h"
+#include "mqtt2amqp/props.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/util.h"
 
@@ -201,27 +202,14 @@ static bool retain_of(const struct dl *l, const amqp_basic_properties_t *p)
     return false;
 }
 
-/* The MQTT 5 properties of a downlink message.
- * TODO(issue 11, props): the full AMQP -> MQTT 5 mapping (props.h, by the
- * property-mapping work) plugs in here, at this one call site; until then
- * content_type and correlation_id are carried. NULL: none. */
+/* The MQTT 5 properties of a downlink message (props.h): none over MQTT
+ * 3.1.1. NULL: none. */
 static mosquitto_property *mqtt_props(const struct m2a_downlink *d,
                                       const amqp_basic_properties_t *p)
 {
-    mosquitto_property *props = NULL;
-    if (d->mconf.protocol != M2A_MQTT_V5 || !p)
+    if (d->mconf.protocol != M2A_MQTT_V5)
         return NULL;
-    char buf[M2A_AMQP_SHORTSTR_MAX + 1];
-    if ((p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG) && p->content_type.len) {
-        snprintf(buf, sizeof(buf), "%.*s", (int)p->content_type.len,
-                 (const char *)p->content_type.bytes);
-        if (mosquitto_validate_utf8(buf, (int)strlen(buf)) == MOSQ_ERR_SUCCESS)
-            mosquitto_property_add_string(&props, MQTT_PROP_CONTENT_TYPE, buf);
-    }
-    if ((p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) && p->correlation_id.len)
-        mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, p->correlation_id.bytes,
-                                      (uint16_t)p->correlation_id.len);
-    return props;
+    return m2a_props_to_mqtt(p);
 }
 
 static void ring_push(struct m2a_downlink *d, uint64_t tag, int mid, enum entry_state st, size_t dl)

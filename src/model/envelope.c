@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/reader.h"
 
 #define VERSION_1       1
 #define VERSION_2       2
@@ -124,42 +125,6 @@ void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out)
     out->len += (size_t)(p - start);
 }
 
-/* A cursor over [p, end) that turns every out-of-bounds read into a sticky
- * failure, so the decoder below needs no bounds arithmetic of its own. */
-struct reader {
-    const unsigned char *p;
-    const unsigned char *end;
-    bool bad;
-};
-
-static uint64_t get_le(struct reader *r, int bytes)
-{
-    if (r->bad || (size_t)(r->end - r->p) < (size_t)bytes) {
-        r->bad = true;
-        return 0;
-    }
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v |= (uint64_t)r->p[i] << (8 * i);
-    r->p += bytes;
-    return v;
-}
-
-static struct m2a_str get_str(struct reader *r, int len_bytes)
-{
-    struct m2a_str s = {"", 0};
-    uint64_t n = get_le(r, len_bytes);
-    /* Compared as uint64_t so that a huge length cannot wrap a size_t. */
-    if (r->bad || n > (uint64_t)(r->end - r->p)) {
-        r->bad = true;
-        return s;
-    }
-    s.ptr = (const char *)r->p;
-    s.len = (size_t)n;
-    r->p += n;
-    return s;
-}
-
 /* Version 1 had no dead-letter flag: a dead letter was one carrying the
  * x-death-reason header. */
 static bool has_death_header(const struct m2a_header *h, size_t n)
@@ -176,27 +141,27 @@ int m2a_envelope_decode(const void *data, size_t len, struct m2a_envelope *env,
 {
     if (!data || len < FIXED_SIZE_V1)
         return M2A_ERR_CORRUPT;
-    struct reader r = {data, (const unsigned char *)data + len, false};
+    struct m2a_reader r = {data, (const unsigned char *)data + len, false};
     memset(env, 0, sizeof(*env));
-    uint64_t version = get_le(&r, 1);
+    uint64_t version = m2a_reader_le(&r, 1);
     if (version != VERSION_1 && version != VERSION_2)
         return M2A_ERR_CORRUPT;
-    env->route_id = version == VERSION_2 ? (uint32_t)get_le(&r, 4) : M2A_ROUTE_NONE;
-    env->timestamp_ms = get_le(&r, 8);
-    uint64_t qos = get_le(&r, 1);
-    uint64_t flags = get_le(&r, 1);
+    env->route_id = version == VERSION_2 ? (uint32_t)m2a_reader_le(&r, 4) : M2A_ROUTE_NONE;
+    env->timestamp_ms = m2a_reader_le(&r, 8);
+    uint64_t qos = m2a_reader_le(&r, 1);
+    uint64_t flags = m2a_reader_le(&r, 1);
     if (qos > 2 || (flags & ~(uint64_t)(version == VERSION_2 ? FLAGS_V2 : FLAGS_V1)))
         return M2A_ERR_CORRUPT;
     env->qos = (uint8_t)qos;
     env->retain = flags & FLAG_RETAIN;
     env->persistent = flags & FLAG_PERSISTENT;
     env->dead_letter = flags & FLAG_DEAD;
-    env->route = get_str(&r, 1);
-    env->exchange = get_str(&r, 1);
-    env->routing_key = get_str(&r, 1); /* a u8 length: never above 255 */
-    env->content_type = get_str(&r, 1);
-    env->topic = get_str(&r, 2);
-    size_t n = (size_t)get_le(&r, 2);
+    env->route = m2a_reader_str(&r, 1);
+    env->exchange = m2a_reader_str(&r, 1);
+    env->routing_key = m2a_reader_str(&r, 1); /* a u8 length: never above 255 */
+    env->content_type = m2a_reader_str(&r, 1);
+    env->topic = m2a_reader_str(&r, 2);
+    size_t n = (size_t)m2a_reader_le(&r, 2);
     /* Every header takes at least HEADER_MIN bytes: a count the rest of the
      * input cannot hold is rejected before anything is allocated for it. */
     if (r.bad || n > (size_t)(r.end - r.p) / HEADER_MIN)
@@ -206,17 +171,17 @@ int m2a_envelope_decode(const void *data, size_t len, struct m2a_envelope *env,
         *headers_cap = n;
     }
     for (size_t i = 0; i < n; i++) {
-        (*headers_buf)[i].key = get_str(&r, 1);
-        (*headers_buf)[i].value = get_str(&r, 4);
+        (*headers_buf)[i].key = m2a_reader_str(&r, 1);
+        (*headers_buf)[i].value = m2a_reader_str(&r, 4);
     }
     env->nheaders = n;
     env->headers = n ? *headers_buf : NULL;
     if (flags & FLAG_PROPERTIES) {
-        env->properties = get_str(&r, 4);
+        env->properties = m2a_reader_str(&r, 4);
         if (env->properties.len == 0) /* not canonical: written without the flag */
             r.bad = true;
     }
-    env->body = get_str(&r, 4);
+    env->body = m2a_reader_str(&r, 4);
     if (r.bad || r.p != r.end) {
         memset(env, 0, sizeof(*env));
         return M2A_ERR_CORRUPT;

@@ -198,6 +198,8 @@ static void build_dead_letter(struct m2a_policy *p, const struct m2a_conf_dead_l
     out->headers = p->headers;
     if (event == M2A_POLICY_TOO_LARGE)
         out->body = (struct m2a_str){"", 0};
+    if (!keep_headers) /* its MQTT 5 properties become headers too (props.h) */
+        out->properties = (struct m2a_str){"", 0};
 }
 
 /* --- the policy object ---------------------------------------------------------------- */

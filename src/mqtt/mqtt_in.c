@@ -39,6 +39,7 @@
 #include "mqtt2amqp/loop.h"
 #include "mqtt2amqp/mqtt_session.h"
 #include "mqtt2amqp/policy.h"
+#include "mqtt2amqp/props.h"
 #include "mqtt2amqp/ratelimit.h"
 #include "mqtt2amqp/route_stats.h"
 #include "mqtt2amqp/util.h"
@@ -83,6 +84,8 @@ struct m2a_mqtt_in {
     uint64_t batch_bytes; /* encoded sizes appended (record headers not counted) */
     int batch_err;        /* first append failure; the batch must not be acknowledged */
     const struct m2a_mqtt_msg *cur_msg;
+    struct m2a_str cur_props; /* its MQTT 5 properties blob (props.h), in props_buf */
+    struct m2a_buf props_buf;
 
     struct m2a_ratelimit rl_spool, rl_tick, rl_pause, rl_resume, rl_drop;
     struct m2a_policy *policy;
@@ -176,6 +179,12 @@ static void on_route(void *ud, size_t route_index, const struct m2a_envelope *en
         M2A_STAT_ADD(mi->o.stats, retained_skipped, 1);
         return;
     }
+    struct m2a_envelope with_props;
+    if (mi->cur_props.len) { /* the routes know nothing of properties */
+        with_props = *env;
+        with_props.properties = mi->cur_props;
+        env = &with_props;
+    }
     if (err != 0) {
         undeliverable(mi, env, M2A_POLICY_ROUTING_ERROR, m2a_strerror(err));
         return;
@@ -208,7 +217,6 @@ static void on_route(void *ud, size_t route_index, const struct m2a_envelope *en
 
 static void on_message(void *ud, const struct mosquitto_message *m, const mosquitto_property *props)
 {
-    (void)props;
     struct m2a_mqtt_in *mi = ud;
     mi->batch_msgs++;
     M2A_STAT_ADD(mi->o.stats, received, 1);
@@ -227,8 +235,15 @@ static void on_message(void *ud, const struct mosquitto_message *m, const mosqui
                                .retain = m->retain,
                                .timestamp_ms = mi->batch_wall_ms};
     mi->cur_msg = &msg;
+    mi->cur_props.len = 0;
+    if (props) { /* MQTT 5 only; nothing to do for the common message without any */
+        m2a_buf_reset(&mi->props_buf);
+        mi->cur_props.len = m2a_props_from_mqtt(props, &mi->props_buf);
+        mi->cur_props.ptr = (const char *)mi->props_buf.data;
+    }
     size_t n = m2a_routes_map(mi->routes, &msg, mi->scratch, on_route, mi);
     mi->cur_msg = NULL;
+    mi->cur_props.len = 0;
     if (n == 0) {
         M2A_STAT_ADD(mi->o.stats, unmatched, 1);
         m2a_debug(COMPONENT, "no route matches topic %.*s",
@@ -567,6 +582,7 @@ static void free_mi(struct m2a_mqtt_in *mi)
     m2a_generation_unref(mi->gen);
     m2a_routes_scratch_free(mi->scratch);
     m2a_policy_free(mi->policy);
+    m2a_buf_free(&mi->props_buf);
     free(mi);
 }
 

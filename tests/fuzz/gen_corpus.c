@@ -15,8 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <mqtt_protocol.h>
+
 #include "files.h"
 #include "mqtt2amqp/envelope.h"
+#include "mqtt2amqp/props.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
@@ -190,6 +193,24 @@ static void gen_spool(void)
         put_flagged("fuzz_spool_record", name, 0, b.data, b.len);
         m2a_buf_free(&b);
     }
+
+    /* With MQTT 5 properties (props.h), every kind of them. */
+    mosquitto_property *l = NULL;
+    mosquitto_property_add_int32(&l, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, 60);
+    mosquitto_property_add_string(&l, MQTT_PROP_CONTENT_TYPE, "text/plain");
+    mosquitto_property_add_string(&l, MQTT_PROP_RESPONSE_TOPIC, "dev/1/resp");
+    mosquitto_property_add_binary(&l, MQTT_PROP_CORRELATION_DATA, "\xff\0c", 3);
+    mosquitto_property_add_string_pair(&l, MQTT_PROP_USER_PROPERTY, "b", "2");
+    mosquitto_property_add_string_pair(&l, MQTT_PROP_USER_PROPERTY, "a", "1");
+    struct m2a_buf pb = {0}, b = {0};
+    m2a_props_from_mqtt(l, &pb);
+    mosquitto_property_free_all(&l);
+    struct m2a_envelope pe = env[0];
+    pe.properties = (struct m2a_str){(const char *)pb.data, pb.len};
+    m2a_envelope_encode(&pe, &b);
+    put_flagged("fuzz_spool_record", "envelope-props", 0, b.data, b.len);
+    m2a_buf_free(&b);
+    m2a_buf_free(&pb);
 
     char *dir = th_tmpdir_new("gen-corpus");
     struct m2a_spool_opts o = {

@@ -10,7 +10,10 @@
 
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/props.h"
 #include "check_main.h"
+
+#include <mqtt_protocol.h>
 
 static struct m2a_str S(const char *s) {
     return (struct m2a_str){s, strlen(s)};
@@ -458,6 +461,56 @@ START_TEST(random_garbage_never_crashes)
 }
 END_TEST
 
+/* The MQTT 5 properties of a message (props.h) survive the spool: flag bit
+ * 3 and the properties block are written only when there are any, and the
+ * block decodes back to the same properties. */
+START_TEST(round_trip_with_mqtt5_properties)
+{
+    mosquitto_property *l = NULL;
+    mosquitto_property_add_int32(&l, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, 30);
+    mosquitto_property_add_string(&l, MQTT_PROP_RESPONSE_TOPIC, "dev/1/resp");
+    mosquitto_property_add_binary(&l, MQTT_PROP_CORRELATION_DATA, "\0\1", 2);
+    mosquitto_property_add_string_pair(&l, MQTT_PROP_USER_PROPERTY, "k", "v");
+    struct m2a_buf blob = {0}, b = {0};
+    ck_assert_uint_gt(m2a_props_from_mqtt(l, &blob), 0);
+    struct m2a_envelope in = sample(2), out;
+    struct m2a_header *hb = NULL;
+    size_t hcap = 0;
+    unsigned char *copy;
+
+    m2a_envelope_encode(&in, &b); /* without: flag clear, no block */
+    ck_assert_uint_eq(b.data[OFF_FLAGS] & 0x08, 0);
+    size_t plain = b.len;
+    m2a_buf_reset(&b);
+    in.properties = (struct m2a_str){(const char *)blob.data, blob.len};
+    m2a_envelope_encode(&in, &b);
+    ck_assert_uint_eq(b.data[OFF_FLAGS] & 0x08, 0x08);
+    ck_assert_uint_eq(b.len, plain + 4 + blob.len);
+    ck_assert_uint_eq(b.len, m2a_envelope_encoded_size(&in));
+    ck_assert_int_eq(decode_copy(b.data, b.len, &out, &hb, &hcap, &copy), 0);
+    assert_same(&in, &out);
+
+    struct m2a_props p;
+    struct m2a_header *ub = NULL;
+    size_t ucap = 0;
+    ck_assert_int_eq(m2a_props_decode(out.properties.ptr, out.properties.len, &p, &ub, &ucap), 0);
+    ck_assert_uint_eq(p.present,
+                      M2A_PROPS_EXPIRY | M2A_PROPS_RESPONSE_TOPIC | M2A_PROPS_CORRELATION);
+    ck_assert_uint_eq(p.expiry_s, 30);
+    ck_assert(str_eq(p.response_topic, S("dev/1/resp")));
+    ck_assert(str_eq(p.correlation, (struct m2a_str){"\0\1", 2}));
+    ck_assert_uint_eq(p.nuser, 1);
+    ck_assert(str_eq(p.user[0].key, S("k")));
+    ck_assert(str_eq(p.user[0].value, S("v")));
+    free(copy);
+    free(ub);
+    free(hb);
+    m2a_buf_free(&b);
+    m2a_buf_free(&blob);
+    mosquitto_property_free_all(&l);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("envelope");
@@ -468,6 +521,7 @@ int main(void)
     tcase_add_test(tc, route_id_is_patched_in_place);
     tcase_add_test(tc, round_trip_with_0_to_n_headers);
     tcase_add_test(tc, round_trip_of_empty_and_maximal_fields);
+    tcase_add_test(tc, round_trip_with_mqtt5_properties);
     tcase_add_test(tc, every_truncation_and_any_trailing_byte_is_rejected);
     tcase_add_test(tc, bad_fields_are_rejected);
     tcase_add_test(tc, random_bit_flips_never_crash);

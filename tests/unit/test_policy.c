@@ -158,9 +158,16 @@ START_TEST(reasons_shape_the_dead_letter)
     ck_assert_uint_eq(out.body.len, 0);
     ck_assert_str_eq(header(&out, "x-original-body-bytes"), "8");
 
+    /* the MQTT 5 properties go with the headers where those made the message
+     * unpublishable (they map to headers), and stay everywhere else */
+    in.properties = (struct m2a_str){"\x01\x00\x01\x00", 4};
     dead_letter_of(s, g, &in, M2A_POLICY_UNPUBLISHABLE, &out);
     ck_assert_ptr_null(header(&out, "device"));
     ck_assert_str_eq(header(&out, "x-death-reason"), "unpublishable");
+    ck_assert_uint_eq(out.properties.len, 0);
+    dead_letter_of(s, g, &in, M2A_POLICY_RETURNED, &out);
+    ck_assert_uint_eq(out.properties.len, 4);
+    in.properties = (struct m2a_str){"", 0};
 
     dead_letter_of(s, g, &in, M2A_POLICY_NACKED, &out);
     ck_assert_str_eq(header(&out, "x-death-reason"), "max_retries");
