@@ -88,6 +88,17 @@ struct m2a_confirm_window_usage m2a_confirm_window_usage(const struct m2a_confir
 struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
                                                         const void *rec, size_t len);
 
+/* The same without the copy, in two steps: prepare returns the buffer (len
+ * bytes) the next slot will hold, for the caller to write the record into
+ * (say, straight from a file: m2a_spool_read_to); push_prepared then
+ * appends that slot for seq with the first len bytes (len at most what was
+ * prepared) in state UNSENT. prepare returns NULL when full; it may be
+ * called again before the push (the buffer's contents then are not kept).
+ * A buffer prepared and never pushed stays for the next record. */
+void *m2a_confirm_window_prepare(struct m2a_confirm_window *cw, size_t len);
+struct m2a_confirm_window_slot *m2a_confirm_window_push_prepared(struct m2a_confirm_window *cw,
+                                                                 uint64_t seq, size_t len);
+
 /* Replaces the record a slot holds (rec must not point into it). */
 void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
                                 const void *rec, size_t len);

@@ -38,6 +38,7 @@ struct m2a_confirm_window {
     uint32_t nretry;
     uint32_t unsent_from; /* logical offset: no UNSENT slot before it */
     uint64_t retry_min;   /* lower bound of every RETRY slot's retry_at_ms */
+    size_t prepared;      /* bytes the next slot's buffer was prepared for */
 
     /* Publishes in tag order (a ring, power-of-two size). Entries whose slot
      * has moved on (acked, nacked, popped, re-published) are stale and are
@@ -108,12 +109,12 @@ struct m2a_confirm_window_usage m2a_confirm_window_usage(const struct m2a_confir
     return u;
 }
 
-/* Copies rec into the slot's buffer, sized to fit (small ones in steps of
- * SMALL_STEP, large ones exactly), keeping held and bytes right. */
-static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, const void *rec,
-                 size_t len)
+/* Gives the slot's buffer room for len bytes (and a NUL), sized to fit
+ * (small ones in steps of SMALL_STEP, large ones exactly, from the pool
+ * when one fits), keeping held right; its contents are not kept. The
+ * slot's buffer must not be counted in spare. */
+static void size_buf(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, size_t len)
 {
-    cw->bytes -= s->rec.len;
     if (s->rec.cap < len + 1 && len + 1 > M2A_CONFIRM_WINDOW_KEEP_BYTES) {
         /* The smallest pooled buffer that fits, in place of the slot's. */
         uint32_t best = cw->npool;
@@ -139,25 +140,61 @@ static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *
         s->rec.cap = cap;
         cw->held += cap;
     }
+}
+
+/* Copies rec into the slot's buffer, keeping held and bytes right. */
+static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, const void *rec,
+                 size_t len)
+{
+    cw->bytes -= s->rec.len;
+    s->rec.len = 0;
+    size_buf(cw, s, len);
     if (len)
         memcpy(s->rec.data, rec, len);
     s->rec.len = len;
     cw->bytes += len;
 }
 
-struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
-                                                        const void *rec, size_t len)
+void *m2a_confirm_window_prepare(struct m2a_confirm_window *cw, size_t len)
 {
     if (m2a_confirm_window_full(cw))
         return NULL;
+    /* The next slot is not in use: its buffer counts in spare. */
+    struct m2a_confirm_window_slot *s = slot_at(cw, cw->count);
+    cw->spare -= s->rec.cap;
+    s->rec.len = 0;
+    size_buf(cw, s, len);
+    cw->spare += s->rec.cap;
+    cw->prepared = len;
+    return s->rec.data;
+}
+
+struct m2a_confirm_window_slot *m2a_confirm_window_push_prepared(struct m2a_confirm_window *cw,
+                                                                 uint64_t seq, size_t len)
+{
+    assert(len <= cw->prepared);
+    if (m2a_confirm_window_full(cw) || len > cw->prepared)
+        return NULL;
+    cw->prepared = 0;
     struct m2a_confirm_window_slot *s = slot_at(cw, cw->count++);
     cw->spare -= s->rec.cap;
     struct m2a_buf keep = s->rec;
-    keep.len = 0;
+    keep.len = len;
     *s = (struct m2a_confirm_window_slot){
         .seq = seq, .state = M2A_CONFIRM_WINDOW_UNSENT, .rec = keep};
-    fill(cw, s, rec, len);
+    cw->bytes += len;
     return s;
+}
+
+struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
+                                                        const void *rec, size_t len)
+{
+    void *d = m2a_confirm_window_prepare(cw, len);
+    if (!d)
+        return NULL;
+    if (len)
+        memcpy(d, rec, len);
+    return m2a_confirm_window_push_prepared(cw, seq, len);
 }
 
 void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
