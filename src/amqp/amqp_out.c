@@ -607,6 +607,7 @@ static int publish_some(struct m2a_amqp_out *ao)
  * state, or the MQTT side waits. */
 static void maintain_spool(struct m2a_amqp_out *ao)
 {
+    m2a_confirm_window_trim(ao->cw, m2a_now_ms());
     int rc = m2a_spool_maintain(ao->spool);
     uint64_t sup;
     if (rc != 0 && m2a_ratelimit_ok(&ao->rl_spool, &sup))

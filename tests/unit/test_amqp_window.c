@@ -193,9 +193,17 @@ START_TEST(large_records_are_released_once_confirmed)
         ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, false), 1);
         ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
         ck_assert_uint_eq(seq, (uint64_t)i + 1);
-        ck_assert_uint_le(m2a_confirm_window_usage(cw).held, M2A_CONFIRM_WINDOW_KEEP_BYTES);
+        /* One buffer waits for the next large record, no more. */
+        ck_assert_uint_le(m2a_confirm_window_usage(cw).held, BIG + 1);
     }
     ck_assert_uint_eq(m2a_confirm_window_usage(cw).bytes, 0);
+    /* No large record for M2A_CONFIRM_WINDOW_IDLE_MS: it is freed. */
+    m2a_confirm_window_trim(cw, 5000);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, BIG + 1);
+    m2a_confirm_window_trim(cw, 5000 + M2A_CONFIRM_WINDOW_IDLE_MS - 1);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, BIG + 1);
+    m2a_confirm_window_trim(cw, 5000 + M2A_CONFIRM_WINDOW_IDLE_MS);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, 0);
     /* Small records keep their buffers: the steady state allocates nothing. */
     for (int i = 0; i < 3; i++) {
         struct m2a_confirm_window_slot *s =
@@ -242,6 +250,19 @@ START_TEST(a_stream_of_large_records_reuses_buffers)
     ck_assert_uint_le(m2a_confirm_window_usage(cw).held, (INFLIGHT + 4) * (BIG + 1));
     ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, true), INFLIGHT);
     ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
+    /* Kept for a stream that goes on (each record confirmed before the next
+     * comes reuses one buffer), freed once it has stopped for a while. */
+    ck_assert_uint_le(m2a_confirm_window_usage(cw).held, 4 * (BIG + 1));
+    struct m2a_confirm_window_slot *s = m2a_confirm_window_push(cw, next++, big, BIG);
+    bool reused = false;
+    for (size_t k = 0; k < nseen && !reused; k++)
+        reused = seen[k] == s->rec.data;
+    ck_assert(reused);
+    m2a_confirm_window_sent(cw, s, ++tag);
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, false), 1);
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
+    m2a_confirm_window_trim(cw, 100);
+    m2a_confirm_window_trim(cw, 100 + M2A_CONFIRM_WINDOW_IDLE_MS);
     ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, 0);
     free(big);
     m2a_confirm_window_free(cw);
@@ -291,6 +312,11 @@ START_TEST(a_prepared_record_is_pushed_without_a_copy)
     ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
     ck_assert_uint_eq(seq, N);
     ck_assert_uint_eq(m2a_confirm_window_usage(cw).bytes, 0);
+    /* A record prepared and never pushed (its read failed): trimmed too. */
+    ck_assert_ptr_nonnull(m2a_confirm_window_prepare(cw, 3 * BIG));
+    ck_assert_uint_ge(m2a_confirm_window_usage(cw).held, 3 * BIG);
+    m2a_confirm_window_trim(cw, 0);
+    m2a_confirm_window_trim(cw, M2A_CONFIRM_WINDOW_IDLE_MS);
     ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, 0);
     /* Full: nothing to prepare. */
     for (uint64_t i = 0; i < 8; i++)
