@@ -889,9 +889,10 @@ static int reader_next(struct m2a_spool *s, uint64_t *seq, const void **data, si
             *seq = sq;
             *data = p + REC_HDR;
             *len = rl - REC_HDR;
-            if (sink && *len > 0) {
+            if (sink) {
                 void *dst = sink(ctx, *len);
-                memcpy(dst, *data, *len);
+                if (*len > 0)
+                    memcpy(dst, *data, *len);
                 *data = dst;
             }
             return 0;
