@@ -17,10 +17,13 @@
  * is kept for the next record if it is at most M2A_CONFIRM_WINDOW_KEEP_BYTES
  * and the buffers kept idle stay within max_bytes; a larger one goes to a
  * pool of at most 4 that any slot takes from for its next large record,
- * also within max_bytes (and only when max_bytes is set), emptied whenever
- * every record is confirmed; others are freed when their slot is popped. So what the window
- * allocates is at most about max_bytes + the largest record + min(max_bytes, capacity x KEEP_BYTES
- *                                          + 4 x the largest record)
+ * also within max_bytes (and only when max_bytes is set), emptied by
+ * m2a_confirm_window_trim once no large record came for
+ * M2A_CONFIRM_WINDOW_IDLE_MS; others are freed when their slot is popped.
+ * A buffer prepared for a record that was not pushed stays with the next
+ * slot (trimmed too). So what the window allocates is at most about
+ *   max_bytes + 2 x the largest record
+ *   + min(max_bytes, capacity x KEEP_BYTES + 4 x the largest record)
  * (m2a_confirm_window_usage says how much it is now).
  *
  * Not thread-safe: owned by the AMQP thread. Steady state allocates
@@ -43,6 +46,8 @@ enum m2a_confirm_window_state {
 
 /* A slot's buffer at most this large is kept for the next record. */
 #define M2A_CONFIRM_WINDOW_KEEP_BYTES (64u * 1024u)
+/* Idle large buffers are freed after this long without a large record. */
+#define M2A_CONFIRM_WINDOW_IDLE_MS 1000u
 
 struct m2a_confirm_window_slot {
     uint64_t seq;         /* spool sequence number */
@@ -87,6 +92,17 @@ struct m2a_confirm_window_usage m2a_confirm_window_usage(const struct m2a_confir
  * slot is popped. */
 struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
                                                         const void *rec, size_t len);
+
+/* The same without the copy, in two steps: prepare returns the buffer (len
+ * bytes) the next slot will hold, for the caller to write the record into
+ * (say, straight from a file: m2a_spool_read_to); push_prepared then
+ * appends that slot for seq with the first len bytes (len at most what was
+ * prepared) in state UNSENT. prepare returns NULL when full; it may be
+ * called again before the push (the buffer's contents then are not kept).
+ * A buffer prepared and never pushed stays for the next record. */
+void *m2a_confirm_window_prepare(struct m2a_confirm_window *cw, size_t len);
+struct m2a_confirm_window_slot *m2a_confirm_window_push_prepared(struct m2a_confirm_window *cw,
+                                                                 uint64_t seq, size_t len);
 
 /* Replaces the record a slot holds (rec must not point into it). */
 void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
@@ -143,6 +159,12 @@ struct m2a_confirm_window_slot *m2a_confirm_window_find(struct m2a_confirm_windo
 /* Pops the contiguous prefix of CONFIRMED slots. Returns true if it popped
  * any, with *seq the sequence number of the last one popped. */
 bool m2a_confirm_window_pop_confirmed(struct m2a_confirm_window *cw, uint64_t *seq);
+
+/* Call it every turn of the owner's loop (at least every 100 ms): once
+ * no large record (over M2A_CONFIRM_WINDOW_KEEP_BYTES) has come for
+ * M2A_CONFIRM_WINDOW_IDLE_MS, frees the large buffers kept idle for the
+ * next one. */
+void m2a_confirm_window_trim(struct m2a_confirm_window *cw, uint64_t now_ms);
 
 /* After a connection loss: INFLIGHT and RETRY slots go back to UNSENT with
  * tag 0 (their copies and retry counts kept) and the tag FIFO is emptied,

@@ -149,6 +149,21 @@ int m2a_spool_tick(struct m2a_spool *spool);
  * record is available yet. */
 int m2a_spool_read(struct m2a_spool *spool, uint64_t *seq, const void **data, size_t *len);
 
+/* Where m2a_spool_read_to puts a record: returns a buffer of at least len
+ * bytes (never NULL), the caller's, that the spool writes the record's
+ * bytes to. It may be called more than once in one read (a damaged record
+ * is skipped); only the last call's buffer holds the record read. */
+typedef void *(*m2a_spool_sink_fn)(void *ctx, size_t len);
+
+/* m2a_spool_read, but the record (*len bytes) is put at the buffer
+ * sink(ctx, *len) returned. A large record is read from the file straight
+ * into that buffer and its CRC checked there, a piece at a time, before
+ * this returns 0: no copy in between, and the spool keeps no buffer of the
+ * record's size. Same errors as m2a_spool_read; on error the sink's
+ * buffer may have been written. */
+int m2a_spool_read_to(struct m2a_spool *spool, uint64_t *seq, size_t *len, m2a_spool_sink_fn sink,
+                      void *ctx);
+
 /* Records that every record with sequence number <= seq is confirmed (it is
  * never handed out again). The checkpoint file is rewritten at most every
  * 100 ms (and on close, and by m2a_spool_maintain); segments whose records

@@ -64,6 +64,19 @@ enum m2a_spool_format_check m2a_spool_format_record_parse(const unsigned char *p
                                                           uint64_t lo, uint64_t hi, uint64_t *seq,
                                                           size_t *reclen);
 
+/* The checks of record_parse that need the header alone (magic, length
+ * limit, lo < seq < hi): OK with *seq and *reclen (header included) when
+ * they pass, though the CRC is not checked yet; SHORT (with *reclen) when
+ * fewer than a header's bytes are at hand. For a reader that puts a large
+ * record's payload elsewhere and checks its CRC there, in pieces: */
+enum m2a_spool_format_check m2a_spool_format_record_head(const unsigned char *p, size_t avail,
+                                                         uint64_t lo, uint64_t hi, uint64_t *seq,
+                                                         size_t *reclen);
+/* The CRC over the header's fields (len, seq); continue it with
+ * m2a_crc32c over the payload, in order, and compare with crc_stored. */
+uint32_t m2a_spool_format_record_crc_start(const unsigned char *hdr);
+uint32_t m2a_spool_format_record_crc_stored(const unsigned char *hdr);
+
 /* Offset of the first record magic in p[from..size), or size if none. */
 size_t m2a_spool_format_magic_find(const unsigned char *p, size_t size, size_t from);
 

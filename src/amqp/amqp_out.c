@@ -32,6 +32,7 @@
  * back and confirmed-but-not-yet-committed records are not duplicated. */
 #include "mqtt2amqp/amqp_out.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -520,15 +521,23 @@ static void publish_slot(struct m2a_amqp_out *ao, struct m2a_confirm_window_slot
     M2A_ROUTE_ADD((struct m2a_route_counters *)slot->ud, published, 1);
 }
 
+/* The spool reads a record straight into the window's next slot (the
+ * caller checked that the window has room). */
+static void *window_sink(void *ctx, size_t len)
+{
+    void *buf = m2a_confirm_window_prepare(ctx, len);
+    assert(buf);
+    return buf;
+}
+
 /* Moves the next spool record into a new window slot. NULL when none. */
 static struct m2a_confirm_window_slot *read_record(struct m2a_amqp_out *ao, uint64_t now)
 {
     if (now < ao->spool_retry_ms)
         return NULL;
     uint64_t seq;
-    const void *data;
     size_t len;
-    int rc = m2a_spool_read(ao->spool, &seq, &data, &len);
+    int rc = m2a_spool_read_to(ao->spool, &seq, &len, window_sink, ao->cw);
     if (rc == M2A_ERR_AGAIN)
         return NULL;
     if (rc != 0) {
@@ -539,7 +548,7 @@ static struct m2a_confirm_window_slot *read_record(struct m2a_amqp_out *ao, uint
         ao->spool_retry_ms = now + SPOOL_RETRY_MS;
         return NULL;
     }
-    struct m2a_confirm_window_slot *slot = m2a_confirm_window_push(ao->cw, seq, data, len);
+    struct m2a_confirm_window_slot *slot = m2a_confirm_window_push_prepared(ao->cw, seq, len);
     if (seq < ao->trusted_from_seq)
         resolve_route(ao, slot);
     check_age(ao, slot);
@@ -597,6 +606,7 @@ static int publish_some(struct m2a_amqp_out *ao)
  * state, or the MQTT side waits. */
 static void maintain_spool(struct m2a_amqp_out *ao)
 {
+    m2a_confirm_window_trim(ao->cw, m2a_now_ms());
     int rc = m2a_spool_maintain(ao->spool);
     uint64_t sup;
     if (rc != 0 && m2a_ratelimit_ok(&ao->rl_spool, &sup))

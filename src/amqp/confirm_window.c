@@ -21,8 +21,9 @@ struct tag_ent {
 /* Larger buffers a popped slot leaves behind wait here (at most this many,
  * within max_bytes) for the next large record of any slot: a stream of
  * large messages then reuses a few buffers instead of allocating, mapping
- * and faulting in a fresh one per message. The pool is emptied whenever
- * the window is (every record confirmed). */
+ * and faulting in a fresh one per message, even when each is confirmed
+ * before the next arrives. The pool is emptied once no large record came
+ * for M2A_CONFIRM_WINDOW_IDLE_MS (m2a_confirm_window_trim). */
 #define POOL_MAX 4
 
 struct m2a_confirm_window {
@@ -38,6 +39,11 @@ struct m2a_confirm_window {
     uint32_t nretry;
     uint32_t unsent_from; /* logical offset: no UNSENT slot before it */
     uint64_t retry_min;   /* lower bound of every RETRY slot's retry_at_ms */
+    size_t prepared;      /* bytes the next slot's buffer was prepared for */
+    uint64_t large_sized; /* large records given a buffer (size_buf), ever */
+    uint64_t trim_seen;   /* large_sized at trim_ms */
+    uint64_t trim_ms;     /* since when no large record came (m2a_confirm_window_trim) */
+    bool trim_armed;
 
     /* Publishes in tag order (a ring, power-of-two size). Entries whose slot
      * has moved on (acked, nacked, popped, re-published) are stale and are
@@ -108,12 +114,14 @@ struct m2a_confirm_window_usage m2a_confirm_window_usage(const struct m2a_confir
     return u;
 }
 
-/* Copies rec into the slot's buffer, sized to fit (small ones in steps of
- * SMALL_STEP, large ones exactly), keeping held and bytes right. */
-static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, const void *rec,
-                 size_t len)
+/* Gives the slot's buffer room for len bytes (and a NUL), sized to fit
+ * (small ones in steps of SMALL_STEP, large ones exactly, from the pool
+ * when one fits), keeping held right; its contents are not kept. The
+ * slot's buffer must not be counted in spare. */
+static void size_buf(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, size_t len)
 {
-    cw->bytes -= s->rec.len;
+    if (len + 1 > M2A_CONFIRM_WINDOW_KEEP_BYTES)
+        cw->large_sized++;
     if (s->rec.cap < len + 1 && len + 1 > M2A_CONFIRM_WINDOW_KEEP_BYTES) {
         /* The smallest pooled buffer that fits, in place of the slot's. */
         uint32_t best = cw->npool;
@@ -139,25 +147,61 @@ static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *
         s->rec.cap = cap;
         cw->held += cap;
     }
+}
+
+/* Copies rec into the slot's buffer, keeping held and bytes right. */
+static void fill(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s, const void *rec,
+                 size_t len)
+{
+    cw->bytes -= s->rec.len;
+    s->rec.len = 0;
+    size_buf(cw, s, len);
     if (len)
         memcpy(s->rec.data, rec, len);
     s->rec.len = len;
     cw->bytes += len;
 }
 
-struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
-                                                        const void *rec, size_t len)
+void *m2a_confirm_window_prepare(struct m2a_confirm_window *cw, size_t len)
 {
     if (m2a_confirm_window_full(cw))
         return NULL;
+    /* The next slot is not in use: its buffer counts in spare. */
+    struct m2a_confirm_window_slot *s = slot_at(cw, cw->count);
+    cw->spare -= s->rec.cap;
+    s->rec.len = 0;
+    size_buf(cw, s, len);
+    cw->spare += s->rec.cap;
+    cw->prepared = len;
+    return s->rec.data;
+}
+
+struct m2a_confirm_window_slot *m2a_confirm_window_push_prepared(struct m2a_confirm_window *cw,
+                                                                 uint64_t seq, size_t len)
+{
+    assert(len <= cw->prepared);
+    if (m2a_confirm_window_full(cw) || len > cw->prepared)
+        return NULL;
+    cw->prepared = 0;
     struct m2a_confirm_window_slot *s = slot_at(cw, cw->count++);
     cw->spare -= s->rec.cap;
     struct m2a_buf keep = s->rec;
-    keep.len = 0;
+    keep.len = len;
     *s = (struct m2a_confirm_window_slot){
         .seq = seq, .state = M2A_CONFIRM_WINDOW_UNSENT, .rec = keep};
-    fill(cw, s, rec, len);
+    cw->bytes += len;
     return s;
+}
+
+struct m2a_confirm_window_slot *m2a_confirm_window_push(struct m2a_confirm_window *cw, uint64_t seq,
+                                                        const void *rec, size_t len)
+{
+    void *d = m2a_confirm_window_prepare(cw, len);
+    if (!d)
+        return NULL;
+    if (len)
+        memcpy(d, rec, len);
+    return m2a_confirm_window_push_prepared(cw, seq, len);
 }
 
 void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *slot,
@@ -426,17 +470,38 @@ bool m2a_confirm_window_pop_confirmed(struct m2a_confirm_window *cw, uint64_t *s
             cw->unsent_from--;
         popped = true;
     }
-    if (cw->count == 0) {
-        /* The stream of large records is over (for now): nothing is kept
-         * for it once everything is confirmed. */
-        for (uint32_t i = 0; i < cw->npool; i++) {
-            cw->held -= cw->pool[i].cap;
-            cw->spare -= cw->pool[i].cap;
-            m2a_buf_free(&cw->pool[i]);
-        }
-        cw->npool = 0;
-    }
     return popped;
+}
+
+void m2a_confirm_window_trim(struct m2a_confirm_window *cw, uint64_t now_ms)
+{
+    if (!cw->trim_armed || cw->large_sized != cw->trim_seen) {
+        cw->trim_armed = true;
+        cw->trim_seen = cw->large_sized;
+        cw->trim_ms = now_ms;
+        return;
+    }
+    if (now_ms - cw->trim_ms < M2A_CONFIRM_WINDOW_IDLE_MS)
+        return;
+    /* No large record for a while: the stream is over (for now), and
+     * nothing idle is kept for it. */
+    for (uint32_t i = 0; i < cw->npool; i++) {
+        cw->held -= cw->pool[i].cap;
+        cw->spare -= cw->pool[i].cap;
+        m2a_buf_free(&cw->pool[i]);
+    }
+    cw->npool = 0;
+    /* The next slot may hold a large buffer prepared for a record that was
+     * not pushed (a read that failed). */
+    if (cw->count < cw->cap) {
+        struct m2a_confirm_window_slot *s = slot_at(cw, cw->count);
+        if (s->rec.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES) {
+            cw->held -= s->rec.cap;
+            cw->spare -= s->rec.cap;
+            m2a_buf_free(&s->rec);
+        }
+    }
+    cw->trim_ms = now_ms;
 }
 
 void m2a_confirm_window_requeue(struct m2a_confirm_window *cw)

@@ -49,12 +49,18 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "mqtt2amqp/crc32c.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/spool_format.h"
 #include "spool_internal.h"
 
-#define REC_HDR           M2A_SPOOL_RECORD_HEADER
-#define READ_CHUNK        (256u * 1024u)
+#define REC_HDR    M2A_SPOOL_RECORD_HEADER
+#define READ_CHUNK (256u * 1024u)
+/* A record at least this large that is not all in r_buf is read straight
+ * into the caller's buffer (m2a_spool_read_to), DIRECT_CHUNK at a time. */
+#define DIRECT_MIN        (64u * 1024u)
+#define DIRECT_CHUNK      (256u * 1024u)
+#define HEAD_CHUNK        4096u
 #define CKPT_INTERVAL_MS  100
 #define FSYNC_INTERVAL_MS 100
 #define DEFAULT_SEGMENT   (64u * 1024u * 1024u)
@@ -745,7 +751,11 @@ static int reader_fill(struct m2a_spool *s, size_t need)
         reader_refresh(s);
     if (off + avail >= s->r_limit)
         return 0;
-    uint64_t want = need > READ_CHUNK ? need : READ_CHUNK;
+    /* After a large record, the next is likely large too: read its header
+     * (and a little) only, so that its payload goes straight where the
+     * caller wants it rather than through r_buf. */
+    size_t chunk = s->r_after_direct ? HEAD_CHUNK : READ_CHUNK;
+    uint64_t want = need > chunk ? need : chunk;
     if (want > s->r_limit - off)
         want = s->r_limit - off;
     if (s->r_pos > 0) {
@@ -786,7 +796,57 @@ static void reader_skip(struct m2a_spool *s)
         s->r_pos = s->r_len - 3; /* may be the start of a magic */
 }
 
-int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t *len)
+/* Reads the rest of the large record at r_pos (its header checked: rl
+ * bytes in all, sequence number sq) from the file straight into the
+ * buffer sink gives, checking its CRC on the way, chunk by chunk while the
+ * bytes are in the cache. 1: the record is there and sound, the cursor
+ * past it; 0: it is not (not all published, cut short, or its CRC is
+ * wrong): damage, the cursor unmoved; or M2A_ERR_IO. */
+static int reader_direct(struct m2a_spool *s, size_t rl, m2a_spool_sink_fn sink, void *ctx,
+                         void **out)
+{
+    const unsigned char *hdr = s->r_buf + s->r_pos;
+    uint64_t at = s->r_base + s->r_pos;
+    if (at + rl > s->r_limit)
+        reader_refresh(s);
+    if (at + rl > s->r_limit)
+        return 0; /* published bytes are whole records: a partial one is damage */
+    size_t plen = rl - REC_HDR, have = s->r_len - s->r_pos - REC_HDR;
+    unsigned char *dst = sink(ctx, plen);
+    uint32_t crc = m2a_spool_format_record_crc_start(hdr);
+    if (have > 0) {
+        memcpy(dst, hdr + REC_HDR, have);
+        crc = m2a_crc32c(crc, dst, have);
+    }
+    uint64_t off = at + REC_HDR + have;
+    while (have < plen) {
+        size_t want = plen - have < DIRECT_CHUNK ? plen - have : DIRECT_CHUNK;
+        ssize_t n = s->io->pread(s->r_fd, dst + have, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return M2A_ERR_IO;
+        if (n == 0)
+            return 0; /* shorter than published: damage */
+        crc = m2a_crc32c(crc, dst + have, (size_t)n);
+        have += (size_t)n;
+        off += (uint64_t)n;
+    }
+    if (crc != m2a_spool_format_record_crc_stored(hdr))
+        return 0;
+    /* Every byte buffered belonged to this record: start afresh after it. */
+    s->r_base = at + rl;
+    s->r_pos = s->r_len = 0;
+    s->r_after_direct = true;
+    *out = dst;
+    return 1;
+}
+
+/* The next record after the cursor: in r_buf (*data points there, and
+ * with a sink it is copied to the sink's buffer), or, with a sink, for a
+ * large record not all in r_buf, read straight into the sink's buffer. */
+static int reader_next(struct m2a_spool *s, uint64_t *seq, const void **data, size_t *len,
+                       m2a_spool_sink_fn sink, void *ctx)
 {
     if (!s->r_positioned) {
         int rc = reader_enter(s, false);
@@ -799,15 +859,42 @@ int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t
         uint64_t sq;
         enum m2a_spool_format_check pr =
             m2a_spool_format_record_parse(p, avail, s->r_prev, s->r_hi, &sq, &rl);
+        if (pr == M2A_SPOOL_RECORD_SHORT && sink && avail >= REC_HDR && rl >= DIRECT_MIN &&
+            m2a_spool_format_record_head(p, avail, s->r_prev, s->r_hi, &sq, &rl) ==
+                M2A_SPOOL_RECORD_OK) {
+            void *dst;
+            int d = reader_direct(s, rl, sink, ctx, &dst);
+            if (d < 0)
+                return d;
+            if (d == 0) {
+                reader_skip(s);
+                continue;
+            }
+            s->r_prev = sq;
+            if (sq <= s->r_floor)
+                continue;
+            s->r_taken = sq;
+            *seq = sq;
+            *data = dst;
+            *len = rl - REC_HDR;
+            return 0;
+        }
         if (pr == M2A_SPOOL_RECORD_OK) {
             s->r_pos += rl;
             s->r_prev = sq;
+            s->r_after_direct = false;
             if (sq <= s->r_floor)
                 continue;
             s->r_taken = sq;
             *seq = sq;
             *data = p + REC_HDR;
             *len = rl - REC_HDR;
+            if (sink) {
+                void *dst = sink(ctx, *len);
+                if (*len > 0)
+                    memcpy(dst, *data, *len);
+                *data = dst;
+            }
             return 0;
         }
         if (pr == M2A_SPOOL_RECORD_SHORT) {
@@ -828,6 +915,18 @@ int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t
         }
         reader_skip(s);
     }
+}
+
+int m2a_spool_read(struct m2a_spool *s, uint64_t *seq, const void **data, size_t *len)
+{
+    return reader_next(s, seq, data, len, NULL, NULL);
+}
+
+int m2a_spool_read_to(struct m2a_spool *s, uint64_t *seq, size_t *len, m2a_spool_sink_fn sink,
+                      void *ctx)
+{
+    const void *data;
+    return reader_next(s, seq, &data, len, sink, ctx);
 }
 
 /* Unlinks the segments (never the last) whose records are all covered by

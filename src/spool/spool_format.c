@@ -28,9 +28,8 @@ void m2a_spool_format_record_header(unsigned char *rec, size_t payload_len, uint
     m2a_put_le32(rec + 8, record_crc(rec, payload_len));
 }
 
-enum m2a_spool_format_check m2a_spool_format_record_parse(const unsigned char *p, size_t avail,
-                                                          uint64_t lo, uint64_t hi, uint64_t *seq,
-                                                          size_t *reclen)
+/* Magic and length limit: OK with *reclen, SHORT (*reclen: the header) or BAD. */
+static enum m2a_spool_format_check record_len(const unsigned char *p, size_t avail, size_t *reclen)
 {
     if (avail < M2A_SPOOL_RECORD_HEADER) {
         *reclen = M2A_SPOOL_RECORD_HEADER;
@@ -42,15 +41,52 @@ enum m2a_spool_format_check m2a_spool_format_record_parse(const unsigned char *p
     if (len > M2A_SPOOL_MAX_PAYLOAD)
         return M2A_SPOOL_RECORD_BAD;
     *reclen = M2A_SPOOL_RECORD_HEADER + (size_t)len;
-    if (avail < *reclen)
-        return M2A_SPOOL_RECORD_SHORT;
-    if (record_crc(p, len) != m2a_get_le32(p + 8))
-        return M2A_SPOOL_RECORD_BAD;
+    return M2A_SPOOL_RECORD_OK;
+}
+
+static bool seq_in(const unsigned char *p, uint64_t lo, uint64_t hi, uint64_t *seq)
+{
     uint64_t sq = m2a_get_le64(p + 12);
     if (sq <= lo || sq >= hi)
-        return M2A_SPOOL_RECORD_BAD;
+        return false;
     *seq = sq;
+    return true;
+}
+
+enum m2a_spool_format_check m2a_spool_format_record_parse(const unsigned char *p, size_t avail,
+                                                          uint64_t lo, uint64_t hi, uint64_t *seq,
+                                                          size_t *reclen)
+{
+    enum m2a_spool_format_check c = record_len(p, avail, reclen);
+    if (c != M2A_SPOOL_RECORD_OK)
+        return c;
+    if (avail < *reclen)
+        return M2A_SPOOL_RECORD_SHORT;
+    if (record_crc(p, *reclen - M2A_SPOOL_RECORD_HEADER) != m2a_get_le32(p + 8) ||
+        !seq_in(p, lo, hi, seq))
+        return M2A_SPOOL_RECORD_BAD;
     return M2A_SPOOL_RECORD_OK;
+}
+
+enum m2a_spool_format_check m2a_spool_format_record_head(const unsigned char *p, size_t avail,
+                                                         uint64_t lo, uint64_t hi, uint64_t *seq,
+                                                         size_t *reclen)
+{
+    enum m2a_spool_format_check c = record_len(p, avail, reclen);
+    if (c != M2A_SPOOL_RECORD_OK)
+        return c;
+    return seq_in(p, lo, hi, seq) ? M2A_SPOOL_RECORD_OK : M2A_SPOOL_RECORD_BAD;
+}
+
+uint32_t m2a_spool_format_record_crc_start(const unsigned char *hdr)
+{
+    uint32_t crc = m2a_crc32c(0, hdr + 4, 4);
+    return m2a_crc32c(crc, hdr + 12, 8);
+}
+
+uint32_t m2a_spool_format_record_crc_stored(const unsigned char *hdr)
+{
+    return m2a_get_le32(hdr + 8);
 }
 
 size_t m2a_spool_format_magic_find(const unsigned char *p, size_t size, size_t from)

@@ -88,11 +88,12 @@ struct m2a_spool {
     uint64_t r_first, r_limit;
     unsigned char *r_buf;
     size_t r_cap, r_pos, r_len;
-    uint64_t r_base;  /* file offset of r_buf[0] */
-    uint64_t r_prev;  /* seq of the last valid record passed */
-    uint64_t r_floor; /* records <= this are never handed out (committed) */
-    uint64_t r_taken; /* highest seq handed out: (committed, r_taken] is held */
-    uint64_t r_hi;    /* records >= this belong to a later segment: damage */
+    uint64_t r_base;     /* file offset of r_buf[0] */
+    bool r_after_direct; /* the last record was read past r_buf (reader_direct) */
+    uint64_t r_prev;     /* seq of the last valid record passed */
+    uint64_t r_floor;    /* records <= this are never handed out (committed) */
+    uint64_t r_taken;    /* highest seq handed out: (committed, r_taken] is held */
+    uint64_t r_hi;       /* records >= this belong to a later segment: damage */
 };
 
 /* --- helpers of spool.c used by spool_recover.c --- */

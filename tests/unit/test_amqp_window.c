@@ -193,9 +193,17 @@ START_TEST(large_records_are_released_once_confirmed)
         ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, false), 1);
         ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
         ck_assert_uint_eq(seq, (uint64_t)i + 1);
-        ck_assert_uint_le(m2a_confirm_window_usage(cw).held, M2A_CONFIRM_WINDOW_KEEP_BYTES);
+        /* One buffer waits for the next large record, no more. */
+        ck_assert_uint_le(m2a_confirm_window_usage(cw).held, BIG + 1);
     }
     ck_assert_uint_eq(m2a_confirm_window_usage(cw).bytes, 0);
+    /* No large record for M2A_CONFIRM_WINDOW_IDLE_MS: it is freed. */
+    m2a_confirm_window_trim(cw, 5000);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, BIG + 1);
+    m2a_confirm_window_trim(cw, 5000 + M2A_CONFIRM_WINDOW_IDLE_MS - 1);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, BIG + 1);
+    m2a_confirm_window_trim(cw, 5000 + M2A_CONFIRM_WINDOW_IDLE_MS);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, 0);
     /* Small records keep their buffers: the steady state allocates nothing. */
     for (int i = 0; i < 3; i++) {
         struct m2a_confirm_window_slot *s =
@@ -242,8 +250,78 @@ START_TEST(a_stream_of_large_records_reuses_buffers)
     ck_assert_uint_le(m2a_confirm_window_usage(cw).held, (INFLIGHT + 4) * (BIG + 1));
     ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, true), INFLIGHT);
     ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
+    /* Kept for a stream that goes on (each record confirmed before the next
+     * comes reuses one buffer), freed once it has stopped for a while. */
+    ck_assert_uint_le(m2a_confirm_window_usage(cw).held, 4 * (BIG + 1));
+    struct m2a_confirm_window_slot *s = m2a_confirm_window_push(cw, next++, big, BIG);
+    bool reused = false;
+    for (size_t k = 0; k < nseen && !reused; k++)
+        reused = seen[k] == s->rec.data;
+    ck_assert(reused);
+    m2a_confirm_window_sent(cw, s, ++tag);
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, false), 1);
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
+    m2a_confirm_window_trim(cw, 100);
+    m2a_confirm_window_trim(cw, 100 + M2A_CONFIRM_WINDOW_IDLE_MS);
     ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, 0);
     free(big);
+    m2a_confirm_window_free(cw);
+}
+END_TEST
+
+/* Issue 12: prepare + push_prepared take a record written straight into
+ * the slot's buffer (the spool reads it there): the same record, the same
+ * accounting and the same buffer reuse as push, without the copy. */
+START_TEST(a_prepared_record_is_pushed_without_a_copy)
+{
+    enum { BIG = 1 << 20, INFLIGHT = 4, N = 40 };
+    struct m2a_confirm_window *cw = m2a_confirm_window_new(8, 64u << 20);
+    const void *seen[N];
+    size_t nseen = 0;
+    uint64_t tag = 0, seq = 0;
+    for (int i = 0; i < N; i++) {
+        if (i >= INFLIGHT) {
+            ck_assert_uint_eq(m2a_confirm_window_ack(cw, (uint64_t)(i - INFLIGHT + 1), false), 1);
+            ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
+        }
+        size_t len = BIG - (size_t)i; /* a little smaller each time: a pooled buffer fits */
+        unsigned char *d = m2a_confirm_window_prepare(cw, len);
+        ck_assert_ptr_nonnull(d);
+        /* Prepared again (a damaged record was skipped): still room for len. */
+        ck_assert_ptr_nonnull(d = m2a_confirm_window_prepare(cw, len));
+        memset(d, 'a' + i % 26, len);
+        uint64_t before = m2a_confirm_window_usage(cw).bytes;
+        struct m2a_confirm_window_slot *s =
+            m2a_confirm_window_push_prepared(cw, (uint64_t)i + 1, len);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_ptr_eq(s->rec.data, d);
+        ck_assert_uint_eq(s->rec.len, len);
+        ck_assert_uint_eq(s->seq, (uint64_t)i + 1);
+        ck_assert_int_eq(s->state, M2A_CONFIRM_WINDOW_UNSENT);
+        ck_assert_uint_eq(s->rec.data[len - 1], 'a' + i % 26);
+        ck_assert_uint_eq(m2a_confirm_window_usage(cw).bytes, before + len);
+        m2a_confirm_window_sent(cw, s, ++tag);
+        bool known = false;
+        for (size_t k = 0; k < nseen && !known; k++)
+            known = seen[k] == d;
+        if (!known)
+            seen[nseen++] = d;
+    }
+    ck_assert_uint_le(nseen, 2 * INFLIGHT); /* buffers reused, not N of them */
+    ck_assert_uint_eq(m2a_confirm_window_ack(cw, tag, true), INFLIGHT);
+    ck_assert(m2a_confirm_window_pop_confirmed(cw, &seq));
+    ck_assert_uint_eq(seq, N);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).bytes, 0);
+    /* A record prepared and never pushed (its read failed): trimmed too. */
+    ck_assert_ptr_nonnull(m2a_confirm_window_prepare(cw, 3 * BIG));
+    ck_assert_uint_ge(m2a_confirm_window_usage(cw).held, 3 * BIG);
+    m2a_confirm_window_trim(cw, 0);
+    m2a_confirm_window_trim(cw, M2A_CONFIRM_WINDOW_IDLE_MS);
+    ck_assert_uint_eq(m2a_confirm_window_usage(cw).held, 0);
+    /* Full: nothing to prepare. */
+    for (uint64_t i = 0; i < 8; i++)
+        ck_assert_ptr_nonnull(m2a_confirm_window_push(cw, 100 + i, "r", 1));
+    ck_assert_ptr_null(m2a_confirm_window_prepare(cw, 1));
     m2a_confirm_window_free(cw);
 }
 END_TEST
@@ -344,6 +422,7 @@ int main(void)
     tcase_add_test(tc, random_operations_commit_each_record_once_in_order);
     tcase_add_test(tc, large_records_are_released_once_confirmed);
     tcase_add_test(tc, a_stream_of_large_records_reuses_buffers);
+    tcase_add_test(tc, a_prepared_record_is_pushed_without_a_copy);
     tcase_add_test(tc, window_holds_at_most_max_bytes_plus_one_record);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);

@@ -78,6 +78,34 @@ START_TEST(matches_bitwise_reference_at_every_offset_and_split)
 }
 END_TEST
 
+/* Long inputs take three interleaved chains joined at the end (where the
+ * CPU has the crc32 instruction): the same CRC as the portable one, at
+ * every length around the joins, whole or in pieces. */
+START_TEST(long_inputs_match_the_portable_crc)
+{
+    enum { N = 120016 }; /* the longest length at the largest offset fits */
+    unsigned char *buf = malloc(N);
+    ck_assert_ptr_nonnull(buf);
+    srand(7);
+    for (size_t i = 0; i < N; i++)
+        buf[i] = (unsigned char)rand();
+    static const size_t lens[] = {24575, 24576, 24577, 24584,  49151, 49152,
+                                  49160, 65536, 73728, 100000, 119999};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        for (size_t off = 0; off < 3; off++) {
+            size_t len = lens[i];
+            uint32_t ref = m2a_crc32c_portable(0, buf + off, len);
+            REQUIRE(m2a_crc32c(0, buf + off, len) == ref);
+            size_t cut = len / 5;
+            REQUIRE(m2a_crc32c(m2a_crc32c(0, buf + off, cut), buf + off + cut, len - cut) == ref);
+            REQUIRE(m2a_crc32c(0x12345678u, buf + off, len) ==
+                    m2a_crc32c_portable(0x12345678u, buf + off, len));
+        }
+    }
+    free(buf);
+}
+END_TEST
+
 START_TEST(detects_every_single_bit_flip)
 {
     unsigned char buf[64];
@@ -97,6 +125,7 @@ int main(void)
     Suite *s = suite_create("crc32c");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, check_value_of_123456789);
+    tcase_add_test(tc, long_inputs_match_the_portable_crc);
     tcase_add_test(tc, empty_input_keeps_the_crc);
     tcase_add_test(tc, rfc3720_vectors);
     tcase_add_test(tc, matches_bitwise_reference_at_every_offset_and_split);
