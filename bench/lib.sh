@@ -157,9 +157,10 @@ mosq_start_bridged() { # NAME TOPIC_FILTER REMOTE_PORT
     } >"$dir/mosquitto.conf" || die "mosquitto.conf"
     MOSQ_PORT=$port
     m2a_mosquitto_launch "$dir" "$port" || die "Mosquitto did not start (log $dir/mosquitto.log)"
-    # Until RabbitMQ lists its connection (Mosquitto logs no CONNACK).
+    # Until RabbitMQ's log says it accepted the bridge (Mosquitto logs no CONNACK).
     local end=$((SECONDS + 60))
-    until m2a_rabbit ctl "$RABBIT_DIR" list_connections protocol 2>/dev/null | grep -q MQTT; do
+    until grep -qs "accepting MQTT connection .*client id: bench-$1-bridge)" \
+        "$RABBIT_DIR"/log/*.log; do
         [ $SECONDS -lt $end ] || die "Mosquitto's bridge did not connect (log $dir/mosquitto.log)"
         sleep 0.2
     done
