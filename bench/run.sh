@@ -24,14 +24,17 @@
 #   batch100n             batch100 with amqp.mqtt_headers: none (no x-mqtt-* headers):
 #                         what the headers cost RabbitMQ, seen from the bridge
 #   rmqcost               what RabbitMQ pays for each of the bridge's habits (issue 12):
-#                         direct100 with, one at a time, message_id, timestamp,
-#                         content_type, x-mqtt-topic, x-mqtt-qos, x-mqtt-retain, all of
-#                         them; mandatory off; delivery_mode left out (transient, for
-#                         scale); the bridge's frame layout (its encoder, one write per
-#                         message and a burst of 64 per write); windows 100 and 10; and
-#                         at batch100's msg/s of the same pass (needs batch100): plain, and
-#                         with all the bridge does (properties, headers, layout). A note
-#                         gives every row's RabbitMQ CPU per message x direct100's
+#                         the direct publisher at one fixed rate (RabbitMQ's CPU per
+#                         message depends on its load, so every row gets the same):
+#                         batch100's msg/s of the pass, else M2A_BENCH_RMQCOST_RATE; a
+#                         control row as direct100 sends, then with, one at a time,
+#                         message_id, timestamp, content_type, x-mqtt-topic, x-mqtt-qos,
+#                         x-mqtt-retain, all of them; mandatory off; delivery_mode left
+#                         out (transient, for scale); the bridge's frame layout (its
+#                         encoder, one write per message and a burst of 64 per write);
+#                         windows 100 and 10; and all the bridge does (its properties,
+#                         headers and frames). A note gives each row's RabbitMQ CPU per
+#                         message x the control's (and batch100's, same rate)
 #   peers                 what users would pick instead, same load and consumer, 100 B and
 #                         256 KiB (the latter with big256k's window and direct256k as its
 #                         baseline; runs big256k too): MQTT QoS 1 straight into RabbitMQ's
@@ -84,6 +87,7 @@
 #                                   the backlog ingest rate says it takes <= 3 min
 #   M2A_BENCH_BIG_BACKLOG=10000000
 #   M2A_BENCH_DL_PREFETCH=1000      the downlink scenario's prefetch
+#   M2A_BENCH_RMQCOST_RATE=5000     rmqcost's rate when batch100 does not run
 #   M2A_BENCH_DEVICES=100           topics bench/dev/0..N-1
 #   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
 #   M2A_BENCH_ONLY=key,key          run only these scenarios
@@ -564,37 +568,29 @@ for pass in $(seq 1 "$REPEAT"); do
         fi
     done
     if want rmqcost; then
-        # KEY|LABEL|publisher options ("rate" first: at batch100's msg/s of this pass)
+        RMQCOST_RATE=${BATCH100_RATE:-${M2A_BENCH_RMQCOST_RATE:-5000}}
+        # KEY|LABEL|publisher options
         while IFS='|' read -r k label opts; do
-            rate=0
-            if [[ $opts == rate* ]]; then
-                if [ -z "$BATCH100_RATE" ]; then
-                    say "rmqcost: $label: skipped (no batch100 rate in this pass)"
-                    continue
-                fi
-                rate=$BATCH100_RATE
-                opts=${opts#rate}
-                label="$label ($rate/s)"
-            fi
             # shellcheck disable=SC2086 # opts are words
-            run_direct "rmqcost-$k" 100 "$N100" "rmqcost: direct 100 B + $label" "$rate" $opts
+            run_direct "rmqcost-$k" 100 "$N100" "rmqcost at $RMQCOST_RATE/s: direct 100 B$label" \
+                "$RMQCOST_RATE" $opts
             keep_row "rmqcost-$k"
         done <<'EOF'
-mid|message_id|-A message_id
-ts|timestamp|-A timestamp
-ct|content_type|-A content_type
-topic|x-mqtt-topic|-A x-mqtt-topic
-qos|x-mqtt-qos|-A x-mqtt-qos
-retain|x-mqtt-retain|-A x-mqtt-retain
-all|all of them|-A all
-nomand|mandatory off|-M
-nodm|no delivery_mode (transient, for scale)|-A no_delivery_mode
-f1|the bridge's frames, 1 publish per write|-F 1
-f64|the bridge's frames, 64 publishes per write|-F 64
-w100|window 100|-w 100
-w10|window 10|-w 10
-rate|nothing, at batch100's rate|rate
-ratebr|the bridge's properties and frames, at batch100's rate|rate -A bridge -F 64
+base|, as direct100 (the control)|
+mid| + message_id|-A message_id
+ts| + timestamp|-A timestamp
+ct| + content_type|-A content_type
+topic| + x-mqtt-topic|-A x-mqtt-topic
+qos| + x-mqtt-qos|-A x-mqtt-qos
+retain| + x-mqtt-retain|-A x-mqtt-retain
+all| + all of them|-A all
+nomand|, mandatory off|-M
+nodm|, no delivery_mode (transient, for scale)|-A no_delivery_mode
+f1|, the bridge's frames, 1 publish per write|-F 1
+f64|, the bridge's frames, 64 publishes per write|-F 64
+w100|, window 100|-w 100
+w10|, window 10|-w 10
+bridge| + the bridge's properties, headers and frames|-A bridge -F 64
 EOF
     fi
     if want peers; then
@@ -653,7 +649,9 @@ BASE100=0 BASE1K=0 MAX100=0 PASS_SUFFIX=""
 [ -z "${PASS_ROWS[direct1k]:-}" ] || BASE1K=$(rate_of "$(median_row direct1k)")
 [ -z "${PASS_ROWS[batch100]:-}" ] || MAX100=$(rate_of "$(median_row batch100)")
 RMQ_X="" RMQ_BASE=0 # RabbitMQ CPU per message x direct100's
+RMQ_XC="" RMQ_CTRL=0 # and x rmqcost's control's
 [ -z "${PASS_ROWS[direct100]:-}" ] || RMQ_BASE=$(median_row direct100 | cut -d'|' -f11)
+[ -z "${PASS_ROWS[rmqcost-base]:-}" ] || RMQ_CTRL=$(median_row rmqcost-base | cut -d'|' -f11)
 for key in "${THROUGHPUT_KEYS[@]}"; do
     r=$(median_row "$key")
     case $key in
@@ -678,6 +676,7 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     case $key in
     direct100h | batch100* | rmqcost-* | peers-*100)
         RMQ_X+="${RMQ_X:+, }$key $(div "${c[10]}" "$RMQ_BASE")"
+        RMQ_XC+="${RMQ_XC:+, }$key $(div "${c[10]}" "$RMQ_CTRL")"
         ;;
     esac
     if [ "$REPEAT" != 1 ]; then
@@ -685,7 +684,9 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     fi
 done
 
-[ -z "$RMQ_X" ] || NOTES+=("RabbitMQ CPU per message x direct100's ($RMQ_BASE us): $RMQ_X")
+[ -z "$RMQ_X" ] || NOTES+=("RabbitMQ CPU per message x direct100's ($RMQ_BASE us, full speed): $RMQ_X")
+[ "$RMQ_CTRL" = 0 ] ||
+    NOTES+=("RabbitMQ CPU per message x rmqcost's control's ($RMQ_CTRL us, direct at batch100's rate): $RMQ_XC")
 
 if want latency; then
     [ "$MAX100" != 0 ] || MAX100=${M2A_BENCH_LATENCY_MAX_RATE:-$BASE100}
