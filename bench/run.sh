@@ -648,6 +648,19 @@ BASE100=0 BASE1K=0 MAX100=0 PASS_SUFFIX=""
 [ -z "${PASS_ROWS[direct100]:-}" ] || BASE100=$(rate_of "$(median_row direct100)")
 [ -z "${PASS_ROWS[direct1k]:-}" ] || BASE1K=$(rate_of "$(median_row direct1k)")
 [ -z "${PASS_ROWS[batch100]:-}" ] || MAX100=$(rate_of "$(median_row batch100)")
+# rmq_vs_control KEY: KEY's RabbitMQ CPU per message / the rmqcost control's of the same
+# pass, the median over the passes (each pass's list: "ratio,ratio,..").
+rmq_vs_control() {
+    paste -d'|' <(printf '%s' "${PASS_ROWS[$1]}") <(printf '%s' "${PASS_ROWS[rmqcost-base]}") |
+        awk -F'|' '$11 + 0 > 0 && $24 + 0 > 0 { r[n++] = $11 / $24 }
+        END {
+            if (n == 0) { print "-"; exit }
+            for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+            m = n % 2 ? r[(n - 1) / 2] : (r[n / 2 - 1] + r[n / 2]) / 2
+            printf "%.2f", m
+            if (n > 1) { printf " ("; for (i = 0; i < n; i++) printf "%s%.2f", i ? " " : "", r[i]; printf ")" }
+        }'
+}
 RMQ_X="" RMQ_BASE=0 # RabbitMQ CPU per message x direct100's
 RMQ_XC="" RMQ_CTRL=0 # and x rmqcost's control's
 [ -z "${PASS_ROWS[direct100]:-}" ] || RMQ_BASE=$(median_row direct100 | cut -d'|' -f11)
@@ -676,7 +689,7 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     case $key in
     direct100h | batch100* | rmqcost-* | peers-*100)
         RMQ_X+="${RMQ_X:+, }$key $(div "${c[10]}" "$RMQ_BASE")"
-        RMQ_XC+="${RMQ_XC:+, }$key $(div "${c[10]}" "$RMQ_CTRL")"
+        RMQ_XC+="${RMQ_XC:+, }$key $(rmq_vs_control "$key")"
         ;;
     esac
     if [ "$REPEAT" != 1 ]; then
@@ -686,7 +699,7 @@ done
 
 [ -z "$RMQ_X" ] || NOTES+=("RabbitMQ CPU per message x direct100's ($RMQ_BASE us, full speed): $RMQ_X")
 [ "$RMQ_CTRL" = 0 ] ||
-    NOTES+=("RabbitMQ CPU per message x rmqcost's control's ($RMQ_CTRL us, direct at batch100's rate): $RMQ_XC")
+    NOTES+=("RabbitMQ CPU per message x rmqcost's control's (direct at batch100's rate; per pass, median and the passes' values): $RMQ_XC")
 
 if want latency; then
     [ "$MAX100" != 0 ] || MAX100=${M2A_BENCH_LATENCY_MAX_RATE:-$BASE100}
