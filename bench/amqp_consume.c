@@ -42,7 +42,7 @@
 
 struct opts {
     struct bench_amqp_target t;
-    const char *queue, *exchange, *stop_file;
+    const char *queue, *exchange, *binding_key, *stop_file;
     long long first, count, live_first;
     long ack_every, prefetch;
     long wait_s, timeout_s, connect_s;
@@ -70,7 +70,9 @@ static void usage(void)
     fprintf(stderr, "usage: m2a-bench-amqp-consume -p PORT -Q QUEUE -n COUNT [options]\n"
                     "  -H HOST -p PORT -u USER -P PASS -v VHOST   broker (127.0.0.1, guest, /)\n"
                     "  -Q QUEUE       durable queue to declare and consume\n"
-                    "  -x EXCHANGE    also declare this durable topic exchange, bind with #\n"
+                    "  -x EXCHANGE    also declare this durable topic exchange (not an amq.*\n"
+                    "                 one: those exist), bind the queue to it\n"
+                    "  -k KEY         the binding key (#)\n"
                     "  -n COUNT -f FIRST  class 0: seqs FIRST..FIRST+COUNT-1 (FIRST 0)\n"
                     "  -L LIVE -S FILE    class 1: seqs from LIVE; FILE will hold their count\n"
                     "  -a N           ack (multiple) every N messages; 0 = no-ack mode (256)\n"
@@ -92,10 +94,13 @@ static void parse_opts(int argc, char **argv, struct opts *o)
                        .timeout_s = 3600,
                        .connect_s = 60};
     int c;
-    while ((c = getopt(argc, argv, BENCH_AMQP_TARGET_OPTS "Q:x:n:f:L:S:a:q:W:T:C:")) != -1) {
+    while ((c = getopt(argc, argv, BENCH_AMQP_TARGET_OPTS "Q:x:k:n:f:L:S:a:q:W:T:C:")) != -1) {
         switch (c) {
         case 'Q':
             o->queue = optarg;
+            break;
+        case 'k':
+            o->binding_key = optarg;
             break;
         case 'x':
             o->exchange = optarg;
@@ -149,11 +154,15 @@ static amqp_connection_state_t open_conn(const struct opts *o, bool quiet)
     if (!bench_amqp_rpc_ok(conn, PROG, "queue.declare"))
         goto fail;
     if (o->exchange) {
-        amqp_exchange_declare(conn, CHANNEL, amqp_cstring_bytes(o->exchange),
-                              amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
-        if (!bench_amqp_rpc_ok(conn, PROG, "exchange.declare"))
-            goto fail;
-        amqp_queue_bind(conn, CHANNEL, q, amqp_cstring_bytes(o->exchange), amqp_cstring_bytes("#"),
+        /* RabbitMQ refuses to declare a name with the reserved amq. prefix. */
+        if (strncmp(o->exchange, "amq.", 4) != 0) {
+            amqp_exchange_declare(conn, CHANNEL, amqp_cstring_bytes(o->exchange),
+                                  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+            if (!bench_amqp_rpc_ok(conn, PROG, "exchange.declare"))
+                goto fail;
+        }
+        amqp_queue_bind(conn, CHANNEL, q, amqp_cstring_bytes(o->exchange),
+                        amqp_cstring_bytes(o->binding_key ? o->binding_key : "#"),
                         amqp_empty_table);
         if (!bench_amqp_rpc_ok(conn, PROG, "queue.bind"))
             goto fail;

@@ -15,7 +15,11 @@
  *
  * With -B each message also carries what the bridge adds (message_id,
  * timestamp, headers x-mqtt-topic, x-mqtt-qos, x-mqtt-retain), to tell
- * RabbitMQ's cost of those properties from the bridge's own.
+ * RabbitMQ's cost of those properties from the bridge's own. The other
+ * switches take the bridge's habits one at a time (bench/run.sh, rmqcost):
+ * -A picks the properties and headers, -M mandatory off, -F the bridge's
+ * frame layout (its own frame encoder, amqp_frames.c: a burst of publishes
+ * in one write instead of rabbitmq-c's three sends per message).
  *
  * One thread owns the rabbitmq-c connection. */
 #include <getopt.h>
@@ -32,6 +36,8 @@
 
 #include "bench_amqp.h"
 #include "bench_common.h"
+#include "mqtt2amqp/amqp_frames.h"
+#include "mqtt2amqp/err.h"
 #include "mqtt2amqp/util.h"
 
 #define PROG      "amqp-pub" /* prefix of error lines */
@@ -46,8 +52,34 @@ struct opts {
     long devices, window, timeout_s;
     double rate;
     bool transient;
-    bool bridge_props;
+    unsigned props; /* PROP_* the messages carry */
+    bool no_mandatory;
+    int frames_burst; /* -F: publishes per write with the bridge's encoder; 0: rabbitmq-c's */
 };
+
+/* What -A can add, one bit each; -B is PROP_BRIDGE. */
+enum {
+    PROP_MESSAGE_ID = 1u << 0,
+    PROP_TIMESTAMP = 1u << 1,
+    PROP_CONTENT_TYPE = 1u << 2,
+    PROP_TOPIC = 1u << 3,
+    PROP_QOS = 1u << 4,
+    PROP_RETAIN = 1u << 5,
+    PROP_NO_DELIVERY_MODE = 1u << 6, /* leave delivery_mode out (RabbitMQ: transient) */
+    PROP_BRIDGE = PROP_MESSAGE_ID | PROP_TIMESTAMP | PROP_TOPIC | PROP_QOS | PROP_RETAIN,
+};
+static const struct {
+    const char *name;
+    unsigned bits;
+} prop_names[] = {{"message_id", PROP_MESSAGE_ID},
+                  {"timestamp", PROP_TIMESTAMP},
+                  {"content_type", PROP_CONTENT_TYPE},
+                  {"x-mqtt-topic", PROP_TOPIC},
+                  {"x-mqtt-qos", PROP_QOS},
+                  {"x-mqtt-retain", PROP_RETAIN},
+                  {"no_delivery_mode", PROP_NO_DELIVERY_MODE},
+                  {"bridge", PROP_BRIDGE},
+                  {"all", PROP_BRIDGE | PROP_CONTENT_TYPE}};
 
 struct pub {
     struct opts o;
@@ -58,6 +90,7 @@ struct pub {
     uint64_t low;       /* every tag below this is confirmed */
     long long sent, acked, nacked, returned;
     uint64_t t_first_us, t_last_us;
+    struct m2a_buf frames; /* -F: the burst's frames, one write */
 };
 
 static void usage(void)
@@ -72,10 +105,34 @@ static void usage(void)
             "  -r RATE                messages per second; 0 = as fast as confirmed (0)\n"
             "  -w WINDOW              unconfirmed messages at most (1000)\n"
             "  -t                     transient messages (delivery mode 1)\n"
-            "  -B                     add the bridge's properties and headers\n"
+            "  -B                     add the bridge's properties and headers (-A bridge)\n"
+            "  -A NAME[,NAME..]       add these: message_id timestamp content_type\n"
+            "                         x-mqtt-topic x-mqtt-qos x-mqtt-retain bridge all;\n"
+            "                         no_delivery_mode leaves delivery_mode out\n"
+            "  -M                     mandatory off (on by default, as the bridge)\n"
+            "  -F BURST               the bridge's frame layout: up to BURST publishes\n"
+            "                         per write (default: rabbitmq-c's, 3 sends each)\n"
             "  -T SECONDS             give up after this long (600)\n",
             BENCH_HDR_SIZE);
     exit(2);
+}
+
+static unsigned parse_props(const char *arg)
+{
+    unsigned bits = 0;
+    char *list = xstrdup(arg), *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < sizeof(prop_names) / sizeof(prop_names[0]) && strcmp(prop_names[i].name, t))
+            i++;
+        if (i == sizeof(prop_names) / sizeof(prop_names[0])) {
+            fprintf(stderr, "amqp-pub: -A: unknown property '%s'\n", t);
+            exit(2);
+        }
+        bits |= prop_names[i].bits;
+    }
+    free(list);
+    return bits;
 }
 
 static void parse_opts(int argc, char **argv, struct opts *o)
@@ -88,7 +145,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
                        .window = 1000,
                        .timeout_s = 600};
     int c;
-    while ((c = getopt(argc, argv, BENCH_AMQP_TARGET_OPTS "x:Q:n:f:s:d:k:r:w:tBT:")) != -1) {
+    while ((c = getopt(argc, argv, BENCH_AMQP_TARGET_OPTS "x:Q:n:f:s:d:k:r:w:tBA:MF:T:")) != -1) {
         switch (c) {
         case 'x':
             o->exchange = optarg;
@@ -121,7 +178,16 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             o->transient = true;
             break;
         case 'B':
-            o->bridge_props = true;
+            o->props |= PROP_BRIDGE;
+            break;
+        case 'A':
+            o->props |= parse_props(optarg);
+            break;
+        case 'M':
+            o->no_mandatory = true;
+            break;
+        case 'F':
+            o->frames_burst = (int)bench_parse_ll("-F", optarg, 1, 4096);
             break;
         case 'T':
             o->timeout_s = (long)bench_parse_ll("-T", optarg, 1, 86400);
@@ -230,65 +296,117 @@ static int read_frames(struct pub *p, uint64_t timeout_us)
     }
 }
 
+/* The properties of every message (-A, -B): the headers table goes in hdrs. */
+static void props_init(const struct opts *o, amqp_basic_properties_t *props,
+                       amqp_table_entry_t hdrs[3])
+{
+    memset(props, 0, sizeof(*props));
+    if (!(o->props & PROP_NO_DELIVERY_MODE)) {
+        props->_flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+        props->delivery_mode =
+            o->transient ? AMQP_DELIVERY_NONPERSISTENT : AMQP_DELIVERY_PERSISTENT;
+    }
+    if (o->props & PROP_MESSAGE_ID)
+        props->_flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+    if (o->props & PROP_TIMESTAMP)
+        props->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+    if (o->props & PROP_CONTENT_TYPE) {
+        props->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+        props->content_type = amqp_cstring_bytes("application/octet-stream");
+    }
+    int n = 0;
+    if (o->props & PROP_TOPIC) {
+        hdrs[n].key = amqp_cstring_bytes("x-mqtt-topic");
+        hdrs[n++].value.kind = AMQP_FIELD_KIND_UTF8; /* the value is set per message */
+    }
+    if (o->props & PROP_QOS) {
+        hdrs[n].key = amqp_cstring_bytes("x-mqtt-qos");
+        hdrs[n].value.kind = AMQP_FIELD_KIND_I32;
+        hdrs[n++].value.value.i32 = 1;
+    }
+    if (o->props & PROP_RETAIN) {
+        hdrs[n].key = amqp_cstring_bytes("x-mqtt-retain");
+        hdrs[n].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        hdrs[n++].value.value.boolean = 0;
+    }
+    if (n > 0) {
+        props->_flags |= AMQP_BASIC_HEADERS_FLAG;
+        props->headers.num_entries = n;
+        props->headers.entries = hdrs;
+    }
+}
+
+/* -F: writes the burst's frames in one go (blocking socket: all of it). */
+static int frames_flush(struct pub *p)
+{
+    if (p->frames.len == 0)
+        return 0;
+    struct m2a_amqp_frames_wire w = {amqp_get_sockfd(p->conn), NULL};
+    int rc = m2a_amqp_frames_send(&w, &p->frames, 30000, UINT64_MAX);
+    if (rc != 0)
+        fprintf(stderr, "amqp-pub: writing frames: %s\n", m2a_strerror(rc));
+    return rc == 0 ? 0 : -1;
+}
+
 /* Publishes while the window and rate allow. Returns the monotonic time the
  * next message is due when the rate holds us back, 0 otherwise, -1 on error. */
 static int64_t publish_some(struct pub *p, uint64_t t0)
 {
     amqp_basic_properties_t props;
-    memset(&props, 0, sizeof(props));
-    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.delivery_mode = p->o.transient ? AMQP_DELIVERY_NONPERSISTENT : AMQP_DELIVERY_PERSISTENT;
-    amqp_bytes_t body = {p->o.size, p->payload};
     amqp_table_entry_t hdrs[3];
+    props_init(&p->o, &props, hdrs);
+    amqp_bytes_t body = {p->o.size, p->payload};
     char msgid[64], topic[64];
-    if (p->o.bridge_props) {
-        props._flags |=
-            AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
-        hdrs[0].key = amqp_cstring_bytes("x-mqtt-topic");
-        hdrs[0].value.kind = AMQP_FIELD_KIND_UTF8;
-        hdrs[1].key = amqp_cstring_bytes("x-mqtt-qos");
-        hdrs[1].value.kind = AMQP_FIELD_KIND_I32;
-        hdrs[1].value.value.i32 = 1;
-        hdrs[2].key = amqp_cstring_bytes("x-mqtt-retain");
-        hdrs[2].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-        hdrs[2].value.value.boolean = 0;
-        props.headers.num_entries = 3;
-        props.headers.entries = hdrs;
-    }
-    for (int burst = 0; burst < BURST_MAX && p->sent < p->o.count && !bench_stop; burst++) {
+    int burst_max = p->o.frames_burst > 0 ? p->o.frames_burst : BURST_MAX;
+    int64_t ret = 0;
+    for (int burst = 0; burst < burst_max && p->sent < p->o.count && !bench_stop; burst++) {
         if (in_flight(p) >= p->o.window)
-            return 0;
+            break;
         uint64_t now = bench_mono_us();
         if (p->o.rate > 0) {
             uint64_t due = t0 + (uint64_t)((double)p->sent * 1e6 / p->o.rate);
-            if (now < due)
-                return (int64_t)due;
+            if (now < due) {
+                ret = (int64_t)due;
+                break;
+            }
         }
         uint64_t seq = (uint64_t)(p->o.first + p->sent);
         uint64_t wall = bench_wall_us();
         bench_payload_stamp(p->payload, seq, wall);
-        if (p->o.bridge_props) {
-            /* What the bridge sends: "<spool id>-<seq>", the MQTT topic. */
-            props.message_id.len =
-                (size_t)snprintf(msgid, sizeof(msgid), "0123456789abcdef-%" PRIu64, seq);
-            props.message_id.bytes = msgid;
-            props.timestamp = wall / 1000000u;
+        /* What the bridge sends: "<spool id>-<seq>", the MQTT topic. */
+        props.message_id.len =
+            (size_t)snprintf(msgid, sizeof(msgid), "0123456789abcdef-%" PRIu64, seq);
+        props.message_id.bytes = msgid;
+        props.timestamp = wall / 1000000u;
+        if (p->o.props & PROP_TOPIC) {
             hdrs[0].value.value.bytes.len = (size_t)snprintf(
                 topic, sizeof(topic), "bench/dev/%" PRIu64, seq % (uint64_t)p->o.devices);
             hdrs[0].value.value.bytes.bytes = topic;
         }
         if (p->sent == 0)
             p->t_first_us = now;
-        int rc = amqp_basic_publish(p->conn, CHANNEL, amqp_cstring_bytes(p->o.exchange),
-                                    amqp_cstring_bytes(p->keys[seq % (uint64_t)p->o.devices]), 1, 0,
-                                    &props, body);
-        if (rc != AMQP_STATUS_OK) {
-            fprintf(stderr, "amqp-pub: publish: %s\n", amqp_error_string2(rc));
-            return -1;
+        amqp_bytes_t x = amqp_cstring_bytes(p->o.exchange);
+        amqp_bytes_t key = amqp_cstring_bytes(p->keys[seq % (uint64_t)p->o.devices]);
+        amqp_boolean_t mandatory = p->o.no_mandatory ? 0 : 1;
+        if (p->o.frames_burst > 0) {
+            amqp_basic_publish_t m = {.exchange = x, .routing_key = key, .mandatory = mandatory};
+            if (m2a_amqp_frames_publish(&p->frames, CHANNEL, (uint32_t)amqp_get_frame_max(p->conn),
+                                        &m, &props, body) != 0) {
+                fprintf(stderr, "amqp-pub: encoding a publish failed\n");
+                return -1;
+            }
+        } else {
+            int rc = amqp_basic_publish(p->conn, CHANNEL, x, key, mandatory, 0, &props, body);
+            if (rc != AMQP_STATUS_OK) {
+                fprintf(stderr, "amqp-pub: publish: %s\n", amqp_error_string2(rc));
+                return -1;
+            }
         }
         p->sent++;
     }
-    return 0;
+    if (frames_flush(p) != 0)
+        return -1;
+    return ret;
 }
 
 static int run(struct pub *p)
@@ -350,5 +468,6 @@ int main(int argc, char **argv)
     free(p.keys);
     free(p.payload);
     free(p.confirmed);
+    m2a_buf_free(&p.frames);
     return rc == 0 && p.acked == p.sent ? 0 : 1;
 }

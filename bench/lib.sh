@@ -39,7 +39,8 @@ bench_build() {
     HZ=$(getconf CLK_TCK)
 }
 
-# Temp dir, cleanup trap, private RabbitMQ (AMQP_PORT, RABBIT_PID).
+# Temp dir, cleanup trap, private RabbitMQ (AMQP_PORT, RABBIT_PID); with BENCH_RABBIT_MQTT=1
+# also its MQTT plugin (MQTT_PORT).
 bench_init() {
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/m2a-bench.XXXXXX")
     RABBIT_DIR=$TMP/rabbitmq
@@ -47,11 +48,12 @@ bench_init() {
     trap 'exit 130' INT TERM
     say "temp dir $TMP"
     say "starting RabbitMQ"
-    rabbit start || die "RabbitMQ did not start: $(tail -n 20 "$TMP/rabbitmq.log")"
+    rabbit start ${BENCH_RABBIT_MQTT:+mqtt} || die "RabbitMQ did not start: $(tail -n 20 "$TMP/rabbitmq.log")"
     # Only what we need from the env file: it also sets HOME and friends for rabbitmqctl.
     AMQP_PORT=$(sed -n 's/^AMQP_PORT=//p' "$RABBIT_DIR/env")
     RABBIT_PID=$(sed -n 's/^SERVER_PID=//p' "$RABBIT_DIR/env")
-    say "RabbitMQ on 127.0.0.1:$AMQP_PORT (pid $RABBIT_PID)"
+    MQTT_PORT=$(sed -n 's/^MQTT_PORT=//p' "$RABBIT_DIR/env")
+    say "RabbitMQ on 127.0.0.1:$AMQP_PORT${MQTT_PORT:+ (its MQTT plugin on $MQTT_PORT)} (pid $RABBIT_PID)"
 }
 
 MOSQ_PID="" BRIDGE_PID="" CONS_PID="" GEN_PID="" PERF_PID="" FG_PID=""
@@ -126,14 +128,42 @@ div() { # A / B with 2 decimals, or -
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "" && a != "-") printf "%.2f", a / b; else print "-" }'
 }
 
-rabbit() {
-    m2a_rabbit "$1" "$RABBIT_DIR" >>"$TMP/rabbitmq.log" 2>&1
+rabbit() { # VERB [ARGS]
+    local verb=$1
+    shift
+    m2a_rabbit "$verb" "$RABBIT_DIR" "$@" >>"$TMP/rabbitmq.log" 2>&1
 }
 
 # A fresh Mosquitto from the shipped config on a free port (MOSQ_PORT, MOSQ_PID).
 mosq_start() { # NAME
     local dir=$TMP/$1/mosquitto
     m2a_mosquitto_start "$dir" || die "Mosquitto did not start (log $dir/mosquitto.log)"
+}
+
+# mosq_start_bridged NAME TOPIC_FILTER REMOTE_PORT: mosq_start's Mosquitto, plus Mosquitto's
+# own bridge (a `connection`) forwarding TOPIC_FILTER at QoS 1 to the MQTT broker on
+# 127.0.0.1:REMOTE_PORT (MQTT 3.1.1, guest/guest). max_inflight_messages is raised to
+# WINDOW (the default, 20, also holds a bridge's outgoing QoS 1 messages).
+mosq_start_bridged() { # NAME TOPIC_FILTER REMOTE_PORT
+    local dir=$TMP/$1/mosquitto port
+    mkdir -p "$dir/data"
+    m2a_free_port port || die "no free port"
+    {
+        m2a_mosquitto_conf shipped "$port" "$dir/data"
+        printf '%s\n' "max_inflight_messages $WINDOW" "connection bench-$1" \
+            "address 127.0.0.1:$3" "topic $2 out 1" "bridge_protocol_version mqttv311" \
+            "remote_clientid bench-$1-bridge" "remote_username guest" "remote_password guest" \
+            "cleansession true" "try_private false" "restart_timeout 1"
+    } >"$dir/mosquitto.conf" || die "mosquitto.conf"
+    MOSQ_PORT=$port
+    m2a_mosquitto_launch "$dir" "$port" || die "Mosquitto did not start (log $dir/mosquitto.log)"
+    # Until RabbitMQ's log says it accepted the bridge (Mosquitto logs no CONNACK).
+    local end=$((SECONDS + 60))
+    until grep -qs "accepting MQTT connection .*client id: bench-$1-bridge)" \
+        "$RABBIT_DIR"/log/*.log; do
+        [ $SECONDS -lt $end ] || die "Mosquitto's bridge did not connect (log $dir/mosquitto.log)"
+        sleep 0.2
+    done
 }
 
 mosq_stop() {

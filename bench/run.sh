@@ -23,6 +23,25 @@
 #                         -> RabbitMQ -> consumer, generator as fast as PUBACKed
 #   batch100n             batch100 with amqp.mqtt_headers: none (no x-mqtt-* headers):
 #                         what the headers cost RabbitMQ, seen from the bridge
+#   rmqcost               what RabbitMQ pays for each of the bridge's habits (issue 12):
+#                         the direct publisher at one fixed rate (RabbitMQ's CPU per
+#                         message depends on its load, so every row gets the same):
+#                         batch100's msg/s of the pass, else M2A_BENCH_RMQCOST_RATE; a
+#                         control row as direct100 sends, then with, one at a time,
+#                         message_id, timestamp, content_type, x-mqtt-topic, x-mqtt-qos,
+#                         x-mqtt-retain, all of them; mandatory off; delivery_mode left
+#                         out (transient, for scale); the bridge's frame layout (its
+#                         encoder, one write per message and a burst of 64 per write);
+#                         windows 100 and 10; and all the bridge does (its properties,
+#                         headers and frames). A note gives each row's RabbitMQ CPU per
+#                         message x the control's (and batch100's, same rate)
+#   peers                 what users would pick instead, same load and consumer, 100 B and
+#                         256 KiB (the latter with big256k's window and direct256k as its
+#                         baseline; runs big256k too): MQTT QoS 1 straight into RabbitMQ's
+#                         MQTT plugin (rabbitmq_mqtt, enabled on the private node; it
+#                         publishes to amq.topic), and into a Mosquitto whose own bridge
+#                         (`connection`, QoS 1 out, max_inflight_messages = the window)
+#                         forwards to that plugin
 #   big256k, big4m        direct AMQP and bridge (fsync batch) with 256 KiB and 4 MiB
 #                         payloads (camera frames); a note per row gives MB/s and the
 #                         bridge's CPU us per KiB of payload
@@ -68,6 +87,7 @@
 #                                   the backlog ingest rate says it takes <= 3 min
 #   M2A_BENCH_BIG_BACKLOG=10000000
 #   M2A_BENCH_DL_PREFETCH=1000      the downlink scenario's prefetch
+#   M2A_BENCH_RMQCOST_RATE=5000     rmqcost's rate when batch100 does not run
 #   M2A_BENCH_DEVICES=100           topics bench/dev/0..N-1
 #   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
 #   M2A_BENCH_ONLY=key,key          run only these scenarios
@@ -119,6 +139,8 @@ esac
 want() {
     [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]
 }
+# peers needs the MQTT plugin on the private node (bench_init).
+! want peers || BENCH_RABBIT_MQTT=1
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
@@ -191,6 +213,36 @@ run_direct() { # KEY SIZE COUNT LABEL RATE [publisher options]
     [ $# = 0 ] || ratio=$(div "$RATE" "${BASE100:-0}")
     row "$label" "$n" "$RATE" "$ratio" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "-" "-" \
         "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "-" "$CPU_ALL"
+}
+
+# run_peer KEY SIZE COUNT LABEL VIA: the generator's MQTT QoS 1 load into RabbitMQ's MQTT
+# plugin, straight (VIA plugin) or through Mosquitto's own bridge (VIA mosquitto); topics
+# KEY/dev/N, which the plugin publishes to amq.topic as KEY.dev.N; the consumer's queue
+# bench.KEY is bound to amq.topic with KEY.#.
+run_peer() {
+    local key=$1$PASS_SUFFIX size=$2 n=$3 label=$4 via=$5 port
+    mkdir -p "$TMP/$key"
+    say "$label: $n messages"
+    [ -n "$MQTT_PORT" ] || die "peers: RabbitMQ's MQTT plugin is not running"
+    port=$MQTT_PORT
+    if [ "$via" = mosquitto ]; then
+        mosq_start_bridged "$key" "$key/#" "$MQTT_PORT"
+        port=$MOSQ_PORT
+    fi
+    cons_start "$key" -n "$n" -x amq.topic -k "$key.#"
+    cpu_begin
+    local out
+    fg_run "$TMP/$key/generator.out" "$GEN" -p "$port" -n "$n" -s "$size" -d "$DEVICES" \
+        -t "$key/dev" -w "$WINDOW" -i "bench-gen-$key" ||
+        say "generator: $(tail -n 3 "$TMP/$key/generator.out.err")"
+    out=$(cat "$TMP/$key/generator.out")
+    cons_wait
+    local l=$CONS_LINE0
+    cpu_end "$n" "$(sum "$(kv "$out" cpu_s)" "$(kv "$l" cpu_s)")"
+    [ -z "$MOSQ_PID" ] || mosq_stop
+    RATE=$(kv "$l" rate)
+    row "$label" "$n" "$RATE" "-" "$(kv "$l" p50_ms)" "$(kv "$l" p99_ms)" "-" "-" \
+        "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
 }
 
 run_bridge() { # KEY SIZE FSYNC COUNT LABEL BASE_RATE [RATE]
@@ -515,11 +567,46 @@ for pass in $(seq 1 "$REPEAT"); do
         run_direct direct100h 100 "$N100" "direct AMQP 100 B + the bridge's headers" 0 -B
         keep_row direct100h
     fi
+    BATCH100_RATE=""
     for f in batch interval never; do
         if want "${f}100"; then
             bridge_rows "${f}100" 100 "$f" "$N100" "bridge 100 B fsync $f" "$BASE100"
+            [ "$f" != batch ] || BATCH100_RATE=$RATE
         fi
     done
+    if want rmqcost; then
+        RMQCOST_RATE=${BATCH100_RATE:-${M2A_BENCH_RMQCOST_RATE:-5000}}
+        # KEY|LABEL|publisher options
+        while IFS='|' read -r k label opts; do
+            # shellcheck disable=SC2086 # opts are words
+            run_direct "rmqcost-$k" 100 "$N100" "rmqcost at $RMQCOST_RATE/s: direct 100 B$label" \
+                "$RMQCOST_RATE" $opts
+            keep_row "rmqcost-$k"
+        done <<'EOF'
+base|, as direct100 (the control)|
+mid| + message_id|-A message_id
+ts| + timestamp|-A timestamp
+ct| + content_type|-A content_type
+topic| + x-mqtt-topic|-A x-mqtt-topic
+qos| + x-mqtt-qos|-A x-mqtt-qos
+retain| + x-mqtt-retain|-A x-mqtt-retain
+all| + all of them|-A all
+nomand|, mandatory off|-M
+nodm|, no delivery_mode (transient, for scale)|-A no_delivery_mode
+f1|, the bridge's frames, 1 publish per write|-F 1
+f64|, the bridge's frames, 64 publishes per write|-F 64
+w100|, window 100|-w 100
+w10|, window 10|-w 10
+bridge| + the bridge's properties, headers and frames|-A bridge -F 64
+EOF
+    fi
+    if want peers; then
+        run_peer peers-plugin100 100 "$N100" "peers: MQTT -> RabbitMQ MQTT plugin 100 B" plugin
+        keep_row peers-plugin100
+        run_peer peers-mosq100 100 "$N100" \
+            "peers: MQTT -> Mosquitto -> its bridge -> RabbitMQ MQTT plugin 100 B" mosquitto
+        keep_row peers-mosq100
+    fi
     if want batch100n; then
         BRIDGE_MQTT_HEADERS=none bridge_rows batch100n 100 batch "$N100" \
             "bridge 100 B fsync batch, mqtt_headers: none" "$BASE100"
@@ -532,12 +619,20 @@ for pass in $(seq 1 "$REPEAT"); do
     fi
     for big in 256k:262144:$N256K 4m:4194304:$N4M; do
         IFS=: read -r tag size count <<<"$big"
-        want "big$tag" || continue
+        want "big$tag" || { [ "$tag" = 256k ] && want peers; } || continue
         WINDOW0=$WINDOW
         WINDOW=$WINDOW_BIG
         run_direct "direct$tag" "$size" "$count" "direct AMQP $tag (baseline)" 0
         keep_row "direct$tag"
         bridge_rows "big$tag" "$size" batch "$count" "bridge $tag fsync batch" "$RATE"
+        if [ "$tag" = 256k ] && want peers; then
+            run_peer peers-plugin256k "$size" "$count" "peers: MQTT -> RabbitMQ MQTT plugin 256k" \
+                plugin
+            keep_row peers-plugin256k
+            run_peer peers-mosq256k "$size" "$count" \
+                "peers: MQTT -> Mosquitto -> its bridge -> RabbitMQ MQTT plugin 256k" mosquitto
+            keep_row peers-mosq256k
+        fi
         WINDOW=$WINDOW0
     done
     if want share2; then
@@ -560,11 +655,28 @@ BASE100=0 BASE1K=0 MAX100=0 PASS_SUFFIX=""
 [ -z "${PASS_ROWS[direct100]:-}" ] || BASE100=$(rate_of "$(median_row direct100)")
 [ -z "${PASS_ROWS[direct1k]:-}" ] || BASE1K=$(rate_of "$(median_row direct1k)")
 [ -z "${PASS_ROWS[batch100]:-}" ] || MAX100=$(rate_of "$(median_row batch100)")
+# rmq_vs_control KEY: KEY's RabbitMQ CPU per message / the rmqcost control's of the same
+# pass, the median over the passes (each pass's list: "ratio,ratio,..").
+rmq_vs_control() {
+    paste -d'|' <(printf '%s' "${PASS_ROWS[$1]}") <(printf '%s' "${PASS_ROWS[rmqcost-base]}") |
+        awk -F'|' '$11 + 0 > 0 && $24 + 0 > 0 { r[n++] = $11 / $24 }
+        END {
+            if (n == 0) { print "-"; exit }
+            for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+            m = n % 2 ? r[(n - 1) / 2] : (r[n / 2 - 1] + r[n / 2]) / 2
+            printf "%.2f", m
+            if (n > 1) { printf " ("; for (i = 0; i < n; i++) printf "%s%.2f", i ? " " : "", r[i]; printf ")" }
+        }'
+}
+RMQ_X="" RMQ_BASE=0 # RabbitMQ CPU per message x direct100's
+RMQ_XC="" RMQ_CTRL=0 # and x rmqcost's control's
+[ -z "${PASS_ROWS[direct100]:-}" ] || RMQ_BASE=$(median_row direct100 | cut -d'|' -f11)
+[ -z "${PASS_ROWS[rmqcost-base]:-}" ] || RMQ_CTRL=$(median_row rmqcost-base | cut -d'|' -f11)
 for key in "${THROUGHPUT_KEYS[@]}"; do
     r=$(median_row "$key")
     case $key in
     direct100 | direct1k | direct256k | direct4m) ratio=1.00 ;;
-    big256k | big256k-b2) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct256k)")") ;;
+    big256k | big256k-b2 | peers-*256k) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct256k)")") ;;
     big4m | big4m-b2) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct4m)")") ;;
     *1k | *1k-b2) ratio=$(div "$(rate_of "$r")" "$BASE1K") ;;
     *) ratio=$(div "$(rate_of "$r")" "$BASE100") ;;
@@ -573,7 +685,7 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     c[3]=$ratio
     ROWS+=("$(IFS='|' && echo "${c[*]}")")
     case $key in
-    big256k* | direct256k | big4m* | direct4m)
+    big256k* | direct256k | big4m* | direct4m | peers-*256k)
         kib=256
         [[ $key != *4m* ]] || kib=4096
         NOTES+=("$(awk -v k="${c[0]}" -v r="${c[2]}" -v cpu="${c[6]}" -v kib="$kib" 'BEGIN {
@@ -581,10 +693,20 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
             if (cpu + 0 > 0) printf ", bridge CPU %.2f us per KiB", cpu / kib }')")
         ;;
     esac
+    case $key in
+    direct100h | batch100* | rmqcost-* | peers-*100)
+        RMQ_X+="${RMQ_X:+, }$key $(div "${c[10]}" "$RMQ_BASE")"
+        RMQ_XC+="${RMQ_XC:+, }$key $(rmq_vs_control "$key")"
+        ;;
+    esac
     if [ "$REPEAT" != 1 ]; then
         NOTES+=("$key: msg/s over $REPEAT passes: $(printf '%s' "${PASS_ROWS[$key]}" | cut -d'|' -f3 | sort -n | paste -sd' ')")
     fi
 done
+
+[ -z "$RMQ_X" ] || NOTES+=("RabbitMQ CPU per message x direct100's ($RMQ_BASE us, full speed): $RMQ_X")
+[ "$RMQ_CTRL" = 0 ] ||
+    NOTES+=("RabbitMQ CPU per message x rmqcost's control's (direct at batch100's rate; per pass, median and the passes' values): $RMQ_XC")
 
 if want latency; then
     [ "$MAX100" != 0 ] || MAX100=${M2A_BENCH_LATENCY_MAX_RATE:-$BASE100}
