@@ -5,7 +5,8 @@
 # builds with -Werror, runs every test (unit, then integration against real
 # Mosquitto and RabbitMQ started by the test fixtures, then the fault
 # suites), then does it again under AddressSanitizer + UndefinedBehaviorSanitizer
-# (without the cluster and fleet suites: tests/CMakeLists.txt says why), then
+# (without the cluster and fleet suites, the packaging checks and two of the
+# four interop brokers: tests/CMakeLists.txt says why), then
 # a 20 s fuzz smoke per target.
 #
 #   scripts/test.sh                 everything
