@@ -101,7 +101,8 @@ struct m2a_mqtt_session {
 
     struct sub *subs;
     size_t nsubs;
-    char **unsubs; /* dropped while down: unsubscribed at the next CONNACK */
+    size_t suback_next; /* where on_subscribe looks first: SUBACKs come in send order */
+    char **unsubs;      /* dropped while down: unsubscribed at the next CONNACK */
     size_t nunsubs;
 };
 
@@ -251,27 +252,56 @@ static void free_strs(char **v, size_t n)
     free(v);
 }
 
+static int cmp_sub_filter(const void *a, const void *b)
+{
+    return strcmp((*(struct sub *const *)a)->filter, (*(struct sub *const *)b)->filter);
+}
+
+/* The one of BY_FILTER (N subscriptions sorted by filter) whose filter is
+ * FILTER, or NULL. */
+static struct sub *find_sub(struct sub *const *by_filter, size_t n, const char *filter)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(by_filter[mid]->filter, filter);
+        if (c == 0)
+            return by_filter[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
 void m2a_mqtt_session_subscribe(struct m2a_mqtt_session *s, char *const *filters, size_t n,
                                 size_t *added, size_t *removed)
 {
     struct sub *old = s->subs;
     size_t nold = s->nsubs, nadd = 0, nrem = 0;
     bool up = s->state == CONN_UP;
+    /* The old subscriptions by filter, so that a reload of thousands of
+     * filters is n log n, not n * m string compares. */
+    struct sub **by_filter = xmalloc((nold ? nold : 1) * sizeof(*by_filter));
+    bool *kept = xcalloc(nold ? nold : 1, sizeof(*kept));
+    for (size_t k = 0; k < nold; k++)
+        by_filter[k] = &old[k];
+    qsort(by_filter, nold, sizeof(*by_filter), cmp_sub_filter);
     s->subs = xcalloc(n ? n : 1, sizeof(*s->subs));
     s->nsubs = n;
+    s->suback_next = 0;
     for (size_t i = 0; i < n; i++) {
         long u = find_str(s->unsubs, s->nunsubs, filters[i]);
         if (u >= 0) { /* dropped by an earlier reload, wanted again */
             free(s->unsubs[u]);
             s->unsubs[u] = s->unsubs[--s->nunsubs];
         }
-        long j = -1;
-        for (size_t k = 0; k < nold && j < 0; k++)
-            if (old[k].filter && strcmp(old[k].filter, filters[i]) == 0)
-                j = (long)k;
-        if (j >= 0) { /* kept, with its state */
+        struct sub *o = find_sub(by_filter, nold, filters[i]);
+        size_t j = o ? (size_t)(o - old) : 0;
+        if (o && !kept[j]) { /* kept, with its state (and its filter) */
             s->subs[i] = old[j];
-            old[j].filter = NULL;
+            kept[j] = true;
             continue;
         }
         sub_init(s, &s->subs[i], filters[i]);
@@ -280,7 +310,7 @@ void m2a_mqtt_session_subscribe(struct m2a_mqtt_session *s, char *const *filters
             sub_send(s, &s->subs[i]);
     }
     for (size_t k = 0; k < nold; k++) {
-        if (!old[k].filter)
+        if (kept[k])
             continue;
         nrem++;
         if (up) {
@@ -292,6 +322,8 @@ void m2a_mqtt_session_subscribe(struct m2a_mqtt_session *s, char *const *filters
         }
     }
     free(old);
+    free(by_filter);
+    free(kept);
     subs_schedule(s);
     m2a_mqtt_session_arm(s);
     if (added)
@@ -413,9 +445,16 @@ static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int count, c
     (void)props;
     struct m2a_mqtt_session *s = ud;
     struct sub *u = NULL;
-    for (size_t i = 0; i < s->nsubs && !u; i++)
-        if (s->subs[i].mid == mid)
+    /* From where the last SUBACK matched: the SUBSCRIBEs go out in order and
+     * their SUBACKs come back in order, so this is one step, not a scan of
+     * thousands of filters per SUBACK. */
+    for (size_t k = 0; k < s->nsubs && !u; k++) {
+        size_t i = (s->suback_next + k) % s->nsubs;
+        if (s->subs[i].mid == mid) {
             u = &s->subs[i];
+            s->suback_next = i + 1;
+        }
+    }
     if (!u)
         return; /* dropped by a reload meanwhile */
     int g = count > 0 ? granted[0] : 0x80;
