@@ -30,6 +30,7 @@
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/envelope.h"
 #include "mqtt2amqp/err.h"
+#include "mqtt2amqp/props.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
@@ -331,7 +332,58 @@ static void iso_time(char *buf, size_t len, uint64_t ms)
     snprintf(buf + n, len - n, ".%03uZ", (unsigned)(ms % 1000));
 }
 
-static void dump_envelope(FILE *out, uint64_t seq, bool confirmed, const struct m2a_envelope *e)
+/* The MQTT 5 properties block (props.h) as "mqtt5":{...}: what the publish
+ * will carry, before the AMQP mapping (expiry as received, correlation data
+ * in base64). A block that does not decode is shown as base64 with
+ * "mqtt5_error" (the publish then goes without properties). */
+static void dump_props(FILE *out, struct m2a_str blob, struct m2a_header **ubuf, size_t *ucap)
+{
+    struct m2a_props p;
+    if (m2a_props_decode(blob.ptr, blob.len, &p, ubuf, ucap) != 0) {
+        fputs(",\"mqtt5_error\":\"corrupt properties block\",\"mqtt5_base64\":\"", out);
+        base64(out, (const unsigned char *)blob.ptr, blob.len);
+        fputc('"', out);
+        return;
+    }
+    fputs(",\"mqtt5\":{", out);
+    const char *sep = "";
+    if (p.present & M2A_PROPS_EXPIRY) {
+        fprintf(out, "\"message_expiry_s\":%" PRIu32, p.expiry_s);
+        sep = ",";
+    }
+    if (p.present & M2A_PROPS_CONTENT_TYPE) {
+        fprintf(out, "%s\"content_type\":", sep);
+        json_mstr(out, p.content_type);
+        sep = ",";
+    }
+    if (p.present & M2A_PROPS_RESPONSE_TOPIC) {
+        fprintf(out, "%s\"response_topic\":", sep);
+        json_mstr(out, p.response_topic);
+        sep = ",";
+    }
+    if (p.present & M2A_PROPS_CORRELATION) {
+        fprintf(out, "%s\"correlation_data_base64\":\"", sep);
+        base64(out, (const unsigned char *)p.correlation.ptr, p.correlation.len);
+        fputc('"', out);
+        sep = ",";
+    }
+    if (p.nuser) {
+        fprintf(out, "%s\"user_properties\":{", sep);
+        for (size_t i = 0; i < p.nuser; i++) {
+            if (i)
+                fputc(',', out);
+            json_mstr(out, p.user[i].key);
+            fputc(':', out);
+            json_mstr(out, p.user[i].value);
+        }
+        fputc('}', out);
+    }
+    fputc('}', out);
+}
+
+/* ubuf / ucap: scratch for the user properties (grown as needed). */
+static void dump_envelope(FILE *out, uint64_t seq, bool confirmed, const struct m2a_envelope *e,
+                          struct m2a_header **ubuf, size_t *ucap)
 {
     char when[48];
     iso_time(when, sizeof(when), e->timestamp_ms);
@@ -352,11 +404,8 @@ static void dump_envelope(FILE *out, uint64_t seq, bool confirmed, const struct 
     json_mstr(out, e->topic);
     fprintf(out, ",\"qos\":%u,\"retain\":%s,\"dead_letter\":%s", e->qos,
             e->retain ? "true" : "false", e->dead_letter ? "true" : "false");
-    if (e->properties.len) { /* reserved bytes (envelope.h): shown, not interpreted */
-        fputs(",\"mqtt5_properties_base64\":\"", out);
-        base64(out, (const unsigned char *)e->properties.ptr, e->properties.len);
-        fputc('"', out);
-    }
+    if (e->properties.len)
+        dump_props(out, e->properties, ubuf, ucap);
     fputs("},\"headers\":{", out);
     for (size_t i = 0; i < e->nheaders; i++) {
         if (i)
@@ -389,6 +438,8 @@ struct ctx {
     /* decoding */
     struct m2a_header *hbuf;
     size_t hcap;
+    struct m2a_header *ubuf; /* the MQTT 5 user properties of a dumped record */
+    size_t ucap;
     /* stat */
     uint64_t pending, undecodable, oldest_ms, newest_ms, oldest_seq, newest_seq;
     /* dump */
@@ -429,7 +480,7 @@ static bool dump_cb(void *ud, uint64_t seq, const unsigned char *p, size_t len)
                seq, seq <= c->committed ? "true" : "false", len);
         c->undecodable++;
     } else {
-        dump_envelope(stdout, seq, seq <= c->committed, &e);
+        dump_envelope(stdout, seq, seq <= c->committed, &e, &c->ubuf, &c->ucap);
     }
     c->dumped++;
     return !(c->limit && c->dumped >= c->limit);
@@ -711,6 +762,7 @@ int m2a_spool_cli_main(int argc, char **argv, const char *default_config)
 out:
     names_free(&c.names);
     free(c.hbuf);
+    free(c.ubuf);
     if (c.dirfd >= 0)
         close(c.dirfd);
     m2a_config_free(cfg);

@@ -24,6 +24,7 @@
 
 #include "harness.h"
 #include "mqtt2amqp/envelope.h"
+#include "mqtt2amqp/props.h"
 #include "mqtt2amqp/spool.h"
 #include "mqtt2amqp/spool_format.h"
 #include "mqtt2amqp/util.h"
@@ -157,9 +158,26 @@ static void write_spool(const char *dir)
         struct m2a_envelope e = env_for(body, (size_t)n, 1700000000000ull + (uint64_t)i);
         if (i == 8) /* strings that are not UTF-8 and control bytes: still JSON */
             e.headers = odd_hdrs;
+        struct m2a_buf pb = {0};
+        if (i == 9) { /* MQTT 5 properties: shown decoded */
+            static const struct m2a_header user[] = {{{"site", 4}, {"lab \"2\"", 7}}};
+            struct m2a_props mp = {.present = M2A_PROPS_EXPIRY | M2A_PROPS_CONTENT_TYPE |
+                                              M2A_PROPS_RESPONSE_TOPIC | M2A_PROPS_CORRELATION,
+                                   .expiry_s = 60,
+                                   .content_type = {"application/json", 16},
+                                   .response_topic = {"replies/dev-9", 13},
+                                   .correlation = {"\x00\x01\x02", 3},
+                                   .nuser = 1,
+                                   .user = user};
+            m2a_props_encode(&mp, &pb);
+            e.properties = (struct m2a_str){(const char *)pb.data, pb.len};
+        }
+        if (i == 11) /* a properties block that does not decode: shown raw */
+            e.properties = (struct m2a_str){"\x7f\x01", 2};
         uint64_t seq;
         ck_assert_int_eq(m2a_spool_append(s, &e, &seq), 0);
         ck_assert_uint_eq(seq, (uint64_t)i);
+        m2a_buf_free(&pb);
     }
     ck_assert_int_eq(m2a_spool_flush(s), 0);
     for (int i = 1; i <= 5; i++) {
@@ -262,6 +280,13 @@ START_TEST(stat_dump_requeue_on_a_damaged_spool)
     ck_assert_ptr_nonnull(strstr(r.out, "\"headers\":{\"x-src\":\"it\"}"));
     ck_assert_ptr_nonnull(strstr(r.out, "\"headers\":{\"x-\\u0001\":\"\\u00ff\\u00fe\\\"\\\\\"}"));
     ck_assert_ptr_nonnull(strstr(r.out, "\"exchange\":\"ex\",\"routing_key\":\"a.b\""));
+    ck_assert_ptr_nonnull(
+        strstr(r.out, ",\"mqtt5\":{\"message_expiry_s\":60,\"content_type\":\"application/json\","
+                      "\"response_topic\":\"replies/dev-9\",\"correlation_data_base64\":\"AAEC\","
+                      "\"user_properties\":{\"site\":\"lab \\\"2\\\"\"}}},\"headers\""));
+    ck_assert_ptr_nonnull(strstr(r.out, ",\"mqtt5_error\":\"corrupt properties block\","
+                                        "\"mqtt5_base64\":\"fwE=\"},\"headers\""));
+    ck_assert_uint_eq(count_lines(r.out), 19); /* one per record, properties or not */
     free(sum);
     th_run_result_free(&r);
 
