@@ -7,8 +7,8 @@
  *                   as RabbitMQ's MQTT plugin converts ('/' -> '.'), so a
  *                   word is always exactly one topic level
  *   {routing_key}   the whole key converted ('.' -> '/', '/' -> '.')
- *   {header:NAME}   an AMQP header's value, as is (strings; integers in
- *                   decimal; booleans true/false)
+ *   {header:NAME}   an AMQP header's value as text (amqp_value.h, byte
+ *                   arrays included)
  *   "{{" and "}}"   one literal brace
  * The literal text may not hold '+', '#' or a NUL, and must be UTF-8.
  *

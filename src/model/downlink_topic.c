@@ -13,6 +13,7 @@
 
 #include <mosquitto.h>
 
+#include "mqtt2amqp/amqp_value.h"
 #include "mqtt2amqp/config.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/template.h"
@@ -211,50 +212,6 @@ static const amqp_field_value_t *find_header(const amqp_table_t *h, const char *
     return NULL;
 }
 
-/* Appends a header value as text; false for a kind that has none. */
-static bool append_value(const amqp_field_value_t *v, struct m2a_buf *out)
-{
-    char num[32];
-    switch (v->kind) {
-    case AMQP_FIELD_KIND_UTF8:
-    case AMQP_FIELD_KIND_BYTES:
-        m2a_buf_append(out, v->value.bytes.bytes, v->value.bytes.len);
-        return true;
-    case AMQP_FIELD_KIND_BOOLEAN:
-        m2a_buf_append_str(out, v->value.boolean ? "true" : "false");
-        return true;
-    case AMQP_FIELD_KIND_I8:
-        snprintf(num, sizeof(num), "%d", v->value.i8);
-        break;
-    case AMQP_FIELD_KIND_U8:
-        snprintf(num, sizeof(num), "%u", v->value.u8);
-        break;
-    case AMQP_FIELD_KIND_I16:
-        snprintf(num, sizeof(num), "%d", v->value.i16);
-        break;
-    case AMQP_FIELD_KIND_U16:
-        snprintf(num, sizeof(num), "%u", v->value.u16);
-        break;
-    case AMQP_FIELD_KIND_I32:
-        snprintf(num, sizeof(num), "%" PRId32, v->value.i32);
-        break;
-    case AMQP_FIELD_KIND_U32:
-        snprintf(num, sizeof(num), "%" PRIu32, v->value.u32);
-        break;
-    case AMQP_FIELD_KIND_I64:
-        snprintf(num, sizeof(num), "%" PRId64, v->value.i64);
-        break;
-    case AMQP_FIELD_KIND_U64:
-    case AMQP_FIELD_KIND_TIMESTAMP:
-        snprintf(num, sizeof(num), "%" PRIu64, v->value.u64);
-        break;
-    default:
-        return false;
-    }
-    m2a_buf_append_str(out, num);
-    return true;
-}
-
 static int render_part(const struct m2a_downlink_topic *t, const struct part *p, const char *key,
                        size_t key_len, const amqp_table_t *headers, struct m2a_buf *out, char *why,
                        size_t whylen)
@@ -284,9 +241,9 @@ static int render_part(const struct m2a_downlink_topic *t, const struct part *p,
                          t->lit + p->off);
             return M2A_ERR_TEMPLATE;
         }
-        if (!append_value(v, out)) {
+        if (!m2a_amqp_value_text(v, M2A_AMQP_VALUE_BYTES, out)) {
             m2a_err_setf(why, whylen,
-                         "header '%.*s' is of AMQP type '%c', not a string or a number",
+                         "header '%.*s' is of AMQP type '%c', not a string, a number or a boolean",
                          (int)p->len, t->lit + p->off, (char)v->kind);
             return M2A_ERR_TEMPLATE;
         }

@@ -27,6 +27,7 @@
 
 #include <mqtt_protocol.h>
 
+#include "mqtt2amqp/amqp_value.h"
 #include "mqtt2amqp/err.h"
 #include "mqtt2amqp/reader.h"
 
@@ -418,55 +419,15 @@ static bool bridge_header(amqp_bytes_t k)
            prefixed(k, "x-last-death-");
 }
 
-/* The header value as a string in s; false when it has none (dropped). */
+/* The header value as a string in s (amqp_value.h's rule, byte arrays
+ * dropped as the plugin does); false when it has none or it cannot be an
+ * MQTT string (too long, a NUL). */
 static bool value_str(const amqp_field_value_t *v, struct m2a_buf *s)
 {
-    char t[64];
-    switch (v->kind) {
-    case AMQP_FIELD_KIND_UTF8:
-        return v->value.bytes.len <= MQTT_STR_MAX && cstr(s, v->value.bytes);
-    case AMQP_FIELD_KIND_BOOLEAN:
-        snprintf(t, sizeof(t), "%s", v->value.boolean ? "true" : "false");
-        break;
-    case AMQP_FIELD_KIND_I8:
-        snprintf(t, sizeof(t), "%d", v->value.i8);
-        break;
-    case AMQP_FIELD_KIND_U8:
-        snprintf(t, sizeof(t), "%u", v->value.u8);
-        break;
-    case AMQP_FIELD_KIND_I16:
-        snprintf(t, sizeof(t), "%d", v->value.i16);
-        break;
-    case AMQP_FIELD_KIND_U16:
-        snprintf(t, sizeof(t), "%u", v->value.u16);
-        break;
-    case AMQP_FIELD_KIND_I32:
-        snprintf(t, sizeof(t), "%" PRId32, v->value.i32);
-        break;
-    case AMQP_FIELD_KIND_U32:
-        snprintf(t, sizeof(t), "%" PRIu32, v->value.u32);
-        break;
-    case AMQP_FIELD_KIND_I64:
-        snprintf(t, sizeof(t), "%" PRId64, v->value.i64);
-        break;
-    case AMQP_FIELD_KIND_U64:
-    case AMQP_FIELD_KIND_TIMESTAMP:
-        snprintf(t, sizeof(t), "%" PRIu64, v->value.u64);
-        break;
-    case AMQP_FIELD_KIND_F32:
-        snprintf(t, sizeof(t), "%.9g", (double)v->value.f32);
-        break;
-    case AMQP_FIELD_KIND_F64:
-        snprintf(t, sizeof(t), "%.17g", v->value.f64);
-        break;
-    case AMQP_FIELD_KIND_VOID:
-        t[0] = '\0';
-        break;
-    default: /* bytes, arrays, tables, decimals */
-        return false;
-    }
     m2a_buf_reset(s);
-    m2a_buf_append_str(s, t);
+    if (!m2a_amqp_value_text(v, 0, s) || s->len > MQTT_STR_MAX ||
+        (s->len && memchr(s->data, 0, s->len)))
+        return false;
     m2a_buf_cstr(s);
     return true;
 }

@@ -104,7 +104,21 @@ START_TEST(unformable_topics)
     e.value.kind = AMQP_FIELD_KIND_TABLE;
     e.value.value.table = (amqp_table_t){0, NULL};
     ck_assert_int_eq(render("d/{header:device}", "a", &h), M2A_ERR_TEMPLATE);
-    ck_assert_ptr_nonnull(strstr(why, "not a string or a number"));
+    ck_assert_ptr_nonnull(strstr(why, "not a string, a number or a boolean"));
+    /* a float has text (amqp_value.h's rule, shared with User Properties);
+     * void is empty, and an empty level is refused */
+    e.value.kind = AMQP_FIELD_KIND_F64;
+    e.value.value.f64 = 21.5;
+    ck_assert_int_eq(render("d/{header:device}", "a", &h), 0);
+    ck_assert_str_eq(topic(), "d/21.5");
+    e.value.kind = AMQP_FIELD_KIND_VOID;
+    ck_assert_int_eq(render("d/{header:device}", "a", &h), M2A_ERR_TEMPLATE);
+    ck_assert_ptr_nonnull(strstr(why, "is empty"));
+    /* a byte array is taken as its bytes */
+    e.value.kind = AMQP_FIELD_KIND_BYTES;
+    e.value.value.bytes = (amqp_bytes_t){4, "dev9"};
+    ck_assert_int_eq(render("d/{header:device}", "a", &h), 0);
+    ck_assert_str_eq(topic(), "d/dev9");
     /* longer than an MQTT string */
     static char big[70000];
     memset(big, 'k', sizeof(big) - 1);
