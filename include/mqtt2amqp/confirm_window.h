@@ -16,11 +16,13 @@
  * to less, so it holds at most max_bytes plus one record). A slot's buffer
  * is kept for the next record if it is at most M2A_CONFIRM_WINDOW_KEEP_BYTES
  * and the buffers kept idle stay within max_bytes; a larger one goes to a
- * pool that any slot takes from for its next large record, while all the
- * window's buffers add up to at most max_bytes + 2 x that buffer (and only
- * when max_bytes is set), emptied by m2a_confirm_window_trim once no large
- * record came for M2A_CONFIRM_WINDOW_IDLE_MS; others are freed when their
- * slot is popped. A buffer prepared for a record that was not pushed stays
+ * pool (only when max_bytes is set) that any slot takes from for its next
+ * large record; a new large buffer is allocated only when none there fits,
+ * after freeing pooled ones until all the window's buffers stay within
+ * max_bytes + 2 x the new one; the pool is emptied by
+ * m2a_confirm_window_trim once no large record came for
+ * M2A_CONFIRM_WINDOW_IDLE_MS. Without max_bytes a large buffer is freed
+ * when its slot is popped. A buffer prepared for a record that was not pushed stays
  * with the next slot (trimmed too). So what the window allocates is at
  * most about
  *   max_bytes + 2 x the largest record

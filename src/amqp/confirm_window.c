@@ -19,14 +19,17 @@ struct tag_ent {
 #define SMALL_STEP 256u
 
 /* Larger buffers a popped slot leaves behind wait in a pool for the next
- * large record of any slot, as long as every buffer the window holds adds
- * up to at most max_bytes + 2 x that buffer (what the window may hold in
- * use anyway: max_bytes, one record past it and one prepared): a stream
- * of large messages then reuses the window's buffers instead of
- * allocating, mapping and faulting in a fresh one per message (the kernel
- * faulted each page in during the spool's pread: a third of the AMQP
- * thread's time at 256 KiB). The pool is emptied once no large record came
- * for M2A_CONFIRM_WINDOW_IDLE_MS (m2a_confirm_window_trim). */
+ * large record of any slot (popping moves a buffer from a slot to the pool:
+ * what the window holds does not grow). A new buffer is allocated only when
+ * none in the pool fits, and pooled ones are freed first until everything
+ * the window holds stays within max_bytes + 2 x the new buffer (what the
+ * records in use may take anyway: max_bytes, one record past it and one
+ * prepared). So a stream of large messages reuses the window's buffers,
+ * even when confirms come in bursts, instead of allocating, mapping and
+ * faulting in a fresh one per message (the kernel faulted each page in
+ * during the spool's pread: a third of the AMQP thread's time at 256 KiB).
+ * The pool is emptied once no large record came for
+ * M2A_CONFIRM_WINDOW_IDLE_MS (m2a_confirm_window_trim). */
 
 struct m2a_confirm_window {
     struct m2a_confirm_window_slot *slots;
@@ -146,6 +149,14 @@ static void size_buf(struct m2a_confirm_window *cw, struct m2a_confirm_window_sl
             cap = (cap + SMALL_STEP - 1) / SMALL_STEP * SMALL_STEP;
         cw->held -= s->rec.cap;
         free(s->rec.data);
+        s->rec = (struct m2a_buf){0};
+        /* None in the pool fits: make room for this one first. */
+        while (cw->npool > 0 && cw->held + cap > cw->max_bytes + 2 * (uint64_t)cap) {
+            struct m2a_buf *b = &cw->pool[--cw->npool];
+            cw->held -= b->cap;
+            cw->spare -= b->cap;
+            m2a_buf_free(b);
+        }
         s->rec.data = xmalloc(cap);
         s->rec.cap = cap;
         cw->held += cap;
@@ -226,8 +237,7 @@ static void retire(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot
         cw->spare += s->rec.cap;
         return;
     }
-    if (s->rec.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->max_bytes &&
-        cw->held <= cw->max_bytes + 2 * (uint64_t)s->rec.cap) {
+    if (s->rec.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->max_bytes) {
         if (cw->npool == cw->pool_cap) {
             cw->pool_cap = cw->pool_cap ? cw->pool_cap * 2 : 8;
             cw->pool = xrealloc(cw->pool, cw->pool_cap * sizeof(*cw->pool));
