@@ -35,9 +35,10 @@
 #                         windows 100 and 10; and all the bridge does (its properties,
 #                         headers and frames). A note gives each row's RabbitMQ CPU per
 #                         message x the control's (and batch100's, same rate)
-#   peers                 what users would pick instead, same load and consumer, 100 B and
-#                         256 KiB (the latter with big256k's window and direct256k as its
-#                         baseline; runs big256k too): MQTT QoS 1 straight into RabbitMQ's
+#   peers                 what users would pick instead, same load and consumer, 100 B,
+#                         256 KiB and 4 MiB (the latter with big256k's/big4m's window and
+#                         direct256k/direct4m as baseline; runs big256k, big4m too): MQTT
+#                         QoS 1 straight into RabbitMQ's
 #                         MQTT plugin (rabbitmq_mqtt, enabled on the private node; it
 #                         publishes to amq.topic), and into a Mosquitto whose own bridge
 #                         (`connection`, QoS 1 out, max_inflight_messages = the window)
@@ -619,19 +620,19 @@ EOF
     fi
     for big in 256k:262144:$N256K 4m:4194304:$N4M; do
         IFS=: read -r tag size count <<<"$big"
-        want "big$tag" || { [ "$tag" = 256k ] && want peers; } || continue
+        want "big$tag" || want peers || continue
         WINDOW0=$WINDOW
         WINDOW=$WINDOW_BIG
         run_direct "direct$tag" "$size" "$count" "direct AMQP $tag (baseline)" 0
         keep_row "direct$tag"
         bridge_rows "big$tag" "$size" batch "$count" "bridge $tag fsync batch" "$RATE"
-        if [ "$tag" = 256k ] && want peers; then
-            run_peer peers-plugin256k "$size" "$count" "peers: MQTT -> RabbitMQ MQTT plugin 256k" \
+        if want peers; then
+            run_peer "peers-plugin$tag" "$size" "$count" "peers: MQTT -> RabbitMQ MQTT plugin $tag" \
                 plugin
-            keep_row peers-plugin256k
-            run_peer peers-mosq256k "$size" "$count" \
-                "peers: MQTT -> Mosquitto -> its bridge -> RabbitMQ MQTT plugin 256k" mosquitto
-            keep_row peers-mosq256k
+            keep_row "peers-plugin$tag"
+            run_peer "peers-mosq$tag" "$size" "$count" \
+                "peers: MQTT -> Mosquitto -> its bridge -> RabbitMQ MQTT plugin $tag" mosquitto
+            keep_row "peers-mosq$tag"
         fi
         WINDOW=$WINDOW0
     done
@@ -677,7 +678,7 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     case $key in
     direct100 | direct1k | direct256k | direct4m) ratio=1.00 ;;
     big256k | big256k-b2 | peers-*256k) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct256k)")") ;;
-    big4m | big4m-b2) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct4m)")") ;;
+    big4m | big4m-b2 | peers-*4m) ratio=$(div "$(rate_of "$r")" "$(rate_of "$(median_row direct4m)")") ;;
     *1k | *1k-b2) ratio=$(div "$(rate_of "$r")" "$BASE1K") ;;
     *) ratio=$(div "$(rate_of "$r")" "$BASE100") ;;
     esac
@@ -685,7 +686,7 @@ for key in "${THROUGHPUT_KEYS[@]}"; do
     c[3]=$ratio
     ROWS+=("$(IFS='|' && echo "${c[*]}")")
     case $key in
-    big256k* | direct256k | big4m* | direct4m | peers-*256k)
+    big256k* | direct256k | big4m* | direct4m | peers-*256k | peers-*4m)
         kib=256
         [[ $key != *4m* ]] || kib=4096
         NOTES+=("$(awk -v k="${c[0]}" -v r="${c[2]}" -v cpu="${c[6]}" -v kib="$kib" 'BEGIN {

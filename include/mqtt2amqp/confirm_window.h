@@ -16,14 +16,17 @@
  * to less, so it holds at most max_bytes plus one record). A slot's buffer
  * is kept for the next record if it is at most M2A_CONFIRM_WINDOW_KEEP_BYTES
  * and the buffers kept idle stay within max_bytes; a larger one goes to a
- * pool of at most 4 that any slot takes from for its next large record,
- * also within max_bytes (and only when max_bytes is set), emptied by
+ * pool (only when max_bytes is set) that any slot takes from for its next
+ * large record; a new large buffer is allocated only when none there fits,
+ * after freeing pooled ones until all the window's buffers stay within
+ * max_bytes + 2 x the new one; the pool is emptied by
  * m2a_confirm_window_trim once no large record came for
- * M2A_CONFIRM_WINDOW_IDLE_MS; others are freed when their slot is popped.
- * A buffer prepared for a record that was not pushed stays with the next
- * slot (trimmed too). So what the window allocates is at most about
+ * M2A_CONFIRM_WINDOW_IDLE_MS. Without max_bytes a large buffer is freed
+ * when its slot is popped. A buffer prepared for a record that was not pushed stays
+ * with the next slot (trimmed too). So what the window allocates is at
+ * most about
  *   max_bytes + 2 x the largest record
- *   + min(max_bytes, capacity x KEEP_BYTES + 4 x the largest record)
+ *   + min(max_bytes, capacity x KEEP_BYTES)
  * (m2a_confirm_window_usage says how much it is now).
  *
  * Not thread-safe: owned by the AMQP thread. Steady state allocates

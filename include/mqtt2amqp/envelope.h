@@ -58,6 +58,10 @@ struct m2a_envelope {
 /* Appends the encoding of env (the current version, 2) to out. */
 void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out);
 
+/* Appends the encoding of env but for the body's bytes, which follow it
+ * (env->body.len of them; the body is the last field): the spool writes a
+ * large body from where it is. */
+void m2a_envelope_encode_head(const struct m2a_envelope *env, struct m2a_buf *out);
 /* Encoded size of env, without encoding it. */
 size_t m2a_envelope_encoded_size(const struct m2a_envelope *env);
 

@@ -57,6 +57,11 @@ enum m2a_spool_format_check {
  * M2A_SPOOL_RECORD_HEADER (the CRC covers them). */
 void m2a_spool_format_record_header(unsigned char *rec, size_t payload_len, uint64_t seq);
 
+/* The same for a record whose payload is head_len bytes at rec +
+ * M2A_SPOOL_RECORD_HEADER followed by tail_len bytes at tail (written
+ * after them, from where they are). */
+void m2a_spool_format_record_header_tail(unsigned char *rec, size_t head_len, const void *tail,
+                                         size_t tail_len, uint64_t seq);
 /* Checks the record that would start at p, of which avail bytes are at
  * hand. Valid only with lo < seq < hi. On OK sets *seq and *reclen (header
  * included); on SHORT sets *reclen to the bytes needed to decide. */

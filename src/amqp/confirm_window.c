@@ -18,13 +18,18 @@ struct tag_ent {
  * the same size reuse a buffer without a reallocation each. */
 #define SMALL_STEP 256u
 
-/* Larger buffers a popped slot leaves behind wait here (at most this many,
- * within max_bytes) for the next large record of any slot: a stream of
- * large messages then reuses a few buffers instead of allocating, mapping
- * and faulting in a fresh one per message, even when each is confirmed
- * before the next arrives. The pool is emptied once no large record came
- * for M2A_CONFIRM_WINDOW_IDLE_MS (m2a_confirm_window_trim). */
-#define POOL_MAX 4
+/* Larger buffers a popped slot leaves behind wait in a pool for the next
+ * large record of any slot (popping moves a buffer from a slot to the pool:
+ * what the window holds does not grow). A new buffer is allocated only when
+ * none in the pool fits, and pooled ones are freed first until everything
+ * the window holds stays within max_bytes + 2 x the new buffer (what the
+ * records in use may take anyway: max_bytes, one record past it and one
+ * prepared). So a stream of large messages reuses the window's buffers,
+ * even when confirms come in bursts, instead of allocating, mapping and
+ * faulting in a fresh one per message (the kernel faulted each page in
+ * during the spool's pread: a third of the AMQP thread's time at 256 KiB).
+ * The pool is emptied once no large record came for
+ * M2A_CONFIRM_WINDOW_IDLE_MS (m2a_confirm_window_trim). */
 
 struct m2a_confirm_window {
     struct m2a_confirm_window_slot *slots;
@@ -51,8 +56,8 @@ struct m2a_confirm_window {
     struct tag_ent *fifo;
     size_t fcap, fhead, flen;
 
-    struct m2a_buf pool[POOL_MAX]; /* idle buffers over KEEP_BYTES, counted in spare */
-    uint32_t npool;
+    struct m2a_buf *pool; /* idle buffers over KEEP_BYTES, counted in spare */
+    uint32_t npool, pool_cap;
 
     m2a_confirm_window_confirm_fn on_confirm; /* metrics: per-route confirms, latency */
     void *on_confirm_ctx;
@@ -93,6 +98,7 @@ void m2a_confirm_window_free(struct m2a_confirm_window *cw)
         m2a_buf_free(&cw->slots[i].rec);
     for (uint32_t i = 0; i < cw->npool; i++)
         m2a_buf_free(&cw->pool[i]);
+    free(cw->pool);
     free(cw->slots);
     free(cw->fifo);
     free(cw);
@@ -143,6 +149,14 @@ static void size_buf(struct m2a_confirm_window *cw, struct m2a_confirm_window_sl
             cap = (cap + SMALL_STEP - 1) / SMALL_STEP * SMALL_STEP;
         cw->held -= s->rec.cap;
         free(s->rec.data);
+        s->rec = (struct m2a_buf){0};
+        /* None in the pool fits: make room for this one first. */
+        while (cw->npool > 0 && cw->held + cap > cw->max_bytes + 2 * (uint64_t)cap) {
+            struct m2a_buf *b = &cw->pool[--cw->npool];
+            cw->held -= b->cap;
+            cw->spare -= b->cap;
+            m2a_buf_free(b);
+        }
         s->rec.data = xmalloc(cap);
         s->rec.cap = cap;
         cw->held += cap;
@@ -211,8 +225,9 @@ void m2a_confirm_window_set_rec(struct m2a_confirm_window *cw, struct m2a_confir
 }
 
 /* A popped slot: its buffer is kept for the next record if small and if
- * the spare buffers stay within max_bytes; else freed, so that a burst of
- * large messages leaves nothing behind once confirmed. */
+ * the spare buffers stay within max_bytes; a large one goes to the pool
+ * within the bound above; else freed, so that a burst of large messages
+ * leaves nothing behind once confirmed (and trimmed). */
 static void retire(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot *s)
 {
     cw->bytes -= s->rec.len;
@@ -222,8 +237,11 @@ static void retire(struct m2a_confirm_window *cw, struct m2a_confirm_window_slot
         cw->spare += s->rec.cap;
         return;
     }
-    if (s->rec.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->max_bytes && cw->npool < POOL_MAX &&
-        cw->spare + s->rec.cap <= room) {
+    if (s->rec.cap > M2A_CONFIRM_WINDOW_KEEP_BYTES && cw->max_bytes) {
+        if (cw->npool == cw->pool_cap) {
+            cw->pool_cap = cw->pool_cap ? cw->pool_cap * 2 : 8;
+            cw->pool = xrealloc(cw->pool, cw->pool_cap * sizeof(*cw->pool));
+        }
         cw->spare += s->rec.cap;
         cw->pool[cw->npool++] = s->rec;
         s->rec = (struct m2a_buf){0};

@@ -569,7 +569,7 @@ static const struct m2a_bind_opt amqp_opts[] = {
     M2A_BIND_INT(T, "heartbeat", heartbeat, "30", 0, 3600, "AMQP heartbeat, seconds, 0 disables"),
     M2A_BIND_INT(T, "confirm_window", confirm_window, "1000", 1, 65535,
                  "most unconfirmed publishes in flight"),
-    M2A_BIND_SIZE(T, "max_inflight_bytes", max_inflight_bytes, "64MiB", 64 * KiB, INT64_MAX,
+    M2A_BIND_SIZE(T, "max_inflight_bytes", max_inflight_bytes, "32MiB", 64 * KiB, INT64_MAX,
                   "bytes of unconfirmed messages held at most (one message always fits)"),
     M2A_BIND_INT(T, "reconnect_min_ms", reconnect_min_ms, "100", 1, MS_MAX,
                  "first reconnect delay, ms"),

@@ -93,9 +93,9 @@ static unsigned char *put_str(unsigned char *p, struct m2a_str s, int len_bytes,
     return p + s.len;
 }
 
-void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out)
+void m2a_envelope_encode_head(const struct m2a_envelope *env, struct m2a_buf *out)
 {
-    size_t size = m2a_envelope_encoded_size(env);
+    size_t size = m2a_envelope_encoded_size(env) - env->body.len;
     check_len(env->routing_key.len, M2A_MAX_ROUTING_KEY, "routing key");
     check_len(env->nheaders, UINT16_MAX, "header count");
     check_len(env->qos, 2, "qos");
@@ -121,8 +121,18 @@ void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out)
     }
     if (env->properties.len)
         p = put_str(p, env->properties, 4, "properties");
-    p = put_str(p, env->body, 4, "body");
+    check_len(env->body.len, UINT32_MAX, "body");
+    p = put_le(p, env->body.len, 4);
     out->len += (size_t)(p - start);
+}
+
+void m2a_envelope_encode(const struct m2a_envelope *env, struct m2a_buf *out)
+{
+    m2a_buf_reserve(out, m2a_envelope_encoded_size(env));
+    m2a_envelope_encode_head(env, out);
+    if (env->body.len)
+        memcpy(out->data + out->len, env->body.ptr, env->body.len);
+    out->len += env->body.len;
 }
 
 /* Version 1 had no dead-letter flag: a dead letter was one carrying the

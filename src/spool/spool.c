@@ -330,7 +330,9 @@ void m2a_spool_close(struct m2a_spool *s)
 {
     if (!s)
         return;
-    (void)m2a_spool_flush(s); /* a batch still waiting for room goes with s */
+    /* A batch still waiting for room goes with s, and its early bytes too. */
+    if (m2a_spool_flush(s) != 0 && s->w_early > 0)
+        (void)s->io->ftruncate(s->w_fd, (off_t)s->w_size);
     if (s->opts.fsync != M2A_FSYNC_NEVER) {
         if (s->w_unsynced)
             (void)s->io->fdatasync(s->w_fd);
@@ -347,6 +349,12 @@ const char *m2a_spool_id(const struct m2a_spool *s)
 }
 
 /* --- writer thread --- */
+
+/* The batch's bytes: written early and in batch.data. */
+static uint64_t batch_len(const struct m2a_spool *s)
+{
+    return s->w_early + s->batch.len;
+}
 
 /* Starts a new, empty segment now, named after the first record of the
  * pending batch (or the next seq): that batch, if any, goes into it. */
@@ -385,7 +393,7 @@ static int writer_rotate_now(struct m2a_spool *s)
  * was confirmed. force: do it even if the spool is less than half full. */
 static int writer_reclaim(struct m2a_spool *s, bool force)
 {
-    if (s->batch.len != 0 || s->w_size == 0)
+    if (batch_len(s) != 0 || s->w_size == 0)
         return 0;
     pthread_mutex_lock(&s->mu);
     uint64_t committed = s->committed, bytes = s->bytes;
@@ -433,7 +441,10 @@ static int writer_ask_room(struct m2a_spool *s, uint64_t need)
     s->room_rotate = false;
     pthread_mutex_unlock(&s->mu);
     uint64_t before = s->w_first;
-    int rc = rotate && s->w_size > 0 ? writer_rotate_now(s) : writer_reclaim(s, true);
+    /* Never with bytes written early: they are in this segment (see
+     * m2a_spool_append: it writes none when a flush can wait for room). */
+    int rc =
+        rotate && s->w_size > 0 && s->w_early == 0 ? writer_rotate_now(s) : writer_reclaim(s, true);
     if (rc == 0)
         room_request(s, need, s->w_first != before);
     return rc;
@@ -449,7 +460,7 @@ static int writer_want_room(struct m2a_spool *s, uint64_t need)
     writer_refresh(s);
     if (fits(s, need))
         return 0;
-    if (s->batch.len == 0) {
+    if (batch_len(s) == 0) {
         int rc = writer_ask_room(s, need);
         if (rc != 0)
             return rc;
@@ -470,25 +481,61 @@ static void split_push(struct m2a_spool *s)
     s->splits[s->nsplits++] = (struct m2a_spool_split){s->batch.len, s->w_next, -1};
 }
 
+/* Appends a record with a large body: its header and envelope head go into
+ * the batch, which is then written (pwrite) after the batch's early bytes,
+ * and the body after it straight from env. Nothing is synced or published:
+ * m2a_spool_flush does that (or truncates it all away on failure). On
+ * failure the record is not added and the batch is as it was. */
+static int append_direct(struct m2a_spool *s, const struct m2a_envelope *env, uint64_t *seq)
+{
+    size_t start = s->batch.len;
+    s->batch.len += REC_HDR;
+    m2a_buf_reserve(&s->batch, m2a_envelope_encoded_size(env) - env->body.len);
+    m2a_envelope_encode_head(env, &s->batch);
+    size_t head = s->batch.len - start - REC_HDR;
+    if (head + env->body.len > M2A_SPOOL_MAX_PAYLOAD) {
+        s->batch.len = start;
+        return M2A_ERR_ARG;
+    }
+    m2a_spool_format_record_header_tail(s->batch.data + start, head, env->body.ptr, env->body.len,
+                                        s->w_next);
+    uint64_t off = s->w_size + s->w_early;
+    if (m2a_spool_pwrite_all(s, s->w_fd, s->batch.data, s->batch.len, off) != 0 ||
+        m2a_spool_pwrite_all(s, s->w_fd, env->body.ptr, env->body.len, off + s->batch.len) != 0) {
+        int e = errno;
+        s->batch.len = start;
+        if (s->io->ftruncate(s->w_fd, (off_t)off) != 0)
+            s->w_force_rotate = true; /* see flush_fail */
+        return errno_code(e);
+    }
+    s->w_early += s->batch.len + env->body.len;
+    s->batch.len = 0;
+    if (seq)
+        *seq = s->w_next;
+    s->w_next++;
+    atomic_store_explicit(&s->w_seq, s->w_next, memory_order_relaxed);
+    return 0;
+}
+
 int m2a_spool_append(struct m2a_spool *s, const struct m2a_envelope *env, uint64_t *seq)
 {
     size_t plen = m2a_envelope_encoded_size(env);
     size_t rl = REC_HDR + plen;
     if (plen > M2A_SPOOL_MAX_PAYLOAD || (s->opts.max_bytes && rl > s->opts.max_bytes))
         return M2A_ERR_ARG;
-    if (s->opts.max_bytes && !fits(s, s->batch.len + rl)) {
-        int rc = writer_want_room(s, s->batch.len + rl);
+    if (s->opts.max_bytes && !fits(s, batch_len(s) + rl)) {
+        int rc = writer_want_room(s, batch_len(s) + rl);
         if (rc != 0)
             return rc;
     }
     /* Rotate before a record that would take the segment past segment_bytes. */
     uint64_t fill =
-        s->nsplits ? s->batch.len - s->splits[s->nsplits - 1].off : s->w_size + s->batch.len;
+        s->nsplits ? s->batch.len - s->splits[s->nsplits - 1].off : s->w_size + batch_len(s);
     bool forced = s->w_force_rotate && s->nsplits == 0 && s->w_first != s->w_next;
     if (forced || (fill > 0 && fill + rl > s->opts.segment_bytes)) {
         /* Between batches the new segment is made at once: the finished one
          * can then be deleted as soon as it is confirmed. */
-        if (s->batch.len == 0) {
+        if (batch_len(s) == 0) {
             int rc = writer_rotate_now(s);
             if (rc != 0)
                 return rc;
@@ -496,6 +543,15 @@ int m2a_spool_append(struct m2a_spool *s, const struct m2a_envelope *env, uint64
             split_push(s);
         }
     }
+    /* A large body is written from where it is, now, with the batch before
+     * it: no copy into the batch. Not across a segment rotation in this
+     * batch, and not under drop_oldest with a bound: there a batch may wait
+     * for room in m2a_spool_flush, which may start a new segment for it
+     * (writer_ask_room), so it stays in memory. Under block every append
+     * fitted, so the flush never waits. */
+    if (env->body.len >= DIRECT_MIN && s->nsplits == 0 &&
+        (!s->opts.max_bytes || s->opts.overflow != M2A_OVERFLOW_DROP_OLDEST))
+        return append_direct(s, env, seq);
 
     m2a_buf_reserve(&s->batch, rl);
     size_t start = s->batch.len;
@@ -537,11 +593,12 @@ static int flush_fail(struct m2a_spool *s, int e, size_t opened)
     s->w_next = s->w_batch_first;
     atomic_store_explicit(&s->w_seq, s->w_next, memory_order_relaxed);
     s->batch.len = 0;
+    s->w_early = 0;
     s->nsplits = 0;
     return errno_code(e);
 }
 
-static int flush_sync(struct m2a_spool *s, size_t end0)
+static int flush_sync(struct m2a_spool *s, uint64_t end0)
 {
     size_t n = s->nsplits;
     if (s->opts.fsync == M2A_FSYNC_NEVER)
@@ -566,7 +623,7 @@ static int flush_sync(struct m2a_spool *s, size_t end0)
     return 0;
 }
 
-static void flush_publish(struct m2a_spool *s, size_t end0)
+static void flush_publish(struct m2a_spool *s, uint64_t end0)
 {
     size_t n = s->nsplits;
     pthread_mutex_lock(&s->mu);
@@ -579,11 +636,12 @@ static void flush_publish(struct m2a_spool *s, size_t end0)
         uint64_t last = (i + 1 < n ? s->splits[i + 1].seq : s->w_next) - 1;
         m2a_spool_seg_push(s, (struct m2a_spool_seg){s->splits[i].seq, last, b - a});
     }
-    s->bytes += s->batch.len;
+    uint64_t total = batch_len(s);
+    s->bytes += total;
     s->pub_seq = s->w_next - 1;
     s->w_bytes = s->bytes;
     /* This batch got its room; what is left is a refused append's. */
-    s->room_want = s->room_want > s->batch.len ? s->room_want - s->batch.len : 0;
+    s->room_want = s->room_want > total ? s->room_want - total : 0;
     s->room_rotate = false;
     pthread_mutex_unlock(&s->mu);
 
@@ -605,13 +663,13 @@ static void flush_publish(struct m2a_spool *s, size_t end0)
 
 int m2a_spool_flush(struct m2a_spool *s)
 {
-    if (s->batch.len == 0)
+    if (batch_len(s) == 0)
         return 0;
-    if (s->opts.max_bytes && !fits(s, s->batch.len)) {
+    if (s->opts.max_bytes && !fits(s, batch_len(s))) {
         drain(s->roomfd); /* from here on, a wake-up is news */
         writer_refresh(s);
-        if (!fits(s, s->batch.len)) { /* the batch stays: the caller retries */
-            int rc = writer_ask_room(s, s->batch.len);
+        if (!fits(s, batch_len(s))) { /* the batch stays: the caller retries */
+            int rc = writer_ask_room(s, batch_len(s));
             if (rc == 0)
                 return M2A_ERR_FULL;
             (void)flush_fail(s, 0, 0); /* nothing was written: the batch goes */
@@ -620,7 +678,8 @@ int m2a_spool_flush(struct m2a_spool *s)
     }
     size_t n = s->nsplits, opened = 0;
     size_t end0 = n ? s->splits[0].off : s->batch.len;
-    if (end0 > 0 && m2a_spool_pwrite_all(s, s->w_fd, s->batch.data, end0, s->w_size) != 0)
+    if (end0 > 0 &&
+        m2a_spool_pwrite_all(s, s->w_fd, s->batch.data, end0, s->w_size + s->w_early) != 0)
         return flush_fail(s, errno, 0);
     for (size_t i = 0; i < n; i++) {
         char name[M2A_SPOOL_NAME_MAX];
@@ -634,11 +693,12 @@ int m2a_spool_flush(struct m2a_spool *s)
         if (m2a_spool_pwrite_all(s, fd, s->batch.data + a, b - a, 0) != 0)
             return flush_fail(s, errno, opened);
     }
-    if (flush_sync(s, end0) != 0)
+    if (flush_sync(s, s->w_early + end0) != 0)
         return flush_fail(s, errno, opened);
-    flush_publish(s, end0);
+    flush_publish(s, s->w_early + end0);
     kick(s->notifyfd);
     s->batch.len = 0;
+    s->w_early = 0;
     s->nsplits = 0;
     s->w_batch_first = s->w_next;
     return 0;

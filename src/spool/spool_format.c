@@ -28,6 +28,16 @@ void m2a_spool_format_record_header(unsigned char *rec, size_t payload_len, uint
     m2a_put_le32(rec + 8, record_crc(rec, payload_len));
 }
 
+void m2a_spool_format_record_header_tail(unsigned char *rec, size_t head_len, const void *tail,
+                                         size_t tail_len, uint64_t seq)
+{
+    m2a_put_le32(rec, M2A_SPOOL_RECORD_MAGIC);
+    m2a_put_le32(rec + 4, (uint32_t)(head_len + tail_len));
+    m2a_put_le64(rec + 12, seq);
+    uint32_t crc = m2a_crc32c(record_crc(rec, head_len), tail, tail_len);
+    m2a_put_le32(rec + 8, crc);
+}
+
 /* Magic and length limit: OK with *reclen, SHORT (*reclen: the header) or BAD. */
 static enum m2a_spool_format_check record_len(const unsigned char *p, size_t avail, size_t *reclen)
 {

@@ -64,6 +64,10 @@ struct m2a_spool {
 
     /* Writer thread. */
     struct m2a_buf batch;
+    /* Bytes of the batch written already (a large record and the batch
+     * before it, m2a_spool_append): in w_fd from w_size on, not synced, not
+     * published; batch.data holds what follows them. */
+    uint64_t w_early;
     struct m2a_spool_split *splits;
     size_t nsplits, splits_cap;
     uint64_t w_next;        /* seq the next append gets */

@@ -728,6 +728,91 @@ START_TEST(read_to_puts_large_and_small_records_in_the_callers_buffer)
 }
 END_TEST
 
+/* Issue 12: a record with a large body (>= 64 KiB) is written at append
+ * time from the caller's buffer, not copied into the batch: the caller may
+ * reuse the buffer as soon as append returns (libmosquitto frees the
+ * payload after on_message), nothing is visible before the flush, and a
+ * write that fails at append or at flush leaves nothing behind. */
+static void append_big_one(struct m2a_spool *s, char *body, uint64_t n, int want_rc)
+{
+    struct m2a_envelope e = make_env(body, big_len(n), n);
+    uint64_t seq = 0;
+    int rc = m2a_spool_append(s, &e, &seq);
+    if (rc != want_rc)
+        ck_abort_msg("append %" PRIu64 ": %d, expected %d", n, rc, want_rc);
+    REQUIRE(rc != 0 || seq == n);
+    memset(body, 'X', 2u << 20); /* the caller's buffer is reused at once */
+}
+
+START_TEST(a_large_body_is_written_at_append_from_where_it_is)
+{
+    struct m2a_spool_opts o = opts_default();
+    o.segment_bytes = 64u << 20;
+    struct m2a_spool *s = open_ok(&o, NULL);
+    char *body = xmalloc(2u << 20);
+    uint64_t seqs[16];
+    for (uint64_t n = 1; n <= 3; n++) /* 100 B, 300 KiB, 1 MiB */
+        append_big_one(s, body, n, 0);
+    ck_assert_uint_eq(read_all_to(s, seqs, 16), 0); /* not before the flush */
+    ck_assert_int_eq(m2a_spool_flush(s), 0);
+    ck_assert_uint_eq(read_all_to(s, seqs, 16), 3);
+    off_t good = file_size(seg_path(1));
+
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, lim;
+    ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    /* At append: 4 (70 KiB) is written, 5 (5000 B) waits in the batch, 6
+     * (256 KiB) crosses the limit: refused, and nothing of it stays. */
+    lim.rlim_cur = (rlim_t)good + (200u << 10);
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    append_big_one(s, body, 4, 0);
+    append_big_one(s, body, 5, 0);
+    append_big_one(s, body, 6, M2A_ERR_IO);
+    struct m2a_spool_stats st;
+    m2a_spool_get_stats(s, &st);
+    ck_assert_uint_eq(st.next_seq, 6);
+    ck_assert_int_eq(m2a_spool_flush(s), 0); /* 4 and 5 */
+    ck_assert_uint_eq(read_all_to(s, seqs, 16), 2);
+    ck_assert_uint_eq(seqs[1], 5);
+    good = file_size(seg_path(1));
+
+    /* At flush: 6 and 7 (2 MiB) are written at append, 8 (100 B) fails in
+     * the flush: the whole batch goes, the early bytes too. */
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    append_big_one(s, body, 6, 0);
+    append_big_one(s, body, 7, 0);
+    ck_assert_int_gt(file_size(seg_path(1)), good + (2 << 20));
+    lim.rlim_cur = (rlim_t)file_size(seg_path(1)) + 10;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    append_big_one(s, body, 8, 0);
+    ck_assert_int_eq(m2a_spool_flush(s), M2A_ERR_IO);
+    ck_assert_int_eq(file_size(seg_path(1)), good);
+    m2a_spool_get_stats(s, &st);
+    ck_assert_uint_eq(st.next_seq, 6);
+    ck_assert_uint_eq(read_all_to(s, seqs, 16), 0);
+
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    for (uint64_t n = 6; n <= 8; n++)
+        append_big_one(s, body, n, 0);
+    ck_assert_int_eq(m2a_spool_flush(s), 0);
+    ck_assert_uint_eq(read_all_to(s, seqs, 16), 3);
+    ck_assert_uint_eq(seqs[2], 8);
+    /* A batch with a large record that is never flushed (close refused
+     * nothing here: the flush in close publishes it) is replayed whole. */
+    append_big_one(s, body, 9, 0);
+    m2a_spool_close(s);
+    struct m2a_spool_recovery rec;
+    s = open_ok(&o, &rec);
+    ck_assert_uint_eq(rec.records, 9);
+    ck_assert_uint_eq(rec.corrupt_records, 0);
+    ck_assert_uint_eq(rec.truncated_bytes, 0);
+    ck_assert_uint_eq(read_all_to(s, seqs, 16), 9);
+    m2a_spool_close(s);
+    free(body);
+}
+END_TEST
+
 /* Where the byte flipped after open goes, in record 3 (a 1 MiB body):
  * within the first piece the reader buffers, past it (read straight into
  * the caller's buffer), and in the header's length and seq. */
@@ -1045,6 +1130,7 @@ int main(void)
     tcase_add_test(tc, failed_write_is_rolled_back);
     tcase_add_test(tc, a_16_mib_payload_fits_one_record);
     tcase_add_test(tc, read_to_puts_large_and_small_records_in_the_callers_buffer);
+    tcase_add_test(tc, a_large_body_is_written_at_append_from_where_it_is);
     tcase_add_loop_test(tc,
                         read_to_checks_the_crc_of_a_record_read_straight_into_the_callers_buffer, 0,
                         (int)(sizeof(direct_flips) / sizeof(direct_flips[0])));
