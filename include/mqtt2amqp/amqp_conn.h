@@ -140,7 +140,9 @@ int m2a_amqp_conn_settle(struct m2a_amqp_conn *c, uint64_t delivery_tag,
                          enum m2a_amqp_conn_settlement how);
 
 /* Reads every frame that has arrived, without blocking, and hands each
- * event to ev (with ud). Sends a heartbeat if one is due. Returns how the
+ * event to ev (with ud). Sends a heartbeat if one is due. It reads the
+ * socket only after m2a_amqp_conn_input_seen (the owner's wait saw it
+ * readable), or at least every 100 ms; what is buffered always. Returns how the
  * session stands; M2A_AMQP_CONN_LOST also after two heartbeat intervals of
  * silence from the broker. */
 enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,

@@ -121,6 +121,12 @@ bool m2a_mqtt_session_read(struct m2a_mqtt_session *s);
  * leave in one segment. Returns like m2a_mqtt_session_read. */
 bool m2a_mqtt_session_write(struct m2a_mqtt_session *s, bool cork);
 
+/* Holds back (on) or lets go (off) what the connection writes, so that
+ * the packets published in between leave in one segment (TCP_CORK; the
+ * kernel lets go after 200 ms anyway). For a publisher's batch: libmosquitto
+ * sends each PUBLISH with its own send(). */
+void m2a_mqtt_session_cork(struct m2a_mqtt_session *s, bool on);
+
 /* The connection's socket, or -1. */
 int m2a_mqtt_session_fd(const struct m2a_mqtt_session *s);
 /* True between CONNACK and the end of that connection. */

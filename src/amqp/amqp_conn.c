@@ -39,6 +39,7 @@
 #define RPC_LIMIT_MS       10000      /* each declare, channel.open, confirm.select, qos, consume */
 #define BODY_KEEP_BYTES    (1u << 20) /* a delivery buffer above this is freed after use */
 #define CONNECTION_NAMELEN 128
+#define IDLE_READ_MS       100 /* m2a_amqp_conn_read asks rabbitmq-c at least this often */
 
 /* Where the frames of a message with content stand: its content header and
  * body frames follow the method on the channel. */
@@ -60,6 +61,11 @@ struct m2a_amqp_conn {
     struct m2a_amqp_conn_params p;
     bool channel_open;
     uint64_t last_rx_ms; /* the broker last sent something */
+    /* The owner's wait saw the socket readable since the last read; and
+     * when rabbitmq-c was last asked for frames (it sends due heartbeats
+     * then). */
+    bool input_pending;
+    uint64_t last_read_ms;
 
     /* A message with content being received. The method (and, for a
      * delivery, the properties) live in rabbitmq-c's channel pool, which is
@@ -607,9 +613,20 @@ enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,
                                             const struct m2a_amqp_conn_events *ev, void *ud)
 {
     struct timeval zero = {0, 0};
-    if (m2a_amqp_conn_buffered(c))
-        c->last_rx_ms = m2a_now_ms();
-    for (;;) {
+    uint64_t now = m2a_now_ms();
+    bool buffered = m2a_amqp_conn_buffered(c);
+    if (buffered)
+        c->last_rx_ms = now;
+    /* Asking rabbitmq-c for a frame with nothing buffered costs a recv()
+     * and a poll() that find nothing: only when the socket said it has
+     * input, or now and then for the heartbeats rabbitmq-c sends from
+     * there. After the first frame, only while frames are buffered: the
+     * socket's next input shows in the owner's next wait. */
+    bool first = c->input_pending || buffered || now - c->last_read_ms >= IDLE_READ_MS;
+    c->input_pending = false;
+    if (first)
+        c->last_read_ms = now;
+    for (bool go = first; go; go = m2a_amqp_conn_buffered(c)) {
         amqp_frame_t f;
         int rc = amqp_simple_wait_frame_noblock(c->st, &f, &zero);
         if (rc == AMQP_STATUS_TIMEOUT)
@@ -642,6 +659,7 @@ enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,
 void m2a_amqp_conn_input_seen(struct m2a_amqp_conn *c)
 {
     c->last_rx_ms = m2a_now_ms();
+    c->input_pending = true;
 }
 
 bool m2a_amqp_conn_buffered(struct m2a_amqp_conn *c)

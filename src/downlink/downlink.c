@@ -67,6 +67,7 @@
  * a crash meanwhile means a redelivery, as for any unacked delivery. */
 #define ACK_DELAY_MS     2
 #define ACK_BATCH        64
+#define READ_MAX         1000 /* packets read per readable event at most */
 #define CLIENT_ID_SUFFIX "-down"
 
 enum entry_state {
@@ -118,6 +119,9 @@ struct m2a_downlink {
     size_t nfinished;       /* entries in E_ACKED or E_REFUSED, not yet settled */
     uint64_t settle_due_ms; /* with nfinished: settle by then (m2a_now_ms) */
     struct m2a_buf topic_buf;
+    uint64_t npubacks;        /* PUBACKs (and refusals) handled so far */
+    unsigned turn_deliveries; /* deliveries in this amqp_turn */
+    bool corked;              /* the MQTT socket holds this turn's PUBLISHes back */
     struct m2a_ratelimit rl_reject, rl_refused;
     char why[640];
 };
@@ -242,6 +246,12 @@ static void on_deliver(void *ud, const struct m2a_amqp_conn_delivery *m)
     }
     struct dl *l = &d->dls[i];
     M2A_STAT_ADD(l->ctr, received, 1);
+    /* The second delivery of a turn: the rest of the turn's PUBLISHes
+     * leave together when it ends (the first one has left already). */
+    if (d->turn_deliveries++ > 0 && !d->corked && d->mqtt_up) {
+        m2a_mqtt_session_cork(d->mqtt, true);
+        d->corked = true;
+    }
     if (stopping(d) || !d->mqtt_up || d->conn_epoch != d->mqtt_epoch) {
         ring_push(d, m->delivery_tag, -1, E_HELD, (size_t)i);
         return;
@@ -298,6 +308,7 @@ static void on_published(void *ud, int mid, int reason)
             continue;
         e->state = reason < 0x80 ? E_ACKED : E_REFUSED;
         d->npublished--;
+        d->npubacks++;
         if (d->nfinished++ == 0)
             d->settle_due_ms = m2a_now_ms() + ACK_DELAY_MS;
         if (e->state == E_REFUSED) {
@@ -309,6 +320,21 @@ static void on_published(void *ud, int mid, int reason)
                          d->dls[e->dl].conf->name, mosquitto_reason_string(reason), sup);
         }
         return;
+    }
+}
+
+/* The MQTT socket is readable: PUBACKs until none is left. libmosquitto's
+ * mosquitto_loop_read stops after one packet here (a PUBACK that releases
+ * a queued PUBLISH makes it write to its wake-up socketpair, which fails
+ * with EAGAIN, and it takes that errno for its own), so it is called
+ * again while PUBACKs come; the last call finds the socket empty. */
+static void on_mqtt_readable(void *ud)
+{
+    struct m2a_downlink *d = ud;
+    for (int i = 0; i < READ_MAX; i++) {
+        uint64_t before = d->npubacks;
+        if (!m2a_mqtt_session_read(d->mqtt) || d->npubacks == before)
+            return;
     }
 }
 
@@ -478,7 +504,12 @@ static void lost(struct m2a_downlink *d, bool polite)
 static void amqp_turn(struct m2a_downlink *d)
 {
     d->why[0] = '\0';
+    d->turn_deliveries = 0;
     enum m2a_amqp_conn_state s = m2a_amqp_conn_read(d->conn, &conn_events, d);
+    if (d->corked) {
+        m2a_mqtt_session_cork(d->mqtt, false);
+        d->corked = false;
+    }
     if (s != M2A_AMQP_CONN_OK) {
         snprintf(d->why, sizeof(d->why), "%s", m2a_amqp_conn_why(d->conn));
         lost(d, s == M2A_AMQP_CONN_CHANNEL);
@@ -634,6 +665,7 @@ int m2a_downlink_start(const struct m2a_config *cfg, struct m2a_stats *stats,
         .loop = d->loop,
         .hooks = {.ud = d,
                   .on_published = on_published,
+                  .readable = on_mqtt_readable,
                   .on_up = on_up,
                   .on_down = on_down,
                   .on_takeover = on_takeover},

@@ -927,6 +927,13 @@ bool m2a_mqtt_session_write(struct m2a_mqtt_session *s, bool corked)
     return alive(s, rc);
 }
 
+void m2a_mqtt_session_cork(struct m2a_mqtt_session *s, bool on)
+{
+    int fd = s->mosq ? mosquitto_socket(s->mosq) : -1;
+    if (fd >= 0)
+        cork(fd, on);
+}
+
 void m2a_mqtt_session_arm(struct m2a_mqtt_session *s)
 {
     const struct m2a_mqtt_session_hooks *h = &s->o.hooks;
