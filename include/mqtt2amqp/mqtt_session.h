@@ -91,6 +91,11 @@ struct m2a_mqtt_session_opts {
     /* MQTT 5 Maximum Packet Size sent in CONNECT: the broker sends nothing
      * larger (it drops such a message for this client instead). 0: none. */
     uint32_t max_packet_bytes;
+    /* QoS 1 PUBLISHes of ours unacknowledged at most (1..65535); more wait
+     * in libmosquitto's queue. Under MQTT 5 the broker's Receive Maximum
+     * (Mosquitto: max_inflight_messages, 20 by default) lowers it. 0:
+     * libmosquitto's own limit, 20. */
+    int send_maximum;
     struct m2a_mqtt_session_hooks hooks;
 };
 

@@ -702,6 +702,9 @@ int m2a_downlink_start(const struct m2a_config *cfg, struct m2a_stats *stats,
         .client_id = d->client_id,
         .log_name = "mqtt-down",
         .loop = d->loop,
+        /* The prefetch bounds what is in flight, not libmosquitto's 20: each
+         * round trip to the broker then carries up to this many. */
+        .send_maximum = d->cap < 65535 ? (int)d->cap : 65535,
         .hooks = {.ud = d,
                   .readable = mqtt_readable,
                   .on_published = on_published,

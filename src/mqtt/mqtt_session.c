@@ -514,6 +514,11 @@ static struct mosquitto *new_handle(struct m2a_mqtt_session *s, size_t idx, char
         what = "protocol version";
         goto out;
     }
+    if (s->o.send_maximum > 0 &&
+        (rc = mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, s->o.send_maximum)) != 0) {
+        what = "send maximum";
+        goto out;
+    }
     if (c->username && (rc = mosquitto_username_pw_set(mosq, c->username, c->password)) != 0) {
         what = "username/password";
         goto out;
