@@ -92,6 +92,10 @@
 #                                   the backlog ingest rate says it takes <= 3 min
 #   M2A_BENCH_BIG_BACKLOG=10000000
 #   M2A_BENCH_DL_PREFETCH=1000      the downlink scenario's prefetch
+#   M2A_BENCH_DL_INFLIGHT=          the downlink scenario's Mosquitto (all its rows, the
+#                                   direct one too): max_inflight_messages, the Receive
+#                                   Maximum granted to the bridge's MQTT 5 session (empty:
+#                                   the shipped config, Mosquitto's default 20)
 #   M2A_BENCH_RMQCOST_RATE=5000     rmqcost's rate when batch100 does not run
 #   M2A_BENCH_DEVICES=100           topics bench/dev/0..N-1
 #   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
@@ -122,6 +126,7 @@ BIG_N=${M2A_BENCH_BIG_BACKLOG:-10000000}
 BIG_MAX_SECS=180
 DEVICES=${M2A_BENCH_DEVICES:-100}
 DL_PREFETCH=${M2A_BENCH_DL_PREFETCH:-1000}
+DL_INFLIGHT=${M2A_BENCH_DL_INFLIGHT:-}
 WINDOW=${M2A_BENCH_WINDOW:-1000}
 ONLY=${M2A_BENCH_ONLY:-}
 REPEAT=${M2A_BENCH_REPEAT:-1}
@@ -387,6 +392,11 @@ msub_start() { # NAME COUNT
     wait_for "$CONS_OUT" "ready" 30 "$CONS_PID" || die "subscriber not ready: $(cat "$CONS_OUT.err")"
 }
 
+# The Mosquitto of the downlink rows (M2A_BENCH_DL_INFLIGHT).
+dl_mosq_start() { # NAME
+    if [ -n "$DL_INFLIGHT" ]; then mosq_start_inflight "$1" "$DL_INFLIGHT"; else mosq_start "$1"; fi
+}
+
 # The bridge of a downlink row: a downlink "bench" on queue bench.KEY (the queue and its
 # exchange in its topology), topic bench/dev/{2}; sets BRIDGE_PID and BRIDGE_LOG.
 downlink_bridge_start() { # KEY BINARY
@@ -424,7 +434,7 @@ downlink_bridge() {
     local key=$1 label=$2 n=$3 base=$4 bin=${5:-$BRIDGE} out l
     mkdir -p "$TMP/$key"
     say "downlink 100 B$label: $n messages"
-    mosq_start "$key"
+    dl_mosq_start "$key"
     downlink_bridge_start "$key" "$bin"
     wait_for "$BRIDGE_LOG" "consuming 1 queue" 60 "$BRIDGE_PID" ||
         die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
@@ -459,7 +469,7 @@ downlink_drain() {
             "$(kv "$out" rate)" "$(div "$(kv "$out" rate)" "$base")" "-" "-" "-" "-" "-" "-" \
             "$CPU_R" "-" "$CPU_ALL"
     say "downlink drain 100 B$label: draining $n messages"
-    mosq_start "$key"
+    dl_mosq_start "$key"
     msub_start "$key" "$n"
     downlink_bridge_start "$key" "$bin"
     cpu_begin
@@ -480,7 +490,7 @@ run_downlink() {
     local n=$N100 key=dmqtt out l base
     mkdir -p "$TMP/$key"
     say "direct MQTT 100 B (downlink baseline): $n messages"
-    mosq_start "$key"
+    dl_mosq_start "$key"
     msub_start "$key" "$n"
     cpu_begin
     fg_run "$TMP/$key/generator.out" "$GEN" -p "$MOSQ_PORT" -n "$n" -s 100 -d "$DEVICES" \
@@ -501,6 +511,7 @@ run_downlink() {
     downlink_drain ddrain "" "$n" "$base"
     [ -z "$BRIDGE2" ] || downlink_drain ddrain-b2 " [$BRIDGE2_LABEL]" "$n" "$base" "$BRIDGE2"
     NOTES+=("downlink: x direct = its msg/s / direct MQTT msg/s (publisher -> Mosquitto -> subscriber, same run); the drain row divides the subscriber's drain rate by it, the publisher-alone row the publisher's confirmed rate")
+    NOTES+=("downlink rows: Mosquitto max_inflight_messages ${DL_INFLIGHT:-20 (shipped config)}")
 }
 
 run_big() {
