@@ -166,6 +166,20 @@ mosq_start_bridged() { # NAME TOPIC_FILTER REMOTE_PORT
     done
 }
 
+# mosq_start_inflight NAME N: mosq_start's Mosquitto with max_inflight_messages N (QoS 1
+# messages in flight per client both ways; also the Receive Maximum it grants MQTT 5 clients).
+mosq_start_inflight() { # NAME N
+    local dir=$TMP/$1/mosquitto port
+    mkdir -p "$dir/data"
+    m2a_free_port port || die "no free port"
+    {
+        m2a_mosquitto_conf shipped "$port" "$dir/data"
+        printf '%s\n' "max_inflight_messages $2"
+    } >"$dir/mosquitto.conf" || die "mosquitto.conf"
+    MOSQ_PORT=$port
+    m2a_mosquitto_launch "$dir" "$port" || die "Mosquitto did not start (log $dir/mosquitto.log)"
+}
+
 mosq_stop() {
     m2a_mosquitto_stop
 }

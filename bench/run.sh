@@ -64,7 +64,12 @@
 #   downlink              issue 11: AMQP publisher -> RabbitMQ -> bridge (a downlink,
 #                         QoS 1) -> Mosquitto -> MQTT subscriber, against an MQTT
 #                         publisher straight into Mosquitto -> the same subscriber
-#                         ("direct MQTT"), same run, 100 B; x direct divides by that
+#                         ("direct MQTT"), same run, 100 B; x direct divides by that.
+#                         Then the stages apart: the AMQP publisher alone into the
+#                         queue (no consumer: RabbitMQ's intake, which bounds the
+#                         live row), and the bridge draining that pre-filled queue
+#                         to the subscriber ("downlink drain": msg/s is the drain
+#                         rate, what the bridge and RabbitMQ's delivery sustain)
 #   big                   RSS with a 10,000,000-message backlog in the spool
 #                         (RabbitMQ stopped); lost = PUBACKed but not spooled; then
 #                         the bridge is restarted on that spool: recovery time and RSS
@@ -88,6 +93,10 @@
 #                                   the backlog ingest rate says it takes <= 3 min
 #   M2A_BENCH_BIG_BACKLOG=10000000
 #   M2A_BENCH_DL_PREFETCH=1000      the downlink scenario's prefetch
+#   M2A_BENCH_DL_INFLIGHT=          the downlink scenario's Mosquitto (all its rows, the
+#                                   direct one too): max_inflight_messages, the Receive
+#                                   Maximum granted to the bridge's MQTT 5 session (empty:
+#                                   the shipped config, Mosquitto's default 20)
 #   M2A_BENCH_RMQCOST_RATE=5000     rmqcost's rate when batch100 does not run
 #   M2A_BENCH_DEVICES=100           topics bench/dev/0..N-1
 #   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
@@ -118,6 +127,7 @@ BIG_N=${M2A_BENCH_BIG_BACKLOG:-10000000}
 BIG_MAX_SECS=180
 DEVICES=${M2A_BENCH_DEVICES:-100}
 DL_PREFETCH=${M2A_BENCH_DL_PREFETCH:-1000}
+DL_INFLIGHT=${M2A_BENCH_DL_INFLIGHT:-}
 WINDOW=${M2A_BENCH_WINDOW:-1000}
 ONLY=${M2A_BENCH_ONLY:-}
 REPEAT=${M2A_BENCH_REPEAT:-1}
@@ -383,13 +393,15 @@ msub_start() { # NAME COUNT
     wait_for "$CONS_OUT" "ready" 30 "$CONS_PID" || die "subscriber not ready: $(cat "$CONS_OUT.err")"
 }
 
-# downlink_bridge KEY LABEL COUNT BASE_RATE [BINARY]: the downlink row with this tree's
-# bridge, or with BINARY (M2A_BENCH_BRIDGE2) and LABEL after the row's name.
-downlink_bridge() {
-    local key=$1 label=$2 n=$3 base=$4 bin=${5:-$BRIDGE} out l
-    mkdir -p "$TMP/$key"
-    say "downlink 100 B$label: $n messages"
-    mosq_start "$key"
+# The Mosquitto of the downlink rows (M2A_BENCH_DL_INFLIGHT).
+dl_mosq_start() { # NAME
+    if [ -n "$DL_INFLIGHT" ]; then mosq_start_inflight "$1" "$DL_INFLIGHT"; else mosq_start "$1"; fi
+}
+
+# The bridge of a downlink row: a downlink "bench" on queue bench.KEY (the queue and its
+# exchange in its topology), topic bench/dev/{2}; sets BRIDGE_PID and BRIDGE_LOG.
+downlink_bridge_start() { # KEY BINARY
+    local key=$1 bin=$2
     BRIDGE_LOG=$TMP/$key/bridge.log
     cat >"$TMP/$key/bridge.yaml" <<EOF
 mqtt: {host: 127.0.0.1, port: $MOSQ_PORT, client_id: bench-$key}
@@ -408,13 +420,28 @@ shutdown_timeout: 5
 EOF
     "${BRIDGE_WRAP[@]}" "$bin" -c "$TMP/$key/bridge.yaml" >"$BRIDGE_LOG" 2>&1 &
     BRIDGE_PID=$!
+}
+
+# The AMQP publisher of the downlink rows: COUNT messages into exchange/queue bench.KEY.
+downlink_publish() { # KEY COUNT
+    fg_run "$TMP/$1/publisher.out" "$APUB" -p "$AMQP_PORT" -x "bench.$1" -Q "bench.$1" \
+        -n "$2" -s 100 -d "$DEVICES" -k bench -w "$WINDOW" -r 0 ||
+        say "publisher: $(tail -n 3 "$TMP/$1/publisher.out.err")"
+}
+
+# downlink_bridge KEY LABEL COUNT BASE_RATE [BINARY]: the downlink row with this tree's
+# bridge, or with BINARY (M2A_BENCH_BRIDGE2) and LABEL after the row's name.
+downlink_bridge() {
+    local key=$1 label=$2 n=$3 base=$4 bin=${5:-$BRIDGE} out l
+    mkdir -p "$TMP/$key"
+    say "downlink 100 B$label: $n messages"
+    dl_mosq_start "$key"
+    downlink_bridge_start "$key" "$bin"
     wait_for "$BRIDGE_LOG" "consuming 1 queue" 60 "$BRIDGE_PID" ||
         die "bridge did not start: $(tail -n 5 "$BRIDGE_LOG")"
     msub_start "$key" "$n"
     cpu_begin
-    fg_run "$TMP/$key/publisher.out" "$APUB" -p "$AMQP_PORT" -x "bench.$key" -Q "bench.$key" \
-        -n "$n" -s 100 -d "$DEVICES" -k bench -w "$WINDOW" -r 0 ||
-        say "publisher: $(tail -n 3 "$TMP/$key/publisher.out.err")"
+    downlink_publish "$key" "$n"
     out=$(cat "$TMP/$key/publisher.out")
     cons_wait
     l=$(grep "class=0" "$CONS_OUT" || true)
@@ -426,13 +453,45 @@ EOF
         "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
 }
 
+# downlink_drain KEY LABEL COUNT BASE_RATE [BINARY]: the AMQP publisher alone fills queue
+# bench.KEY (no consumer; its own row, without LABEL only), then the bridge drains it to the
+# subscriber. msg/s is the subscriber's drain rate (distinct / (last delivery - first
+# delivery)); no latency (every message waited in the queue).
+downlink_drain() {
+    local key=$1 label=$2 n=$3 base=$4 bin=${5:-$BRIDGE} out l
+    mkdir -p "$TMP/$key"
+    say "downlink drain 100 B$label: filling the queue with $n messages (no consumer)"
+    cpu_begin
+    downlink_publish "$key" "$n"
+    out=$(cat "$TMP/$key/publisher.out")
+    cpu_end "$n" "$(kv "$out" cpu_s)"
+    [ -n "$label" ] ||
+        row "AMQP publisher alone into the downlink's queue (no consumer)" "$n" \
+            "$(kv "$out" rate)" "$(div "$(kv "$out" rate)" "$base")" "-" "-" "-" "-" "-" "-" \
+            "$CPU_R" "-" "$CPU_ALL"
+    say "downlink drain 100 B$label: draining $n messages"
+    dl_mosq_start "$key"
+    msub_start "$key" "$n"
+    downlink_bridge_start "$key" "$bin"
+    cpu_begin
+    cons_wait
+    l=$(grep "class=0" "$CONS_OUT" || true)
+    cpu_end "$n" "$(kv "$l" cpu_s)"
+    bridge_stop
+    mosq_stop
+    row "downlink drain 100 B (pre-filled queue -> bridge -> MQTT, prefetch $DL_PREFETCH)$label" \
+        "$n" "$(kv "$l" drain_rate)" "$(div "$(kv "$l" drain_rate)" "$base")" "-" "-" "$CPU_B" \
+        "$RSS_B" "$(kv "$l" lost)" "$(kv "$l" duplicated)" "$CPU_R" "$CPU_M" "$CPU_ALL"
+}
+
 # Downlinks (issue 11): direct MQTT (publisher -> Mosquitto -> subscriber) as the baseline,
-# then AMQP publisher -> RabbitMQ -> bridge -> Mosquitto -> the same kind of subscriber.
+# then AMQP publisher -> RabbitMQ -> bridge -> Mosquitto -> the same kind of subscriber; then
+# the stages apart: the AMQP publisher alone into the queue, and the bridge draining it.
 run_downlink() {
     local n=$N100 key=dmqtt out l base
     mkdir -p "$TMP/$key"
     say "direct MQTT 100 B (downlink baseline): $n messages"
-    mosq_start "$key"
+    dl_mosq_start "$key"
     msub_start "$key" "$n"
     cpu_begin
     fg_run "$TMP/$key/generator.out" "$GEN" -p "$MOSQ_PORT" -n "$n" -s 100 -d "$DEVICES" \
@@ -450,7 +509,10 @@ run_downlink() {
 
     downlink_bridge downlink "" "$n" "$base"
     [ -z "$BRIDGE2" ] || downlink_bridge downlink-b2 " [$BRIDGE2_LABEL]" "$n" "$base" "$BRIDGE2"
-    NOTES+=("downlink: x direct = its msg/s / direct MQTT msg/s (publisher -> Mosquitto -> subscriber, same run)")
+    downlink_drain ddrain "" "$n" "$base"
+    [ -z "$BRIDGE2" ] || downlink_drain ddrain-b2 " [$BRIDGE2_LABEL]" "$n" "$base" "$BRIDGE2"
+    NOTES+=("downlink: x direct = its msg/s / direct MQTT msg/s (publisher -> Mosquitto -> subscriber, same run); the drain row divides the subscriber's drain rate by it, the publisher-alone row the publisher's confirmed rate")
+    NOTES+=("downlink rows: Mosquitto max_inflight_messages ${DL_INFLIGHT:-20 (shipped config)}")
 }
 
 run_big() {

@@ -91,6 +91,11 @@ struct m2a_mqtt_session_opts {
     /* MQTT 5 Maximum Packet Size sent in CONNECT: the broker sends nothing
      * larger (it drops such a message for this client instead). 0: none. */
     uint32_t max_packet_bytes;
+    /* QoS 1 PUBLISHes of ours unacknowledged at most (1..65535); more wait
+     * in libmosquitto's queue. Under MQTT 5 the broker's Receive Maximum
+     * (Mosquitto: max_inflight_messages, 20 by default) lowers it. 0:
+     * libmosquitto's own limit, 20. */
+    int send_maximum;
     struct m2a_mqtt_session_hooks hooks;
 };
 
@@ -120,12 +125,6 @@ bool m2a_mqtt_session_read(struct m2a_mqtt_session *s);
  * until all are written, so that many small packets (a batch of PUBACKs)
  * leave in one segment. Returns like m2a_mqtt_session_read. */
 bool m2a_mqtt_session_write(struct m2a_mqtt_session *s, bool cork);
-
-/* Holds back (on) or lets go (off) what the connection writes, so that
- * the packets published in between leave in one segment (TCP_CORK; the
- * kernel lets go after 200 ms anyway). For a publisher's batch: libmosquitto
- * sends each PUBLISH with its own send(). */
-void m2a_mqtt_session_cork(struct m2a_mqtt_session *s, bool on);
 
 /* The connection's socket, or -1. */
 int m2a_mqtt_session_fd(const struct m2a_mqtt_session *s);

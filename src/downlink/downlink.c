@@ -16,6 +16,16 @@
  * the ring's finished prefix: one basic.ack (multiple) for the acknowledged
  * run, a basic.reject for a PUBLISH the broker refused.
  *
+ * Cost per message: a turn reads every PUBACK the MQTT socket holds (the
+ * session's readable hook) and, only when the AMQP socket was readable,
+ * every delivery rabbitmq-c can decode; the PUBLISHes of a turn leave in one
+ * corked write. What remains per message is libmosquitto's: 3 reads per
+ * PUBACK, a send per PUBLISH and a write to its wake-up socket pair (2.0.11
+ * writes it in packet__queue whatever the threading mode). No pacing delay:
+ * under MQTT 5 the broker's Receive Maximum (Mosquitto: 20) bounds the
+ * PUBLISHes in flight, so the MQTT side is bound by round trips and a
+ * waiting turn would slow it down.
+ *
  * Why a prefix and basic.ack multiple are safe: all deliveries of the
  * channel are either settled at once (rejected) or in the ring, in tag
  * order, so an ack of tag T with multiple covers exactly the finished
@@ -67,7 +77,8 @@
  * a crash meanwhile means a redelivery, as for any unacked delivery. */
 #define ACK_DELAY_MS     2
 #define ACK_BATCH        64
-#define READ_MAX         1000 /* packets read per readable event at most */
+#define CORK_MIN         4    /* a turn's PUBLISHes, this many or more, leave corked */
+#define READS_MAX        4096 /* PUBACKs read per readable event, at most */
 #define CLIENT_ID_SUFFIX "-down"
 
 enum entry_state {
@@ -115,13 +126,16 @@ struct m2a_downlink {
     bool progress;      /* a message was acknowledged on this AMQP connection */
     struct entry *ring; /* in delivery order */
     size_t cap, head, count;
+    uint64_t popped;        /* entries ever settled off the head: ring_at(i) is number popped+i */
+    uint64_t hint;          /* number of the entry after the last PUBACKed one */
+    uint64_t npubacks;      /* on_published calls so far */
+    size_t turn_published;  /* PUBLISHes queued since the last write */
+    bool amqp_readable;     /* the socket said so since the last read */
+    uint64_t read_due_ms;   /* read then even if it did not (heartbeats) */
     size_t npublished;      /* entries in E_PUBLISHED */
     size_t nfinished;       /* entries in E_ACKED or E_REFUSED, not yet settled */
     uint64_t settle_due_ms; /* with nfinished: settle by then (m2a_now_ms) */
     struct m2a_buf topic_buf;
-    uint64_t npubacks;        /* PUBACKs (and refusals) handled so far */
-    unsigned turn_deliveries; /* deliveries in this amqp_turn */
-    bool corked;              /* the MQTT socket holds this turn's PUBLISHes back */
     struct m2a_ratelimit rl_reject, rl_refused;
     char why[640];
 };
@@ -167,7 +181,9 @@ static void ring_clear(struct m2a_downlink *d)
         if (e->state != E_HELD)
             inflight_add(d, e->dl, -1);
     }
+    d->popped += d->count;
     d->head = d->count = d->npublished = d->nfinished = 0;
+    d->turn_published = 0;
 }
 
 /* ---- AMQP events ---------------------------------------------------------------------- */
@@ -246,12 +262,6 @@ static void on_deliver(void *ud, const struct m2a_amqp_conn_delivery *m)
     }
     struct dl *l = &d->dls[i];
     M2A_STAT_ADD(l->ctr, received, 1);
-    /* The second delivery of a turn: the rest of the turn's PUBLISHes
-     * leave together when it ends (the first one has left already). */
-    if (d->turn_deliveries++ > 0 && !d->corked && d->mqtt_up) {
-        m2a_mqtt_session_cork(d->mqtt, true);
-        d->corked = true;
-    }
     if (stopping(d) || !d->mqtt_up || d->conn_epoch != d->mqtt_epoch) {
         ring_push(d, m->delivery_tag, -1, E_HELD, (size_t)i);
         return;
@@ -281,6 +291,7 @@ static void on_deliver(void *ud, const struct m2a_amqp_conn_delivery *m)
     }
     M2A_STAT_ADD(l->ctr, published, 1);
     ring_push(d, m->delivery_tag, mid, E_PUBLISHED, (size_t)i);
+    d->turn_published++;
 }
 
 static void on_cancelled(void *ud, amqp_bytes_t ctag)
@@ -302,13 +313,19 @@ static const struct m2a_amqp_conn_events conn_events = {
 static void on_published(void *ud, int mid, int reason)
 {
     struct m2a_downlink *d = ud;
-    for (size_t i = 0; i < d->count; i++) {
+    d->npubacks++;
+    /* PUBACKs come in publish order as a rule: the scan starts after the
+     * entry of the previous one, so it usually looks at one entry. */
+    size_t from =
+        d->hint > d->popped && d->hint - d->popped < d->count ? (size_t)(d->hint - d->popped) : 0;
+    for (size_t k = 0; k < d->count; k++) {
+        size_t i = (from + k) % d->count;
         struct entry *e = ring_at(d, i);
         if (e->state != E_PUBLISHED || e->mid != mid)
             continue;
+        d->hint = d->popped + i + 1;
         e->state = reason < 0x80 ? E_ACKED : E_REFUSED;
         d->npublished--;
-        d->npubacks++;
         if (d->nfinished++ == 0)
             d->settle_due_ms = m2a_now_ms() + ACK_DELAY_MS;
         if (e->state == E_REFUSED) {
@@ -323,19 +340,34 @@ static void on_published(void *ud, int mid, int reason)
     }
 }
 
-/* The MQTT socket is readable: PUBACKs until none is left. libmosquitto's
- * mosquitto_loop_read stops after one packet here (a PUBACK that releases
- * a queued PUBLISH makes it write to its wake-up socketpair, which fails
- * with EAGAIN, and it takes that errno for its own), so it is called
- * again while PUBACKs come; the last call finds the socket empty. */
-static void on_mqtt_readable(void *ud)
+/* Sends what the turn published: corked when there are several, so that
+ * they leave in few segments (libmosquitto sends each packet on its own) and
+ * Mosquitto wakes up once for them. */
+static void mqtt_flush(struct m2a_downlink *d)
+{
+    size_t n = d->turn_published;
+    d->turn_published = 0;
+    m2a_mqtt_session_write(d->mqtt, n >= CORK_MIN);
+}
+
+/* The session's readable hook: reads every PUBACK the socket holds
+ * (mosquitto_loop_read handles one packet per call), until a read brings
+ * none; then the PUBLISHes that the PUBACKs let out of libmosquitto's
+ * queue (beyond the broker's receive maximum) leave together. One poll per
+ * batch of PUBACKs rather than one per PUBACK. */
+static void mqtt_readable(void *ud)
 {
     struct m2a_downlink *d = ud;
-    for (int i = 0; i < READ_MAX; i++) {
+    uint64_t first = d->npubacks;
+    for (int i = 0; i < READS_MAX; i++) {
         uint64_t before = d->npubacks;
-        if (!m2a_mqtt_session_read(d->mqtt) || d->npubacks == before)
-            return;
+        if (!m2a_mqtt_session_read(d->mqtt))
+            return; /* the connection ended (on_down) */
+        if (d->npubacks == before)
+            break;
     }
+    d->turn_published += (size_t)(d->npubacks - first);
+    mqtt_flush(d);
 }
 
 static void on_up(void *ud, size_t endpoint, bool present)
@@ -395,6 +427,7 @@ static int settle_prefix(struct m2a_downlink *d)
         d->nfinished--;
         d->head = (d->head + 1) % d->cap;
         d->count--;
+        d->popped++;
     }
     if (d->nfinished) /* behind an entry still waiting for its PUBACK */
         d->settle_due_ms = m2a_now_ms() + ACK_DELAY_MS;
@@ -412,8 +445,10 @@ static void on_socket(struct m2a_loop *loop, int fd, unsigned events, void *ud)
 {
     (void)loop, (void)fd;
     struct m2a_downlink *d = ud;
-    if (d->conn && (events & (M2A_LOOP_READ | M2A_LOOP_HUP | M2A_LOOP_ERR)))
+    if (d->conn && (events & (M2A_LOOP_READ | M2A_LOOP_HUP | M2A_LOOP_ERR))) {
         m2a_amqp_conn_input_seen(d->conn);
+        d->amqp_readable = true;
+    }
 }
 
 static int conn_fd(const struct m2a_downlink *d)
@@ -477,6 +512,8 @@ static void try_connect(struct m2a_downlink *d)
     m2a_failover_connected(&d->nodes);
     m2a_loop_watch(d->loop, conn_fd(d), M2A_LOOP_READ, on_socket, d);
     d->conn_epoch = d->mqtt_epoch;
+    d->amqp_readable = false;
+    d->read_due_ms = 0; /* the first turn reads */
     M2A_STAT_SET(d->stats, downlink_amqp_connected, true);
     d->connected_ms = m2a_now_ms();
     d->progress = false;
@@ -500,24 +537,37 @@ static void lost(struct m2a_downlink *d, bool polite)
              node, d->why, unacked, delay);
 }
 
-/* One AMQP read and settle. */
+/* The longest wait between two AMQP reads: heartbeats go out and time out
+ * inside them. */
+static uint64_t read_every_ms(const struct m2a_downlink *d)
+{
+    int hb = m2a_amqp_conn_params(d->conn)->heartbeat_s;
+    return hb > 0 && (uint64_t)hb * 500u < POLL_MAX_MS ? (uint64_t)hb * 500u : POLL_MAX_MS;
+}
+
+/* One AMQP turn: reads every frame there is (the deliveries are published
+ * and then written together), if the socket was readable, rabbitmq-c holds
+ * data or a read is due; then settles. A turn woken by PUBACKs alone costs
+ * no system call here. */
 static void amqp_turn(struct m2a_downlink *d)
 {
-    d->why[0] = '\0';
-    d->turn_deliveries = 0;
-    enum m2a_amqp_conn_state s = m2a_amqp_conn_read(d->conn, &conn_events, d);
-    if (d->corked) {
-        m2a_mqtt_session_cork(d->mqtt, false);
-        d->corked = false;
-    }
-    if (s != M2A_AMQP_CONN_OK) {
-        snprintf(d->why, sizeof(d->why), "%s", m2a_amqp_conn_why(d->conn));
-        lost(d, s == M2A_AMQP_CONN_CHANNEL);
-        return;
-    }
-    if (d->why[0]) { /* a consumer was cancelled */
-        lost(d, true);
-        return;
+    uint64_t now = m2a_now_ms();
+    if (d->amqp_readable || now >= d->read_due_ms || m2a_amqp_conn_buffered(d->conn)) {
+        d->amqp_readable = false;
+        d->read_due_ms = now + read_every_ms(d);
+        d->why[0] = '\0';
+        enum m2a_amqp_conn_state s = m2a_amqp_conn_read(d->conn, &conn_events, d);
+        if (d->turn_published)
+            mqtt_flush(d);
+        if (s != M2A_AMQP_CONN_OK) {
+            snprintf(d->why, sizeof(d->why), "%s", m2a_amqp_conn_why(d->conn));
+            lost(d, s == M2A_AMQP_CONN_CHANNEL);
+            return;
+        }
+        if (d->why[0]) { /* a consumer was cancelled */
+            lost(d, true);
+            return;
+        }
     }
     if (d->nfinished && (d->nfinished >= ACK_BATCH || m2a_now_ms() >= d->settle_due_ms) &&
         settle_prefix(d) != 0)
@@ -531,9 +581,8 @@ static void wait_turn(struct m2a_downlink *d)
     uint64_t now = m2a_now_ms();
     uint64_t until = now + POLL_MAX_MS;
     if (d->conn) {
-        int hb = m2a_amqp_conn_params(d->conn)->heartbeat_s;
-        if (hb > 0 && now + (uint64_t)hb * 500u < until)
-            until = now + (uint64_t)hb * 500u;
+        if (d->read_due_ms < until)
+            until = d->read_due_ms > now ? d->read_due_ms : now;
         if (d->nfinished && d->settle_due_ms < until)
             until = d->settle_due_ms > now ? d->settle_due_ms : now;
         if (m2a_amqp_conn_buffered(d->conn))
@@ -663,9 +712,12 @@ int m2a_downlink_start(const struct m2a_config *cfg, struct m2a_stats *stats,
         .client_id = d->client_id,
         .log_name = "mqtt-down",
         .loop = d->loop,
+        /* The prefetch bounds what is in flight, not libmosquitto's 20: each
+         * round trip to the broker then carries up to this many. */
+        .send_maximum = d->cap < 65535 ? (int)d->cap : 65535,
         .hooks = {.ud = d,
+                  .readable = mqtt_readable,
                   .on_published = on_published,
-                  .readable = on_mqtt_readable,
                   .on_up = on_up,
                   .on_down = on_down,
                   .on_takeover = on_takeover},

@@ -553,6 +553,11 @@ static struct mosquitto *new_handle(struct m2a_mqtt_session *s, size_t idx, char
         what = "protocol version";
         goto out;
     }
+    if (s->o.send_maximum > 0 &&
+        (rc = mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, s->o.send_maximum)) != 0) {
+        what = "send maximum";
+        goto out;
+    }
     if (c->username && (rc = mosquitto_username_pw_set(mosq, c->username, c->password)) != 0) {
         what = "username/password";
         goto out;
@@ -925,13 +930,6 @@ bool m2a_mqtt_session_write(struct m2a_mqtt_session *s, bool corked)
     if (corked && mosquitto_socket(s->mosq) >= 0)
         cork(fd, 0);
     return alive(s, rc);
-}
-
-void m2a_mqtt_session_cork(struct m2a_mqtt_session *s, bool on)
-{
-    int fd = s->mosq ? mosquitto_socket(s->mosq) : -1;
-    if (fd >= 0)
-        cork(fd, on);
 }
 
 void m2a_mqtt_session_arm(struct m2a_mqtt_session *s)

@@ -1,6 +1,7 @@
 /* test_mqtt_session.c - the MQTT session against fake brokers that do what
  * a real one will not do on demand: show the CONNECT bytes, never answer,
- * refuse a subscription once, close every session right after its CONNACK.
+ * refuse a subscription once, close every session right after its CONNACK,
+ * hold every PUBACK back.
  *
  * The session runs on a loop in the test's thread; the fake broker is a
  * thread of its own on an ephemeral loopback port. Every wait is bounded:
@@ -38,8 +39,11 @@ enum mode {
     SILENT,    /* accept, read, never answer */
     KICK,      /* CONNACK, then close at once: what a take-over looks like */
     SUBREFUSE, /* CONNACK; refuse the first SUBSCRIBE (0x87), grant the others */
-    PUBACK     /* CONNACK; PUBACK every QoS 1 PUBLISH */
+    PUBACK,    /* CONNACK; PUBACK every QoS 1 PUBLISH */
+    HOLD,      /* CONNACK (MQTT 5: with Receive Maximum HOLD_RECEIVE_MAX); count
+                  QoS 1 PUBLISHes, PUBACK none */
 };
+#define HOLD_RECEIVE_MAX 30
 
 struct broker {
     int lfd, port;
@@ -52,6 +56,7 @@ struct broker {
     atomic_int connections;
     atomic_int subscribes;
     atomic_int pubacks;
+    atomic_int held; /* QoS 1 PUBLISHes not PUBACKed (HOLD) */
 };
 
 static int read_full(int fd, void *buf, size_t n, struct broker *br)
@@ -117,7 +122,9 @@ static void serve(struct broker *br, int fd)
         return;
     }
     bool v5 = len > 6 && buf[6] == 5;
-    if (v5)
+    if (v5 && br->mode == HOLD) /* properties: Receive Maximum (0x21) */
+        send_bytes(fd, "\x20\x06\x00\x00\x03\x21\x00\x1e", 8);
+    else if (v5)
         send_bytes(fd, "\x20\x03\x00\x00\x00", 5);
     else
         send_bytes(fd, "\x20\x02\x00\x00", 4);
@@ -133,6 +140,8 @@ static void serve(struct broker *br, int fd)
                 send_bytes(fd, v5ack, sizeof(v5ack));
             else
                 send_bytes(fd, ack, sizeof(ack));
+        } else if ((type >> 4) == 3 && ((type >> 1) & 3) == 1 && br->mode == HOLD) {
+            atomic_fetch_add(&br->held, 1);
         } else if ((type >> 4) == 3 && ((type >> 1) & 3) == 1) { /* PUBLISH QoS 1 */
             size_t tl = (size_t)buf[0] << 8 | buf[1];
             if (2 + tl + 2 > len)
@@ -252,7 +261,8 @@ static void h_published(void *ud, int mid, int rc)
         ((struct rig *)ud)->published++;
 }
 
-static void rig_start(struct rig *r, const int *ports, size_t n, int protocol, uint64_t timeout_ms)
+static void rig_start_sending(struct rig *r, const int *ports, size_t n, int protocol,
+                              uint64_t timeout_ms, int send_maximum)
 {
     memset(r, 0, sizeof(*r));
     for (size_t i = 0; i < n; i++)
@@ -277,6 +287,7 @@ static void rig_start(struct rig *r, const int *ports, size_t n, int protocol, u
                                       .log_name = "mqtt",
                                       .loop = r->loop,
                                       .max_packet_bytes = 1000000 + M2A_MQTT_PUBLISH_OVERHEAD,
+                                      .send_maximum = send_maximum,
                                       .hooks = {.ud = r,
                                                 .on_up = h_up,
                                                 .on_down = h_down,
@@ -288,6 +299,11 @@ static void rig_start(struct rig *r, const int *ports, size_t n, int protocol, u
     char *filters[] = {"dev/#"};
     m2a_mqtt_session_subscribe(r->s, filters, 1, NULL, NULL);
     m2a_mqtt_session_start(r->s);
+}
+
+static void rig_start(struct rig *r, const int *ports, size_t n, int protocol, uint64_t timeout_ms)
+{
+    rig_start_sending(r, ports, n, protocol, timeout_ms, 0);
 }
 
 /* Runs the loop until cond(r) or ms pass. */
@@ -553,6 +569,55 @@ START_TEST(published_messages_are_acknowledged_through_the_hook)
 }
 END_TEST
 
+static struct broker *held_br;
+static int held_want;
+
+static bool more_held_than_wanted(struct rig *r)
+{
+    (void)r;
+    return atomic_load(&held_br->held) > held_want;
+}
+
+static bool held_as_wanted(struct rig *r)
+{
+    (void)r;
+    return atomic_load(&held_br->held) >= held_want;
+}
+
+/* Publishes 100 QoS 1 messages to a broker that PUBACKs none with this
+ * send_maximum; returns how many reached it: all it takes within a step, then
+ * 300 ms more to see that no more come. */
+static int unacked_reaching(int protocol, int send_maximum, int want)
+{
+    struct broker br;
+    struct rig r;
+    broker_start(&br, HOLD);
+    rig_start_sending(&r, &br.port, 1, protocol, STEP_MS, send_maximum);
+    ck_assert(run_until(&r, is_up, STEP_MS));
+    for (int i = 0; i < 100; i++)
+        ck_assert_int_eq(m2a_mqtt_session_publish(r.s, NULL, "down/1", "x", 1, 1, false, NULL), 0);
+    held_br = &br;
+    held_want = want;
+    ck_assert_msg(run_until(&r, held_as_wanted, STEP_MS), "%d of %d PUBLISHes arrived",
+                  atomic_load(&br.held), want);
+    run_until(&r, more_held_than_wanted, 300);
+    int n = atomic_load(&br.held);
+    rig_free(&r);
+    broker_stop(&br);
+    return n;
+}
+
+/* libmosquitto sends 20 unacknowledged QoS 1 PUBLISHes at most unless told
+ * otherwise: send_maximum lifts that (the downlinks ask for their prefetch),
+ * and under MQTT 5 the broker's Receive Maximum still rules. */
+START_TEST(send_maximum_bounds_unacknowledged_publishes)
+{
+    ck_assert_int_eq(unacked_reaching(M2A_MQTT_V311, 0, 20), 20);
+    ck_assert_int_eq(unacked_reaching(M2A_MQTT_V311, 64, 64), 64);
+    ck_assert_int_eq(unacked_reaching(M2A_MQTT_V5, 64, HOLD_RECEIVE_MAX), HOLD_RECEIVE_MAX);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("mqtt_session");
@@ -565,6 +630,7 @@ static Suite *suite(void)
     tcase_add_test(tc, repeated_kicks_after_connack_back_off_and_say_why);
     tcase_add_test(tc, refused_subscription_is_retried_until_granted);
     tcase_add_test(tc, published_messages_are_acknowledged_through_the_hook);
+    tcase_add_test(tc, send_maximum_bounds_unacknowledged_publishes);
     suite_add_tcase(s, tc);
     return s;
 }
