@@ -88,6 +88,11 @@ struct m2a_amqp_conn_events {
     void (*blocked)(void *ud, bool blocked, amqp_bytes_t reason);
     /* basic.cancel from the broker: the consumer's queue went away. */
     void (*cancelled)(void *ud, amqp_bytes_t consumer_tag);
+    /* Optional, for a consumer: asked between whole messages; false ends
+     * the read there, and what follows stays buffered (see
+     * m2a_amqp_conn_buffered) until a read it allows. A consumer that holds
+     * back for long calls m2a_amqp_conn_keepalive meanwhile. */
+    bool (*may_deliver)(void *ud);
 };
 
 struct m2a_amqp_conn;
@@ -156,6 +161,11 @@ void m2a_amqp_conn_input_seen(struct m2a_amqp_conn *c);
 /* True when frames are already in rabbitmq-c's buffers: read before
  * waiting on the socket, which will not signal them. */
 bool m2a_amqp_conn_buffered(struct m2a_amqp_conn *c);
+/* For an owner that does not read for a while (may_deliver said no): sends
+ * a heartbeat frame when half the negotiated interval has passed since the
+ * last one sent here, as rabbitmq-c would from a read. Returns 0, or
+ * M2A_ERR_IO with m2a_amqp_conn_why() set. */
+int m2a_amqp_conn_keepalive(struct m2a_amqp_conn *c);
 
 /* Closes the channel (if open_channel) and the connection, politely,
  * waiting for the broker's close-ok until deadline_ms at most, then the

@@ -128,6 +128,11 @@ bool m2a_mqtt_session_write(struct m2a_mqtt_session *s, bool cork);
 
 /* The connection's socket, or -1. */
 int m2a_mqtt_session_fd(const struct m2a_mqtt_session *s);
+/* While up: how many QoS 1 PUBLISHes of ours may be unacknowledged at
+ * once on this connection (the broker's Receive Maximum under MQTT 5 when
+ * its CONNACK has one, else send_maximum or libmosquitto's 20); more wait
+ * in libmosquitto's queue. 0 while down. */
+unsigned m2a_mqtt_session_send_window(const struct m2a_mqtt_session *s);
 /* True between CONNACK and the end of that connection. */
 bool m2a_mqtt_session_up(const struct m2a_mqtt_session *s);
 

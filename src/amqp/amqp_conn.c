@@ -60,7 +60,8 @@ struct m2a_amqp_conn {
      * completed (owned by rabbitmq-c); heartbeat, frame_max, channel. */
     struct m2a_amqp_conn_params p;
     bool channel_open;
-    uint64_t last_rx_ms; /* the broker last sent something */
+    uint64_t last_rx_ms;        /* the broker last sent something */
+    uint64_t last_keepalive_ms; /* m2a_amqp_conn_keepalive last sent a heartbeat */
     /* The owner's wait saw the socket readable since the last read; and
      * when rabbitmq-c was last asked for frames (it sends due heartbeats
      * then). */
@@ -311,7 +312,7 @@ int m2a_amqp_conn_open(struct m2a_amqp_conn *c, const struct m2a_conf_endpoint *
         return rc;
     c->p.heartbeat_s = amqp_get_heartbeat(c->st);
     c->p.frame_max = (uint32_t)amqp_get_frame_max(c->st);
-    c->last_rx_ms = m2a_now_ms();
+    c->last_rx_ms = c->last_keepalive_ms = m2a_now_ms();
     return 0;
 }
 
@@ -627,6 +628,8 @@ enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,
     if (first)
         c->last_read_ms = now;
     for (bool go = first; go; go = m2a_amqp_conn_buffered(c)) {
+        if (ev->may_deliver && c->content == CONTENT_NONE && !ev->may_deliver(ud))
+            break;
         amqp_frame_t f;
         int rc = amqp_simple_wait_frame_noblock(c->st, &f, &zero);
         if (rc == AMQP_STATUS_TIMEOUT)
@@ -646,7 +649,7 @@ enum m2a_amqp_conn_state m2a_amqp_conn_read(struct m2a_amqp_conn *c,
     }
     /* Decoded frames live in the channel pools until released; a message
      * half received still points into them. */
-    if (c->content == CONTENT_NONE)
+    if (c->content == CONTENT_NONE && !amqp_frames_enqueued(c->st))
         amqp_maybe_release_buffers(c->st);
     int hb = c->p.heartbeat_s;
     if (hb > 0 && m2a_now_ms() - c->last_rx_ms > 2000u * (uint64_t)hb) {
@@ -665,6 +668,22 @@ void m2a_amqp_conn_input_seen(struct m2a_amqp_conn *c)
 bool m2a_amqp_conn_buffered(struct m2a_amqp_conn *c)
 {
     return c->st && (amqp_frames_enqueued(c->st) || amqp_data_in_buffer(c->st));
+}
+
+int m2a_amqp_conn_keepalive(struct m2a_amqp_conn *c)
+{
+    int hb = c->p.heartbeat_s;
+    uint64_t now = m2a_now_ms();
+    if (!c->st || hb <= 0 || now - c->last_keepalive_ms < 500u * (uint64_t)hb)
+        return 0;
+    c->last_keepalive_ms = now;
+    amqp_frame_t f = {.frame_type = AMQP_FRAME_HEARTBEAT, .channel = 0};
+    int rc = amqp_send_frame(c->st, &f);
+    if (rc != AMQP_STATUS_OK) {
+        set_why(c, "sending a heartbeat: %s", amqp_error_string2(rc));
+        return M2A_ERR_IO;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -18,8 +18,11 @@
  *
  * Cost per message: a turn reads every PUBACK the MQTT socket holds (the
  * session's readable hook) and, only when the AMQP socket was readable,
- * every delivery rabbitmq-c can decode; the PUBLISHes of a turn leave in one
- * corked write. What remains per message is libmosquitto's: 3 reads per
+ * the deliveries rabbitmq-c can decode, up to the window: twice the MQTT
+ * send window, 32..256 (libmosquitto walks its list of outgoing messages on
+ * every PUBLISH and PUBACK, so the rest of the prefetch waits on the AMQP
+ * side, in order); the PUBLISHes of a turn leave in one corked write. What
+ * remains per message is libmosquitto's: 3 reads per
  * PUBACK, a send per PUBLISH and a write to its wake-up socket pair (2.0.11
  * writes it in packet__queue whatever the threading mode). No pacing delay:
  * under MQTT 5 the broker's Receive Maximum (Mosquitto: 20) bounds the
@@ -75,10 +78,14 @@
  * PUBACKs come one per turn, so acking each at once cost it a frame per
  * message. The delay holds only the ack (the message is already PUBACKed):
  * a crash meanwhile means a redelivery, as for any unacked delivery. */
-#define ACK_DELAY_MS     2
-#define ACK_BATCH        64
-#define CORK_MIN         4    /* a turn's PUBLISHes, this many or more, leave corked */
-#define READS_MAX        4096 /* PUBACKs read per readable event, at most */
+#define ACK_DELAY_MS 2
+#define ACK_BATCH    64
+#define CORK_MIN     4 /* a turn's PUBLISHes, this many or more, leave corked */
+/* What libmosquitto holds at once: window() of the session's send window. */
+#define WINDOW_MIN       32
+#define WINDOW_MAX       256
+#define SEND_MAXIMUM     (WINDOW_MAX / 2) /* asked for; the broker's Receive Maximum wins */
+#define READS_MAX        4096             /* PUBACKs read per readable event, at most */
 #define CLIENT_ID_SUFFIX "-down"
 
 enum entry_state {
@@ -131,6 +138,8 @@ struct m2a_downlink {
     uint64_t npubacks;      /* on_published calls so far */
     size_t turn_published;  /* PUBLISHes queued since the last write */
     bool amqp_readable;     /* the socket said so since the last read */
+    bool amqp_hangup;       /* ... with an error or hang-up: read whatever the window */
+    size_t window;          /* E_PUBLISHED entries at most before reading more deliveries */
     uint64_t read_due_ms;   /* read then even if it did not (heartbeats) */
     size_t npublished;      /* entries in E_PUBLISHED */
     size_t nfinished;       /* entries in E_ACKED or E_REFUSED, not yet settled */
@@ -303,9 +312,21 @@ static void on_cancelled(void *ud, amqp_bytes_t ctag)
     snprintf(d->why, sizeof(d->why), "consumer cancelled by the broker");
 }
 
+/* Deliveries wait in RabbitMQ's prefetch (the socket, rabbitmq-c's buffer)
+ * while libmosquitto has a window's worth unacknowledged: each PUBLISH walks
+ * libmosquitto's whole list of outgoing messages (in flight and queued), so
+ * handing it all the prefetch (1000 by default) cost more per message than
+ * anything else here. */
+static bool may_deliver(void *ud)
+{
+    const struct m2a_downlink *d = ud;
+    return d->npublished < d->window || d->amqp_hangup || !d->mqtt_up;
+}
+
 static const struct m2a_amqp_conn_events conn_events = {
     .deliver = on_deliver,
     .cancelled = on_cancelled,
+    .may_deliver = may_deliver,
 };
 
 /* ---- MQTT events ---------------------------------------------------------------------- */
@@ -375,6 +396,11 @@ static void on_up(void *ud, size_t endpoint, bool present)
     (void)endpoint, (void)present;
     struct m2a_downlink *d = ud;
     d->mqtt_up = true;
+    /* Twice the send window: a batch of PUBACKs finds the next PUBLISHes
+     * queued already, while the list libmosquitto walks stays short. */
+    size_t w = 2 * (size_t)m2a_mqtt_session_send_window(d->mqtt);
+    w = w < WINDOW_MIN ? WINDOW_MIN : w > WINDOW_MAX ? WINDOW_MAX : w;
+    d->window = w < d->cap ? w : d->cap;
     M2A_STAT_SET(d->stats, downlink_mqtt_connected, true);
 }
 
@@ -448,6 +474,8 @@ static void on_socket(struct m2a_loop *loop, int fd, unsigned events, void *ud)
     if (d->conn && (events & (M2A_LOOP_READ | M2A_LOOP_HUP | M2A_LOOP_ERR))) {
         m2a_amqp_conn_input_seen(d->conn);
         d->amqp_readable = true;
+        if (events & (M2A_LOOP_HUP | M2A_LOOP_ERR))
+            d->amqp_hangup = true;
     }
 }
 
@@ -512,7 +540,7 @@ static void try_connect(struct m2a_downlink *d)
     m2a_failover_connected(&d->nodes);
     m2a_loop_watch(d->loop, conn_fd(d), M2A_LOOP_READ, on_socket, d);
     d->conn_epoch = d->mqtt_epoch;
-    d->amqp_readable = false;
+    d->amqp_readable = d->amqp_hangup = false;
     d->read_due_ms = 0; /* the first turn reads */
     M2A_STAT_SET(d->stats, downlink_amqp_connected, true);
     d->connected_ms = m2a_now_ms();
@@ -552,7 +580,17 @@ static uint64_t read_every_ms(const struct m2a_downlink *d)
 static void amqp_turn(struct m2a_downlink *d)
 {
     uint64_t now = m2a_now_ms();
-    if (d->amqp_readable || now >= d->read_due_ms || m2a_amqp_conn_buffered(d->conn)) {
+    bool room = may_deliver(d);
+    if (!room && now >= d->read_due_ms) {
+        /* Held back (may_deliver): no read, so no heartbeat from rabbitmq-c. */
+        d->read_due_ms = now + read_every_ms(d);
+        if (m2a_amqp_conn_keepalive(d->conn) != 0) {
+            snprintf(d->why, sizeof(d->why), "%s", m2a_amqp_conn_why(d->conn));
+            lost(d, false);
+            return;
+        }
+    }
+    if (room && (d->amqp_readable || now >= d->read_due_ms || m2a_amqp_conn_buffered(d->conn))) {
         d->amqp_readable = false;
         d->read_due_ms = now + read_every_ms(d);
         d->why[0] = '\0';
@@ -585,8 +623,11 @@ static void wait_turn(struct m2a_downlink *d)
             until = d->read_due_ms > now ? d->read_due_ms : now;
         if (d->nfinished && d->settle_due_ms < until)
             until = d->settle_due_ms > now ? d->settle_due_ms : now;
-        if (m2a_amqp_conn_buffered(d->conn))
+        bool room = may_deliver(d);
+        if (room && m2a_amqp_conn_buffered(d->conn))
             until = now;
+        /* Held back: the socket's input waits, and must not wake us. */
+        m2a_loop_set_events(d->loop, conn_fd(d), room ? M2A_LOOP_READ : 0);
     } else if (d->mqtt_up && d->next_connect_ms < until) {
         until = d->next_connect_ms;
     }
@@ -712,9 +753,9 @@ int m2a_downlink_start(const struct m2a_config *cfg, struct m2a_stats *stats,
         .client_id = d->client_id,
         .log_name = "mqtt-down",
         .loop = d->loop,
-        /* The prefetch bounds what is in flight, not libmosquitto's 20: each
-         * round trip to the broker then carries up to this many. */
-        .send_maximum = d->cap < 65535 ? (int)d->cap : 65535,
+        /* More than libmosquitto's 20 per round trip where the broker's
+         * Receive Maximum allows; not the whole prefetch (see may_deliver). */
+        .send_maximum = d->cap < SEND_MAXIMUM ? (int)d->cap : SEND_MAXIMUM,
         .hooks = {.ud = d,
                   .readable = mqtt_readable,
                   .on_published = on_published,

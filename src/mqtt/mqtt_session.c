@@ -48,14 +48,15 @@
  * packet__write already writes every queued packet (until EAGAIN), and each
  * further call, with nothing left, still takes and releases its two mutexes:
  * 1000 of them per write were half the downlink's CPU (issue 11). */
-#define WRITE_CALLS      1
-#define MISC_EVERY_MS    1000  /* keepalive bookkeeping while up (libmosquitto counts seconds) */
-#define PAUSED_RECHECK   100   /* ms between connect attempts put off while reading pauses */
-#define LOG_INTERVAL_MS  5000  /* rate limit of repeated connect failures */
-#define SUB_RETRY_MIN_MS 1000  /* first retry of a refused subscription */
-#define TAKEOVER_MIN_MS  1000  /* first delay once a take-over fight is seen */
-#define TAKEOVER_CAP_MS  60000 /* at least; reconnect_max_ms if larger */
-#define SUB_PENDING      (-1)  /* granted: no SUBACK yet */
+#define WRITE_CALLS          1
+#define DEFAULT_SEND_MAXIMUM 20   /* libmosquitto's own, without MOSQ_OPT_SEND_MAXIMUM */
+#define MISC_EVERY_MS        1000 /* keepalive bookkeeping while up (libmosquitto counts seconds) */
+#define PAUSED_RECHECK       100  /* ms between connect attempts put off while reading pauses */
+#define LOG_INTERVAL_MS      5000 /* rate limit of repeated connect failures */
+#define SUB_RETRY_MIN_MS     1000 /* first retry of a refused subscription */
+#define TAKEOVER_MIN_MS      1000 /* first delay once a take-over fight is seen */
+#define TAKEOVER_CAP_MS      60000 /* at least; reconnect_max_ms if larger */
+#define SUB_PENDING          (-1)  /* granted: no SUBACK yet */
 
 enum conn_state {
     CONN_IDLE,    /* no handle: the next attempt is scheduled (or stopped) */
@@ -97,6 +98,7 @@ struct m2a_mqtt_session {
     uint64_t attempt_ms, connack_ms;
     uint64_t t_attempt, t_deadline, t_misc, t_subs; /* loop timer ids, 0: none */
     uint64_t nconnacks;
+    unsigned send_window;    /* QoS 1 PUBLISHes in flight at most, this connection */
     unsigned short_sessions; /* closed by the broker soon after CONNACK, in a row */
 
     struct sub *subs;
@@ -383,7 +385,6 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
                        const mosquitto_property *props)
 {
     (void)mosq;
-    (void)props;
     struct m2a_mqtt_session *s = ud;
     const struct m2a_conf_mqtt *c = s->o.conf;
     uint64_t sup;
@@ -400,6 +401,13 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
     }
     bool present = (flags & 1) != 0;
     s->state = CONN_UP;
+    /* libmosquitto takes the broker's Receive Maximum as its send quota when
+     * the CONNACK has one, else keeps ours (MOSQ_OPT_SEND_MAXIMUM, 20). */
+    uint16_t rmax = 0;
+    s->send_window = s->o.send_maximum > 0 ? (unsigned)s->o.send_maximum : DEFAULT_SEND_MAXIMUM;
+    if (c->protocol == M2A_MQTT_V5 &&
+        mosquitto_property_read_int16(props, MQTT_PROP_RECEIVE_MAXIMUM, &rmax, false) && rmax > 0)
+        s->send_window = rmax;
     s->connack_ms = m2a_now_ms();
     m2a_loop_timer_del(s->o.loop, s->t_deadline);
     s->t_deadline = 0;
@@ -960,6 +968,11 @@ void m2a_mqtt_session_arm(struct m2a_mqtt_session *s)
 int m2a_mqtt_session_fd(const struct m2a_mqtt_session *s)
 {
     return s->mosq ? mosquitto_socket(s->mosq) : -1;
+}
+
+unsigned m2a_mqtt_session_send_window(const struct m2a_mqtt_session *s)
+{
+    return s->state == CONN_UP ? s->send_window : 0;
 }
 
 bool m2a_mqtt_session_up(const struct m2a_mqtt_session *s)

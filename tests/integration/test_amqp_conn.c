@@ -1,9 +1,10 @@
 /* test_amqp_conn.c - the rabbitmq-c adapter (amqp_conn.h) against a real
  * RabbitMQ, as both of its users will drive it: a consumer (the downlink
  * of issue 11: prefetch, deliveries whose bodies span several frames,
- * acks and rejects) and a publisher (confirms, a basic.return naming the
- * message by its message_id), through the frame state machine of
- * m2a_amqp_conn_read and a poll() on its socket. */
+ * acks and rejects, deliveries held back while heartbeats go on) and a
+ * publisher (confirms, a basic.return naming the message by its
+ * message_id), through the frame state machine of m2a_amqp_conn_read and
+ * a poll() on its socket. */
 #include <check.h>
 #include <poll.h>
 #include <stdio.h>
@@ -167,6 +168,104 @@ START_TEST(a_consumer_and_a_publisher_through_the_frame_state_machine)
 }
 END_TEST
 
+/* A consumer that holds deliveries back (may_deliver, as the downlink does
+ * while libmosquitto has a window's worth): the read stops between whole
+ * messages and the rest wait; m2a_amqp_conn_keepalive alone keeps a
+ * connection with 1 s heartbeats open through 4 s without a read
+ * (RabbitMQ closes it after two missed heartbeats otherwise); then the
+ * rest arrive, in order, not redelivered. */
+struct held {
+    struct m2a_amqp_conn *c;
+    int allow, deliveries, out_of_order, redelivered;
+};
+
+static void held_deliver(void *ud, const struct m2a_amqp_conn_delivery *d)
+{
+    struct held *h = ud;
+    char want[32];
+    int n = snprintf(want, sizeof(want), "seq=%d", h->deliveries++);
+    if (d->body.len != (size_t)n || memcmp(d->body.bytes, want, (size_t)n) != 0)
+        h->out_of_order++;
+    if (d->redelivered)
+        h->redelivered++;
+    ck_assert_int_eq(m2a_amqp_conn_settle(h->c, d->delivery_tag, M2A_AMQP_CONN_ACK), 0);
+}
+
+static bool held_may_deliver(void *ud)
+{
+    const struct held *h = ud;
+    return h->deliveries < h->allow;
+}
+
+static const struct m2a_amqp_conn_events held_events = {.deliver = held_deliver,
+                                                        .may_deliver = held_may_deliver};
+
+static void held_read(struct held *h)
+{
+    uint64_t deadline = m2a_now_ms() + 10000;
+    while (h->deliveries < h->allow && m2a_now_ms() < deadline) {
+        ck_assert_int_eq(m2a_amqp_conn_read(h->c, &held_events, h), M2A_AMQP_CONN_OK);
+        if (h->deliveries >= h->allow || m2a_amqp_conn_buffered(h->c))
+            continue;
+        struct pollfd p = {.fd = m2a_amqp_conn_params(h->c)->wire.fd, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0)
+            m2a_amqp_conn_input_seen(h->c);
+    }
+    ck_assert_int_eq(h->deliveries, h->allow);
+}
+
+START_TEST(a_consumer_holds_deliveries_back_and_keeps_the_connection_alive)
+{
+    enum { N = 20, FIRST = 5, HOLD_MS = 4000 };
+    struct m2a_conf_amqp conf = {
+        .vhost = "/", .username = "guest", .password = "guest", .heartbeat = 1};
+    struct m2a_conf_endpoint node = {.host = "127.0.0.1", .port = th_rabbit_port()};
+    struct m2a_conf_queue q = {.name = QUEUE ".held", .durable = true};
+    struct m2a_conf_amqp topo = {.nqueues = 1, .queues = &q};
+    struct held h = {.allow = FIRST};
+    h.c = m2a_amqp_conn_new(&(struct m2a_amqp_conn_opts){.conf = &conf, .name = "it-held"});
+    uint64_t deadline = m2a_now_ms() + 20000;
+    ck_assert_msg(m2a_amqp_conn_open(h.c, &node, deadline) == 0, "%s", m2a_amqp_conn_why(h.c));
+    ck_assert_int_eq(m2a_amqp_conn_params(h.c)->heartbeat_s, 1);
+    ck_assert_msg(m2a_amqp_conn_declare(h.c, &topo, deadline) == 0, "%s", m2a_amqp_conn_why(h.c));
+
+    struct th_amqp *pub = th_amqp_connect(th_rabbit_port(), 10000, false);
+    ck_assert_ptr_nonnull(pub);
+    ck_assert_int_eq(th_amqp_purge(pub, q.name), 0);
+    for (int i = 0; i < N; i++) {
+        char body[32];
+        snprintf(body, sizeof(body), "seq=%d", i);
+        ck_assert_int_eq(th_amqp_publish(pub, "", q.name, body, true), 0);
+    }
+    char tag[64];
+    ck_assert_msg(m2a_amqp_conn_consume(h.c, q.name, N, tag, sizeof(tag), deadline) == 0, "%s",
+                  m2a_amqp_conn_why(h.c));
+    held_read(&h);
+    /* Nothing more while may_deliver says no, however often it is read. */
+    for (int i = 0; i < 50; i++) {
+        m2a_amqp_conn_input_seen(h.c);
+        ck_assert_int_eq(m2a_amqp_conn_read(h.c, &held_events, &h), M2A_AMQP_CONN_OK);
+    }
+    ck_assert_int_eq(h.deliveries, FIRST);
+
+    /* No reads for 4 heartbeat intervals: only keepalives. */
+    uint64_t until = m2a_now_ms() + HOLD_MS;
+    while (m2a_now_ms() < until) {
+        ck_assert_msg(m2a_amqp_conn_keepalive(h.c) == 0, "%s", m2a_amqp_conn_why(h.c));
+        (void)poll(NULL, 0, 50);
+    }
+    h.allow = N;
+    held_read(&h);
+    ck_assert_int_eq(h.out_of_order, 0);
+    ck_assert_int_eq(h.redelivered, 0);
+
+    m2a_amqp_conn_close(h.c, true, m2a_now_ms() + 5000);
+    m2a_amqp_conn_free(h.c);
+    th_amqp_delete(pub, q.name);
+    th_amqp_free(pub);
+}
+END_TEST
+
 /* A node nobody listens on: the open fails at once, says why, and is not
  * a refusal; a deadline already passed fails before any connect. */
 START_TEST(open_fails_with_a_reason_and_honours_the_deadline)
@@ -202,6 +301,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_consumer_and_a_publisher_through_the_frame_state_machine);
     tcase_add_test(tc, open_fails_with_a_reason_and_honours_the_deadline);
+    tcase_add_test(tc, a_consumer_holds_deliveries_back_and_keeps_the_connection_alive);
     suite_add_tcase(s, tc);
     return m2a_check_run(s);
 }
