@@ -512,7 +512,7 @@ run_downlink() {
     downlink_drain ddrain "" "$n" "$base"
     [ -z "$BRIDGE2" ] || downlink_drain ddrain-b2 " [$BRIDGE2_LABEL]" "$n" "$base" "$BRIDGE2"
     NOTES+=("downlink: x direct = its msg/s / direct MQTT msg/s (publisher -> Mosquitto -> subscriber, same run); the drain row divides the subscriber's drain rate by it, the publisher-alone row the publisher's confirmed rate")
-    NOTES+=("downlink rows: Mosquitto max_inflight_messages ${DL_INFLIGHT:-20 (shipped config)}")
+    NOTES+=("downlink rows: Mosquitto max_inflight_messages ${DL_INFLIGHT:-1000 (shipped config)}")
 }
 
 run_big() {
