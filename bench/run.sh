@@ -79,7 +79,9 @@
 # is VmHWM from /proc/PID/status. The "x direct" ratio divides by the direct
 # baseline of the same payload size measured in the same run.
 #
-# Environment (defaults sized for ~10 minutes on 2 cores):
+# Environment (with M2A_BENCH_MESSAGES=100000 M2A_BENCH_MESSAGES_1K=50000
+# M2A_BENCH_BIG=1 a full run took 25 minutes on 2 cores; the defaults send
+# twice as many small messages):
 #   M2A_BENCH_MESSAGES=200000       per 100 B scenario
 #   M2A_BENCH_MESSAGES_1K=100000    per 1 KiB scenario
 #   M2A_BENCH_MESSAGES_256K=4000    per 256 KiB scenario (1 GiB)
