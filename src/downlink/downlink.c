@@ -22,12 +22,12 @@
  * send window, 32..256 (libmosquitto walks its list of outgoing messages on
  * every PUBLISH and PUBACK, so the rest of the prefetch waits on the AMQP
  * side, in order); the PUBLISHes of a turn leave in one corked write. What
- * remains per message is libmosquitto's: 3 reads per
- * PUBACK, a send per PUBLISH and a write to its wake-up socket pair (2.0.11
- * writes it in packet__queue whatever the threading mode). No pacing delay:
- * under MQTT 5 the broker's Receive Maximum (Mosquitto: 20) bounds the
- * PUBLISHes in flight, so the MQTT side is bound by round trips and a
- * waiting turn would slow it down.
+ * remains per message is libmosquitto's: 3 reads per PUBACK, a send per
+ * PUBLISH and a write to its wake-up socket pair (2.0.11 writes it in
+ * packet__queue whatever the threading mode). No pacing delay: under MQTT 5
+ * the broker's Receive Maximum (Mosquitto's max_inflight_messages: 20
+ * stock, 1000 as we ship it) bounds the PUBLISHes in flight, so the MQTT
+ * side is bound by round trips and a waiting turn would slow it down.
  *
  * Why a prefix and basic.ack multiple are safe: all deliveries of the
  * channel are either settled at once (rejected) or in the ring, in tag
@@ -81,7 +81,7 @@
 #define ACK_DELAY_MS 2
 #define ACK_BATCH    64
 #define CORK_MIN     4 /* a turn's PUBLISHes, this many or more, leave corked */
-/* What libmosquitto holds at once: window() of the session's send window. */
+/* The window (may_deliver): twice the session's send window, within these. */
 #define WINDOW_MIN       32
 #define WINDOW_MAX       256
 #define SEND_MAXIMUM     (WINDOW_MAX / 2) /* asked for; the broker's Receive Maximum wins */
@@ -371,9 +371,11 @@ static void mqtt_flush(struct m2a_downlink *d)
     m2a_mqtt_session_write(d->mqtt, n >= CORK_MIN);
 }
 
-/* The session's readable hook: reads every PUBACK the socket holds
- * (mosquitto_loop_read handles one packet per call), until a read brings
- * none; then the PUBLISHes that the PUBACKs let out of libmosquitto's
+/* The session's readable hook: reads every PUBACK the socket holds, until
+ * a read brings none (mosquitto_loop_read stops after one packet here: a
+ * PUBACK that releases a queued PUBLISH makes it write to its wake-up
+ * socketpair, which fails with EAGAIN, and it takes that errno for its
+ * own); then the PUBLISHes that the PUBACKs let out of libmosquitto's
  * queue (beyond the broker's receive maximum) leave together. One poll per
  * batch of PUBACKs rather than one per PUBACK. */
 static void mqtt_readable(void *ud)
