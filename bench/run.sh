@@ -104,7 +104,9 @@
 #   M2A_BENCH_WINDOW=1000           generator/publisher window (= bridge confirm_window)
 #   M2A_BENCH_ONLY=key,key          run only these scenarios
 #   M2A_BENCH_REPEAT=1              passes over the throughput scenarios (interleaved);
-#                                   each row is then the median pass (3: about +3 min)
+#                                   each row is then the median pass (3: about +3 min);
+#                                   not the downlink, latency, drain or big scenarios:
+#                                   run the script again for more of those
 #   M2A_BENCH_BUILD=DIR             build directory (build-bench)
 #   M2A_BENCH_KEEP=1                keep the temp dir (logs, configs) and say where
 #   M2A_BENCH_BRIDGE2=PATH          a second bridge binary (say, main's build): every
