@@ -137,10 +137,8 @@ struct m2a_downlink {
     uint64_t hint;          /* number of the entry after the last PUBACKed one */
     uint64_t npubacks;      /* on_published calls so far */
     size_t turn_published;  /* PUBLISHes queued since the last write */
-    bool amqp_readable;     /* the socket said so since the last read */
     bool amqp_hangup;       /* ... with an error or hang-up: read whatever the window */
     size_t window;          /* E_PUBLISHED entries at most before reading more deliveries */
-    uint64_t read_due_ms;   /* read then even if it did not (heartbeats) */
     size_t npublished;      /* entries in E_PUBLISHED */
     size_t nfinished;       /* entries in E_ACKED or E_REFUSED, not yet settled */
     uint64_t settle_due_ms; /* with nfinished: settle by then (m2a_now_ms) */
@@ -475,7 +473,6 @@ static void on_socket(struct m2a_loop *loop, int fd, unsigned events, void *ud)
     struct m2a_downlink *d = ud;
     if (d->conn && (events & (M2A_LOOP_READ | M2A_LOOP_HUP | M2A_LOOP_ERR))) {
         m2a_amqp_conn_input_seen(d->conn);
-        d->amqp_readable = true;
         if (events & (M2A_LOOP_HUP | M2A_LOOP_ERR))
             d->amqp_hangup = true;
     }
@@ -542,8 +539,7 @@ static void try_connect(struct m2a_downlink *d)
     m2a_failover_connected(&d->nodes);
     m2a_loop_watch(d->loop, conn_fd(d), M2A_LOOP_READ, on_socket, d);
     d->conn_epoch = d->mqtt_epoch;
-    d->amqp_readable = d->amqp_hangup = false;
-    d->read_due_ms = 0; /* the first turn reads */
+    d->amqp_hangup = false;
     M2A_STAT_SET(d->stats, downlink_amqp_connected, true);
     d->connected_ms = m2a_now_ms();
     d->progress = false;
@@ -567,34 +563,20 @@ static void lost(struct m2a_downlink *d, bool polite)
              node, d->why, unacked, delay);
 }
 
-/* The longest wait between two AMQP reads: heartbeats go out and time out
- * inside them. */
-static uint64_t read_every_ms(const struct m2a_downlink *d)
-{
-    int hb = m2a_amqp_conn_params(d->conn)->heartbeat_s;
-    return hb > 0 && (uint64_t)hb * 500u < POLL_MAX_MS ? (uint64_t)hb * 500u : POLL_MAX_MS;
-}
-
-/* One AMQP turn: reads every frame there is (the deliveries are published
- * and then written together), if the socket was readable, rabbitmq-c holds
- * data or a read is due; then settles. A turn woken by PUBACKs alone costs
- * no system call here. */
+/* One AMQP turn: m2a_amqp_conn_read decodes every frame there is (the
+ * deliveries are published, then written together) when the socket was
+ * seen readable, rabbitmq-c holds data or 100 ms have passed (heartbeats);
+ * a turn woken by PUBACKs alone costs no system call there. Held back
+ * (may_deliver), it only keeps the heartbeats going. Then settles. */
 static void amqp_turn(struct m2a_downlink *d)
 {
-    uint64_t now = m2a_now_ms();
-    bool room = may_deliver(d);
-    if (!room && now >= d->read_due_ms) {
-        /* Held back (may_deliver): no read, so no heartbeat from rabbitmq-c. */
-        d->read_due_ms = now + read_every_ms(d);
+    if (!may_deliver(d)) {
         if (m2a_amqp_conn_keepalive(d->conn) != 0) {
             snprintf(d->why, sizeof(d->why), "%s", m2a_amqp_conn_why(d->conn));
             lost(d, false);
             return;
         }
-    }
-    if (room && (d->amqp_readable || now >= d->read_due_ms || m2a_amqp_conn_buffered(d->conn))) {
-        d->amqp_readable = false;
-        d->read_due_ms = now + read_every_ms(d);
+    } else {
         d->why[0] = '\0';
         enum m2a_amqp_conn_state s = m2a_amqp_conn_read(d->conn, &conn_events, d);
         if (d->turn_published)
@@ -621,8 +603,6 @@ static void wait_turn(struct m2a_downlink *d)
     uint64_t now = m2a_now_ms();
     uint64_t until = now + POLL_MAX_MS;
     if (d->conn) {
-        if (d->read_due_ms < until)
-            until = d->read_due_ms > now ? d->read_due_ms : now;
         if (d->nfinished && d->settle_due_ms < until)
             until = d->settle_due_ms > now ? d->settle_due_ms : now;
         bool room = may_deliver(d);
